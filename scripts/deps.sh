@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs the system packages the tests, demo and benchmarks need (Debian 12), then
+# verifies every tool is really there. Fails loudly on anything missing.
+#   scripts/deps.sh            apt-get update + install, always
+#   scripts/deps.sh --if-missing   only when a tool is missing (fast path for re-runs)
+set -euo pipefail
+
+PKGS=(iproute2 iputils-ping jq nftables protobuf-compiler etcd-server etcd-client
+      containernetworking-plugins iperf3 procps util-linux gcc)
+TOOLS=(ip ping jq nft protoc etcd etcdctl iperf3 unshare nsenter cc)
+REF_PLUGINS=(/usr/lib/cni/bridge /usr/lib/cni/host-local)
+
+missing() {
+  local t
+  for t in "${TOOLS[@]}"; do command -v "$t" >/dev/null 2>&1 || { echo "$t"; return 0; }; done
+  for t in "${REF_PLUGINS[@]}"; do [[ -x $t ]] || { echo "$t"; return 0; }; done
+  return 1
+}
+
+if [[ ${1:-} == --if-missing ]] && ! missing >/dev/null; then
+  exit 0
+fi
+[[ $EUID -eq 0 ]] || { echo "deps.sh: must run as root (apt-get install)" >&2; exit 1; }
+export DEBIAN_FRONTEND=noninteractive
+apt-get update
+apt-get install -y "${PKGS[@]}"
+if m=$(missing); then
+  echo "deps.sh: still missing after install: $m" >&2
+  exit 1
+fi
+command -v cargo >/dev/null || { echo "deps.sh: cargo is missing: install the Rust toolchain (rustup)" >&2; exit 1; }
+echo "deps.sh: all tools present"

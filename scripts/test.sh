@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, unit tests, and the root integration tests
+# (network namespaces, real etcd, real kernel). Run as root on Debian 12:
+#   sudo scripts/test.sh
+# Integration tests create their own namespaces and remove them, also on failure.
+# Under CI=true a test that lacks root or a tool fails instead of skipping.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/deps.sh --if-missing
+[[ $EUID -eq 0 ]] || { echo "test.sh: the integration tests need root" >&2; exit 1; }
+export RUST_BACKTRACE=1
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+cargo test --workspace --no-fail-fast
