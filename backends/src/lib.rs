@@ -1,0 +1,17 @@
+//! # backends — the only crate that programs the kernel data plane
+//!
+//! Everything that talks to the kernel about networking goes through this crate:
+//!
+//! * [`netlink`] is the one intent-level surface over `rtnetlink` (links, addresses, routes,
+//!   neighbours, FDB). No other module or crate imports `rtnetlink` directly.
+//! * [`netns`] opens network namespaces and runs work inside them on throw-away threads,
+//!   never on an async runtime worker.
+//! * [`sysctl`] reads and writes `/proc/sys` knobs in the caller's namespace.
+//! * [`garp`] sends gratuitous ARP so peers learn a restarted pod's new MAC at once.
+//! * [`nft`] applies nftables rule sets as single atomic transactions.
+
+pub mod garp;
+pub mod netlink;
+pub mod netns;
+pub mod nft;
+pub mod sysctl;

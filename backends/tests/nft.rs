@@ -1,0 +1,204 @@
+//! nftables: PodMasq rule sets, checked against `nft list` output, all inside a private netns
+//! (nft inherits the namespace of the thread that spawns it).
+
+mod common;
+
+use std::net::IpAddr;
+use std::process::Command;
+
+use backends::nft::{self, MASQ_TABLE, PodMasq};
+use common::{in_new_netns, prerequisites};
+
+fn nft_list(args: &[&str]) -> String {
+    let out = Command::new("nft")
+        .arg("list")
+        .args(args)
+        .output()
+        .expect("run nft");
+    assert!(
+        out.status.success(),
+        "nft list {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+#[test]
+fn pod_masq_v4_ruleset_and_lifecycle() {
+    if !prerequisites(&["nft"]) {
+        return;
+    }
+    in_new_netns(|| async {
+        let m = PodMasq::new("cbr0");
+        let (set, chain) = (m.set_name(), m.chain_name());
+        assert!(set.starts_with("masq-") && chain.starts_with("post-"));
+        assert_eq!(set[5..], chain[5..]);
+        assert_eq!(PodMasq::new("cbr0").set_name(), set, "names must be stable");
+        assert_ne!(PodMasq::new("other").set_name(), set);
+
+        assert!(
+            m.elements().unwrap().is_empty(),
+            "no table yet: no elements, no error"
+        );
+        assert!(!m.contains(ip("10.244.1.5")).unwrap());
+
+        m.add("10.244.1.5/24".parse().unwrap(), "cid1", "eth0")
+            .unwrap();
+        let expected = format!(
+            "table ip {MASQ_TABLE} {{\n\
+             \tset {set} {{\n\
+             \t\ttype ipv4_addr\n\
+             \t\telements = {{ 10.244.1.5 comment \"cid1/eth0\" }}\n\
+             \t}}\n\
+             \n\
+             \tchain {chain} {{\n\
+             \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+             \t\tip saddr @{set} ip daddr != 10.244.1.0/24 ip daddr != 224.0.0.0/4 masquerade\n\
+             \t}}\n\
+             }}\n"
+        );
+        assert_eq!(nft_list(&["table", "ip", MASQ_TABLE]), expected);
+
+        // Idempotent add; a second pod; still exactly one rule.
+        m.add("10.244.1.5/24".parse().unwrap(), "cid1", "eth0")
+            .unwrap();
+        m.add("10.244.1.6/24".parse().unwrap(), "cid2", "net1")
+            .unwrap();
+        let listed = nft_list(&["table", "ip", MASQ_TABLE]);
+        assert_eq!(listed.matches("masquerade").count(), 1, "{listed}");
+        let mut els = m.elements().unwrap();
+        els.sort();
+        assert_eq!(
+            els,
+            vec![
+                (ip("10.244.1.5"), "cid1/eth0".to_string()),
+                (ip("10.244.1.6"), "cid2/net1".to_string())
+            ]
+        );
+        assert!(m.contains(ip("10.244.1.5")).unwrap());
+        assert!(!m.contains(ip("10.244.1.7")).unwrap());
+        assert!(
+            !m.contains(ip("fd10:244:1::5")).unwrap(),
+            "no ip6 table yet"
+        );
+
+        // A second network gets its own chain and set in the same table.
+        let other = PodMasq::new("other-net");
+        other
+            .add("10.244.9.5/24".parse().unwrap(), "cid9", "eth0")
+            .unwrap();
+        assert!(!m.contains(ip("10.244.9.5")).unwrap());
+        assert_eq!(
+            other.elements().unwrap(),
+            vec![(ip("10.244.9.5"), "cid9/eth0".to_string())]
+        );
+
+        // Remove is idempotent, also for addresses never added and networks never set up.
+        m.remove(ip("10.244.1.5")).unwrap();
+        m.remove(ip("10.244.1.5")).unwrap();
+        m.remove(ip("10.244.1.200")).unwrap();
+        PodMasq::new("never-used").remove(ip("10.244.1.5")).unwrap();
+        PodMasq::new("never-used")
+            .remove(ip("fd10:244:1::5"))
+            .unwrap();
+        assert!(!m.contains(ip("10.244.1.5")).unwrap());
+        assert_eq!(
+            m.elements().unwrap(),
+            vec![(ip("10.244.1.6"), "cid2/net1".to_string())]
+        );
+
+        // Bad input is rejected before nft runs, and nothing changes.
+        let e = m
+            .add("10.244.1.7/24".parse().unwrap(), "bad\"id", "eth0")
+            .unwrap_err();
+        assert!(matches!(e, nft::NftError::InvalidInput { .. }), "{e:?}");
+        assert!(!m.contains(ip("10.244.1.7")).unwrap());
+
+        // delete_all drops this network's chain and set, leaving the other network alone.
+        m.delete_all().unwrap();
+        m.delete_all().unwrap();
+        assert!(m.elements().unwrap().is_empty());
+        let listed = nft_list(&["table", "ip", MASQ_TABLE]);
+        assert!(
+            !listed.contains(&set) && !listed.contains(&chain),
+            "{listed}"
+        );
+        assert!(listed.contains(&other.set_name()), "{listed}");
+    });
+}
+
+#[test]
+fn pod_masq_v6_ruleset() {
+    if !prerequisites(&["nft"]) {
+        return;
+    }
+    in_new_netns(|| async {
+        let m = PodMasq::new("cbr0");
+        let (set, chain) = (m.set_name(), m.chain_name());
+        m.add("fd10:244:1::5/64".parse().unwrap(), "cid1", "eth0")
+            .unwrap();
+        let expected = format!(
+            "table ip6 {MASQ_TABLE} {{\n\
+             \tset {set} {{\n\
+             \t\ttype ipv6_addr\n\
+             \t\telements = {{ fd10:244:1::5 comment \"cid1/eth0\" }}\n\
+             \t}}\n\
+             \n\
+             \tchain {chain} {{\n\
+             \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+             \t\tip6 saddr @{set} ip6 daddr != fd10:244:1::/64 ip6 daddr != ff00::/8 masquerade\n\
+             \t}}\n\
+             }}\n"
+        );
+        assert_eq!(nft_list(&["table", "ip6", MASQ_TABLE]), expected);
+        m.add("10.244.1.5/24".parse().unwrap(), "cid1", "eth0")
+            .unwrap();
+        let mut els = m.elements().unwrap();
+        els.sort();
+        assert_eq!(
+            els,
+            vec![
+                (ip("10.244.1.5"), "cid1/eth0".to_string()),
+                (ip("fd10:244:1::5"), "cid1/eth0".to_string())
+            ]
+        );
+        m.remove(ip("fd10:244:1::5")).unwrap();
+        m.remove(ip("fd10:244:1::5")).unwrap();
+        assert_eq!(
+            m.elements().unwrap(),
+            vec![(ip("10.244.1.5"), "cid1/eth0".to_string())]
+        );
+    });
+}
+
+#[test]
+fn apply_is_atomic_and_reports_nft_errors() {
+    if !prerequisites(&["nft"]) {
+        return;
+    }
+    in_new_netns(|| async {
+        // The second line is invalid, so the first must not take effect either.
+        let e =
+            nft::apply("add table ip atomic_t\nadd chain ip atomic_t c { bogus }\n").unwrap_err();
+        match &e {
+            nft::NftError::Failed { stderr, .. } => assert!(stderr.contains("Error"), "{stderr}"),
+            other => panic!("unexpected {other:?}"),
+        }
+        let e = nft::list_json("table ip atomic_t").unwrap_err();
+        assert!(e.is_not_found(), "{e:?}");
+
+        nft::apply("add table ip atomic_t\n").unwrap();
+        let j = nft::list_json("table ip atomic_t").unwrap();
+        let names: Vec<&str> = j["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|o| o.get("table")?.get("name")?.as_str())
+            .collect();
+        assert_eq!(names, vec!["atomic_t"]);
+    });
+}
