@@ -1,0 +1,491 @@
+//! ADD: attach a pod to the node bridge.
+//!
+//! The order is chosen so that a failure at any step leaves nothing the next DEL or ADD
+//! cannot clean up, and so that a duplicate ADD changes nothing:
+//!
+//! 1. read subnet.env (missing → code 11) and build the plan;
+//! 2. reserve the addresses (host-local refuses a second reservation for the same
+//!    container and interface, so a duplicate ADD stops here, untouched);
+//! 3. ensure the bridge, its gateway address (pinning the bridge MAC the first time) and
+//!    `ip_forward`;
+//! 4. create the veth pair in one netlink request — host end `veth<hash>` attached to the
+//!    bridge, container end born inside the pod namespace as `CNI_IFNAME`, MTU on both;
+//! 5. configure the pod through a netlink socket opened inside its namespace: `lo` up,
+//!    addresses, link up, routes;
+//! 6. announce the pod with a gratuitous ARP once the bridge port forwards (`arp_notify`
+//!    covers later MAC changes) so peers holding a stale neighbour entry for a restarted
+//!    pod's IP switch to the new MAC immediately instead of after ~50 s;
+//! 7. masquerade (`ipMasq`) as one nftables transaction.
+//!
+//! Any failure after step 2 runs [`Rollback`]: delete the veth (which removes both ends),
+//! remove masquerade entries, release the addresses.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use backends::netlink::{Link, Netlink, NetlinkError, Route, VethSpec};
+use backends::netns::NetNs;
+use backends::nft::PodMasq;
+use backends::{garp, sysctl};
+use ipam::host_local::HostLocal;
+use ipam::subnet_env::SubnetEnv;
+use ipnetwork::IpNetwork;
+
+use crate::conf::{IpamPlan, PodNetwork};
+use crate::error::{CniError, CniResult, TRY_AGAIN_LATER, UNKNOWN_CONTAINER};
+use crate::names::host_veth_name;
+use crate::result::{CniOutput, Interface, IpConfig, RouteEntry, format_mac};
+use crate::skel::Invocation;
+use crate::{ipam_exec, netlink_err};
+
+/// One address handed to the pod.
+#[derive(Debug, Clone)]
+pub struct PodAddress {
+    /// Address with prefix.
+    pub address: IpNetwork,
+    /// Gateway for its family.
+    pub gateway: Option<IpAddr>,
+}
+
+/// What ADD has done so far, undone in reverse on failure.
+#[derive(Default)]
+struct Rollback {
+    ipam_reserved: bool,
+    host_veth: Option<String>,
+    masq: Vec<IpAddr>,
+}
+
+/// Runs ADD and returns the result (printed by the caller in the requested version).
+pub async fn add(inv: &Invocation) -> CniResult<CniOutput> {
+    let subnet_file = inv.conf.subnet_file();
+    let env = SubnetEnv::load(&subnet_file).map_err(|e| {
+        CniError::new(
+            TRY_AGAIN_LATER,
+            format!("cannot use subnet file {}: {e}", subnet_file.display()),
+        )
+        .with_details(
+            "flanneld writes this file once the node has a subnet lease; retry when it is running",
+        )
+    })?;
+    let plan = inv.conf.plan(&env, &inv.cni_args)?;
+    let netns_path = inv.netns.clone().unwrap_or_default();
+    let pod_ns = NetNs::open(&netns_path).map_err(|e| {
+        let code = if e.kind() == std::io::ErrorKind::NotFound {
+            UNKNOWN_CONTAINER
+        } else {
+            crate::error::INTERNAL
+        };
+        CniError::new(
+            code,
+            format!(
+                "cannot open network namespace {}: {e}",
+                netns_path.display()
+            ),
+        )
+    })?;
+
+    let mut rollback = Rollback::default();
+    match attach(inv, &plan, &pod_ns, &mut rollback).await {
+        Ok(out) => Ok(out),
+        Err(e) => {
+            undo(inv, &plan, rollback).await;
+            Err(e)
+        }
+    }
+}
+
+async fn attach(
+    inv: &Invocation,
+    plan: &PodNetwork,
+    pod_ns: &NetNs,
+    rb: &mut Rollback,
+) -> CniResult<CniOutput> {
+    // 2. addresses
+    let (addresses, ipam_routes, ipam_dns) = reserve(inv, plan)?;
+    rb.ipam_reserved = true;
+
+    // 3. bridge
+    let host = Netlink::new().map_err(netlink_err("open netlink socket"))?;
+    let bridge = ensure_bridge(&host, plan, &addresses).await?;
+
+    // 4. veth pair, container end created directly inside the pod namespace
+    let host_name = host_veth_name(&inv.container_id, &inv.ifname);
+    let spec = VethSpec {
+        host_name: &host_name,
+        peer_name: &inv.ifname,
+        mtu: plan.mtu,
+        master: Some(bridge.index),
+        host_up: true,
+        peer_ns: pod_ns,
+        peer_mac: plan.mac,
+    };
+    let host_veth = match host.create_veth(&spec).await {
+        Ok(link) => link,
+        Err(NetlinkError::Exists(_)) => {
+            return Err(CniError::internal(format!(
+                "cannot create veth {host_name}/{}: an interface with one of these names already exists \
+                 (is container {} already attached as {}?)",
+                inv.ifname, inv.container_id, inv.ifname
+            )));
+        }
+        Err(e) => return Err(netlink_err("create veth pair")(e)),
+    };
+    rb.host_veth = Some(host_name.clone());
+    if plan.hairpin {
+        host.set_hairpin(host_veth.index, true)
+            .await
+            .map_err(netlink_err("enable hairpin on the bridge port"))?;
+    }
+
+    // 5. the pod side, through a socket bound to the pod namespace
+    let pod =
+        Netlink::new_in(pod_ns).map_err(netlink_err("open netlink socket in the pod namespace"))?;
+    let pod_link = pod
+        .link(&inv.ifname)
+        .await
+        .map_err(netlink_err("look up the pod interface"))?
+        .ok_or_else(|| {
+            CniError::internal(format!("{} vanished from the pod namespace", inv.ifname))
+        })?;
+    if let Some(lo) = pod.link("lo").await.map_err(netlink_err("look up lo"))? {
+        if !lo.admin_up {
+            pod.set_up(lo.index)
+                .await
+                .map_err(netlink_err("set lo up"))?;
+        }
+    }
+    for a in &addresses {
+        pod.add_address(pod_link.index, a.address)
+            .await
+            .map_err(netlink_err("add the pod address"))?;
+    }
+    let ifname = inv.ifname.clone();
+    let v4: Option<(IpAddr, [u8; 6])> = addresses
+        .iter()
+        .find(|a| a.address.is_ipv4())
+        .zip(pod_link.mac)
+        .map(|(a, mac)| (a.address.ip(), mac));
+    // arp_notify before the link goes up: the kernel then announces MAC changes by itself.
+    pod_ns
+        .run(move || sysctl::write(&format!("net/ipv4/conf/{ifname}/arp_notify"), "1"))
+        .map_err(|e| CniError::internal(format!("enter pod namespace: {e}")))?
+        .map_err(|e| CniError::internal(format!("set arp_notify: {e}")))?;
+    pod.set_up(pod_link.index)
+        .await
+        .map_err(netlink_err("set the pod interface up"))?;
+
+    let mut routes = plan.routes.clone();
+    routes.extend(ipam_routes);
+    if plan.is_default_gateway {
+        for a in &addresses {
+            let default: IpNetwork = if a.address.is_ipv4() {
+                "0.0.0.0/0".parse().expect("literal")
+            } else {
+                "::/0".parse().expect("literal")
+            };
+            if a.gateway.is_some() && !routes.iter().any(|r| r.dst == default) {
+                routes.push(RouteEntry::new(default, a.gateway));
+            }
+        }
+    }
+    for r in &routes {
+        let gw = r.gw.or_else(|| {
+            addresses
+                .iter()
+                .find(|a| a.address.is_ipv4() == r.dst.is_ipv4())
+                .and_then(|a| a.gateway)
+        });
+        let route = Route {
+            dst: r.dst,
+            gateway: gw,
+            oif: Some(pod_link.index),
+            onlink: false,
+            protocol: 3,
+            table: r.table.unwrap_or(254),
+            scope: r.scope.unwrap_or(0),
+        };
+        match pod.add_route(&route).await {
+            Ok(()) | Err(NetlinkError::Exists(_)) => {}
+            Err(e) => return Err(netlink_err(&format!("add route {} in the pod", r.dst))(e)),
+        }
+    }
+
+    // 6. gratuitous ARP once the host end (bridge port) is forwarding
+    if let Some((ip, mac)) = v4 {
+        wait_oper_up(&host, host_veth.index).await;
+        let index = pod_link.index;
+        if let IpAddr::V4(ip4) = ip {
+            let sent = pod_ns
+                .run(move || garp::send_gratuitous_arp(index, mac, ip4))
+                .map_err(|e| CniError::internal(format!("enter pod namespace: {e}")))?;
+            if let Err(e) = sent {
+                eprintln!("flannel cni: gratuitous ARP for {ip} failed (continuing): {e}");
+            }
+        }
+    }
+
+    // 7. masquerade
+    if plan.ip_masq {
+        let masq = PodMasq::new(&plan.name);
+        for a in &addresses {
+            masq.add(a.address, &inv.container_id, &inv.ifname)
+                .map_err(|e| {
+                    CniError::internal(format!("set up masquerade for {}: {e}", a.address))
+                })?;
+            rb.masq.push(a.address.ip());
+        }
+    }
+
+    let host_veth_now = host
+        .link_by_index(host_veth.index)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(host_veth);
+    let bridge_now = host
+        .link_by_index(bridge.index)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(bridge);
+    Ok(CniOutput {
+        interfaces: vec![
+            iface(&bridge_now, None),
+            iface(&host_veth_now, None),
+            Interface {
+                sandbox: Some(inv.netns.clone().unwrap_or_default().display().to_string()),
+                ..iface(&pod_link, None)
+            },
+        ],
+        ips: addresses
+            .iter()
+            .map(|a| IpConfig {
+                address: a.address,
+                gateway: a.gateway,
+                interface: Some(2),
+            })
+            .collect(),
+        routes,
+        dns: if plan.dns == Default::default() {
+            ipam_dns
+        } else {
+            plan.dns.clone()
+        },
+    })
+}
+
+fn iface(link: &Link, sandbox: Option<String>) -> Interface {
+    Interface {
+        name: link.name.clone(),
+        mac: link.mac.map(format_mac),
+        mtu: Some(link.mtu),
+        sandbox,
+        ..Default::default()
+    }
+}
+
+/// Reserves the pod's addresses: in-process host-local, or the delegated plugin.
+fn reserve(
+    inv: &Invocation,
+    plan: &PodNetwork,
+) -> CniResult<(Vec<PodAddress>, Vec<RouteEntry>, crate::result::Dns)> {
+    match &plan.ipam {
+        IpamPlan::HostLocal {
+            data_dir,
+            range_sets,
+        } => {
+            let store = HostLocal::open(data_dir, &plan.name).map_err(crate::ipam_err)?;
+            let allocs = store
+                .allocate(
+                    &inv.container_id,
+                    &inv.ifname,
+                    range_sets,
+                    &plan.requested_ips,
+                )
+                .map_err(crate::ipam_err)?;
+            let addrs = allocs
+                .into_iter()
+                .map(|a| PodAddress {
+                    address: a.address,
+                    gateway: plan.is_gateway.then_some(a.gateway),
+                })
+                .collect();
+            Ok((addrs, Vec::new(), Default::default()))
+        }
+        IpamPlan::Delegated { plugin, config } => {
+            let out = ipam_exec::add(inv, plugin, config)?;
+            if out.ips.is_empty() {
+                let _ = ipam_exec::exec(inv, plugin, "DEL", config, None);
+                return Err(CniError::internal(format!(
+                    "IPAM plugin {plugin} returned no IP addresses"
+                )));
+            }
+            let addrs = out
+                .ips
+                .iter()
+                .map(|ip| PodAddress {
+                    address: ip.address,
+                    gateway: ip
+                        .gateway
+                        .or_else(|| plan.is_gateway.then(|| first_host(ip.address))),
+                })
+                .collect();
+            // routes already include the cluster network (we rendered them into the ipam config)
+            Ok((addrs, Vec::new(), out.dns))
+        }
+    }
+}
+
+fn first_host(net: IpNetwork) -> IpAddr {
+    match net.network() {
+        IpAddr::V4(a) => IpAddr::V4((u32::from(a) + 1).into()),
+        IpAddr::V6(a) => IpAddr::V6((u128::from(a) + 1).into()),
+    }
+}
+
+/// Ensures the bridge exists and carries each family's gateway address.
+async fn ensure_bridge(
+    host: &Netlink,
+    plan: &PodNetwork,
+    addresses: &[PodAddress],
+) -> CniResult<Link> {
+    let bridge = host
+        .ensure_bridge(&plan.bridge, plan.mtu)
+        .await
+        .map_err(netlink_err(&format!("ensure bridge {}", plan.bridge)))?;
+    if plan.promisc && !bridge.promisc {
+        host.set_promisc(bridge.index, true)
+            .await
+            .map_err(netlink_err("set bridge promiscuous"))?;
+    }
+    if !plan.is_gateway {
+        return Ok(bridge);
+    }
+    let gateways: Vec<IpNetwork> = addresses
+        .iter()
+        .filter_map(|a| {
+            a.gateway
+                .and_then(|g| IpNetwork::new(g, a.address.prefix()).ok())
+        })
+        .collect();
+    if gateways.is_empty() {
+        return Ok(bridge);
+    }
+    let present = host
+        .addresses(bridge.index)
+        .await
+        .map_err(netlink_err("list bridge addresses"))?;
+    let mut added = false;
+    for gw in gateways {
+        if present.iter().any(|p| p.ip() == gw.ip()) {
+            continue;
+        }
+        let conflicting: Vec<IpNetwork> = present
+            .iter()
+            .copied()
+            .filter(|p| {
+                if gw.is_ipv4() {
+                    p.is_ipv4()
+                } else {
+                    // IPv6: only an overlapping prefix conflicts (link-local never does)
+                    p.is_ipv6() && (p.contains(gw.ip()) || gw.contains(p.ip()))
+                }
+            })
+            .collect();
+        if !conflicting.is_empty() {
+            if !plan.force_address {
+                return Err(CniError::internal(format!(
+                    "{:?} already has an IP address different from {gw}: {conflicting:?} \
+                     (the node subnet changed? set delegate.forceAddress to replace it)",
+                    plan.bridge
+                )));
+            }
+            for old in conflicting {
+                host.del_address(bridge.index, old)
+                    .await
+                    .map_err(netlink_err("remove old bridge address"))?;
+            }
+        }
+        host.add_address(bridge.index, gw)
+            .await
+            .map_err(netlink_err("add bridge gateway address"))?;
+        added = true;
+        let key = if gw.is_ipv4() {
+            "net/ipv4/ip_forward"
+        } else {
+            "net/ipv6/conf/all/forwarding"
+        };
+        sysctl::ensure(key, "1").map_err(|e| CniError::internal(format!("enable {key}: {e}")))?;
+    }
+    if added {
+        // Pin the bridge MAC (setting it explicitly stops it following the lowest port MAC).
+        if let Some(mac) = bridge.mac {
+            host.set_mac(bridge.index, mac)
+                .await
+                .map_err(netlink_err("pin bridge MAC"))?;
+        }
+    } else {
+        // Gateway already present: still make sure forwarding is on (cheap read).
+        for a in addresses {
+            let key = if a.address.is_ipv4() {
+                "net/ipv4/ip_forward"
+            } else {
+                "net/ipv6/conf/all/forwarding"
+            };
+            sysctl::ensure(key, "1")
+                .map_err(|e| CniError::internal(format!("enable {key}: {e}")))?;
+        }
+    }
+    Ok(bridge)
+}
+
+/// Waits (briefly) until the host end reports carrier, so the bridge port forwards.
+async fn wait_oper_up(host: &Netlink, index: u32) {
+    let mut delay = Duration::from_micros(200);
+    for _ in 0..12 {
+        if let Ok(Some(l)) = host.link_by_index(index).await {
+            if l.oper_up {
+                return;
+            }
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(100));
+    }
+}
+
+async fn undo(inv: &Invocation, plan: &PodNetwork, rb: Rollback) {
+    if let Some(name) = &rb.host_veth {
+        match Netlink::new() {
+            Ok(h) => {
+                if let Err(e) = h.del_link(name).await {
+                    eprintln!("flannel cni: rollback: delete {name}: {e}");
+                }
+            }
+            Err(e) => eprintln!("flannel cni: rollback: netlink: {e}"),
+        }
+    }
+    if !rb.masq.is_empty() {
+        let masq = PodMasq::new(&plan.name);
+        for ip in &rb.masq {
+            if let Err(e) = masq.remove(*ip) {
+                eprintln!("flannel cni: rollback: masquerade {ip}: {e}");
+            }
+        }
+    }
+    if rb.ipam_reserved {
+        match &plan.ipam {
+            IpamPlan::HostLocal { data_dir, .. } => {
+                if let Err(e) = HostLocal::open(data_dir, &plan.name)
+                    .and_then(|s| s.release(&inv.container_id, &inv.ifname))
+                {
+                    eprintln!("flannel cni: rollback: release addresses: {e}");
+                }
+            }
+            IpamPlan::Delegated { plugin, config } => {
+                if let Err(e) = ipam_exec::exec(inv, plugin, "DEL", config, None) {
+                    eprintln!("flannel cni: rollback: {e}");
+                }
+            }
+        }
+    }
+}

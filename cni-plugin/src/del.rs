@@ -1,0 +1,140 @@
+//! DEL: detach a pod. Idempotent, and it never needs subnet.env or the pod's namespace.
+//!
+//! 1. Delete the host end of the veth by its stable name (`veth<hash>`); the kernel removes
+//!    the pod end with it. Only when that name is absent (an attachment made by another
+//!    plugin) do we look inside the pod's namespace for `CNI_IFNAME`. A namespace path that
+//!    is empty or gone is fine: the veth died with the namespace.
+//! 2. Release the addresses (after the device is gone, as the reference does since #702).
+//! 3. Remove masquerade entries for the released addresses (or, if the store no longer
+//!    knows them, for the addresses in `prevResult`).
+//! 4. Remove flannel's per-container cache file if a node migrated from flannel's plugin
+//!    left one behind.
+//!
+//! Any real kernel error is reported (the runtime retries DEL); "not there" never is.
+
+use std::net::IpAddr;
+
+use backends::netlink::Netlink;
+use backends::netns::NetNs;
+use backends::nft::PodMasq;
+use ipam::host_local::HostLocal;
+use ipam::subnet_env::SubnetEnv;
+
+use crate::conf::DEFAULT_FLANNEL_DATA_DIR;
+use crate::error::{CniError, CniResult};
+use crate::names::host_veth_name;
+use crate::result::CniOutput;
+use crate::skel::Invocation;
+use crate::{ipam_exec, netlink_err};
+
+/// Runs DEL.
+pub async fn del(inv: &Invocation) -> CniResult<()> {
+    let conf = &inv.conf;
+    let host = Netlink::new().map_err(netlink_err("open netlink socket"))?;
+    let host_name = host_veth_name(&inv.container_id, &inv.ifname);
+    let removed = host
+        .del_link(&host_name)
+        .await
+        .map_err(netlink_err(&format!("delete {host_name}")))?;
+    if !removed {
+        if let Some(path) = &inv.netns {
+            match NetNs::open(path) {
+                Ok(ns) => {
+                    let pod = Netlink::new_in(&ns)
+                        .map_err(netlink_err("open netlink socket in the pod namespace"))?;
+                    pod.del_link(&inv.ifname)
+                        .await
+                        .map_err(netlink_err(&format!(
+                            "delete {} in the pod namespace",
+                            inv.ifname
+                        )))?;
+                }
+                Err(e) => {
+                    // Gone, or no longer a namespace: the veth went with it.
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        eprintln!("flannel cni: DEL: ignoring netns {}: {e}", path.display());
+                    }
+                }
+            }
+        }
+    }
+
+    let mut released: Vec<IpAddr> = Vec::new();
+    if conf.ipam_type() == "host-local" {
+        match HostLocal::open(&conf.ipam_data_dir(), conf.network_name()) {
+            Ok(store) => {
+                released = store
+                    .release(&inv.container_id, &inv.ifname)
+                    .map_err(crate::ipam_err)?
+            }
+            Err(e) => return Err(crate::ipam_err(e)),
+        }
+    } else {
+        // The delegate needs its config; subnet.env may be gone, so render what we can.
+        let ipam = delegated_ipam_config(inv);
+        ipam_exec::exec(inv, conf.ipam_type(), "DEL", &ipam, None)?;
+    }
+
+    if should_unmasquerade(inv) {
+        if released.is_empty() {
+            if let Some(prev) = conf
+                .prev_result
+                .as_ref()
+                .and_then(|p| CniOutput::parse(p).ok())
+            {
+                released = prev.ips.iter().map(|i| i.address.ip()).collect();
+            }
+        }
+        if !released.is_empty() {
+            let masq = PodMasq::new(conf.network_name());
+            for ip in &released {
+                masq.remove(*ip)
+                    .map_err(|e| CniError::internal(format!("remove masquerade for {ip}: {e}")))?;
+            }
+        }
+    }
+
+    let cache = conf
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| DEFAULT_FLANNEL_DATA_DIR.into())
+        .join(&inv.container_id);
+    if let Err(e) = std::fs::remove_file(&cache) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            eprintln!("flannel cni: DEL: cannot remove {}: {e}", cache.display());
+        }
+    }
+    Ok(())
+}
+
+/// Whether DEL should look for masquerade entries. Explicit `delegate.ipMasq` decides;
+/// otherwise subnet.env does (flannel's rule: ipMasq = !FLANNEL_IPMASQ); if subnet.env is
+/// unreadable we cannot know, so we clean up to be safe.
+fn should_unmasquerade(inv: &Invocation) -> bool {
+    if let Some(explicit) = inv.conf.explicit_ip_masq() {
+        return explicit;
+    }
+    match SubnetEnv::load(&inv.conf.subnet_file()) {
+        Ok(env) => !env.ipmasq,
+        Err(_) => true,
+    }
+}
+
+/// The `ipam` object for a delegated plugin when subnet.env may be unavailable.
+pub(crate) fn delegated_ipam_config(inv: &Invocation) -> serde_json::Value {
+    let args = crate::conf::CniArgs::default();
+    match SubnetEnv::load(&inv.conf.subnet_file())
+        .ok()
+        .and_then(|env| inv.conf.plan(&env, &args).ok())
+    {
+        Some(crate::conf::PodNetwork {
+            ipam: crate::conf::IpamPlan::Delegated { config, .. },
+            ..
+        }) => config,
+        _ => {
+            let mut obj = inv.conf.ipam.clone().unwrap_or_default().extra;
+            obj.insert("type".into(), inv.conf.ipam_type().into());
+            serde_json::Value::Object(obj)
+        }
+    }
+}

@@ -1,0 +1,641 @@
+//! End-to-end tests of the `flannel` CNI binary, run exactly as a runtime runs it, in
+//! namespaces the tests create (a node namespace holding the bridge, one per pod).
+//! Assertions read kernel state with `ip -j` and the IPAM store on disk.
+
+mod common;
+
+use common::*;
+
+fn links_by_name(ns: &Netns) -> std::collections::HashMap<String, serde_json::Value> {
+    ns.ip_json(&["link", "show"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| (l["ifname"].as_str().unwrap().to_string(), l.clone()))
+        .collect()
+}
+
+fn addrs(ns: &Netns, dev: &str) -> Vec<String> {
+    ns.ip_json(&["addr", "show", "dev", dev])
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
+        .filter(|a| a["scope"] == "global")
+        .map(|a| format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]))
+        .collect()
+}
+
+fn routes(ns: &Netns) -> Vec<(String, String)> {
+    ns.ip_json(&["route", "show"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["dst"].as_str().unwrap_or("").to_string(),
+                r["gateway"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn add_check_del_every_version_programs_the_kernel() {
+    if !require_root("add_check_del_every_version_programs_the_kernel") {
+        return;
+    }
+    let node = Node::new("ver");
+    for (i, version) in ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
+        .iter()
+        .enumerate()
+    {
+        let pod = Netns::new("vp");
+        let cid = format!("ctr-{i}");
+        let conf = node.conf(version);
+        let res = node.add_ok(&cid, &pod, &conf);
+
+        // result shape in the requested version
+        assert_eq!(res["cniVersion"], *version);
+        let ifaces = res["interfaces"].as_array().unwrap();
+        assert_eq!(ifaces.len(), 3);
+        assert_eq!(ifaces[0]["name"], "cni0");
+        assert!(ifaces[1]["name"].as_str().unwrap().starts_with("veth"));
+        assert_eq!(ifaces[2]["name"], "eth0");
+        assert_eq!(ifaces[2]["sandbox"], pod.path().display().to_string());
+        assert!(ifaces[0].get("sandbox").is_none());
+        let ip0 = &res["ips"][0];
+        assert_eq!(ip0["interface"], 2);
+        assert_eq!(ip0["gateway"], "10.244.1.1");
+        assert_eq!(
+            ip0.get("version").is_some(),
+            !version.starts_with('1'),
+            "ips[].version only below 1.0.0"
+        );
+        assert_eq!(
+            ifaces[1].get("mtu").is_some(),
+            *version == "1.1.0",
+            "interface mtu only from 1.1.0"
+        );
+        let ip = result_ip(&res);
+        assert_eq!(ip, format!("10.244.1.{}", i + 2), "round-robin from .2");
+        let dsts: Vec<&str> = res["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["dst"].as_str().unwrap())
+            .collect();
+        assert!(
+            dsts.contains(&"10.244.0.0/16") && dsts.contains(&"0.0.0.0/0"),
+            "{dsts:?}"
+        );
+
+        // node side: bridge with gateway, veth attached with hairpin, MTU
+        let links = links_by_name(&node.ns);
+        let br = &links["cni0"];
+        assert_eq!(br["linkinfo"]["info_kind"], "bridge");
+        assert_eq!(
+            br["address"], ifaces[0]["mac"],
+            "result carries the bridge MAC"
+        );
+        assert_eq!(addrs(&node.ns, "cni0"), vec!["10.244.1.1/24".to_string()]);
+        let veth_name = ifaces[1]["name"].as_str().unwrap();
+        let veth = &links[veth_name];
+        assert_eq!(veth["master"], "cni0");
+        assert_eq!(veth["mtu"], 1450);
+        assert_eq!(
+            veth["linkinfo"]["info_slave_data"]["hairpin"], true,
+            "{veth}"
+        );
+        assert_eq!(veth["address"], ifaces[1]["mac"]);
+        let fwd = node.ns.exec(&["cat", "/proc/sys/net/ipv4/ip_forward"]);
+        assert_eq!(String::from_utf8_lossy(&fwd.stdout).trim(), "1");
+
+        // pod side
+        let plinks = links_by_name(&pod);
+        assert_eq!(plinks["eth0"]["mtu"], 1450);
+        assert_eq!(plinks["eth0"]["address"], ifaces[2]["mac"]);
+        assert_eq!(plinks["eth0"]["linkinfo"]["info_kind"], "veth");
+        assert!(
+            plinks["lo"]["flags"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f == "UP")
+        );
+        assert_eq!(addrs(&pod, "eth0"), vec![format!("{ip}/24")]);
+        let r = routes(&pod);
+        assert!(
+            r.contains(&("default".into(), "10.244.1.1".into())),
+            "{r:?}"
+        );
+        assert!(
+            r.contains(&("10.244.0.0/16".into(), "10.244.1.1".into())),
+            "{r:?}"
+        );
+        let arp_notify = pod.exec(&["cat", "/proc/sys/net/ipv4/conf/eth0/arp_notify"]);
+        assert_eq!(String::from_utf8_lossy(&arp_notify.stdout).trim(), "1");
+        assert!(pod.ping("10.244.1.1"), "pod reaches its gateway");
+
+        // IPAM store in the reference format
+        let file = node.ipam_dir().join("cbr0").join(&ip);
+        assert_eq!(
+            std::fs::read(&file).unwrap(),
+            format!("{cid}\r\neth0").into_bytes()
+        );
+
+        // CHECK (0.4.0+) with prevResult
+        let mut with_prev = conf.clone();
+        with_prev["prevResult"] = res.clone();
+        if !version.starts_with("0.3") {
+            let out = node.run("CHECK", &cid, Some(&pod.path()), "eth0", &with_prev);
+            assert_eq!(out.code, 0, "CHECK {version}: {}", out.stdout);
+            assert!(out.stdout.trim().is_empty());
+        }
+
+        // DEL, twice
+        node.del_ok(&cid, Some(&pod.path()), &with_prev);
+        assert!(!file.exists(), "IP released");
+        assert!(
+            !links_by_name(&node.ns).contains_key(veth_name),
+            "host veth gone"
+        );
+        assert!(
+            !pod.link_names().contains(&"eth0".to_string()),
+            "pod eth0 gone"
+        );
+        node.del_ok(&cid, Some(&pod.path()), &with_prev);
+    }
+    assert!(node.reservations("cbr0").is_empty());
+}
+
+#[test]
+fn three_pods_reach_each_other_and_dup_add_leaves_first_intact() {
+    if !require_root("three_pods_reach_each_other_and_dup_add_leaves_first_intact") {
+        return;
+    }
+    let node = Node::new("ping");
+    let conf = node.conf("0.3.1");
+    let pods: Vec<Netns> = (0..3).map(|_| Netns::new("pp")).collect();
+    let ips: Vec<String> = pods
+        .iter()
+        .enumerate()
+        .map(|(i, p)| result_ip(&node.add_ok(&format!("p{i}"), p, &conf)))
+        .collect();
+    for (i, p) in pods.iter().enumerate() {
+        for (j, ip) in ips.iter().enumerate() {
+            if i != j {
+                assert!(p.ping(ip), "pod {i} -> pod {j} ({ip})");
+            }
+        }
+    }
+    // A second ADD for the same (container, ifname) fails and changes nothing.
+    let before = node.reservations("cbr0");
+    let links_before = node.ns.link_names();
+    let out = node.run("ADD", "p0", Some(&pods[0].path()), "eth0", &conf);
+    assert_ne!(out.code, 0);
+    let err = out.json();
+    assert!(err["msg"].as_str().unwrap().contains("duplicate"), "{err}");
+    assert_eq!(node.reservations("cbr0"), before);
+    assert_eq!(node.ns.link_names(), links_before);
+    assert!(pods[1].ping(&ips[0]), "first attachment still works");
+    for i in 0..3 {
+        node.del_ok(&format!("p{i}"), Some(&pods[i].path()), &conf);
+    }
+    assert!(node.reservations("cbr0").is_empty());
+}
+
+#[test]
+fn del_edge_cases_always_succeed_and_release() {
+    if !require_root("del_edge_cases_always_succeed_and_release") {
+        return;
+    }
+    let node = Node::new("del");
+    let conf = node.conf("1.0.0");
+    // unknown container, no netns
+    node.del_ok("never-added", None, &conf);
+    // netns deleted before DEL
+    let mut pod = Netns::new("dp");
+    let res = node.add_ok("gone", &pod, &conf);
+    let path = pod.path();
+    let veth = res["interfaces"][1]["name"].as_str().unwrap().to_string();
+    pod.delete();
+    node.del_ok("gone", Some(&path), &conf);
+    assert!(
+        node.reservations("cbr0").is_empty(),
+        "IP released although the netns is gone"
+    );
+    assert!(!node.ns.link_names().contains(&veth));
+    // empty CNI_NETNS while the pod still exists: the veth is removed by its host name
+    let pod2 = Netns::new("dp");
+    node.add_ok("empty", &pod2, &conf);
+    node.del_ok("empty", None, &conf);
+    assert!(
+        !pod2.link_names().contains(&"eth0".to_string()),
+        "pod end removed with the host end"
+    );
+    assert!(node.reservations("cbr0").is_empty());
+    // subnet.env missing: DEL does not need it
+    let pod3 = Netns::new("dp");
+    node.add_ok("nosubnet", &pod3, &conf);
+    std::fs::remove_file(node.subnet_file()).unwrap();
+    node.del_ok("nosubnet", Some(&pod3.path()), &conf);
+    node.del_ok("nosubnet", Some(&pod3.path()), &conf);
+    assert!(node.reservations("cbr0").is_empty());
+}
+
+#[test]
+fn failed_add_rolls_back_everything() {
+    if !require_root("failed_add_rolls_back_everything") {
+        return;
+    }
+    let node = Node::new("rb");
+    let conf = node.conf("1.0.0");
+    let pod = Netns::new("rp");
+    // Occupy the name eth0 inside the pod so the veth creation fails after IPAM.
+    ip(&[
+        "-n", &pod.name, "link", "add", "eth0", "type", "veth", "peer", "name", "blocker",
+    ]);
+    let out = node.run("ADD", "rb1", Some(&pod.path()), "eth0", &conf);
+    assert_ne!(out.code, 0);
+    assert!(
+        out.json()["msg"]
+            .as_str()
+            .unwrap()
+            .contains("already exists"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        node.reservations("cbr0").is_empty(),
+        "IP released on rollback"
+    );
+    let host_veths: Vec<String> = node
+        .ns
+        .link_names()
+        .into_iter()
+        .filter(|n| n.starts_with("veth"))
+        .collect();
+    assert!(host_veths.is_empty(), "no veth left: {host_veths:?}");
+    // The next ADD for another pod still works and gets the first address.
+    let pod2 = Netns::new("rp");
+    let res = node.add_ok("rb2", &pod2, &conf);
+    assert_eq!(
+        result_ip(&res),
+        "10.244.1.3",
+        "round-robin continues after the released .2"
+    );
+    node.del_ok("rb2", Some(&pod2.path()), &conf);
+}
+
+#[test]
+fn bad_input_changes_nothing() {
+    if !require_root("bad_input_changes_nothing") {
+        return;
+    }
+    let node = Node::new("bad");
+    let pod = Netns::new("bp");
+    let cases: Vec<(serde_json::Value, Vec<(&str, &str)>, u64)> = vec![
+        (
+            serde_json::json!({"cniVersion":"9.9.9","name":"cbr0"}),
+            vec![],
+            1,
+        ),
+        (
+            serde_json::json!({"cniVersion":"1.0.0","name":"../../etc"}),
+            vec![],
+            7,
+        ),
+        (
+            serde_json::json!({"cniVersion":"1.0.0","name":"cbr0","delegate":{"name":"x"}}),
+            vec![],
+            7,
+        ),
+        (
+            node.conf("1.0.0"),
+            vec![("CNI_IFNAME", "this-is-too-long-0")],
+            4,
+        ),
+        (node.conf("1.0.0"), vec![("CNI_CONTAINERID", "-bad")], 4),
+    ];
+    for (conf, env, want) in cases {
+        let stdin = conf.to_string();
+        let out = run_in_ns(&node.ns, &stdin, |c| {
+            c.env("CNI_COMMAND", "ADD")
+                .env("CNI_CONTAINERID", "ok1")
+                .env("CNI_NETNS", pod.path())
+                .env("CNI_IFNAME", "eth0")
+                .env("CNI_PATH", "/usr/lib/cni");
+            for (k, v) in &env {
+                c.env(k, v);
+            }
+        });
+        assert_eq!(out.err_code(), want, "{conf} {env:?}: {}", out.stdout);
+        assert!(!out.json()["msg"].as_str().unwrap().is_empty());
+    }
+    // malformed JSON
+    let out = run_in_ns(&node.ns, "{not json", |c| {
+        c.env("CNI_COMMAND", "ADD")
+            .env("CNI_CONTAINERID", "ok1")
+            .env("CNI_NETNS", pod.path())
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", "/usr/lib/cni");
+    });
+    assert_eq!(out.err_code(), 6);
+    // subnet.env missing: code 11 naming the path
+    std::fs::remove_file(node.subnet_file()).unwrap();
+    let out = node.run("ADD", "ok1", Some(&pod.path()), "eth0", &node.conf("1.0.0"));
+    assert_eq!(out.err_code(), 11);
+    assert!(
+        out.stdout
+            .contains(&node.subnet_file().display().to_string())
+    );
+    // nothing was created anywhere
+    assert_eq!(node.ns.link_names(), vec!["lo".to_string()]);
+    assert_eq!(pod.link_names(), vec!["lo".to_string()]);
+    assert!(!node.ipam_dir().exists());
+}
+
+#[test]
+fn check_detects_drift() {
+    if !require_root("check_detects_drift") {
+        return;
+    }
+    let node = Node::new("chk");
+    let conf = node.conf("1.0.0");
+    let pod = Netns::new("cp");
+    let res = node.add_ok("c1", &pod, &conf);
+    let mut with_prev = conf.clone();
+    with_prev["prevResult"] = res.clone();
+    assert_eq!(
+        node.run("CHECK", "c1", Some(&pod.path()), "eth0", &with_prev)
+            .code,
+        0
+    );
+    // without prevResult
+    let out = node.run("CHECK", "c1", Some(&pod.path()), "eth0", &conf);
+    assert_ne!(out.code, 0);
+    assert!(out.stdout.contains("prevResult"));
+    // a deleted route is reported by name
+    ip(&["-n", &pod.name, "route", "del", "10.244.0.0/16"]);
+    let out = node.run("CHECK", "c1", Some(&pod.path()), "eth0", &with_prev);
+    assert_ne!(out.code, 0);
+    assert!(out.stdout.contains("10.244.0.0/16"), "{}", out.stdout);
+    // a removed address too
+    ip(&[
+        "-n",
+        &pod.name,
+        "route",
+        "add",
+        "10.244.0.0/16",
+        "via",
+        "10.244.1.1",
+    ]);
+    assert_eq!(
+        node.run("CHECK", "c1", Some(&pod.path()), "eth0", &with_prev)
+            .code,
+        0
+    );
+    let ip_cidr = res["ips"][0]["address"].as_str().unwrap().to_string();
+    ip(&["-n", &pod.name, "addr", "del", &ip_cidr, "dev", "eth0"]);
+    let out = node.run("CHECK", "c1", Some(&pod.path()), "eth0", &with_prev);
+    assert_ne!(out.code, 0);
+    assert!(out.stdout.contains(&ip_cidr), "{}", out.stdout);
+    node.del_ok("c1", Some(&pod.path()), &with_prev);
+    // after DEL the reservation is gone and CHECK says so
+    let out = node.run("CHECK", "c1", Some(&pod.path()), "eth0", &with_prev);
+    assert_ne!(out.code, 0);
+}
+
+#[test]
+fn gc_and_status() {
+    if !require_root("gc_and_status") {
+        return;
+    }
+    let node = Node::new("gc");
+    let conf = node.conf("1.1.0");
+    let pods: Vec<Netns> = (0..3).map(|_| Netns::new("gp")).collect();
+    for (i, p) in pods.iter().enumerate() {
+        node.add_ok(&format!("g{i}"), p, &conf);
+    }
+    assert_eq!(node.reservations("cbr0").len(), 3);
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] = serde_json::json!([{"containerID": "g1", "ifname": "eth0"}]);
+    let out = node.run("GC", "", None, "", &gc);
+    assert_eq!(out.code, 0, "{}", out.stdout);
+    let left = node.reservations("cbr0");
+    assert_eq!(left.len(), 1);
+    let owner = std::fs::read_to_string(node.ipam_dir().join("cbr0").join(&left[0])).unwrap();
+    assert_eq!(owner, "g1\r\neth0");
+
+    // STATUS: ready
+    assert_eq!(node.run("STATUS", "", None, "", &conf).code, 0);
+    // STATUS: exhausted range -> 50
+    let mut tiny = conf.clone();
+    tiny["name"] = "tiny".into();
+    tiny["ipam"]["ranges"] = serde_json::json!([[{"subnet": "10.244.1.0/24", "rangeStart": "10.244.1.200", "rangeEnd": "10.244.1.200"}]]);
+    assert_eq!(node.run("STATUS", "", None, "", &tiny).code, 0);
+    let p = Netns::new("gp");
+    let res = node.add_ok("t1", &p, &tiny);
+    assert_eq!(result_ip(&res), "10.244.1.200");
+    let out = node.run("STATUS", "", None, "", &tiny);
+    assert_eq!(out.err_code(), 50);
+    node.del_ok("t1", Some(&p.path()), &tiny);
+    // STATUS: subnet.env missing -> 50
+    std::fs::write(node.subnet_file(), "garbage").unwrap();
+    assert_eq!(node.run("STATUS", "", None, "", &conf).err_code(), 50);
+    std::fs::remove_file(node.subnet_file()).unwrap();
+    let out = node.run("STATUS", "", None, "", &conf);
+    assert_eq!(out.err_code(), 50);
+    for (i, p) in pods.iter().enumerate() {
+        node.del_ok(&format!("g{i}"), Some(&p.path()), &conf);
+    }
+}
+
+#[test]
+fn restarted_pod_with_same_ip_is_reachable_at_once() {
+    if !require_root("restarted_pod_with_same_ip_is_reachable_at_once") {
+        return;
+    }
+    let node = Node::new("garp");
+    let conf = node.conf("1.0.0");
+    let a = Netns::new("ga");
+    node.add_ok("peer", &a, &conf);
+    let mut b = Netns::new("gb");
+    let res = node.add_ok("restart", &b, &conf);
+    let ip_b = result_ip(&res);
+    let mac1 = res["interfaces"][2]["mac"].as_str().unwrap().to_string();
+    assert!(a.ping(&ip_b));
+    // The pod dies and comes back with the same IP in a new namespace (new MAC).
+    node.del_ok("restart", Some(&b.path()), &conf);
+    b.delete();
+    let b2 = Netns::new("gb");
+    let out = node.run_env(
+        "ADD",
+        "restart",
+        Some(&b2.path()),
+        "eth0",
+        &conf,
+        &[("CNI_ARGS", &format!("IgnoreUnknown=1;IP={ip_b}"))],
+    );
+    assert_eq!(out.code, 0, "{}", out.stdout);
+    let res2 = out.json();
+    assert_eq!(result_ip(&res2), ip_b);
+    assert_ne!(
+        res2["interfaces"][2]["mac"].as_str().unwrap(),
+        mac1,
+        "new MAC"
+    );
+    // The peer still has the old MAC cached; the gratuitous ARP must fix that immediately.
+    let t0 = std::time::Instant::now();
+    assert!(a.ping(&ip_b), "restarted pod reachable on the first ping");
+    assert!(t0.elapsed() < std::time::Duration::from_secs(1));
+    node.del_ok("restart", Some(&b2.path()), &conf);
+    node.del_ok("peer", Some(&a.path()), &conf);
+}
+
+#[test]
+fn masquerade_is_one_nft_transaction_and_is_removed() {
+    if !require_root("masquerade_is_one_nft_transaction_and_is_removed") {
+        return;
+    }
+    let node = Node::new("masq");
+    node.write_subnet_env("10.244.0.0/16", "10.244.1.1/24", 1450, false); // flanneld not masquerading -> per-pod ipMasq
+    let conf = node.conf("1.0.0");
+    let pod = Netns::new("mp");
+    let res = node.add_ok("m1", &pod, &conf);
+    let ip = result_ip(&res);
+    let ruleset =
+        String::from_utf8_lossy(&node.ns.exec(&["nft", "list", "ruleset"]).stdout).into_owned();
+    assert!(ruleset.contains(&ip), "{ruleset}");
+    assert!(ruleset.contains("masquerade"), "{ruleset}");
+    assert!(ruleset.contains("ip daddr != 10.244.1.0/24"), "{ruleset}");
+    assert!(ruleset.contains("ip daddr != 224.0.0.0/4"), "{ruleset}");
+    let mut prev = conf.clone();
+    prev["prevResult"] = res;
+    assert_eq!(
+        node.run("CHECK", "m1", Some(&pod.path()), "eth0", &prev)
+            .code,
+        0
+    );
+    node.del_ok("m1", Some(&pod.path()), &prev);
+    let ruleset =
+        String::from_utf8_lossy(&node.ns.exec(&["nft", "list", "ruleset"]).stdout).into_owned();
+    assert!(!ruleset.contains(&ip), "element removed: {ruleset}");
+    node.del_ok("m1", Some(&pod.path()), &prev);
+}
+
+#[test]
+fn delegated_ipam_runs_the_named_plugin() {
+    if !require_root("delegated_ipam_runs_the_named_plugin") {
+        return;
+    }
+    let reference = std::path::Path::new("/usr/lib/cni/host-local");
+    if !reference.exists() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "reference host-local missing under CI"
+        );
+        eprintln!("SKIP: no /usr/lib/cni/host-local");
+        return;
+    }
+    let node = Node::new("dlg");
+    let bin = node.dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::os::unix::fs::symlink(reference, bin.join("ref-ipam")).unwrap();
+    let mut conf = node.conf("1.0.0");
+    conf["ipam"] =
+        serde_json::json!({"type": "ref-ipam", "dataDir": node.dir.path().join("refstore")});
+    let pod = Netns::new("dlp");
+    let path = bin.display().to_string();
+    let out = node.run_env(
+        "ADD",
+        "d1",
+        Some(&pod.path()),
+        "eth0",
+        &conf,
+        &[("CNI_PATH", &path)],
+    );
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    let res = out.json();
+    assert_eq!(result_ip(&res), "10.244.1.2");
+    let file = node.dir.path().join("refstore/cbr0/10.244.1.2");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "d1\r\neth0");
+    assert!(pod.ping("10.244.1.1"));
+    let out = node.run_env(
+        "DEL",
+        "d1",
+        Some(&pod.path()),
+        "eth0",
+        &conf,
+        &[("CNI_PATH", &path)],
+    );
+    assert_eq!(out.code, 0, "{}", out.stdout);
+    assert!(!file.exists());
+}
+
+#[test]
+fn concurrent_adds_64_pods_16_parallel() {
+    if !require_root("concurrent_adds_64_pods_16_parallel") {
+        return;
+    }
+    let node = std::sync::Arc::new(Node::new("conc"));
+    let pods: std::sync::Arc<Vec<Netns>> =
+        std::sync::Arc::new((0..64).map(|_| Netns::new("cc")).collect());
+    let conf = node.conf("0.3.1");
+    let run_all = |cmd: &'static str| -> Vec<PluginOut> {
+        let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut handles = Vec::new();
+        for _ in 0..16 {
+            let (node, pods, conf, next) = (node.clone(), pods.clone(), conf.clone(), next.clone());
+            handles.push(std::thread::spawn(move || {
+                let mut outs = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    if i >= 64 {
+                        break outs;
+                    }
+                    outs.push(node.run(
+                        cmd,
+                        &format!("c{i}"),
+                        Some(&pods[i].path()),
+                        "eth0",
+                        &conf,
+                    ));
+                }
+            }));
+        }
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    };
+    let adds = run_all("ADD");
+    let mut ips = std::collections::HashSet::new();
+    for o in &adds {
+        assert_eq!(o.code, 0, "{} {}", o.stdout, o.stderr);
+        ips.insert(result_ip(&o.json()));
+    }
+    assert_eq!(ips.len(), 64, "64 distinct IPs");
+    assert_eq!(node.reservations("cbr0").len(), 64);
+    let ports = node.ip_ports();
+    assert_eq!(ports, 64);
+    for o in run_all("DEL") {
+        assert_eq!(o.code, 0, "{}", o.stdout);
+    }
+    assert!(node.reservations("cbr0").is_empty(), "no reservation left");
+    assert_eq!(node.ip_ports(), 0, "no veth left");
+}
+
+trait Ports {
+    fn ip_ports(&self) -> usize;
+}
+impl Ports for Node {
+    fn ip_ports(&self) -> usize {
+        self.ns
+            .ip_json(&["link", "show", "master", "cni0"])
+            .as_array()
+            .map(|a| a.len())
+            .unwrap_or(0)
+    }
+}
