@@ -204,8 +204,9 @@ impl LockedStore for DiskLock<'_> {
             if ent.file_type() == Some(Type::Directory) {
                 continue;
             }
-            // Vanished under our feet (someone ignoring the lock): not a reservation.
-            let Some(bytes) = self.read_small(name)? else {
+            // Vanished under our feet (someone ignoring the lock) or unreadable: skipped,
+            // as the reference's walk does, so one bad file cannot block every DEL.
+            let Ok(Some(bytes)) = self.read_small(name) else {
                 continue;
             };
             let content = match String::from_utf8(bytes) {

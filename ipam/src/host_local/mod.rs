@@ -341,17 +341,30 @@ impl<S: Store> HostLocal<S> {
 
     /// Release every address held by (`id`, `ifname`), plus legacy files holding only
     /// `id`. A missing directory or no match is success (`Ok(vec![])`). Returns the
-    /// released addresses, sorted.
+    /// released addresses, sorted. A file that cannot be removed does not stop the others;
+    /// the first such error is returned after all were tried.
     pub fn release(&self, id: &str, ifname: &str) -> Result<Vec<IpAddr>, IpamError> {
         let Some(mut guard) = self.store.lock_existing()? else {
             return Ok(Vec::new());
         };
         let owner = OwnerMatch::new(id, ifname);
         let mut released = Vec::new();
+        let mut first_err = None;
         for e in guard.entries()? {
-            if owner.matches(&e.content) && guard.remove(e.ip)? {
-                released.push(e.ip);
+            if !owner.matches(&e.content) {
+                continue;
             }
+            // Keep going after a failure: release as much as possible, then report.
+            match guard.remove(e.ip) {
+                Ok(true) => released.push(e.ip),
+                Ok(false) => {}
+                Err(err) => {
+                    first_err.get_or_insert(err);
+                }
+            }
+        }
+        if let Some(err) = first_err {
+            return Err(err);
         }
         released.sort();
         Ok(released)
