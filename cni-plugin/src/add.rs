@@ -147,12 +147,12 @@ async fn attach(
         .ok_or_else(|| {
             CniError::internal(format!("{} vanished from the pod namespace", inv.ifname))
         })?;
-    if let Some(lo) = pod.link("lo").await.map_err(netlink_err("look up lo"))? {
-        if !lo.admin_up {
-            pod.set_up(lo.index)
-                .await
-                .map_err(netlink_err("set lo up"))?;
-        }
+    if let Some(lo) = pod.link("lo").await.map_err(netlink_err("look up lo"))?
+        && !lo.admin_up
+    {
+        pod.set_up(lo.index)
+            .await
+            .map_err(netlink_err("set lo up"))?;
     }
     for a in &addresses {
         pod.add_address(pod_link.index, a.address)
@@ -443,10 +443,10 @@ async fn ensure_bridge(
 async fn wait_oper_up(host: &Netlink, index: u32) {
     let mut delay = Duration::from_micros(200);
     for _ in 0..12 {
-        if let Ok(Some(l)) = host.link_by_index(index).await {
-            if l.oper_up {
-                return;
-            }
+        if let Ok(Some(l)) = host.link_by_index(index).await
+            && l.oper_up
+        {
+            return;
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_millis(100));

@@ -107,16 +107,14 @@ pub async fn check(inv: &Invocation) -> CniResult<()> {
         .interfaces
         .iter()
         .find(|i| i.name == plan.bridge && i.sandbox.is_none())
+        && let (Some(want), Some(have)) = (&recorded.mac, bridge.mac)
+        && !want.eq_ignore_ascii_case(&format_mac(have))
     {
-        if let (Some(want), Some(have)) = (&recorded.mac, bridge.mac) {
-            if !want.eq_ignore_ascii_case(&format_mac(have)) {
-                return Err(fail(format!(
-                    "bridge {} MAC is {} but prevResult says {want}",
-                    plan.bridge,
-                    format_mac(have)
-                )));
-            }
-        }
+        return Err(fail(format!(
+            "bridge {} MAC is {} but prevResult says {want}",
+            plan.bridge,
+            format_mac(have)
+        )));
     }
     if plan.promisc != bridge.promisc {
         return Err(fail(format!(
@@ -144,14 +142,14 @@ pub async fn check(inv: &Invocation) -> CniResult<()> {
             inv.ifname, pod_link.kind
         )));
     }
-    if let (Some(want), Some(have)) = (&ci.mac, pod_link.mac) {
-        if !want.eq_ignore_ascii_case(&format_mac(have)) {
-            return Err(fail(format!(
-                "{} MAC is {} but prevResult says {want}",
-                inv.ifname,
-                format_mac(have)
-            )));
-        }
+    if let (Some(want), Some(have)) = (&ci.mac, pod_link.mac)
+        && !want.eq_ignore_ascii_case(&format_mac(have))
+    {
+        return Err(fail(format!(
+            "{} MAC is {} but prevResult says {want}",
+            inv.ifname,
+            format_mac(have)
+        )));
     }
 
     // The host end: a recorded host interface that is a veth on the bridge peered with the pod end.
@@ -161,14 +159,13 @@ pub async fn check(inv: &Invocation) -> CniResult<()> {
         .iter()
         .filter(|i| i.sandbox.is_none() && i.name != plan.bridge)
     {
-        if let Ok(Some(l)) = host.link(&hi.name).await {
-            if l.kind.as_deref() == Some("veth")
-                && l.master == Some(bridge.index)
-                && pod_link.link == Some(l.index)
-            {
-                host_ok = true;
-                break;
-            }
+        if let Ok(Some(l)) = host.link(&hi.name).await
+            && l.kind.as_deref() == Some("veth")
+            && l.master == Some(bridge.index)
+            && pod_link.link == Some(l.index)
+        {
+            host_ok = true;
+            break;
         }
     }
     if !host_ok {

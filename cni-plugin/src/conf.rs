@@ -207,19 +207,19 @@ impl NetConf {
                 "delegate: \"hairpinMode\" and \"promiscMode\" cannot both be true",
             ));
         }
-        if let Some(mtu) = self.delegate.mtu {
-            if !(68..=65535).contains(&mtu) {
-                return Err(CniError::config(format!(
-                    "delegate.mtu {mtu} is outside 68..65535"
-                )));
-            }
+        if let Some(mtu) = self.delegate.mtu
+            && !(68..=65535).contains(&mtu)
+        {
+            return Err(CniError::config(format!(
+                "delegate.mtu {mtu} is outside 68..65535"
+            )));
         }
-        if let Some(b) = &self.delegate.bridge {
-            if !is_valid_ifname(b) {
-                return Err(CniError::config(format!(
-                    "delegate.bridge {b:?} is not a valid interface name"
-                )));
-            }
+        if let Some(b) = &self.delegate.bridge
+            && !is_valid_ifname(b)
+        {
+            return Err(CniError::config(format!(
+                "delegate.bridge {b:?} is not a valid interface name"
+            )));
         }
         Ok(())
     }

@@ -36,24 +36,22 @@ pub async fn del(inv: &Invocation) -> CniResult<()> {
         .del_link(&host_name)
         .await
         .map_err(netlink_err(&format!("delete {host_name}")))?;
-    if !removed {
-        if let Some(path) = &inv.netns {
-            match NetNs::open(path) {
-                Ok(ns) => {
-                    let pod = Netlink::new_in(&ns)
-                        .map_err(netlink_err("open netlink socket in the pod namespace"))?;
-                    pod.del_link(&inv.ifname)
-                        .await
-                        .map_err(netlink_err(&format!(
-                            "delete {} in the pod namespace",
-                            inv.ifname
-                        )))?;
-                }
-                Err(e) => {
-                    // Gone, or no longer a namespace: the veth went with it.
-                    if e.kind() != std::io::ErrorKind::NotFound {
-                        eprintln!("flannel cni: DEL: ignoring netns {}: {e}", path.display());
-                    }
+    if !removed && let Some(path) = &inv.netns {
+        match NetNs::open(path) {
+            Ok(ns) => {
+                let pod = Netlink::new_in(&ns)
+                    .map_err(netlink_err("open netlink socket in the pod namespace"))?;
+                pod.del_link(&inv.ifname)
+                    .await
+                    .map_err(netlink_err(&format!(
+                        "delete {} in the pod namespace",
+                        inv.ifname
+                    )))?;
+            }
+            Err(e) => {
+                // Gone, or no longer a namespace: the veth went with it.
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    eprintln!("flannel cni: DEL: ignoring netns {}: {e}", path.display());
                 }
             }
         }
@@ -76,14 +74,13 @@ pub async fn del(inv: &Invocation) -> CniResult<()> {
     }
 
     if should_unmasquerade(inv) {
-        if released.is_empty() {
-            if let Some(prev) = conf
+        if released.is_empty()
+            && let Some(prev) = conf
                 .prev_result
                 .as_ref()
                 .and_then(|p| CniOutput::parse(p).ok())
-            {
-                released = prev.ips.iter().map(|i| i.address.ip()).collect();
-            }
+        {
+            released = prev.ips.iter().map(|i| i.address.ip()).collect();
         }
         if !released.is_empty() {
             let masq = PodMasq::new(conf.network_name());
@@ -99,10 +96,10 @@ pub async fn del(inv: &Invocation) -> CniResult<()> {
         .clone()
         .unwrap_or_else(|| DEFAULT_FLANNEL_DATA_DIR.into())
         .join(&inv.container_id);
-    if let Err(e) = std::fs::remove_file(&cache) {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            eprintln!("flannel cni: DEL: cannot remove {}: {e}", cache.display());
-        }
+    if let Err(e) = std::fs::remove_file(&cache)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        eprintln!("flannel cni: DEL: cannot remove {}: {e}", cache.display());
     }
     Ok(())
 }

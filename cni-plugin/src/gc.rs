@@ -67,10 +67,8 @@ pub async fn gc(inv: &Invocation) -> CniResult<()> {
                 let keep = owner
                     .split_once('/')
                     .is_some_and(|(cid, ifn)| pairs.contains(&(cid.to_string(), ifn.to_string())));
-                if !keep {
-                    if let Err(e) = masq.remove(ip) {
-                        errors.push(format!("masquerade {ip}: {e}"));
-                    }
+                if !keep && let Err(e) = masq.remove(ip) {
+                    errors.push(format!("masquerade {ip}: {e}"));
                 }
             }
         }

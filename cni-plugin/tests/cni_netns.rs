@@ -199,8 +199,8 @@ fn three_pods_reach_each_other_and_dup_add_leaves_first_intact() {
     assert_eq!(node.reservations("cbr0"), before);
     assert_eq!(node.ns.link_names(), links_before);
     assert!(pods[1].ping(&ips[0]), "first attachment still works");
-    for i in 0..3 {
-        node.del_ok(&format!("p{i}"), Some(&pods[i].path()), &conf);
+    for (i, pod) in pods.iter().enumerate() {
+        node.del_ok(&format!("p{i}"), Some(&pod.path()), &conf);
     }
     assert!(node.reservations("cbr0").is_empty());
 }
@@ -295,7 +295,9 @@ fn bad_input_changes_nothing() {
     }
     let node = Node::new("bad");
     let pod = Netns::new("bp");
-    let cases: Vec<(serde_json::Value, Vec<(&str, &str)>, u64)> = vec![
+    /// (stdin config, env overrides, expected CNI error code)
+    type BadCase<'a> = (serde_json::Value, Vec<(&'a str, &'a str)>, u64);
+    let cases: Vec<BadCase> = vec![
         (
             serde_json::json!({"cniVersion":"9.9.9","name":"cbr0"}),
             vec![],

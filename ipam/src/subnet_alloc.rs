@@ -482,7 +482,15 @@ mod tests {
 
     #[test]
     fn v4_validation_errors_name_the_key() {
-        let cases: [(&str, Option<u8>, Option<&str>, Option<&str>, &str); 9] = [
+        /// (Network, SubnetLen, SubnetMin, SubnetMax, the key the error must name)
+        type Case<'a> = (
+            &'a str,
+            Option<u8>,
+            Option<&'a str>,
+            Option<&'a str>,
+            &'a str,
+        );
+        let cases: [Case; 9] = [
             ("10.244.0.0/29", None, None, None, "Network"),
             ("10.244.0.0/16", Some(31), None, None, "SubnetLen"),
             ("10.244.0.0/16", Some(17), None, None, "SubnetLen"),

@@ -1,0 +1,691 @@
+//! The multi-node test bed: underlay, etcd, nodes running flanneld, pods via the CNI plugin.
+
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+static CLUSTER_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Underlay address of etcd (on the underlay bridge).
+pub const ETCD_IP: &str = "198.18.0.254";
+/// The cluster network.
+pub const NETWORK: &str = "10.244.0.0/16";
+
+/// Which backend the cluster runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Kernel vxlan (`flannel.1`).
+    Vxlan,
+    /// Plain routes via peer node IPs.
+    HostGw,
+    /// Userspace UDP encapsulation over TUN.
+    Udp,
+}
+
+impl Backend {
+    /// flannel's `Backend.Type` string.
+    pub fn type_name(self) -> &'static str {
+        match self {
+            Backend::Vxlan => "vxlan",
+            Backend::HostGw => "host-gw",
+            Backend::Udp => "udp",
+        }
+    }
+
+    /// Parses `vxlan`, `host-gw` or `udp`.
+    pub fn parse(s: &str) -> Option<Backend> {
+        Some(match s {
+            "vxlan" => Backend::Vxlan,
+            "host-gw" | "hostgw" => Backend::HostGw,
+            "udp" => Backend::Udp,
+            _ => return None,
+        })
+    }
+}
+
+/// Paths of the two binaries under test.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    /// The node daemon.
+    pub flanneld: PathBuf,
+    /// The CNI plugin.
+    pub cni: PathBuf,
+}
+
+impl Binaries {
+    /// Finds `flanneld` and `flannel` in the workspace target dir (`CARGO_TARGET_DIR`
+    /// honoured), preferring `profile` ("debug" or "release").
+    pub fn from_target(profile: &str) -> Binaries {
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+        Binaries {
+            flanneld: target.join(profile).join("flanneld"),
+            cni: target.join(profile).join("flannel"),
+        }
+    }
+}
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct ClusterSpec {
+    /// Number of nodes (1..=200).
+    pub nodes: usize,
+    /// Backend for the network config.
+    pub backend: Backend,
+    /// Pass `--ip-masq` to flanneld.
+    pub ip_masq: bool,
+    /// Extra flanneld flags for every node.
+    pub flanneld_args: Vec<String>,
+    /// Extra keys merged into the `Backend` object of the network config.
+    pub backend_extra: serde_json::Value,
+    /// Binaries.
+    pub bins: Binaries,
+    /// Start flanneld on every node right away (and wait for subnet.env).
+    pub start_daemons: bool,
+}
+
+impl ClusterSpec {
+    /// `nodes` nodes on `backend`, debug binaries, daemons started.
+    pub fn new(nodes: usize, backend: Backend) -> ClusterSpec {
+        ClusterSpec {
+            nodes,
+            backend,
+            ip_masq: false,
+            flanneld_args: Vec::new(),
+            backend_extra: serde_json::json!({}),
+            bins: Binaries::from_target("debug"),
+            start_daemons: true,
+        }
+    }
+}
+
+/// A pod attached through the CNI plugin.
+#[derive(Debug, Clone)]
+pub struct Pod {
+    /// Its namespace name.
+    pub ns: String,
+    /// Container id used with the plugin.
+    pub id: String,
+    /// Node index.
+    pub node: usize,
+    /// Its IPv4 address.
+    pub ip: Ipv4Addr,
+    /// The ADD result.
+    pub result: serde_json::Value,
+}
+
+/// One node.
+pub struct Node {
+    /// Namespace name.
+    pub ns: String,
+    /// Underlay address.
+    pub ip: Ipv4Addr,
+    /// Working directory (subnet.env, IPAM store, logs).
+    pub dir: PathBuf,
+    daemon: Option<Child>,
+    restarts: u32,
+}
+
+impl Node {
+    /// Path of this node's subnet.env.
+    pub fn subnet_file(&self) -> PathBuf {
+        self.dir.join("subnet.env")
+    }
+
+    /// flanneld's log file of the current run.
+    pub fn log_file(&self) -> PathBuf {
+        self.dir.join(format!("flanneld.{}.log", self.restarts))
+    }
+
+    /// PID of the running flanneld.
+    pub fn daemon_pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(|c| c.id())
+    }
+
+    /// `KEY` from subnet.env, if present.
+    pub fn subnet_env(&self, key: &str) -> Option<String> {
+        let text = std::fs::read_to_string(self.subnet_file()).ok()?;
+        text.lines().find_map(|l| {
+            l.strip_prefix(&format!("{key}="))
+                .map(|v| v.trim().to_string())
+        })
+    }
+}
+
+/// The whole test bed. Dropping it stops every process and deletes every namespace.
+pub struct Cluster {
+    /// Namespace prefix, unique per cluster.
+    pub prefix: String,
+    /// The spec it was built from.
+    pub spec: ClusterSpec,
+    /// Nodes.
+    pub nodes: Vec<Node>,
+    /// Pods.
+    pub pods: Vec<Pod>,
+    workdir: tempfile::TempDir,
+    etcd: Option<Child>,
+    namespaces: Vec<String>,
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+fn ip(args: &[&str]) -> Result<String, String> {
+    let out = run(Command::new("ip").args(args));
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Polls `cond` every 50 ms until it is true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if cond() {
+            return true;
+        }
+        if start.elapsed() >= timeout {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl Cluster {
+    /// Builds the underlay, starts etcd, writes the network config, creates the nodes and
+    /// (if `spec.start_daemons`) starts flanneld everywhere and waits for every subnet.env.
+    pub fn start(spec: ClusterSpec) -> Result<Cluster, String> {
+        for b in [&spec.bins.flanneld, &spec.bins.cni] {
+            if !b.exists() {
+                return Err(format!(
+                    "binary {} not built (cargo build --workspace)",
+                    b.display()
+                ));
+            }
+        }
+        let n = CLUSTER_COUNTER.fetch_add(1, Ordering::SeqCst);
+        let prefix = format!("fc{}{}", std::process::id() % 100_000, n);
+        let workdir = tempfile::Builder::new()
+            .prefix("flannel-cluster.")
+            .tempdir()
+            .map_err(|e| format!("tempdir: {e}"))?;
+        let mut c = Cluster {
+            prefix: prefix.clone(),
+            spec: spec.clone(),
+            nodes: Vec::new(),
+            pods: Vec::new(),
+            workdir,
+            etcd: None,
+            namespaces: Vec::new(),
+        };
+        let ul = c.ul();
+        c.add_ns(&ul)?;
+        ip(&["-n", &ul, "link", "add", "br0", "type", "bridge"])?;
+        ip(&[
+            "-n",
+            &ul,
+            "addr",
+            "add",
+            &format!("{ETCD_IP}/24"),
+            "dev",
+            "br0",
+        ])?;
+        ip(&["-n", &ul, "link", "set", "br0", "up"])?;
+        c.start_etcd()?;
+        let mut backend = serde_json::json!({"Type": spec.backend.type_name()});
+        if let (Some(b), Some(extra)) = (backend.as_object_mut(), spec.backend_extra.as_object()) {
+            for (k, v) in extra {
+                b.insert(k.clone(), v.clone());
+            }
+        }
+        let config = serde_json::json!({"Network": NETWORK, "Backend": backend});
+        c.etcdctl(&["put", "/coreos.com/network/config", &config.to_string()])?;
+
+        for i in 0..spec.nodes {
+            let ns = format!("{prefix}-n{}", i + 1);
+            c.add_ns(&ns)?;
+            let port = format!("n{}", i + 1);
+            ip(&[
+                "-n", &ul, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns",
+                &ns,
+            ])?;
+            ip(&["-n", &ul, "link", "set", &port, "master", "br0", "up"])?;
+            let addr = Ipv4Addr::new(198, 18, 0, (i + 1) as u8);
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{addr}/24"),
+                "dev",
+                "eth0",
+            ])?;
+            ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+            let dir = c.workdir.path().join(format!("n{}", i + 1));
+            std::fs::create_dir_all(&dir).map_err(|e| format!("mkdir: {e}"))?;
+            c.nodes.push(Node {
+                ns,
+                ip: addr,
+                dir,
+                daemon: None,
+                restarts: 0,
+            });
+        }
+        if spec.start_daemons {
+            for i in 0..c.nodes.len() {
+                c.start_flanneld(i)?;
+            }
+            for i in 0..c.nodes.len() {
+                c.wait_subnet_env(i, Duration::from_secs(30))?;
+            }
+        }
+        Ok(c)
+    }
+
+    fn ul(&self) -> String {
+        format!("{}-ul", self.prefix)
+    }
+
+    fn add_ns(&mut self, name: &str) -> Result<(), String> {
+        ip(&["netns", "add", name])?;
+        self.namespaces.push(name.to_string());
+        ip(&["-n", name, "link", "set", "lo", "up"])?;
+        Ok(())
+    }
+
+    /// The client URL of etcd.
+    pub fn etcd_endpoint(&self) -> String {
+        format!("http://{ETCD_IP}:2379")
+    }
+
+    /// Starts etcd inside the underlay namespace (data kept across stop/start).
+    pub fn start_etcd(&mut self) -> Result<(), String> {
+        let data = self.workdir.path().join("etcd");
+        let log = std::fs::File::create(self.workdir.path().join("etcd.log"))
+            .map_err(|e| e.to_string())?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ul(), "etcd", "--name", "default"])
+            .arg("--data-dir")
+            .arg(&data)
+            .args([
+                "--listen-client-urls",
+                &format!("http://{ETCD_IP}:2379,http://127.0.0.1:2379"),
+                "--advertise-client-urls",
+                &format!("http://{ETCD_IP}:2379"),
+                "--listen-peer-urls",
+                "http://127.0.0.1:2380",
+                "--initial-advertise-peer-urls",
+                "http://127.0.0.1:2380",
+                "--initial-cluster",
+                "default=http://127.0.0.1:2380",
+                "--listen-metrics-urls",
+                "http://127.0.0.1:2381",
+            ])
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("start etcd: {e}"))?;
+        self.etcd = Some(child);
+        if !wait_until(Duration::from_secs(20), || {
+            self.etcdctl(&["endpoint", "health"]).is_ok()
+        }) {
+            return Err(format!(
+                "etcd did not become healthy; log: {}",
+                self.read_file("etcd.log")
+            ));
+        }
+        Ok(())
+    }
+
+    /// Stops etcd (by its PID).
+    pub fn stop_etcd(&mut self) {
+        if let Some(mut c) = self.etcd.take() {
+            kill_child(&mut c);
+        }
+    }
+
+    fn read_file(&self, rel: &str) -> String {
+        std::fs::read_to_string(self.workdir.path().join(rel)).unwrap_or_default()
+    }
+
+    /// Runs `etcdctl` (v3 API) against the cluster's etcd, from the underlay namespace.
+    pub fn etcdctl(&self, args: &[&str]) -> Result<String, String> {
+        let out = run(Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.ul(),
+                "etcdctl",
+                "--endpoints",
+                &format!("http://{ETCD_IP}:2379"),
+            ])
+            .args(args)
+            .env("ETCDCTL_API", "3"));
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(format!(
+                "etcdctl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
+
+    /// Starts flanneld on node `i` (args: the spec's plus `extra`).
+    pub fn start_flanneld_with(&mut self, i: usize, extra: &[&str]) -> Result<(), String> {
+        let endpoint = self.etcd_endpoint();
+        let node = &mut self.nodes[i];
+        node.restarts += 1;
+        let log = std::fs::File::create(node.log_file()).map_err(|e| e.to_string())?;
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &node.ns])
+            .arg(&self.spec.bins.flanneld)
+            .args(["--etcd-endpoints", &endpoint, "--iface", "eth0"])
+            .arg("--subnet-file")
+            .arg(node.subnet_file());
+        if self.spec.ip_masq {
+            cmd.arg("--ip-masq");
+        }
+        cmd.args(&self.spec.flanneld_args).args(extra);
+        cmd.env(
+            "RUST_LOG",
+            std::env::var("FLANNELD_TEST_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(|e| e.to_string())?)
+        .stderr(log);
+        let child = cmd.spawn().map_err(|e| format!("start flanneld: {e}"))?;
+        node.daemon = Some(child);
+        Ok(())
+    }
+
+    /// Starts flanneld on node `i`.
+    pub fn start_flanneld(&mut self, i: usize) -> Result<(), String> {
+        self.start_flanneld_with(i, &[])
+    }
+
+    /// Stops flanneld on node `i` with SIGTERM (by PID), waiting for it to exit.
+    pub fn stop_flanneld(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].daemon.take() {
+            kill_child(&mut c);
+        }
+    }
+
+    /// Whether flanneld on node `i` is still running.
+    pub fn flanneld_running(&mut self, i: usize) -> bool {
+        match self.nodes[i].daemon.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// flanneld's log for node `i` (current run).
+    pub fn flanneld_log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.nodes[i].log_file()).unwrap_or_default()
+    }
+
+    /// Waits until node `i` has written subnet.env.
+    pub fn wait_subnet_env(&mut self, i: usize, timeout: Duration) -> Result<(), String> {
+        let file = self.nodes[i].subnet_file();
+        let ok = wait_until(timeout, || file.exists());
+        if ok {
+            Ok(())
+        } else {
+            let running = self.flanneld_running(i);
+            Err(format!(
+                "node {} wrote no subnet.env within {timeout:?} (flanneld running: {running}); log:\n{}",
+                i + 1,
+                self.flanneld_log(i)
+            ))
+        }
+    }
+
+    /// Node `i`'s lease subnet from subnet.env (network form, e.g. 10.244.5.0/24).
+    pub fn node_subnet(&self, i: usize) -> Option<String> {
+        let s = self.nodes[i].subnet_env("FLANNEL_SUBNET")?;
+        let (addr, len) = s.split_once('/')?;
+        let a: Ipv4Addr = addr.parse().ok()?;
+        let len: u32 = len.parse().ok()?;
+        let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+        Some(format!("{}/{len}", Ipv4Addr::from(u32::from(a) & mask)))
+    }
+
+    /// Runs a command inside node `i`'s namespace.
+    pub fn node_exec(&self, i: usize, args: &[&str]) -> Output {
+        run(Command::new("ip")
+            .args(["netns", "exec", &self.nodes[i].ns])
+            .args(args))
+    }
+
+    /// The stock flannel CNI config for node `i`.
+    pub fn cni_conf(&self, i: usize) -> serde_json::Value {
+        let d = &self.nodes[i].dir;
+        serde_json::json!({
+            "cniVersion": "0.3.1", "name": "cbr0", "type": "flannel",
+            "subnetFile": self.nodes[i].subnet_file(), "dataDir": d.join("flannel"),
+            "delegate": {"hairpinMode": true, "isDefaultGateway": true},
+            "ipam": {"dataDir": d.join("ipam")},
+        })
+    }
+
+    /// Runs the CNI plugin inside node `i`'s namespace.
+    pub fn cni(
+        &self,
+        i: usize,
+        command: &str,
+        id: &str,
+        netns: &str,
+        conf: &serde_json::Value,
+    ) -> Output {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.nodes[i].ns])
+            .arg(&self.spec.bins.cni)
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", id)
+            .env("CNI_NETNS", format!("/run/netns/{netns}"))
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", "/usr/lib/cni")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn cni");
+        let _ = child
+            .stdin
+            .take()
+            .map(|mut s| s.write_all(conf.to_string().as_bytes()));
+        child.wait_with_output().expect("cni output")
+    }
+
+    /// Creates a pod namespace on node `i` and attaches it with the CNI plugin.
+    pub fn add_pod(&mut self, i: usize, name: &str) -> Result<Pod, String> {
+        let ns = format!("{}-n{}-{name}", self.prefix, i + 1);
+        self.add_ns(&ns)?;
+        let id = format!("{}-{name}", self.prefix);
+        let out = self.cni(i, "ADD", &id, &ns, &self.cni_conf(i));
+        if !out.status.success() {
+            return Err(format!(
+                "CNI ADD {name} on node {}: {}",
+                i + 1,
+                String::from_utf8_lossy(&out.stdout)
+            ));
+        }
+        let result: serde_json::Value =
+            serde_json::from_slice(&out.stdout).map_err(|e| format!("ADD result: {e}"))?;
+        let ip = result["ips"][0]["address"]
+            .as_str()
+            .and_then(|a| a.split('/').next())
+            .and_then(|a| a.parse().ok())
+            .ok_or("ADD result without IPv4 address")?;
+        let pod = Pod {
+            ns,
+            id,
+            node: i,
+            ip,
+            result,
+        };
+        self.pods.push(pod.clone());
+        Ok(pod)
+    }
+
+    /// DELs a pod through the CNI plugin and removes its namespace.
+    pub fn del_pod(&mut self, pod: &Pod) -> Result<(), String> {
+        let out = self.cni(pod.node, "DEL", &pod.id, &pod.ns, &self.cni_conf(pod.node));
+        if !out.status.success() {
+            return Err(format!(
+                "CNI DEL {}: {}",
+                pod.id,
+                String::from_utf8_lossy(&out.stdout)
+            ));
+        }
+        let _ = ip(&["netns", "del", &pod.ns]);
+        self.namespaces.retain(|n| n != &pod.ns);
+        self.pods.retain(|p| p.ns != pod.ns);
+        Ok(())
+    }
+
+    /// One ping from `pod` to `dst` (1 s timeout).
+    pub fn ping(&self, pod: &Pod, dst: Ipv4Addr) -> bool {
+        run(Command::new("ip").args([
+            "netns",
+            "exec",
+            &pod.ns,
+            "ping",
+            "-c1",
+            "-W1",
+            "-q",
+            &dst.to_string(),
+        ]))
+        .status
+        .success()
+    }
+
+    /// Pings until success or `timeout`.
+    pub fn ping_within(&self, pod: &Pod, dst: Ipv4Addr, timeout: Duration) -> bool {
+        wait_until(timeout, || self.ping(pod, dst))
+    }
+
+    /// Opens a TCP connection from `from` to `to` and moves a little data (iperf3 one-off).
+    pub fn tcp(&self, from: &Pod, to: &Pod) -> Result<(), String> {
+        let mut server = Command::new("ip")
+            .args(["netns", "exec", &to.ns, "iperf3", "-s", "-1", "-p", "5201"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("iperf3 server: {e}"))?;
+        let mut ok = false;
+        let mut last = String::new();
+        for _ in 0..20 {
+            let out = run(Command::new("ip").args([
+                "netns",
+                "exec",
+                &from.ns,
+                "iperf3",
+                "-c",
+                &to.ip.to_string(),
+                "-p",
+                "5201",
+                "-n",
+                "256K",
+                "--connect-timeout",
+                "1000",
+            ]));
+            if out.status.success() {
+                ok = true;
+                break;
+            }
+            last = String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        kill_child(&mut server);
+        if ok {
+            Ok(())
+        } else {
+            Err(format!("TCP {} -> {}: {last}", from.ip, to.ip))
+        }
+    }
+
+    /// Runs `ip -j <args>` in node `i` and parses it.
+    pub fn node_ip_json(&self, i: usize, args: &[&str]) -> serde_json::Value {
+        let mut full = vec!["-n", self.nodes[i].ns.as_str(), "-j"];
+        full.extend_from_slice(args);
+        match ip(&full) {
+            Ok(t) if !t.trim().is_empty() => {
+                serde_json::from_str(&t).unwrap_or(serde_json::Value::Null)
+            }
+            _ => serde_json::Value::Array(vec![]),
+        }
+    }
+
+    /// Routes in node `i`'s main table as (dst, gateway, dev).
+    pub fn node_routes(&self, i: usize) -> Vec<(String, String, String)> {
+        self.node_ip_json(i, &["route", "show"])
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|r| {
+                (
+                    r["dst"].as_str().unwrap_or("").to_string(),
+                    r["gateway"].as_str().unwrap_or("").to_string(),
+                    r["dev"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect()
+    }
+
+    /// The working directory (logs, stores).
+    pub fn workdir(&self) -> &Path {
+        self.workdir.path()
+    }
+}
+
+fn kill_child(c: &mut Child) {
+    let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let start = Instant::now();
+    loop {
+        match c.try_wait() {
+            Ok(Some(_)) => return,
+            Ok(None) if start.elapsed() < Duration::from_secs(5) => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            _ => {
+                let _ = c.kill();
+                let _ = c.wait();
+                return;
+            }
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.stop_flanneld(i);
+        }
+        self.stop_etcd();
+        // pods first, then nodes, then the underlay
+        for ns in self.namespaces.iter().rev() {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        if std::env::var_os("FLANNEL_KEEP_LOGS").is_some() {
+            let kept = self.workdir.path().with_extension("kept");
+            let _ = std::fs::rename(self.workdir.path(), &kept);
+            eprintln!("logs kept in {}", kept.display());
+        }
+    }
+}

@@ -1,0 +1,3 @@
+fn main() {
+    println!("flanneld {}", env!("CARGO_PKG_VERSION"));
+}
