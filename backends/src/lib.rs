@@ -8,9 +8,11 @@
 //!   never on an async runtime worker.
 //! * [`sysctl`] reads and writes `/proc/sys` knobs in the caller's namespace.
 //! * [`garp`] sends gratuitous ARP so peers learn a restarted pod's new MAC at once.
+//! * [`masq`] owns flanneld's node table (`ip flannel-rs`): masquerade and forward rules.
 //! * [`nft`] applies nftables rule sets as single atomic transactions.
 
 pub mod garp;
+pub mod masq;
 pub mod netlink;
 pub mod netns;
 pub mod nft;

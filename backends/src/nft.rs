@@ -145,6 +145,19 @@ pub fn list_json(object: &str) -> Result<Value, NftError> {
     })
 }
 
+/// Lists one object as nft prints it (`nft list OBJECT`), e.g. `"table ip flannel-rs"`. A
+/// missing object is an error for which [`NftError::is_not_found`] is true.
+pub fn list_text(object: &str) -> Result<String, NftError> {
+    let mut args = vec!["list"];
+    args.extend(object.split_whitespace());
+    let action = format!("list {object}");
+    let out = run_nft(&action, &args, None)?;
+    String::from_utf8(out.stdout).map_err(|e| NftError::Output {
+        action,
+        reason: e.to_string(),
+    })
+}
+
 /// The nftables table that holds every [`PodMasq`] set and chain (in family `ip` and `ip6`).
 pub const MASQ_TABLE: &str = "cni_flannel";
 /// Prefix of a network's postrouting chain; the rest is [`network_hash`].

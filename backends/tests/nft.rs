@@ -202,3 +202,70 @@ fn apply_is_atomic_and_reports_nft_errors() {
         assert_eq!(names, vec!["atomic_t"]);
     });
 }
+
+#[test]
+fn node_masq_table_exact_drift_repair_and_remove() {
+    use backends::masq::{EnsureOutcome, MasqSpec, NodeMasq};
+    if !prerequisites(&["nft"]) {
+        return;
+    }
+    in_new_netns(|| async {
+        let spec = MasqSpec {
+            network: "10.244.0.0/16".parse().unwrap(),
+            subnet: "10.244.7.0/24".parse().unwrap(),
+            masquerade: true,
+            forward: true,
+        };
+        let mut m = NodeMasq::new();
+        assert_eq!(m.ensure(spec).unwrap(), EnsureOutcome::Installed);
+        // Exactly what `nft list` prints for flannel's rule set; written by hand, not derived.
+        let expected = "table ip flannel-rs {\n\
+             \tchain postrtg {\n\
+             \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+             \t\tmeta mark & 0x00004000 == 0x00004000 return\n\
+             \t\tip saddr 10.244.7.0/24 ip daddr 10.244.0.0/16 return\n\
+             \t\tip saddr 10.244.0.0/16 ip daddr 10.244.7.0/24 return\n\
+             \t\tip saddr != 10.244.0.0/16 ip daddr 10.244.7.0/24 return\n\
+             \t\tip saddr 10.244.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random\n\
+             \t\tip saddr != 10.244.0.0/16 ip daddr 10.244.0.0/16 masquerade fully-random\n\
+             \t}\n\
+             \n\
+             \tchain forward {\n\
+             \t\ttype filter hook forward priority filter; policy accept;\n\
+             \t\tip saddr 10.244.0.0/16 accept\n\
+             \t\tip daddr 10.244.0.0/16 accept\n\
+             \t}\n\
+             }\n";
+        assert_eq!(nft_list(&["table", "ip", "flannel-rs"]), expected);
+
+        // A second ensure with no drift changes nothing.
+        assert_eq!(m.ensure(spec).unwrap(), EnsureOutcome::Unchanged);
+
+        // Drift: an operator flushes a chain. The next ensure restores the exact table.
+        nft::apply("flush chain ip flannel-rs postrtg\n").unwrap();
+        assert_eq!(m.ensure(spec).unwrap(), EnsureOutcome::Installed);
+        assert_eq!(nft_list(&["table", "ip", "flannel-rs"]), expected);
+
+        // Drift: the table is deleted.
+        nft::apply("delete table ip flannel-rs\n").unwrap();
+        assert_eq!(m.ensure(spec).unwrap(), EnsureOutcome::Installed);
+        assert_eq!(nft_list(&["table", "ip", "flannel-rs"]), expected);
+
+        // Forward rules only: the masquerade chain disappears in the same transaction.
+        let fwd_only = MasqSpec {
+            masquerade: false,
+            ..spec
+        };
+        assert_eq!(m.ensure(fwd_only).unwrap(), EnsureOutcome::Installed);
+        let listing = nft_list(&["table", "ip", "flannel-rs"]);
+        assert!(!listing.contains("postrtg"), "{listing}");
+        assert!(
+            listing.contains("ip saddr 10.244.0.0/16 accept"),
+            "{listing}"
+        );
+
+        m.remove().unwrap();
+        m.remove().unwrap();
+        assert!(backends::masq::list_table().unwrap().is_none());
+    });
+}

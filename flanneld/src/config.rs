@@ -1,0 +1,410 @@
+//! # config — flanneld's command line, flag for flag with Go flannel (etcd mode)
+//!
+//! Existing deployments pass flannel's flags from systemd units, DaemonSets and scripts, so the
+//! names, defaults and environment fallbacks are kept: every flag can also be given as
+//! `FLANNELD_<FLAG_IN_UPPER_SNAKE_CASE>` (Go's `flagutil.SetFlagsFromEnv`), e.g.
+//! `FLANNELD_ETCD_ENDPOINTS`, `FLANNELD_IFACE`, `FLANNELD_IP_MASQ`. Go's `flag` package also
+//! accepts a single dash (`-etcd-endpoints=...`) and `--bool-flag=false`; [`Opts::parse_args`]
+//! rewrites the single-dash form of our long flags before clap sees it, and boolean flags take
+//! an optional `=value`.
+//!
+//! Two flags are ours, not flannel's, because users asked flannel for them for years:
+//! `--subnet-lease-ttl` (flannel hard-codes 24 h, issues #875/#954) and
+//! `--release-lease-on-shutdown` (flannel never deletes its lease, which is what makes
+//! restarts hitless but leaks subnets when nodes are retired).
+//!
+//! Kubernetes mode (`--kube-subnet-mgr` and friends) is not implemented and therefore not
+//! accepted: an unknown flag fails loudly instead of being silently ignored.
+
+use std::ffi::OsString;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::builder::BoolishValueParser;
+use clap::{CommandFactory, Parser};
+
+/// Default etcd endpoints (flannel's).
+pub const DEFAULT_ETCD_ENDPOINTS: &str = "http://127.0.0.1:4001,http://127.0.0.1:2379";
+/// Default etcd key prefix (flannel's).
+pub const DEFAULT_ETCD_PREFIX: &str = "/coreos.com/network";
+/// Default subnet file (flannel's).
+pub const DEFAULT_SUBNET_FILE: &str = "/run/flannel/subnet.env";
+/// Default subnet lease TTL (flannel's fixed value).
+pub const DEFAULT_SUBNET_LEASE_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Shortest subnet lease TTL we accept: etcd rounds shorter TTLs up anyway.
+pub const MIN_SUBNET_LEASE_TTL: Duration = Duration::from_secs(5);
+
+/// flanneld's options. Field docs are the `--help` text.
+#[derive(Debug, Clone, Parser, PartialEq)]
+#[command(
+    name = "flanneld",
+    version,
+    about = "flannel-compatible overlay network daemon (etcd mode)",
+    long_about = "flannel-compatible overlay network daemon (etcd mode).\n\n\
+                  Every flag can also be set through the environment as FLANNELD_<FLAG>, \
+                  e.g. FLANNELD_ETCD_ENDPOINTS or FLANNELD_IP_MASQ=true."
+)]
+pub struct Opts {
+    /// A comma-separated list of etcd endpoints.
+    #[arg(
+        long,
+        env = "FLANNELD_ETCD_ENDPOINTS",
+        default_value = DEFAULT_ETCD_ENDPOINTS,
+        value_delimiter = ','
+    )]
+    pub etcd_endpoints: Vec<String>,
+
+    /// etcd prefix: the network config is read from <prefix>/config, leases live under
+    /// <prefix>/subnets/.
+    #[arg(long, env = "FLANNELD_ETCD_PREFIX", default_value = DEFAULT_ETCD_PREFIX)]
+    pub etcd_prefix: String,
+
+    /// SSL key file used to secure etcd communication.
+    #[arg(long, env = "FLANNELD_ETCD_KEYFILE")]
+    pub etcd_keyfile: Option<PathBuf>,
+
+    /// SSL certification file used to secure etcd communication.
+    #[arg(long, env = "FLANNELD_ETCD_CERTFILE")]
+    pub etcd_certfile: Option<PathBuf>,
+
+    /// SSL Certificate Authority file used to secure etcd communication.
+    #[arg(long, env = "FLANNELD_ETCD_CAFILE")]
+    pub etcd_cafile: Option<PathBuf>,
+
+    /// Username for BasicAuth to etcd.
+    #[arg(long, env = "FLANNELD_ETCD_USERNAME")]
+    pub etcd_username: Option<String>,
+
+    /// Password for BasicAuth to etcd.
+    #[arg(long, env = "FLANNELD_ETCD_PASSWORD", hide_env_values = true)]
+    pub etcd_password: Option<String>,
+
+    /// Interface to use (IP or name) for inter-host communication. Can be given several
+    /// times (or comma-separated); the first one that matches wins.
+    #[arg(long, env = "FLANNELD_IFACE", value_delimiter = ',', action = clap::ArgAction::Append)]
+    pub iface: Vec<String>,
+
+    /// Regex expression to match the first interface to use (IP or name) for inter-host
+    /// communication. Can be given several times. Checked only when no --iface matched.
+    #[arg(long, env = "FLANNELD_IFACE_REGEX", action = clap::ArgAction::Append)]
+    pub iface_regex: Vec<String>,
+
+    /// Detect the interface to use as the one with the route to this IP (checked last).
+    #[arg(long, env = "FLANNELD_IFACE_CAN_REACH")]
+    pub iface_can_reach: Option<IpAddr>,
+
+    /// IP accessible by other nodes for inter-host communication (default: the interface's).
+    #[arg(long, env = "FLANNELD_PUBLIC_IP")]
+    pub public_ip: Option<Ipv4Addr>,
+
+    /// IPv6 accessible by other nodes for inter-host communication (dual stack).
+    #[arg(long, env = "FLANNELD_PUBLIC_IPV6")]
+    pub public_ipv6: Option<Ipv6Addr>,
+
+    /// Set up IP masquerade rules for traffic leaving the flannel network.
+    #[arg(long, env = "FLANNELD_IP_MASQ", default_value = "false", num_args = 0..=1,
+          require_equals = true, default_missing_value = "true",
+          value_parser = BoolishValueParser::new())]
+    pub ip_masq: bool,
+
+    /// Filename where the env variables (subnet, MTU, ...) will be written to. Also read at
+    /// start-up to prefer the subnet this node had before.
+    #[arg(long, env = "FLANNELD_SUBNET_FILE", default_value = DEFAULT_SUBNET_FILE)]
+    pub subnet_file: PathBuf,
+
+    /// Subnet lease renewal margin, in minutes: renew this long before the lease would
+    /// expire (1..1439). With a TTL shorter than the margin, renew every third of the TTL.
+    #[arg(long, env = "FLANNELD_SUBNET_LEASE_RENEW_MARGIN", default_value_t = 60,
+          value_parser = clap::value_parser!(u32).range(1..1440))]
+    pub subnet_lease_renew_margin: u32,
+
+    /// (flannel-rs) Time to live of this node's subnet lease in etcd, e.g. "24h", "90m",
+    /// "90s" or "1h30m". flannel hard-codes 24h. A node that is down longer than this loses
+    /// its subnet; while up, the lease is renewed before it expires. Minimum 5s.
+    #[arg(long, env = "FLANNELD_SUBNET_LEASE_TTL", default_value = "24h", value_parser = parse_duration_arg)]
+    pub subnet_lease_ttl: Duration,
+
+    /// (flannel-rs) Delete this node's subnet lease when flanneld stops on SIGTERM/SIGINT.
+    /// Off by default, like flannel: keeping the lease makes restarts hitless (same subnet,
+    /// no route churn on peers). Turn it on for nodes that are being retired, so their
+    /// subnet returns to the pool at once. Reservations are never deleted.
+    #[arg(long, env = "FLANNELD_RELEASE_LEASE_ON_SHUTDOWN", default_value = "false",
+          num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          value_parser = BoolishValueParser::new())]
+    pub release_lease_on_shutdown: bool,
+
+    /// The IP address on which to listen for health checks.
+    #[arg(long, env = "FLANNELD_HEALTHZ_IP", default_value = "0.0.0.0")]
+    pub healthz_ip: IpAddr,
+
+    /// The port on which to listen for health checks (0 disables the endpoint).
+    #[arg(long, env = "FLANNELD_HEALTHZ_PORT", default_value_t = 0)]
+    pub healthz_port: u16,
+
+    /// Add default accept rules to the FORWARD chain for the flannel network.
+    #[arg(long, env = "FLANNELD_IPTABLES_FORWARD_RULES", default_value = "true",
+          num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          value_parser = BoolishValueParser::new())]
+    pub iptables_forward_rules: bool,
+
+    /// Resync period for iptables rules, in seconds.
+    #[arg(long, env = "FLANNELD_IPTABLES_RESYNC", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub iptables_resync: u64,
+}
+
+impl Opts {
+    /// Parses `args` (the first item is the program name) after rewriting Go-style
+    /// single-dash long flags (`-etcd-prefix=/x`) into `--etcd-prefix=/x`.
+    pub fn parse_args<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString>,
+    {
+        Self::try_parse_from(normalize_go_flags(args))
+    }
+
+    /// The renewal margin as a duration.
+    pub fn renew_margin(&self) -> Duration {
+        Duration::from_secs(u64::from(self.subnet_lease_renew_margin) * 60)
+    }
+}
+
+/// Rewrites `-long-flag[=v]` into `--long-flag[=v]` for flanneld's own long flags.
+fn normalize_go_flags<I, T>(args: I) -> Vec<OsString>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString>,
+{
+    let cmd = Opts::command();
+    let longs: Vec<String> = cmd
+        .get_arguments()
+        .filter_map(|a| a.get_long().map(str::to_string))
+        .chain(["help".to_string(), "version".to_string()])
+        .collect();
+    let mut after_double_dash = false;
+    args.into_iter()
+        .map(Into::into)
+        .map(|arg| {
+            if after_double_dash {
+                return arg;
+            }
+            let Some(s) = arg.to_str() else { return arg };
+            if s == "--" {
+                after_double_dash = true;
+                return arg;
+            }
+            if let Some(rest) = s.strip_prefix('-').filter(|r| !r.starts_with('-')) {
+                let name = rest.split('=').next().unwrap_or(rest);
+                if longs.iter().any(|l| l == name) {
+                    return OsString::from(format!("-{s}"));
+                }
+            }
+            arg
+        })
+        .collect()
+}
+
+fn parse_duration_arg(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < MIN_SUBNET_LEASE_TTL {
+        return Err(format!(
+            "{s:?} is too short: the minimum is {}s",
+            MIN_SUBNET_LEASE_TTL.as_secs()
+        ));
+    }
+    // etcd's maximum lease TTL is 9e9 s; stay well below it.
+    if d > Duration::from_secs(10 * 365 * 24 * 3600) {
+        return Err(format!("{s:?} is too long: the maximum is 10 years"));
+    }
+    Ok(d)
+}
+
+/// Parses a Go-style duration of whole units: `90s`, `15m`, `24h`, `1h30m`, `2d`; a bare
+/// number means seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("empty duration".into());
+    }
+    if s.bytes().all(|b| b.is_ascii_digit()) {
+        return s
+            .parse::<u64>()
+            .map(Duration::from_secs)
+            .map_err(|e| format!("{s:?}: {e}"));
+    }
+    let mut total: u64 = 0;
+    let mut num = String::new();
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let unit = match c {
+            'd' => 86_400,
+            'h' => 3_600,
+            'm' if chars.peek() == Some(&'s') => {
+                return Err(format!("{s:?}: sub-second units are not supported"));
+            }
+            'm' => 60,
+            's' => 1,
+            _ => return Err(format!("{s:?}: unknown unit {c:?} (use d, h, m or s)")),
+        };
+        if num.is_empty() {
+            return Err(format!("{s:?}: unit {c:?} without a number"));
+        }
+        let n: u64 = num.parse().map_err(|e| format!("{s:?}: {e}"))?;
+        num.clear();
+        total = n
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(|| format!("{s:?}: too large"))?;
+    }
+    if !num.is_empty() {
+        return Err(format!("{s:?}: trailing number without a unit"));
+    }
+    Ok(Duration::from_secs(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Opts, clap::Error> {
+        let mut v = vec!["flanneld"];
+        v.extend_from_slice(args);
+        Opts::parse_args(v)
+    }
+
+    /// Runs `f` with no FLANNELD_* variables in the environment of this process.
+    /// Tests in this module do not set any, so reading is enough to be safe.
+    fn assert_clean_env() {
+        for (k, _) in std::env::vars() {
+            assert!(!k.starts_with("FLANNELD_"), "test environment has {k} set");
+        }
+    }
+
+    #[test]
+    fn defaults_match_flannel() {
+        assert_clean_env();
+        let o = parse(&[]).unwrap();
+        assert_eq!(
+            o.etcd_endpoints,
+            vec!["http://127.0.0.1:4001", "http://127.0.0.1:2379"]
+        );
+        assert_eq!(o.etcd_prefix, "/coreos.com/network");
+        assert_eq!(o.subnet_file, PathBuf::from("/run/flannel/subnet.env"));
+        assert_eq!(o.subnet_lease_renew_margin, 60);
+        assert_eq!(o.renew_margin(), Duration::from_secs(3600));
+        assert_eq!(o.healthz_ip, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        assert_eq!(o.healthz_port, 0);
+        assert!(o.iptables_forward_rules);
+        assert_eq!(o.iptables_resync, 5);
+        assert!(!o.ip_masq);
+        assert!(o.iface.is_empty() && o.iface_regex.is_empty());
+        assert_eq!(o.iface_can_reach, None);
+        assert_eq!(o.public_ip, None);
+        assert_eq!(o.subnet_lease_ttl, Duration::from_secs(86_400));
+        assert!(!o.release_lease_on_shutdown);
+        assert_eq!(o.etcd_keyfile, None);
+        assert_eq!(o.etcd_username, None);
+    }
+
+    #[test]
+    fn flags_parse_in_go_and_gnu_styles() {
+        let o = parse(&[
+            "-etcd-endpoints=http://198.18.0.1:2379",
+            "--etcd-prefix",
+            "/x/network",
+            "--iface",
+            "eth1",
+            "-iface=198.18.0.5",
+            "--iface=eth2,eth3",
+            "--iface-regex",
+            "^ens",
+            "--iface-can-reach=198.18.0.1",
+            "--public-ip",
+            "198.18.0.7",
+            "--ip-masq",
+            "--iptables-forward-rules=false",
+            "--subnet-lease-renew-margin=1",
+            "--subnet-lease-ttl=1h30m",
+            "--release-lease-on-shutdown",
+            "--healthz-port=8285",
+        ])
+        .unwrap();
+        assert_eq!(o.etcd_endpoints, vec!["http://198.18.0.1:2379"]);
+        assert_eq!(o.etcd_prefix, "/x/network");
+        assert_eq!(o.iface, vec!["eth1", "198.18.0.5", "eth2", "eth3"]);
+        assert_eq!(o.iface_regex, vec!["^ens"]);
+        assert_eq!(o.iface_can_reach, Some("198.18.0.1".parse().unwrap()));
+        assert_eq!(o.public_ip, Some(Ipv4Addr::new(198, 18, 0, 7)));
+        assert!(o.ip_masq);
+        assert!(!o.iptables_forward_rules);
+        assert_eq!(o.subnet_lease_renew_margin, 1);
+        assert_eq!(o.subnet_lease_ttl, Duration::from_secs(5400));
+        assert!(o.release_lease_on_shutdown);
+        assert_eq!(o.healthz_port, 8285);
+    }
+
+    #[test]
+    fn invalid_values_are_rejected() {
+        for args in [
+            &["--subnet-lease-renew-margin=0"][..],
+            &["--subnet-lease-renew-margin=1440"],
+            &["--subnet-lease-ttl=2s"],
+            &["--subnet-lease-ttl=24x"],
+            &["--public-ip=not-an-ip"],
+            &["--ip-masq=maybe"],
+            &["--iptables-resync=0"],
+            &["--kube-subnet-mgr"],
+        ] {
+            assert!(parse(args).is_err(), "{args:?} should fail");
+        }
+    }
+
+    #[test]
+    fn every_flag_has_its_flanneld_env_var() {
+        let cmd = Opts::command();
+        let mut n = 0;
+        for arg in cmd.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if long == "help" || long == "version" {
+                continue;
+            }
+            let want = format!("FLANNELD_{}", long.to_uppercase().replace('-', "_"));
+            let got = arg.get_env().and_then(|e| e.to_str()).map(str::to_string);
+            assert_eq!(got.as_deref(), Some(want.as_str()), "--{long}");
+            n += 1;
+        }
+        assert!(n >= 20, "only {n} flags found");
+    }
+
+    #[test]
+    fn durations() {
+        let ok = [
+            ("24h", 86_400),
+            ("90s", 90),
+            ("90m", 5_400),
+            ("1h30m", 5_400),
+            ("2d", 172_800),
+            ("120", 120),
+        ];
+        for (s, secs) in ok {
+            assert_eq!(parse_duration(s), Ok(Duration::from_secs(secs)), "{s}");
+        }
+        for s in ["", "h", "10x", "5ms", "1h30", "99999999999999999999h"] {
+            assert!(parse_duration(s).is_err(), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn help_documents_our_own_flags() {
+        let help = Opts::command().render_long_help().to_string();
+        assert!(help.contains("--subnet-lease-ttl"));
+        assert!(help.contains("--release-lease-on-shutdown"));
+        assert!(help.contains("hitless"));
+    }
+}

@@ -1,0 +1,510 @@
+//! # network_config — the cluster-wide JSON at `<prefix>/config`
+//!
+//! Operators write one JSON document per flannel network, e.g.
+//! `{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":1}}`. Go flannel decodes it
+//! with `encoding/json`, which matches object keys **case-insensitively** (an exact match
+//! wins) and ignores unknown keys; the documentation writes `VNI`/`DirectRouting` while the
+//! Go struct tags say `vni`/`directRouting`, and real configs use both. [`NetworkConfig::parse`]
+//! does the same, then validates:
+//!
+//! * the address pools with flannel's defaults and rules ([`ipam::subnet_alloc`]), each error
+//!   naming the key at fault (`SubnetLen`, `IPv6SubnetMin`, ...);
+//! * the backend into a typed [`BackendConfig`]: `Backend` absent (or without `Type`) means
+//!   `udp`, as in flannel's `parseBackendType`, even though flannel's docs claim vxlan. Type
+//!   names are matched case-insensitively; unknown ones are an error naming `Backend.Type`.
+//!
+//! Type errors name the key too (`Backend.VNI: expected a non-negative integer, got "one"`).
+//! IPv6-only networks (`EnableIPv4: false`) are refused: our lease keys always carry an IPv4
+//! subnet.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use ipam::lease::lookup_ci;
+use ipam::subnet_alloc::{Ipv4Pool, Ipv6Pool, SubnetConfigError};
+use ipnetwork::{Ipv4Network, Ipv6Network};
+use serde_json::{Map, Value};
+
+/// The VNI flannel uses when the config has none.
+pub const DEFAULT_VXLAN_VNI: u32 = 1;
+/// The kernel's VXLAN destination port, used when `Port` is 0 or absent.
+pub const DEFAULT_VXLAN_PORT: u16 = 8472;
+/// flannel's udp backend port.
+pub const DEFAULT_UDP_PORT: u16 = 8285;
+
+/// A network config flanneld cannot use.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum NetworkConfigError {
+    /// Not JSON, or not a JSON object.
+    #[error("network config is not a JSON object: {0}")]
+    Json(String),
+    /// A key has the wrong type or an unsupported value.
+    #[error("invalid network config: {key}: {reason}")]
+    Invalid {
+        /// The key at fault, e.g. `Backend.VNI`.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The address pools violate flannel's rules.
+    #[error(transparent)]
+    Subnet(#[from] SubnetConfigError),
+}
+
+impl NetworkConfigError {
+    /// The key the error is about (`<json>` for a syntax error).
+    pub fn key(&self) -> &str {
+        match self {
+            NetworkConfigError::Json(_) => "<json>",
+            NetworkConfigError::Invalid { key, .. } => key,
+            NetworkConfigError::Subnet(e) => e.key,
+        }
+    }
+}
+
+/// A validated network config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetworkConfig {
+    /// The IPv4 pool (always present: `EnableIPv4` must be true).
+    pub ipv4: Ipv4Pool,
+    /// The IPv6 pool when `EnableIPv6` is true.
+    pub ipv6: Option<Ipv6Pool>,
+    /// `EnableNFTables`: program masquerade rules with nftables instead of iptables.
+    pub enable_nftables: bool,
+    /// The backend and its options.
+    pub backend: BackendConfig,
+}
+
+/// The backend section, typed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BackendConfig {
+    /// `"Type":"vxlan"`.
+    Vxlan(VxlanConfig),
+    /// `"Type":"host-gw"`.
+    HostGw(HostGwConfig),
+    /// `"Type":"udp"`, also the default when `Backend` or `Type` is missing.
+    Udp(UdpConfig),
+}
+
+impl BackendConfig {
+    /// flannel's type string (`vxlan`, `host-gw`, `udp`).
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            BackendConfig::Vxlan(_) => "vxlan",
+            BackendConfig::HostGw(_) => "host-gw",
+            BackendConfig::Udp(_) => "udp",
+        }
+    }
+}
+
+/// vxlan backend options (flannel `Documentation/backends.md`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanConfig {
+    /// `VNI`, default 1.
+    pub vni: u32,
+    /// UDP destination port: `Port`, with 0 / absent meaning the kernel default 8472.
+    pub port: u16,
+    /// `GBP`: VXLAN Group Based Policy extension.
+    pub gbp: bool,
+    /// `DirectRouting`: plain routes to peers on the same L2 segment.
+    pub direct_routing: bool,
+    /// `Learning`: enable source-address learning on the VXLAN device.
+    pub learning: bool,
+    /// `MTU`: the *underlay* MTU to derive the device MTU from (device = MTU − 50);
+    /// `None` = the external interface's MTU.
+    pub mtu: Option<u32>,
+}
+
+impl Default for VxlanConfig {
+    fn default() -> Self {
+        Self {
+            vni: DEFAULT_VXLAN_VNI,
+            port: DEFAULT_VXLAN_PORT,
+            gbp: false,
+            direct_routing: false,
+            learning: false,
+            mtu: None,
+        }
+    }
+}
+
+/// host-gw backend options (it has none).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostGwConfig {}
+
+/// udp backend options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UdpConfig {
+    /// `Port`, default 8285.
+    pub port: u16,
+}
+
+impl Default for UdpConfig {
+    fn default() -> Self {
+        Self {
+            port: DEFAULT_UDP_PORT,
+        }
+    }
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> NetworkConfigError {
+    NetworkConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Case-insensitive typed access to one JSON object; `path` prefixes key names in errors.
+struct Obj<'a> {
+    map: &'a Map<String, Value>,
+    path: &'static str,
+}
+
+impl<'a> Obj<'a> {
+    fn name(&self, key: &str) -> String {
+        format!("{}{key}", self.path)
+    }
+
+    /// The value, treating JSON `null` like an absent key (as Go does for non-pointers).
+    fn get(&self, key: &str) -> Option<&'a Value> {
+        lookup_ci(self.map, key).filter(|v| !v.is_null())
+    }
+
+    fn bool(&self, key: &str, default: bool) -> Result<bool, NetworkConfigError> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(v) => Err(invalid(
+                self.name(key),
+                format!("expected true or false, got {v}"),
+            )),
+        }
+    }
+
+    fn uint(&self, key: &str, max: u64) -> Result<Option<u64>, NetworkConfigError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => match v.as_u64() {
+                Some(n) if n <= max => Ok(Some(n)),
+                Some(n) => Err(invalid(
+                    self.name(key),
+                    format!("{n} is out of range (max {max})"),
+                )),
+                None => Err(invalid(
+                    self.name(key),
+                    format!("expected a non-negative integer, got {v}"),
+                )),
+            },
+        }
+    }
+
+    fn string(&self, key: &str) -> Result<Option<&'a str>, NetworkConfigError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(v) => Err(invalid(
+                self.name(key),
+                format!("expected a string, got {v}"),
+            )),
+        }
+    }
+
+    fn parsed<T: std::str::FromStr>(&self, key: &str) -> Result<Option<T>, NetworkConfigError>
+    where
+        T::Err: std::fmt::Display,
+    {
+        match self.string(key)? {
+            None => Ok(None),
+            Some(s) => s
+                .parse()
+                .map(Some)
+                .map_err(|e| invalid(self.name(key), format!("{s:?}: {e}"))),
+        }
+    }
+}
+
+impl NetworkConfig {
+    /// Parses and validates the JSON stored at `<prefix>/config`.
+    pub fn parse(json: &str) -> Result<Self, NetworkConfigError> {
+        let value: Value =
+            serde_json::from_str(json).map_err(|e| NetworkConfigError::Json(e.to_string()))?;
+        let Value::Object(map) = &value else {
+            return Err(NetworkConfigError::Json(format!(
+                "expected an object, got {value}"
+            )));
+        };
+        let top = Obj { map, path: "" };
+
+        let enable_ipv4 = top.bool("EnableIPv4", true)?;
+        let enable_ipv6 = top.bool("EnableIPv6", false)?;
+        if !enable_ipv4 {
+            return Err(invalid(
+                "EnableIPv4",
+                "IPv6-only networks are not supported; EnableIPv4 must be true",
+            ));
+        }
+        let network: Ipv4Network = top.parsed("Network")?.ok_or_else(|| {
+            invalid(
+                "Network",
+                "missing: define the cluster IPv4 network, e.g. \"10.244.0.0/16\"",
+            )
+        })?;
+        let ipv4 = Ipv4Pool::new(
+            network,
+            top.uint("SubnetLen", 32)?.map(|n| n as u8),
+            top.parsed::<Ipv4Addr>("SubnetMin")?,
+            top.parsed::<Ipv4Addr>("SubnetMax")?,
+        )?;
+        let ipv6 = if enable_ipv6 {
+            let network: Ipv6Network = top
+                .parsed("IPv6Network")?
+                .ok_or_else(|| invalid("IPv6Network", "missing while EnableIPv6 is true"))?;
+            Some(Ipv6Pool::new(
+                network,
+                top.uint("IPv6SubnetLen", 128)?.map(|n| n as u8),
+                top.parsed::<Ipv6Addr>("IPv6SubnetMin")?,
+                top.parsed::<Ipv6Addr>("IPv6SubnetMax")?,
+            )?)
+        } else {
+            None
+        };
+        let enable_nftables = top.bool("EnableNFTables", false)?;
+        let backend = match top.get("Backend") {
+            None => BackendConfig::Udp(UdpConfig::default()),
+            Some(Value::Object(b)) => parse_backend(&Obj {
+                map: b,
+                path: "Backend.",
+            })?,
+            Some(v) => return Err(invalid("Backend", format!("expected an object, got {v}"))),
+        };
+        Ok(Self {
+            ipv4,
+            ipv6,
+            enable_nftables,
+            backend,
+        })
+    }
+}
+
+fn parse_backend(b: &Obj<'_>) -> Result<BackendConfig, NetworkConfigError> {
+    let ty = b.string("Type")?.unwrap_or("udp").to_ascii_lowercase();
+    let port = |default: u16| -> Result<u16, NetworkConfigError> {
+        Ok(match b.uint("Port", u64::from(u16::MAX))? {
+            None | Some(0) => default,
+            Some(p) => p as u16,
+        })
+    };
+    match ty.as_str() {
+        "vxlan" => {
+            let mtu = match b.uint("MTU", 65_535)? {
+                None | Some(0) => None,
+                Some(m) if m < 68 + 50 => {
+                    return Err(invalid(
+                        "Backend.MTU",
+                        format!("{m} is too small: the VXLAN device needs MTU - 50 >= 68"),
+                    ));
+                }
+                Some(m) => Some(m as u32),
+            };
+            Ok(BackendConfig::Vxlan(VxlanConfig {
+                vni: b
+                    .uint("VNI", (1 << 24) - 1)?
+                    .map_or(DEFAULT_VXLAN_VNI, |v| v as u32),
+                port: port(DEFAULT_VXLAN_PORT)?,
+                gbp: b.bool("GBP", false)?,
+                direct_routing: b.bool("DirectRouting", false)?,
+                learning: b.bool("Learning", false)?,
+                mtu,
+            }))
+        }
+        "host-gw" => Ok(BackendConfig::HostGw(HostGwConfig {})),
+        "udp" => Ok(BackendConfig::Udp(UdpConfig {
+            port: port(DEFAULT_UDP_PORT)?,
+        })),
+        other => Err(invalid(
+            "Backend.Type",
+            format!("unsupported backend type {other:?} (supported: vxlan, host-gw, udp)"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(json: &str) -> NetworkConfig {
+        NetworkConfig::parse(json).unwrap_or_else(|e| panic!("{json}: {e}"))
+    }
+
+    #[test]
+    fn flannel_documented_vxlan_config() {
+        let c = ok(r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}"#);
+        assert_eq!(c.ipv4.network, "10.244.0.0/16".parse().unwrap());
+        assert_eq!(c.ipv4.subnet_len, 24);
+        assert_eq!(c.ipv4.subnet_min, Ipv4Addr::new(10, 244, 1, 0));
+        assert_eq!(c.ipv4.subnet_max, Ipv4Addr::new(10, 244, 255, 0));
+        assert_eq!(c.ipv6, None);
+        assert!(!c.enable_nftables);
+        assert_eq!(c.backend, BackendConfig::Vxlan(VxlanConfig::default()));
+        assert_eq!(c.backend.type_name(), "vxlan");
+        let BackendConfig::Vxlan(v) = &c.backend else {
+            unreachable!()
+        };
+        assert_eq!((v.vni, v.port), (1, 8472));
+    }
+
+    #[test]
+    fn keys_match_case_insensitively() {
+        let c = ok(
+            r#"{"network":"10.5.0.0/16","subnetlen":20,"SUBNETMIN":"10.5.16.0","SubnetMax":"10.5.32.0",
+                      "backend":{"type":"VXLAN","vni":42,"port":4789,"directRouting":true,"learning":true,"gbp":true,"mtu":9000}}"#,
+        );
+        assert_eq!(c.ipv4.subnet_len, 20);
+        assert_eq!(c.ipv4.subnet_min, Ipv4Addr::new(10, 5, 16, 0));
+        assert_eq!(c.ipv4.subnet_max, Ipv4Addr::new(10, 5, 32, 0));
+        assert_eq!(
+            c.backend,
+            BackendConfig::Vxlan(VxlanConfig {
+                vni: 42,
+                port: 4789,
+                gbp: true,
+                direct_routing: true,
+                learning: true,
+                mtu: Some(9000)
+            })
+        );
+    }
+
+    #[test]
+    fn backend_defaults() {
+        // No Backend at all: flannel's parseBackendType says udp.
+        assert_eq!(
+            ok(r#"{"Network":"10.244.0.0/16"}"#).backend,
+            BackendConfig::Udp(UdpConfig { port: 8285 })
+        );
+        assert_eq!(
+            ok(r#"{"Network":"10.244.0.0/16","Backend":{}}"#)
+                .backend
+                .type_name(),
+            "udp"
+        );
+        assert_eq!(
+            ok(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp","Port":9999}}"#).backend,
+            BackendConfig::Udp(UdpConfig { port: 9999 })
+        );
+        assert_eq!(
+            ok(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#).backend,
+            BackendConfig::HostGw(HostGwConfig {})
+        );
+        let BackendConfig::Vxlan(v) =
+            ok(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","Port":0,"VNI":0}}"#)
+                .backend
+        else {
+            panic!("not vxlan")
+        };
+        assert_eq!((v.vni, v.port), (0, 8472));
+    }
+
+    #[test]
+    fn dual_stack() {
+        let c = ok(
+            r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"vxlan"}}"#,
+        );
+        let v6 = c.ipv6.unwrap();
+        assert_eq!(v6.subnet_len, 64);
+        assert_eq!(v6.subnet_min, "fc00:0:0:1::".parse::<Ipv6Addr>().unwrap());
+    }
+
+    #[test]
+    fn errors_name_the_bad_key() {
+        let cases = [
+            (r#"{"Backend":{"Type":"vxlan"}}"#, "Network"),
+            (r#"{"Network":"10.244.0.0"}"#, "Network"),
+            (r#"{"Network":10}"#, "Network"),
+            (r#"{"Network":"10.244.0.0/30"}"#, "Network"),
+            (r#"{"Network":"10.244.0.0/16","SubnetLen":31}"#, "SubnetLen"),
+            (
+                r#"{"Network":"10.244.0.0/16","SubnetLen":"24"}"#,
+                "SubnetLen",
+            ),
+            (r#"{"Network":"10.244.0.0/16","SubnetLen":-1}"#, "SubnetLen"),
+            (
+                r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.1.1"}"#,
+                "SubnetMin",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","SubnetMax":"10.9.1.0"}"#,
+                "SubnetMax",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","SubnetMax":"x"}"#,
+                "SubnetMax",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","EnableIPv4":false}"#,
+                "EnableIPv4",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","EnableIPv6":"yes"}"#,
+                "EnableIPv6",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","EnableIPv6":true}"#,
+                "IPv6Network",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","IPv6SubnetLen":127}"#,
+                "IPv6SubnetLen",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","Backend":"vxlan"}"#,
+                "Backend",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard"}}"#,
+                "Backend.Type",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","Backend":{"Type":1}}"#,
+                "Backend.Type",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":"one"}}"#,
+                "Backend.VNI",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":16777216}}"#,
+                "Backend.VNI",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","Port":70000}}"#,
+                "Backend.Port",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","DirectRouting":"true"}}"#,
+                "Backend.DirectRouting",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","MTU":100}}"#,
+                "Backend.MTU",
+            ),
+            (r#"not json"#, "<json>"),
+            (r#"[]"#, "<json>"),
+        ];
+        for (json, key) in cases {
+            let e = NetworkConfig::parse(json).expect_err(json);
+            assert_eq!(e.key(), key, "{json}: {e}");
+            if key != "<json>" {
+                assert!(e.to_string().contains(key), "{e}");
+            }
+        }
+    }
+
+    #[test]
+    fn null_and_unknown_keys_are_ignored_like_go() {
+        let c = ok(
+            r#"{"Network":"10.244.0.0/16","SubnetLen":null,"Comment":"x","Backend":{"Type":"vxlan","VNI":null,"MacPrefix":"0E-2A"}}"#,
+        );
+        assert_eq!(c.ipv4.subnet_len, 24);
+        assert_eq!(c.backend, BackendConfig::Vxlan(VxlanConfig::default()));
+    }
+}
