@@ -11,4 +11,6 @@ scripts/deps.sh --if-missing
 export RUST_BACKTRACE=1
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+# The multi-node tests exec the flanneld and flannel binaries: build them first.
+cargo build --workspace --bins
 cargo test --workspace --no-fail-fast

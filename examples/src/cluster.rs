@@ -82,6 +82,8 @@ pub struct ClusterSpec {
     pub flanneld_args: Vec<String>,
     /// Extra keys merged into the `Backend` object of the network config.
     pub backend_extra: serde_json::Value,
+    /// Extra top-level keys of the network config (`SubnetMin`, `SubnetLen`, ...).
+    pub config_extra: serde_json::Value,
     /// Binaries.
     pub bins: Binaries,
     /// Start flanneld on every node right away (and wait for subnet.env).
@@ -97,6 +99,7 @@ impl ClusterSpec {
             ip_masq: false,
             flanneld_args: Vec::new(),
             backend_extra: serde_json::json!({}),
+            config_extra: serde_json::json!({}),
             bins: Binaries::from_target("debug"),
             start_daemons: true,
         }
@@ -250,7 +253,12 @@ impl Cluster {
                 b.insert(k.clone(), v.clone());
             }
         }
-        let config = serde_json::json!({"Network": NETWORK, "Backend": backend});
+        let mut config = serde_json::json!({"Network": NETWORK, "Backend": backend});
+        if let (Some(c), Some(extra)) = (config.as_object_mut(), spec.config_extra.as_object()) {
+            for (k, v) in extra {
+                c.insert(k.clone(), v.clone());
+            }
+        }
         c.etcdctl(&["put", "/coreos.com/network/config", &config.to_string()])?;
 
         for i in 0..spec.nodes {
@@ -294,12 +302,14 @@ impl Cluster {
         Ok(c)
     }
 
-    fn ul(&self) -> String {
+    /// The underlay namespace's name.
+    pub fn ul(&self) -> String {
         format!("{}-ul", self.prefix)
     }
 
     fn add_ns(&mut self, name: &str) -> Result<(), String> {
         ip(&["netns", "add", name])?;
+        crate::cleanup::track_namespace(name);
         self.namespaces.push(name.to_string());
         ip(&["-n", name, "link", "set", "lo", "up"])?;
         Ok(())
@@ -337,6 +347,7 @@ impl Cluster {
             .stderr(log)
             .spawn()
             .map_err(|e| format!("start etcd: {e}"))?;
+        crate::cleanup::track_pid(child.id());
         self.etcd = Some(child);
         if !wait_until(Duration::from_secs(20), || {
             self.etcdctl(&["endpoint", "health"]).is_ok()
@@ -407,6 +418,7 @@ impl Cluster {
         .stdout(log.try_clone().map_err(|e| e.to_string())?)
         .stderr(log);
         let child = cmd.spawn().map_err(|e| format!("start flanneld: {e}"))?;
+        crate::cleanup::track_pid(child.id());
         node.daemon = Some(child);
         Ok(())
     }
@@ -434,6 +446,67 @@ impl Cluster {
     /// flanneld's log for node `i` (current run).
     pub fn flanneld_log(&self, i: usize) -> String {
         std::fs::read_to_string(self.nodes[i].log_file()).unwrap_or_default()
+    }
+
+    /// Sends `signal` to node `i`'s flanneld (e.g. SIGSTOP / SIGCONT to freeze it).
+    pub fn signal_flanneld(&self, i: usize, signal: nix::sys::signal::Signal) {
+        if let Some(c) = self.nodes[i].daemon.as_ref() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), signal);
+        }
+    }
+
+    /// Waits until node `i`'s current flanneld run logged that it is ready (subnet.env written
+    /// with the backend and rules in place).
+    pub fn wait_ready(&mut self, i: usize, timeout: Duration) -> Result<(), String> {
+        let ok = wait_until(timeout, || {
+            self.flanneld_log(i).contains("ready: subnet file written")
+        });
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "node {} not ready within {timeout:?} (flanneld running: {}); log:\n{}",
+                i + 1,
+                self.flanneld_running(i),
+                self.flanneld_log(i)
+            ))
+        }
+    }
+
+    /// Runs a command inside the underlay namespace.
+    pub fn underlay_exec(&self, args: &[&str]) -> Output {
+        run(Command::new("ip")
+            .args(["netns", "exec", &self.ul()])
+            .args(args))
+    }
+
+    /// The etcd key of a lease subnet like `10.244.5.0/24`.
+    pub fn lease_key(subnet: &str) -> String {
+        format!("/coreos.com/network/subnets/{}", subnet.replace('/', "-"))
+    }
+
+    /// The raw value of a key, if present.
+    pub fn etcd_get(&self, key: &str) -> Option<String> {
+        let out = self.etcdctl(&["get", key, "--print-value-only"]).ok()?;
+        let v = out.trim_end_matches('\n').to_string();
+        (!v.is_empty()).then_some(v)
+    }
+
+    /// The etcd lease ID attached to a key (0 = none), `None` if the key is absent.
+    pub fn etcd_key_lease(&self, key: &str) -> Option<i64> {
+        let out = self.etcdctl(&["get", key, "-w", "json"]).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+        let kv = v["kvs"].as_array()?.first()?;
+        Some(kv["lease"].as_i64().unwrap_or(0))
+    }
+
+    /// The store's current revision.
+    pub fn etcd_revision(&self) -> Option<i64> {
+        let out = self
+            .etcdctl(&["get", "/", "-w", "json", "--limit", "1"])
+            .ok()?;
+        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+        v["header"]["revision"].as_i64()
     }
 
     /// Waits until node `i` has written subnet.env.
@@ -551,6 +624,7 @@ impl Cluster {
             ));
         }
         let _ = ip(&["netns", "del", &pod.ns]);
+        crate::cleanup::untrack_namespace(&pod.ns);
         self.namespaces.retain(|n| n != &pod.ns);
         self.pods.retain(|p| p.ns != pod.ns);
         Ok(())
@@ -654,6 +728,7 @@ impl Cluster {
 }
 
 fn kill_child(c: &mut Child) {
+    crate::cleanup::untrack_pid(c.id());
     let pid = nix::unistd::Pid::from_raw(c.id() as i32);
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
     let start = Instant::now();
@@ -681,6 +756,7 @@ impl Drop for Cluster {
         // pods first, then nodes, then the underlay
         for ns in self.namespaces.iter().rev() {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
+            crate::cleanup::untrack_namespace(ns);
         }
         if std::env::var_os("FLANNEL_KEEP_LOGS").is_some() {
             let kept = self.workdir.path().with_extension("kept");

@@ -15,4 +15,5 @@
 //! harness and stopped by its PID; every namespace is deleted on drop, also after a
 //! failed assertion.
 
+pub mod cleanup;
 pub mod cluster;

@@ -45,6 +45,10 @@ fn main() -> ExitCode {
         eprintln!("flannel-demo: must run as root (it creates network namespaces)");
         return ExitCode::FAILURE;
     }
+    if let Err(e) = flannel_examples::cleanup::install_signal_cleanup() {
+        eprintln!("flannel-demo: cannot install the Ctrl-C clean-up: {e}");
+        return ExitCode::FAILURE;
+    }
     let mut spec = ClusterSpec::new(nodes, backend);
     spec.bins = Binaries::from_target(profile);
     println!(
