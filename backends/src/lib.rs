@@ -16,4 +16,5 @@ pub mod masq;
 pub mod netlink;
 pub mod netns;
 pub mod nft;
+pub mod overlay;
 pub mod sysctl;

@@ -52,6 +52,14 @@ use rtnetlink::{AddressMessageBuilder, LinkBridge, LinkBridgePort, LinkUnspec, L
 
 use crate::netns::NetNs;
 
+mod monitor;
+mod neigh;
+mod vxlan;
+
+pub use monitor::{Change, Monitor, MonitorEmpty, MonitorGroup};
+pub use neigh::{FdbEntry, Neighbour};
+pub use vxlan::{DEFAULT_VXLAN_PORT, VxlanLink, VxlanOutcome, VxlanSpec};
+
 /// Result of a netlink operation.
 pub type Result<T> = std::result::Result<T, NetlinkError>;
 

@@ -1,0 +1,249 @@
+//! # Neighbours (ARP) and forwarding-database entries
+//!
+//! A VXLAN overlay without learning needs two tables per remote node, both on the VXLAN device:
+//!
+//! * the **neighbour** (ARP) entry `<remote gateway IP> lladdr <remote VTEP MAC> permanent`, so
+//!   the kernel never has to ARP across the tunnel for the next hop of the overlay route, and
+//! * the **FDB** entry `<remote VTEP MAC> dst <remote underlay IP> self permanent`, which tells
+//!   the VXLAN driver where to send frames for that MAC.
+//!
+//! Both are written with replace semantics (`NLM_F_CREATE | NLM_F_REPLACE`), so writing the same
+//! entry twice is a no-op and a changed MAC or underlay IP overwrites the old value. Deletions of
+//! something already gone succeed, like every `del_*` in this crate.
+//!
+//! Dumps are filtered on the client side by ifindex: the per-device filter of the kernel needs
+//! strict checking, and the tables involved are small.
+
+use std::net::IpAddr;
+
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE, NLM_F_REQUEST};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use netlink_packet_route::route::RouteType;
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+
+use super::{Netlink, NetlinkError, Result, format_mac};
+
+/// A neighbour (ARP/NDP) entry, as `ip neigh show dev D` describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Neighbour {
+    /// The device the entry belongs to.
+    pub ifindex: u32,
+    /// The neighbour's IP address.
+    pub ip: IpAddr,
+    /// Its link-layer address, if known (an `INCOMPLETE` or `FAILED` entry has none).
+    pub mac: Option<[u8; 6]>,
+    /// `nud permanent`: set by an administrator, never expires.
+    pub permanent: bool,
+}
+
+/// A forwarding-database entry, as `bridge fdb show dev D` describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FdbEntry {
+    /// The device the entry belongs to.
+    pub ifindex: u32,
+    /// The MAC address the entry is for.
+    pub mac: [u8; 6],
+    /// `dst IP`: the remote VTEP (VXLAN entries only).
+    pub dst: Option<IpAddr>,
+    /// `permanent`.
+    pub permanent: bool,
+    /// `self`: the entry lives in the device's own table (VXLAN), not in a bridge master's.
+    pub is_self: bool,
+}
+
+fn neigh_dst(ip: IpAddr) -> NeighbourAddress {
+    match ip {
+        IpAddr::V4(v4) => NeighbourAddress::Inet(v4),
+        IpAddr::V6(v6) => NeighbourAddress::Inet6(v6),
+    }
+}
+
+fn family_of(ip: IpAddr) -> AddressFamily {
+    if ip.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    }
+}
+
+/// Parses `NDA_DST` and `NDA_LLADDR` out of a dumped entry.
+fn parse_attrs(m: &NeighbourMessage) -> (Option<IpAddr>, Option<[u8; 6]>) {
+    let mut ip = None;
+    let mut mac = None;
+    for attr in &m.attributes {
+        match attr {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => {
+                ip = Some(IpAddr::V4(*v4))
+            }
+            NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => {
+                ip = Some(IpAddr::V6(*v6))
+            }
+            // In AF_BRIDGE (FDB) messages the kernel's NDA_DST is not typed by the header
+            // family, so the parser leaves it raw: decide by length.
+            NeighbourAttribute::Destination(NeighbourAddress::Other(raw)) => {
+                ip = match raw.len() {
+                    4 => <[u8; 4]>::try_from(raw.as_slice()).ok().map(IpAddr::from),
+                    16 => <[u8; 16]>::try_from(raw.as_slice()).ok().map(IpAddr::from),
+                    _ => None,
+                }
+            }
+            NeighbourAttribute::LinkLayerAddress(a) => {
+                mac = <[u8; 6]>::try_from(a.as_slice()).ok();
+            }
+            _ => {}
+        }
+    }
+    (ip, mac)
+}
+
+impl Netlink {
+    async fn neigh_dump(&self, op: &str, family: AddressFamily) -> Result<Vec<NeighbourMessage>> {
+        let mut m = NeighbourMessage::default();
+        m.header.family = family;
+        let replies = self
+            .request(
+                op,
+                RouteNetlinkMessage::GetNeighbour(m),
+                NLM_F_REQUEST | NLM_F_DUMP,
+            )
+            .await?;
+        Ok(replies
+            .into_iter()
+            .filter_map(|r| match r {
+                RouteNetlinkMessage::NewNeighbour(n) => Some(n),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// The IPv4 neighbour entries of device `ifindex` (`ip -4 neigh show dev #IFINDEX`).
+    pub async fn neighbours(&self, ifindex: u32) -> Result<Vec<Neighbour>> {
+        let op = format!("ip -4 neigh show dev #{ifindex}");
+        Ok(self
+            .neigh_dump(&op, AddressFamily::Inet)
+            .await?
+            .into_iter()
+            .filter(|n| n.header.ifindex == ifindex)
+            .filter_map(|n| {
+                let (ip, mac) = parse_attrs(&n);
+                Some(Neighbour {
+                    ifindex,
+                    ip: ip?,
+                    mac,
+                    permanent: n.header.state == NeighbourState::Permanent,
+                })
+            })
+            .collect())
+    }
+
+    /// `ip neigh replace IP lladdr MAC dev #IFINDEX nud permanent`.
+    pub async fn replace_neigh(&self, ifindex: u32, ip: IpAddr, mac: [u8; 6]) -> Result<()> {
+        let mut m = NeighbourMessage::default();
+        m.header.family = family_of(ip);
+        m.header.ifindex = ifindex;
+        m.header.state = NeighbourState::Permanent;
+        m.header.kind = RouteType::Unspec;
+        m.attributes
+            .push(NeighbourAttribute::Destination(neigh_dst(ip)));
+        m.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+        let op = format!(
+            "ip neigh replace {ip} lladdr {} dev #{ifindex} nud permanent",
+            format_mac(&mac)
+        );
+        self.ack(
+            &op,
+            RouteNetlinkMessage::NewNeighbour(m),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+        .await
+    }
+
+    /// `ip neigh del IP dev #IFINDEX`. An entry (or device) that is already gone is success.
+    pub async fn del_neigh(&self, ifindex: u32, ip: IpAddr) -> Result<()> {
+        let mut m = NeighbourMessage::default();
+        m.header.family = family_of(ip);
+        m.header.ifindex = ifindex;
+        m.attributes
+            .push(NeighbourAttribute::Destination(neigh_dst(ip)));
+        let op = format!("ip neigh del {ip} dev #{ifindex}");
+        match self.ack(&op, RouteNetlinkMessage::DelNeighbour(m), 0).await {
+            Ok(()) | Err(NetlinkError::NotFound(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The FDB entries of device `ifindex` (`bridge fdb show dev #IFINDEX`). For a VXLAN device
+    /// an entry with several remotes is reported once per remote.
+    pub async fn fdb_entries(&self, ifindex: u32) -> Result<Vec<FdbEntry>> {
+        let op = format!("bridge fdb show dev #{ifindex}");
+        Ok(self
+            .neigh_dump(&op, AddressFamily::Bridge)
+            .await?
+            .into_iter()
+            .filter(|n| n.header.ifindex == ifindex)
+            .filter_map(|n| {
+                let (dst, mac) = parse_attrs(&n);
+                Some(FdbEntry {
+                    ifindex,
+                    mac: mac?,
+                    dst,
+                    permanent: n.header.state == NeighbourState::Permanent,
+                    is_self: n.header.flags.contains(NeighbourFlags::Own),
+                })
+            })
+            .collect())
+    }
+
+    fn fdb_message(ifindex: u32, mac: [u8; 6], dst: Option<IpAddr>) -> NeighbourMessage {
+        let mut m = NeighbourMessage::default();
+        m.header.family = AddressFamily::Bridge;
+        m.header.ifindex = ifindex;
+        m.header.state = NeighbourState::Permanent;
+        m.header.flags = NeighbourFlags::Own;
+        m.header.kind = RouteType::Unspec;
+        m.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+        if let Some(ip) = dst {
+            m.attributes
+                .push(NeighbourAttribute::Destination(neigh_dst(ip)));
+        }
+        m
+    }
+
+    /// `bridge fdb replace MAC dev #IFINDEX dst DST self permanent`. On a VXLAN device this
+    /// overwrites the remote of an existing entry for `mac`.
+    pub async fn replace_fdb(&self, ifindex: u32, mac: [u8; 6], dst: IpAddr) -> Result<()> {
+        let m = Self::fdb_message(ifindex, mac, Some(dst));
+        let op = format!(
+            "bridge fdb replace {} dev #{ifindex} dst {dst} self permanent",
+            format_mac(&mac)
+        );
+        self.ack(
+            &op,
+            RouteNetlinkMessage::NewNeighbour(m),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+        .await
+    }
+
+    /// `bridge fdb del MAC dev #IFINDEX [dst DST] self`. With `dst`, only that remote of the
+    /// entry is removed; without, the whole entry. An entry (or device) that is already gone is
+    /// success.
+    pub async fn del_fdb(&self, ifindex: u32, mac: [u8; 6], dst: Option<IpAddr>) -> Result<()> {
+        let m = Self::fdb_message(ifindex, mac, dst);
+        let op = match dst {
+            Some(d) => format!(
+                "bridge fdb del {} dev #{ifindex} dst {d} self",
+                format_mac(&mac)
+            ),
+            None => format!("bridge fdb del {} dev #{ifindex} self", format_mac(&mac)),
+        };
+        match self.ack(&op, RouteNetlinkMessage::DelNeighbour(m), 0).await {
+            Ok(()) | Err(NetlinkError::NotFound(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
