@@ -101,6 +101,103 @@ pub fn send_gratuitous_arp(ifindex: u32, mac: [u8; 6], ip: Ipv4Addr) -> io::Resu
     Ok(())
 }
 
+/// Broadcasts gratuitous ARP requests for `ip` (owned by `mac`) out of `ifindex` from a
+/// short-lived child process, at each offset of `schedule` after the call, and returns at once
+/// (`arping -U -c N -w ... -I IFACE IP &`).
+///
+/// Why a child: closing an `AF_PACKET` socket waits for an RCU grace period
+/// (`packet_release` → `synchronize_net`), several milliseconds on a busy 2-core node — most of
+/// a CNI ADD's latency if paid inline. The child also covers the moment the new bridge port
+/// starts forwarding (its carrier event is processed asynchronously), so no wait for it is
+/// needed in the caller: repeats at 0, 20, 100 and 500 ms reach peers whatever the timing.
+///
+/// The child is a fork of the **calling thread**, so it inherits that thread's network
+/// namespace: call inside [`crate::netns::NetNs::run`] for a pod interface. It only uses
+/// async-signal-safe calls (it is forked from a multi-threaded process): its standard streams go
+/// to `/dev/null` (so a runtime reading our stdout sees EOF when we exit), every other inherited
+/// descriptor is closed (no lock or socket of ours outlives us), then `socket`, `sendto`,
+/// `nanosleep`, `_exit`. Nothing waits for it; init (or the runtime's subreaper) reaps it.
+pub fn send_gratuitous_arp_detached(
+    ifindex: u32,
+    mac: [u8; 6],
+    ip: Ipv4Addr,
+    schedule: &[std::time::Duration],
+) -> io::Result<()> {
+    let ifindex_c = i32::try_from(ifindex).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("ifindex {ifindex} out of range"),
+        )
+    })?;
+    // Everything the child needs is prepared before fork: it must not allocate.
+    // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_protocol = ETH_P_ARP.to_be();
+    addr.sll_ifindex = ifindex_c;
+    addr.sll_halen = 6;
+    addr.sll_addr[..6].copy_from_slice(&BROADCAST_MAC);
+    let payload = gratuitous_arp_payload(mac, ip);
+    let mut delays: [libc::timespec; 8] = [libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    }; 8];
+    let mut previous = std::time::Duration::ZERO;
+    let count = schedule.len().min(delays.len());
+    for (slot, at) in delays.iter_mut().zip(schedule.iter().take(count)) {
+        let wait = at.saturating_sub(previous);
+        previous = *at;
+        slot.tv_sec = wait.as_secs() as libc::time_t;
+        slot.tv_nsec = wait.subsec_nanos() as libc::c_long;
+    }
+    let devnull = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?;
+    let devnull_fd = devnull.as_raw_fd();
+
+    // SAFETY: fork(2). In the child only async-signal-safe functions run, on data prepared
+    // above, and the child ends with _exit without returning into Rust code.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid > 0 {
+        return Ok(());
+    }
+    // Child.
+    // SAFETY: dup2/close_range/socket/sendto/nanosleep/close/_exit are async-signal-safe; all
+    // pointers refer to memory prepared before fork.
+    unsafe {
+        libc::dup2(devnull_fd, 0);
+        libc::dup2(devnull_fd, 1);
+        libc::dup2(devnull_fd, 2);
+        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+        let sock = libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            i32::from(ETH_P_ARP.to_be()),
+        );
+        if sock < 0 {
+            libc::_exit(1);
+        }
+        for delay in delays.iter().take(count) {
+            if delay.tv_sec != 0 || delay.tv_nsec != 0 {
+                libc::nanosleep(delay, std::ptr::null_mut());
+            }
+            libc::sendto(
+                sock,
+                payload.as_ptr().cast(),
+                payload.len(),
+                0,
+                (&addr as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            );
+        }
+        libc::_exit(0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

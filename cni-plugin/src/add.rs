@@ -165,11 +165,6 @@ async fn attach(
         .find(|a| a.address.is_ipv4())
         .zip(pod_link.mac)
         .map(|(a, mac)| (a.address.ip(), mac));
-    // arp_notify before the link goes up: the kernel then announces MAC changes by itself.
-    pod_ns
-        .run(move || sysctl::write(&format!("net/ipv4/conf/{ifname}/arp_notify"), "1"))
-        .map_err(|e| CniError::internal(format!("enter pod namespace: {e}")))?
-        .map_err(|e| CniError::internal(format!("set arp_notify: {e}")))?;
     pod.set_up(pod_link.index)
         .await
         .map_err(netlink_err("set the pod interface up"))?;
@@ -210,18 +205,28 @@ async fn attach(
         }
     }
 
-    // 6. gratuitous ARP once the host end (bridge port) is forwarding
-    if let Some((ip, mac)) = v4 {
-        wait_oper_up(&host, host_veth.index).await;
-        let index = pod_link.index;
-        if let IpAddr::V4(ip4) = ip {
-            let sent = pod_ns
-                .run(move || garp::send_gratuitous_arp(index, mac, ip4))
-                .map_err(|e| CniError::internal(format!("enter pod namespace: {e}")))?;
-            if let Err(e) = sent {
-                eprintln!("flannel cni: gratuitous ARP for {ip} failed (continuing): {e}");
-            }
-        }
+    // 6. announce the pod, in one visit to the pod namespace: `arp_notify` (the kernel then
+    //    announces later MAC changes by itself) and gratuitous ARPs from a detached child (see
+    //    garp::send_gratuitous_arp_detached): it repeats until the new bridge port forwards,
+    //    and we pay neither the packet socket's close (an RCU grace period) nor a wait for the
+    //    port's carrier event.
+    let index = pod_link.index;
+    let announce = v4.and_then(|(ip, mac)| match ip {
+        IpAddr::V4(ip4) => Some((ip4, mac)),
+        IpAddr::V6(_) => None,
+    });
+    let (notify, sent) = pod_ns
+        .run(move || {
+            let notify = sysctl::write(&format!("net/ipv4/conf/{ifname}/arp_notify"), "1");
+            let sent = announce.map(|(ip4, mac)| {
+                garp::send_gratuitous_arp_detached(index, mac, ip4, GARP_SCHEDULE)
+            });
+            (notify, sent)
+        })
+        .map_err(|e| CniError::internal(format!("enter pod namespace: {e}")))?;
+    notify.map_err(|e| CniError::internal(format!("set arp_notify: {e}")))?;
+    if let Some(Err(e)) = sent {
+        eprintln!("flannel cni: gratuitous ARP failed (continuing): {e}");
     }
 
     // 7. masquerade
@@ -439,19 +444,13 @@ async fn ensure_bridge(
     Ok(bridge)
 }
 
-/// Waits (briefly) until the host end reports carrier, so the bridge port forwards.
-async fn wait_oper_up(host: &Netlink, index: u32) {
-    let mut delay = Duration::from_micros(200);
-    for _ in 0..12 {
-        if let Ok(Some(l)) = host.link_by_index(index).await
-            && l.oper_up
-        {
-            return;
-        }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_millis(100));
-    }
-}
+/// When the gratuitous ARPs go out, counted from the end of ADD.
+const GARP_SCHEDULE: &[Duration] = &[
+    Duration::ZERO,
+    Duration::from_millis(20),
+    Duration::from_millis(100),
+    Duration::from_millis(500),
+];
 
 async fn undo(inv: &Invocation, plan: &PodNetwork, rb: Rollback) {
     if let Some(name) = &rb.host_veth {
