@@ -5,7 +5,7 @@
 #   scripts/deps.sh --if-missing   only when a tool is missing (fast path for re-runs)
 set -euo pipefail
 
-PKGS=(iproute2 iputils-ping jq nftables protobuf-compiler etcd-server etcd-client
+PKGS=(iproute2 iputils-ping jq nftables protobuf-compiler etcd-server etcd-client ethtool python3
       containernetworking-plugins iperf3 procps util-linux gcc)
 TOOLS=(ip ping jq nft protoc etcd etcdctl iperf3 unshare nsenter cc)
 REF_PLUGINS=(/usr/lib/cni/bridge /usr/lib/cni/host-local)

@@ -3,10 +3,10 @@
 //! [`cluster::Cluster`] builds the topology every multi-node test and the demo use:
 //!
 //! ```text
-//!  <p>-ul   bridge br0 198.18.0.254/24 ── etcd (listens on 198.18.0.254:2379)
-//!    ├─ veth ── <p>-n1  eth0 198.18.0.1/24  flanneld ── cni0 ── pods (<p>-n1-*)
-//!    ├─ veth ── <p>-n2  eth0 198.18.0.2/24  flanneld ── cni0 ── pods
-//!    └─ veth ── <p>-n3  eth0 198.18.0.3/24  flanneld ── cni0 ── pods
+//!  <p>-ul   bridge br0 198.18.0.254/16 ── etcd (listens on 198.18.0.254:2379)
+//!    ├─ veth ── <p>-n1  eth0 198.18.0.1/16  flanneld ── cbr0 ── pods (<p>-n1-*)
+//!    ├─ veth ── <p>-n2  eth0 198.18.0.2/16  flanneld ── cbr0 ── pods
+//!    └─ veth ── <p>-n3  eth0 198.18.0.3/16  flanneld ── cbr0 ── pods
 //! ```
 //!
 //! Nodes reach each other only over the underlay bridge; nothing has a path to the

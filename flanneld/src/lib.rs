@@ -10,4 +10,9 @@
 //! leasing policy, and [`daemon`] wires everything together.
 
 pub mod config;
+pub mod daemon;
+pub mod healthz;
+pub mod iface;
 pub mod network_config;
+pub mod subnet;
+pub mod testing;

@@ -1,0 +1,315 @@
+//! `flannel-bench`: control-plane and data-plane benchmarks on the namespace cluster.
+//!
+//! ```text
+//! flannel-bench convergence [--backend B] [--rounds N]   new lease -> programmed on all 3 nodes
+//! flannel-bench scale       [--backend B] [--leases N]   N synthetic leases -> all programmed; RSS
+//! flannel-bench acquire     [--leases N]                 acquire time with N existing leases
+//! flannel-bench throughput  [--backend B] [--dur S] [--reps R]   pod-to-pod TCP (iperf3)
+//! ```
+//!
+//! Release binaries are used when built (`cargo build --release`), debug ones otherwise.
+//! Every cluster lives in namespaces created and removed by the harness; Ctrl-C cleans up too.
+//! Numbers are printed as `RESULT <name> <value> <unit>` lines for scripts to collect.
+
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
+
+use flannel_examples::cluster::{Backend, Binaries, Cluster, ClusterSpec, wait_until};
+
+fn usage() -> ExitCode {
+    eprintln!(
+        "usage: flannel-bench convergence|scale|acquire|throughput [--backend vxlan|host-gw] \
+         [--rounds N] [--leases N] [--dur S] [--reps R]"
+    );
+    ExitCode::from(2)
+}
+
+struct Args {
+    backend: Backend,
+    rounds: usize,
+    leases: usize,
+    dur: u32,
+    reps: usize,
+}
+
+fn bins() -> Binaries {
+    let release = Binaries::from_target("release");
+    if release.flanneld.exists() && release.cni.exists() {
+        release
+    } else {
+        Binaries::from_target("debug")
+    }
+}
+
+fn spec(nodes: usize, backend: Backend) -> ClusterSpec {
+    let mut s = ClusterSpec::new(nodes, backend);
+    s.bins = bins();
+    s
+}
+
+fn lease_value(backend: Backend, public_ip: &str, mac_tail: usize) -> String {
+    format!(
+        r#"{{"PublicIP":"{public_ip}","PublicIPv6":null,"BackendType":"{}","BackendData":{{"VNI":1,"VtepMAC":"02:42:00:00:{:02x}:{:02x}"}}}}"#,
+        backend.type_name(),
+        (mac_tail >> 8) & 0xff,
+        mac_tail & 0xff
+    )
+}
+
+/// Routes flanneld owns on node `i` (`proto 150`).
+fn owned_routes(c: &Cluster, i: usize) -> usize {
+    c.node_ip_json(i, &["route", "show", "proto", "150"])
+        .as_array()
+        .map(Vec::len)
+        .unwrap_or(0)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn convergence(a: &Args) -> Result<(), String> {
+    let c = Cluster::start(spec(3, a.backend))?;
+    // Baseline: the cost of one `etcdctl put` (process start + round trip), included below.
+    let mut put_ms = Vec::new();
+    for r in 0..5 {
+        let t = Instant::now();
+        c.etcdctl(&["put", &format!("/bench/noise{r}"), "x"])?;
+        put_ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let mut ms = Vec::new();
+    for r in 0..a.rounds {
+        let dst = format!("10.244.{}.0/24", 100 + r);
+        let value = lease_value(a.backend, &format!("198.18.1.{}", r + 1), r);
+        let t0 = Instant::now();
+        c.etcdctl(&["put", &Cluster::lease_key(&dst), &value])?;
+        let ok = wait_until(Duration::from_secs(10), || {
+            (0..3).all(|i| c.node_routes(i).iter().any(|(d, _, _)| *d == dst))
+        });
+        if !ok {
+            return Err(format!("lease {dst} not programmed on every node"));
+        }
+        ms.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    let max = ms.iter().cloned().fold(0.0, f64::max);
+    println!(
+        "RESULT convergence_{}_median {:.1} ms",
+        a.backend.type_name(),
+        median(&mut ms)
+    );
+    println!(
+        "RESULT convergence_{}_max {:.1} ms",
+        a.backend.type_name(),
+        max
+    );
+    println!("RESULT etcdctl_put_median {:.1} ms", median(&mut put_ms));
+    Ok(())
+}
+
+fn scale(a: &Args) -> Result<(), String> {
+    let mut s = spec(1, a.backend);
+    // /26 leases: 1024 of them fit in 10.244.0.0/16.
+    s.config_extra = serde_json::json!({"SubnetLen": 26});
+    let c = Cluster::start(s)?;
+    let own = c.node_subnet(0).unwrap_or_default();
+    let mut pairs = Vec::new();
+    for k in 0..(a.leases + 1) {
+        let dst = format!("10.244.{}.{}/26", k / 4, (k % 4) * 64);
+        if dst == own {
+            continue;
+        }
+        if pairs.len() == a.leases {
+            break;
+        }
+        let ip = format!("198.18.{}.{}", 1 + k / 250, 1 + k % 250);
+        pairs.push((Cluster::lease_key(&dst), lease_value(a.backend, &ip, k)));
+    }
+    let rss_before = c.nodes[0].daemon_pid().and_then(rss_kib).unwrap_or(0);
+    let t0 = Instant::now();
+    c.etcd_put_many(&pairs)?;
+    let written = t0.elapsed();
+    let ok = wait_until(Duration::from_secs(120), || owned_routes(&c, 0) >= a.leases);
+    let took = t0.elapsed();
+    if !ok {
+        return Err(format!(
+            "only {} of {} routes programmed",
+            owned_routes(&c, 0),
+            a.leases
+        ));
+    }
+    let pid = c.nodes[0].daemon_pid().ok_or("flanneld not running")?;
+    let rss = rss_kib(pid).unwrap_or(0);
+    let b = a.backend.type_name();
+    println!(
+        "RESULT scale_{b}_{}_write {:.0} ms",
+        a.leases,
+        written.as_secs_f64() * 1e3
+    );
+    println!(
+        "RESULT scale_{b}_{}_programmed {:.0} ms",
+        a.leases,
+        took.as_secs_f64() * 1e3
+    );
+    println!("RESULT scale_{b}_rss_idle {rss_before} KiB");
+    println!("RESULT scale_{b}_rss_{}_leases {rss} KiB", a.leases);
+    Ok(())
+}
+
+fn acquire(a: &Args) -> Result<(), String> {
+    let mut s = spec(1, Backend::Vxlan);
+    s.start_daemons = false;
+    // /29 leases: 8192 of them fit in 10.244.0.0/16.
+    s.config_extra = serde_json::json!({"SubnetLen": 29});
+    let mut c = Cluster::start(s)?;
+    let mut pairs = Vec::new();
+    for k in 0..a.leases {
+        let dst = format!("10.244.{}.{}/29", k / 32, (k % 32) * 8);
+        let ip = format!("198.18.{}.{}", 1 + k / 250, 1 + k % 250);
+        pairs.push((
+            Cluster::lease_key(&dst),
+            lease_value(Backend::Vxlan, &ip, k),
+        ));
+    }
+    c.etcd_put_many(&pairs)?;
+    let mut took = Vec::new();
+    for round in 0..3 {
+        if round > 0 {
+            c.stop_flanneld(0);
+            // Forget the subnet so that each round runs the full acquire (random pick).
+            let sub = c.node_subnet(0).unwrap_or_default();
+            c.etcdctl(&["del", &Cluster::lease_key(&sub)])?;
+            let _ = std::fs::remove_file(c.nodes[0].subnet_file());
+        }
+        c.start_flanneld(0)?;
+        c.wait_subnet_env(0, Duration::from_secs(60))?;
+        let log = c.flanneld_log(0);
+        let ms = log
+            .lines()
+            .find(|l| l.contains("acquired subnet lease"))
+            .and_then(|l| l.split("took_ms=").nth(1))
+            .and_then(|t| t.split_whitespace().next())
+            .and_then(|t| t.parse::<f64>().ok())
+            .ok_or_else(|| format!("no acquire timing in the log:\n{log}"))?;
+        took.push(ms);
+    }
+    println!(
+        "RESULT acquire_with_{}_leases_median {:.1} ms",
+        a.leases,
+        median(&mut took)
+    );
+    Ok(())
+}
+
+fn throughput(a: &Args) -> Result<(), String> {
+    let mut c = Cluster::start(spec(2, a.backend))?;
+    let p1 = c.add_pod(0, "a")?;
+    let p2 = c.add_pod(1, "b")?;
+    if !c.ping_within(&p1, p2.ip, Duration::from_secs(5)) {
+        return Err("pods cannot reach each other".into());
+    }
+    let mut server = Command::new("ip")
+        .args(["netns", "exec", &p2.ns, "iperf3", "-s", "-p", "5201"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("iperf3 -s: {e}"))?;
+    std::thread::sleep(Duration::from_millis(300));
+    let mut gbps = Vec::new();
+    for _ in 0..a.reps {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &p1.ns, "iperf3", "-c"])
+            .arg(p2.ip.to_string())
+            .args(["-p", "5201", "-J", "-t"])
+            .arg(a.dur.to_string())
+            .output()
+            .map_err(|e| format!("iperf3 -c: {e}"))?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).map_err(|e| format!("iperf3 JSON: {e}"))?;
+        let bps = v["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .ok_or_else(|| format!("iperf3 failed: {}", v["error"]))?;
+        println!("sample {} {:.3} Gbit/s", a.backend.type_name(), bps / 1e9);
+        gbps.push(bps / 1e9);
+    }
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = server.wait();
+    println!(
+        "RESULT tcp1_{}_median {:.3} Gbit/s",
+        a.backend.type_name(),
+        median(&mut gbps)
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let mut argv = std::env::args().skip(1);
+    let Some(cmd) = argv.next() else {
+        return usage();
+    };
+    let mut a = Args {
+        backend: Backend::Vxlan,
+        rounds: 20,
+        leases: 1000,
+        dur: 10,
+        reps: 3,
+    };
+    while let Some(flag) = argv.next() {
+        let value = argv.next();
+        let ok = match (flag.as_str(), value.as_deref()) {
+            ("--backend", Some(v)) => Backend::parse(v).map(|b| a.backend = b).is_some(),
+            ("--rounds", Some(v)) => v.parse().map(|n| a.rounds = n).is_ok(),
+            ("--leases", Some(v)) => v.parse().map(|n| a.leases = n).is_ok(),
+            ("--dur", Some(v)) => v.parse().map(|n| a.dur = n).is_ok(),
+            ("--reps", Some(v)) => v.parse().map(|n| a.reps = n).is_ok(),
+            _ => false,
+        };
+        if !ok {
+            return usage();
+        }
+    }
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("flannel-bench: must run as root (it creates network namespaces)");
+        return ExitCode::FAILURE;
+    }
+    if let Err(e) = flannel_examples::cleanup::install_signal_cleanup() {
+        eprintln!("flannel-bench: {e}");
+        return ExitCode::FAILURE;
+    }
+    let result = match cmd.as_str() {
+        "convergence" => convergence(&a),
+        "scale" => scale(&a),
+        "acquire" => acquire(&a),
+        "throughput" => throughput(&a),
+        _ => return usage(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("flannel-bench {cmd}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

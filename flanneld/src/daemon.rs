@@ -1,0 +1,547 @@
+//! # daemon — all the wiring, in the order a node comes up
+//!
+//! 1. **Store.** Connect to etcd (retrying with backoff; a node that boots before etcd just
+//!    waits), then read `<prefix>/config`. While the key is absent we log a wait-and-retry
+//!    message; an invalid config names the bad key and is re-read until fixed.
+//! 2. **Interface.** Pick the external interface in flannel's order ([`crate::iface`]).
+//! 3. **Backend.** Create or adopt the backend's device ([`backends::overlay::Overlay`]); its
+//!    `BackendData` (VNI, a VTEP MAC that is stable across restarts) goes into the lease.
+//! 4. **Lease.** Acquire in flannel's order — our public IP's lease, then the subnet recorded
+//!    in subnet.env, then a random free one ([`crate::subnet::SubnetManager`]).
+//! 5. **Local state.** Own subnet on the backend, a first reconcile against the first lease
+//!    snapshot (this is where stale routes from a previous run disappear), masquerade and
+//!    forward rules, then — and only then — subnet.env, atomically, and `/readyz` turns 200.
+//! 6. **Steady state.** One loop owns the kernel: it applies lease snapshots and events from the
+//!    watch, own-lease re-acquisitions from the keeper, netlink change notifications (a deleted
+//!    route or device is put back within a debounce interval), and a periodic full reconcile,
+//!    re-checking the nftables table every `--iptables-resync` seconds.
+//! 7. **Shutdown.** SIGTERM/SIGINT stop the tasks; the lease and the kernel state stay, so a
+//!    restart is hitless. `--release-lease-on-shutdown` deletes the lease first.
+//!
+//! Unlike flannel, nothing here exits because etcd is down or our lease vanished: the data
+//! plane keeps forwarding with the last known state and the tasks retry.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use backends::masq::{MasqSpec, NodeMasq};
+use backends::netlink::{MonitorGroup, Netlink};
+use backends::overlay::{ExternalInterface, Overlay, OverlayConfig, Peer, VxlanParams};
+use ipam::lease::{Lease, LeaseAttrs, LeaseWatcher};
+use ipam::subnet_env::SubnetEnv;
+use ipnetwork::Ipv4Network;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Opts;
+use crate::iface::{self, IfaceSelector, SelectedInterface};
+use crate::network_config::{BackendConfig, NetworkConfig};
+use crate::subnet::{
+    EtcdConfig, EtcdLeaseStore, LeaseStore, ManagerConfig, ManagerError, OwnLeaseEvent,
+    SubnetManager, WatchUpdate,
+};
+
+/// How often the whole kernel state is re-checked even without any event (flannel's
+/// `routeCheck` runs every 10 s for host-gw).
+pub const RECONCILE_PERIOD: Duration = Duration::from_secs(10);
+/// Netlink change notifications within this window cause one reconcile.
+pub const MONITOR_DEBOUNCE: Duration = Duration::from_millis(50);
+/// Delay between attempts while etcd is unreachable or the config is absent/invalid.
+const RETRY_MIN: Duration = Duration::from_millis(200);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Runs flanneld until SIGTERM/SIGINT.
+pub async fn run(opts: Opts) -> Result<()> {
+    let cancel = CancellationToken::new();
+    spawn_signal_handler(cancel.clone())?;
+    run_until(opts, cancel).await
+}
+
+/// Runs flanneld until `cancel` fires (the testable entry point).
+pub async fn run_until(opts: Opts, cancel: CancellationToken) -> Result<()> {
+    let ready = Arc::new(AtomicBool::new(false));
+    if opts.healthz_port != 0 {
+        let addr = SocketAddr::new(opts.healthz_ip, opts.healthz_port);
+        let listener = crate::healthz::bind(addr)
+            .await
+            .with_context(|| format!("--healthz-ip/--healthz-port: cannot listen on {addr}"))?;
+        tracing::info!(%addr, "serving /healthz and /readyz");
+        tokio::spawn(crate::healthz::serve(
+            listener,
+            ready.clone(),
+            cancel.clone(),
+        ));
+    }
+
+    let Some(store) = connect_store(&opts, &cancel).await? else {
+        return Ok(());
+    };
+    let store = Arc::new(store);
+    let Some(network) = wait_for_network_config(store.as_ref(), &cancel).await? else {
+        return Ok(());
+    };
+    tracing::info!(
+        network = %network.ipv4.network,
+        backend = network.backend.type_name(),
+        "network config loaded"
+    );
+
+    let nl = Netlink::new().context("open netlink socket")?;
+    let selector = IfaceSelector {
+        ifaces: opts.iface.clone(),
+        regexes: opts.iface_regex.clone(),
+        can_reach: opts.iface_can_reach,
+        public_ip: opts.public_ip,
+    };
+    let ext = iface::select(&nl, &selector)
+        .await
+        .context("choose the external interface")?;
+    tracing::info!(
+        iface = %ext.name, addr = %ext.iface_addr, public_ip = %ext.public_ip, mtu = ext.mtu,
+        "using external interface"
+    );
+
+    let overlay_config = overlay_config(&network.backend)?;
+    let mut overlay = Overlay::new(nl.clone(), overlay_config, external(&ext))
+        .await
+        .context("set up the backend")?;
+
+    let previous = match SubnetEnv::load(&opts.subnet_file) {
+        Ok(env) => env.subnet_network(),
+        Err(e) if e.is_not_found() => None,
+        Err(e) => {
+            tracing::warn!(file = %opts.subnet_file.display(), error = %e,
+                "ignoring an unreadable subnet file");
+            None
+        }
+    };
+    let mut attrs = LeaseAttrs::new(ext.public_ip, overlay.backend_type());
+    attrs.backend_data = overlay.backend_data();
+
+    let manager = Arc::new(SubnetManager::new(
+        store.clone(),
+        network.clone(),
+        ManagerConfig::new(opts.subnet_lease_ttl, opts.renew_margin()),
+    ));
+    let acquire_started = std::time::Instant::now();
+    let Some(mut own) = acquire_with_retry(&manager, &attrs, previous, &cancel).await else {
+        return Ok(());
+    };
+    tracing::info!(
+        subnet = %own.subnet,
+        leased = own.leased,
+        took_ms = %format!("{:.1}", acquire_started.elapsed().as_secs_f64() * 1e3),
+        "acquired subnet lease"
+    );
+
+    // Steady-state producers.
+    let (watch_tx, mut watch_rx) = mpsc::channel::<WatchUpdate>(64);
+    let (own_tx, mut own_rx) = mpsc::channel::<OwnLeaseEvent>(8);
+    {
+        let manager = manager.clone();
+        let cancel = cancel.clone();
+        tokio::spawn(async move { manager.run_watch(watch_tx, cancel).await });
+    }
+    {
+        let manager = manager.clone();
+        let cancel = cancel.clone();
+        let lease = own.clone();
+        tokio::spawn(async move { manager.run_lease_keeper(lease, own_tx, cancel).await });
+    }
+    // Opened on this thread, hence in the daemon's own namespace, like `nl`.
+    let mut monitor =
+        Netlink::monitor(&MonitorGroup::ALL).context("subscribe to netlink changes")?;
+
+    // First snapshot (bounded wait: with etcd gone we still come up from the kernel state).
+    let mut watcher = LeaseWatcher::new(Some(own.subnet));
+    let backend_type = overlay.backend_type();
+    match tokio::time::timeout(Duration::from_secs(5), watch_rx.recv()).await {
+        Ok(Some(update)) => apply_update(&mut watcher, update),
+        _ => tracing::warn!("no lease snapshot yet; starting with no peers"),
+    }
+    overlay.set_own_subnet(own.subnet);
+    overlay.set_peers(peers(&watcher, backend_type));
+    reconcile(&mut overlay).await;
+
+    let mut masq = NodeMasq::new();
+    let masq_spec = |own: &Lease| MasqSpec {
+        network: network.ipv4.network,
+        subnet: own.subnet,
+        masquerade: opts.ip_masq,
+        forward: opts.iptables_forward_rules,
+    };
+    ensure_masq(&mut masq, masq_spec(&own))
+        .await
+        .context("install masquerade/forward rules")?;
+    write_subnet_env(&opts, &network, &own, overlay.mtu())?;
+    ready.store(true, Ordering::SeqCst);
+    tracing::info!(file = %opts.subnet_file.display(), "ready: subnet file written");
+
+    let mut reconcile_tick = tokio::time::interval(RECONCILE_PERIOD);
+    reconcile_tick.reset();
+    let mut masq_tick = tokio::time::interval(Duration::from_secs(opts.iptables_resync));
+    masq_tick.reset();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            Some(update) = watch_rx.recv() => {
+                apply_update(&mut watcher, update);
+                // Drain whatever else is queued: one reconcile per burst.
+                while let Ok(more) = watch_rx.try_recv() {
+                    apply_update(&mut watcher, more);
+                }
+                overlay.set_peers(peers(&watcher, backend_type));
+                reconcile(&mut overlay).await;
+            }
+            Some(event) = own_rx.recv() => match event {
+                OwnLeaseEvent::Lost(_) => {
+                    ready.store(false, Ordering::SeqCst);
+                    tracing::warn!(subnet = %own.subnet, "own lease lost; re-acquiring");
+                }
+                OwnLeaseEvent::Reacquired(lease) => {
+                    let moved = lease.subnet != own.subnet;
+                    own = lease;
+                    tracing::info!(subnet = %own.subnet, moved, "own lease re-acquired");
+                    if moved {
+                        watcher.set_own(Some(own.subnet));
+                        overlay.set_own_subnet(own.subnet);
+                        overlay.set_peers(peers(&watcher, backend_type));
+                        reconcile(&mut overlay).await;
+                    }
+                    if let Err(e) = ensure_masq(&mut masq, masq_spec(&own)).await {
+                        tracing::error!(error = %e, "masquerade rules");
+                    }
+                    if let Err(e) = write_subnet_env(&opts, &network, &own, overlay.mtu()) {
+                        tracing::error!(error = %e, "writing the subnet file");
+                    }
+                    ready.store(true, Ordering::SeqCst);
+                }
+            },
+            Some(change) = monitor.recv() => {
+                // Debounce: a device deletion produces a burst of link/route/neigh messages.
+                let mut relevant = overlay.is_relevant(&change);
+                tokio::time::sleep(MONITOR_DEBOUNCE).await;
+                while let Ok(more) = monitor.try_recv() {
+                    relevant |= overlay.is_relevant(&more);
+                }
+                if relevant {
+                    reconcile(&mut overlay).await;
+                }
+            }
+            _ = reconcile_tick.tick() => reconcile(&mut overlay).await,
+            _ = masq_tick.tick() => {
+                if let Err(e) = ensure_masq(&mut masq, masq_spec(&own)).await {
+                    tracing::error!(error = %e, "re-checking masquerade rules");
+                }
+            }
+        }
+    }
+
+    if opts.release_lease_on_shutdown && own.leased {
+        match manager.release(&own).await {
+            Ok(_) => tracing::info!(subnet = %own.subnet, "released own lease on shutdown"),
+            Err(e) => tracing::warn!(error = %e, "could not release own lease"),
+        }
+    }
+    tracing::info!("shutting down; kernel state and lease kept");
+    Ok(())
+}
+
+fn spawn_signal_handler(cancel: CancellationToken) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+        cancel.cancel();
+    });
+    Ok(())
+}
+
+fn backoff(current: Duration) -> Duration {
+    (current * 2).min(RETRY_MAX)
+}
+
+/// Sleeps `d` unless cancelled; returns false when cancelled.
+async fn sleep_or_cancel(d: Duration, cancel: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = cancel.cancelled() => false,
+        _ = tokio::time::sleep(d) => true,
+    }
+}
+
+fn etcd_config(opts: &Opts) -> EtcdConfig {
+    EtcdConfig {
+        endpoints: opts.etcd_endpoints.clone(),
+        prefix: opts.etcd_prefix.clone(),
+        username: opts.etcd_username.clone(),
+        password: opts.etcd_password.clone(),
+        ca_file: opts.etcd_cafile.clone(),
+        cert_file: opts.etcd_certfile.clone(),
+        key_file: opts.etcd_keyfile.clone(),
+        ..EtcdConfig::default()
+    }
+}
+
+async fn connect_store(opts: &Opts, cancel: &CancellationToken) -> Result<Option<EtcdLeaseStore>> {
+    let cfg = etcd_config(opts);
+    let mut delay = RETRY_MIN;
+    loop {
+        match EtcdLeaseStore::connect(cfg.clone()).await {
+            Ok(store) => return Ok(Some(store)),
+            Err(crate::subnet::StoreError::Unsupported(what)) => bail!("etcd: {what}"),
+            Err(e) => {
+                tracing::warn!(endpoints = ?opts.etcd_endpoints, error = %e,
+                    "cannot reach etcd; retrying in {delay:?}");
+            }
+        }
+        if !sleep_or_cancel(delay, cancel).await {
+            return Ok(None);
+        }
+        delay = backoff(delay);
+    }
+}
+
+async fn wait_for_network_config<S: LeaseStore>(
+    store: &S,
+    cancel: &CancellationToken,
+) -> Result<Option<NetworkConfig>> {
+    let mut delay = RETRY_MIN;
+    loop {
+        match store.network_config().await {
+            Ok(Some(json)) => match NetworkConfig::parse(&json) {
+                Ok(cfg) => return Ok(Some(cfg)),
+                Err(e) => tracing::error!(key = %store.config_location(), error = %e,
+                    "invalid network config; fix it, re-reading in {delay:?}"),
+            },
+            Ok(None) => tracing::warn!(key = %store.config_location(),
+                "network config not found; waiting for it, retrying in {delay:?}"),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the network config; retrying in {delay:?}")
+            }
+        }
+        if !sleep_or_cancel(delay, cancel).await {
+            return Ok(None);
+        }
+        delay = backoff(delay);
+    }
+}
+
+async fn acquire_with_retry<S: LeaseStore>(
+    manager: &SubnetManager<S>,
+    attrs: &LeaseAttrs,
+    previous: Option<Ipv4Network>,
+    cancel: &CancellationToken,
+) -> Option<Lease> {
+    let mut delay = RETRY_MIN;
+    loop {
+        match manager.acquire(attrs, previous).await {
+            Ok(lease) => return Some(lease),
+            Err(e @ ManagerError::Exhausted { .. }) => {
+                tracing::error!(error = %e, "no free subnet; retrying in {delay:?}")
+            }
+            Err(e) => tracing::warn!(error = %e, "acquiring a subnet lease; retrying in {delay:?}"),
+        }
+        if !sleep_or_cancel(delay, cancel).await {
+            return None;
+        }
+        delay = backoff(delay);
+    }
+}
+
+/// Maps the network config's backend section onto the kernel backend's options.
+pub fn overlay_config(backend: &BackendConfig) -> Result<OverlayConfig> {
+    match backend {
+        BackendConfig::Vxlan(v) => Ok(OverlayConfig::Vxlan(VxlanParams {
+            vni: v.vni,
+            port: v.port,
+            gbp: v.gbp,
+            learning: v.learning,
+            direct_routing: v.direct_routing,
+            mtu: v.mtu,
+        })),
+        BackendConfig::HostGw(_) => Ok(OverlayConfig::HostGw),
+        BackendConfig::Udp(_) => bail!(
+            "Backend.Type \"udp\" is not supported by this build yet; use \"vxlan\" or \"host-gw\""
+        ),
+    }
+}
+
+fn external(ext: &SelectedInterface) -> ExternalInterface {
+    ExternalInterface {
+        index: ext.index,
+        name: ext.name.clone(),
+        mtu: ext.mtu,
+        iface_addr: ext.iface_addr,
+        public_ip: ext.public_ip,
+    }
+}
+
+fn apply_update(watcher: &mut LeaseWatcher, update: WatchUpdate) {
+    match update {
+        WatchUpdate::Snapshot(leases) => {
+            let changes = watcher.reset(&leases);
+            for c in &changes {
+                tracing::info!(%c, "lease change (resync)");
+            }
+        }
+        WatchUpdate::Events(events) => {
+            for c in watcher.update(&events) {
+                tracing::info!(%c, "lease change");
+            }
+        }
+    }
+}
+
+/// The desired peers: every other node's lease of our backend type.
+fn peers(watcher: &LeaseWatcher, backend_type: &str) -> Vec<Peer> {
+    watcher
+        .leases()
+        .filter_map(|lease| {
+            if lease.attrs.backend_type != backend_type {
+                tracing::debug!(subnet = %lease.subnet, kind = %lease.attrs.backend_type,
+                    "ignoring a lease of another backend type");
+                return None;
+            }
+            Some(Peer {
+                subnet: lease.subnet,
+                public_ip: lease.attrs.public_ip,
+                vtep_mac: vtep_mac(lease),
+            })
+        })
+        .collect()
+}
+
+/// `BackendData.VtepMAC` of a vxlan lease (`None` for host-gw leases or unreadable data; the
+/// overlay then refuses that one vxlan peer with an error naming it).
+fn vtep_mac(lease: &Lease) -> Option<[u8; 6]> {
+    backends::overlay::vtep_mac_from_backend_data(lease.attrs.backend_data.as_ref()?).ok()
+}
+
+async fn reconcile(overlay: &mut Overlay) {
+    match overlay.reconcile().await {
+        Ok(report) => {
+            for e in &report.errors {
+                tracing::warn!(error = %e, "peer not programmed");
+            }
+            if report.changed() {
+                tracing::info!(?report, "kernel state reconciled");
+            } else {
+                tracing::debug!(?report, "kernel state already as desired");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "reconcile failed; retrying on the next trigger"),
+    }
+}
+
+async fn ensure_masq(masq: &mut NodeMasq, spec: MasqSpec) -> Result<()> {
+    if spec.is_empty() && masq.spec().is_none() {
+        return Ok(());
+    }
+    // nft is a child process: keep it off the async worker.
+    let mut owned = std::mem::take(masq);
+    let (owned, result) = tokio::task::spawn_blocking(move || {
+        let r = owned.ensure(spec);
+        (owned, r)
+    })
+    .await
+    .context("masquerade task panicked")?;
+    *masq = owned;
+    match result? {
+        backends::masq::EnsureOutcome::Installed => {
+            tracing::info!(
+                masquerade = spec.masquerade,
+                forward = spec.forward,
+                "nftables table installed"
+            )
+        }
+        backends::masq::EnsureOutcome::Unchanged => {}
+    }
+    Ok(())
+}
+
+/// Writes subnet.env (flannel's format: `FLANNEL_SUBNET` is the first host of the lease).
+fn write_subnet_env(opts: &Opts, network: &NetworkConfig, own: &Lease, mtu: u32) -> Result<()> {
+    let first_host = Ipv4Network::new(
+        std::net::Ipv4Addr::from(u32::from(own.subnet.network()) + 1),
+        own.subnet.prefix(),
+    )
+    .context("subnet prefix")?;
+    let env = SubnetEnv {
+        networks: vec![network.ipv4.network],
+        subnet: Some(first_host),
+        ipv6_networks: Vec::new(),
+        ipv6_subnet: None,
+        mtu,
+        ipmasq: opts.ip_masq,
+    };
+    write_env_file(&opts.subnet_file, &env)
+}
+
+fn write_env_file(path: &Path, env: &SubnetEnv) -> Result<()> {
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("--subnet-file: create {}", dir.display()))?;
+    }
+    env.write_atomic(path)
+        .with_context(|| format!("--subnet-file: write {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn lease(subnet: &str, ip: [u8; 4], kind: &str, data: Option<serde_json::Value>) -> Lease {
+        let mut attrs = LeaseAttrs::new(Ipv4Addr::from(ip), kind);
+        attrs.backend_data = data;
+        Lease::new(subnet.parse().unwrap(), None, attrs)
+    }
+
+    #[test]
+    fn vtep_mac_is_parsed_from_backend_data() {
+        let l = lease(
+            "10.244.2.0/24",
+            [198, 18, 0, 2],
+            "vxlan",
+            Some(serde_json::json!({"VNI": 1, "VtepMAC": "0a:1b:2c:3d:4e:5f"})),
+        );
+        assert_eq!(vtep_mac(&l), Some([0x0a, 0x1b, 0x2c, 0x3d, 0x4e, 0x5f]));
+        let bad = lease(
+            "10.244.2.0/24",
+            [198, 18, 0, 2],
+            "vxlan",
+            Some(serde_json::json!({"VtepMAC": "0a:1b:2c"})),
+        );
+        assert_eq!(vtep_mac(&bad), None);
+    }
+
+    #[test]
+    fn peers_skip_other_backend_types_and_own_subnet() {
+        let mut w = LeaseWatcher::new(Some("10.244.1.0/24".parse().unwrap()));
+        w.reset(&[
+            lease("10.244.1.0/24", [198, 18, 0, 1], "host-gw", None),
+            lease("10.244.2.0/24", [198, 18, 0, 2], "host-gw", None),
+            lease("10.244.3.0/24", [198, 18, 0, 3], "vxlan", None),
+        ]);
+        let p = peers(&w, "host-gw");
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].subnet, "10.244.2.0/24".parse::<Ipv4Network>().unwrap());
+        assert_eq!(p[0].public_ip, Ipv4Addr::new(198, 18, 0, 2));
+    }
+
+    #[test]
+    fn udp_is_refused_with_a_clear_error() {
+        let err = overlay_config(&BackendConfig::Udp(Default::default())).unwrap_err();
+        assert!(err.to_string().contains("udp"), "{err}");
+    }
+}

@@ -1,0 +1,270 @@
+//! # etcd — a throw-away etcd server for tests
+//!
+//! [`EtcdServer::start`] runs Debian's `/usr/bin/etcd` (package `etcd-server`, 3.4) as a child
+//! process listening on `127.0.0.1` only, on free client and peer ports (found by binding
+//! port 0), with a temporary data directory. It returns once etcd answers a client `get`
+//! (20 s at most). [`EtcdServer::stop`] / [`EtcdServer::restart`] kill and re-run the same
+//! member on the same ports and data directory, to test reconnection; `Drop` kills the child
+//! by its PID and reaps it. Nothing else on the machine is touched. etcd's output goes to
+//! `etcd.log` in the data directory's parent, whose tail is included in start errors.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+/// Where the etcd binary is looked for, in order (`$ETCD_BIN` first).
+pub const ETCD_PATHS: &[&str] = &["/usr/bin/etcd", "/usr/local/bin/etcd"];
+
+/// How long [`EtcdServer::start`] waits for etcd to answer.
+pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Errors of the harness.
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdServerError {
+    /// No etcd binary was found.
+    #[error("etcd binary not found (looked at $ETCD_BIN and {0:?}); apt-get install etcd-server")]
+    NotFound(Vec<String>),
+    /// Spawning, a temp dir or a port probe failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// etcd did not become healthy in time or exited.
+    #[error("etcd did not become healthy: {reason}\n--- etcd.log (tail) ---\n{log}")]
+    Unhealthy {
+        /// Why we gave up.
+        reason: String,
+        /// The tail of etcd's output.
+        log: String,
+    },
+}
+
+/// Finds the etcd binary: `$ETCD_BIN`, then [`ETCD_PATHS`].
+pub fn etcd_binary() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("ETCD_BIN").map(PathBuf::from)
+        && p.is_file()
+    {
+        return Some(p);
+    }
+    ETCD_PATHS.iter().map(PathBuf::from).find(|p| p.is_file())
+}
+
+fn free_port() -> Result<u16, EtcdServerError> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(|source| EtcdServerError::Io {
+        what: "binding 127.0.0.1:0 to find a free port".into(),
+        source,
+    })?;
+    l.local_addr()
+        .map(|a| a.port())
+        .map_err(|source| EtcdServerError::Io {
+            what: "reading the probe socket's port".into(),
+            source,
+        })
+}
+
+fn log_tail(path: &Path) -> String {
+    let mut s = String::new();
+    if let Ok(mut f) = File::open(path) {
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let _ = f.seek(SeekFrom::Start(len.saturating_sub(4000)));
+        let _ = f.read_to_string(&mut s);
+    }
+    s
+}
+
+/// A running single-member etcd on loopback (see the module docs).
+#[derive(Debug)]
+pub struct EtcdServer {
+    binary: PathBuf,
+    dir: TempDir,
+    client_port: u16,
+    peer_port: u16,
+    child: Option<Child>,
+}
+
+impl EtcdServer {
+    /// Starts etcd and waits until it is healthy. Retries with other ports if etcd fails to
+    /// come up (a port probed free may be taken by someone else meanwhile).
+    pub async fn start() -> Result<Self, EtcdServerError> {
+        let binary = etcd_binary().ok_or_else(|| {
+            let mut looked: Vec<String> = ETCD_PATHS.iter().map(|s| s.to_string()).collect();
+            looked.insert(0, "$ETCD_BIN".into());
+            EtcdServerError::NotFound(looked)
+        })?;
+        let mut last = None;
+        for _ in 0..3 {
+            let dir = tempfile::Builder::new()
+                .prefix("flannel-rs-etcd-")
+                .tempdir()
+                .map_err(|source| EtcdServerError::Io {
+                    what: "creating the etcd temp dir".into(),
+                    source,
+                })?;
+            let mut server = Self {
+                binary: binary.clone(),
+                dir,
+                client_port: free_port()?,
+                peer_port: free_port()?,
+                child: None,
+            };
+            match server.spawn_and_wait().await {
+                Ok(()) => return Ok(server),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or(EtcdServerError::Unhealthy {
+            reason: "no attempt made".into(),
+            log: String::new(),
+        }))
+    }
+
+    /// Like [`start`](Self::start), but a missing binary is reported with
+    /// [`skip_or_panic`](super::skip_or_panic) and gives `None` (other errors panic).
+    pub async fn start_or_skip() -> Option<Self> {
+        match Self::start().await {
+            Ok(s) => Some(s),
+            Err(e @ EtcdServerError::NotFound(_)) => {
+                super::skip_or_panic(&e.to_string());
+                None
+            }
+            Err(e) => panic!("starting etcd: {e}"),
+        }
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("etcd.log")
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    async fn spawn_and_wait(&mut self) -> Result<(), EtcdServerError> {
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .map_err(|source| EtcdServerError::Io {
+                what: "opening etcd.log".into(),
+                source,
+            })?;
+        let log2 = log.try_clone().map_err(|source| EtcdServerError::Io {
+            what: "duplicating the etcd.log handle".into(),
+            source,
+        })?;
+        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let child = Command::new(&self.binary)
+            .arg("--name")
+            .arg("test")
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .arg("--listen-client-urls")
+            .arg(&client)
+            .arg("--advertise-client-urls")
+            .arg(&client)
+            .arg("--listen-peer-urls")
+            .arg(&peer)
+            .arg("--initial-advertise-peer-urls")
+            .arg(&peer)
+            .arg("--initial-cluster")
+            .arg(format!("test={peer}"))
+            .arg("--initial-cluster-state")
+            .arg("new")
+            .arg("--initial-cluster-token")
+            .arg(format!("flannel-rs-test-{}", self.client_port))
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log2))
+            .spawn()
+            .map_err(|source| EtcdServerError::Io {
+                what: format!("spawning {}", self.binary.display()),
+                source,
+            })?;
+        self.child = Some(child);
+        let deadline = Instant::now() + START_TIMEOUT;
+        let mut last_err = String::from("no attempt");
+        while Instant::now() < deadline {
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                self.child = None;
+                return Err(EtcdServerError::Unhealthy {
+                    reason: format!("etcd exited early with {status}"),
+                    log: log_tail(&self.log_path()),
+                });
+            }
+            match self.probe().await {
+                Ok(()) => return Ok(()),
+                Err(e) => last_err = e,
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.kill();
+        Err(EtcdServerError::Unhealthy {
+            reason: format!("no answer within {START_TIMEOUT:?}: {last_err}"),
+            log: log_tail(&self.log_path()),
+        })
+    }
+
+    async fn probe(&self) -> Result<(), String> {
+        let opts = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(Duration::from_millis(500))
+            .with_timeout(Duration::from_secs(1));
+        let mut c = etcd_client::Client::connect([self.endpoint()], Some(opts))
+            .await
+            .map_err(|e| e.to_string())?;
+        c.get("health-probe", None)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// The client URL, e.g. `http://127.0.0.1:40123`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// The PID of the running etcd, if any.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// A connected client (tests).
+    pub async fn client(&self) -> Result<etcd_client::Client, etcd_client::Error> {
+        etcd_client::Client::connect([self.endpoint()], None).await
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // Our own child, by PID: SIGKILL, then reap.
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Kills etcd (data dir and ports are kept for [`restart`](Self::restart)).
+    pub fn stop(&mut self) {
+        self.kill();
+    }
+
+    /// Starts etcd again on the same ports and data dir, and waits until it is healthy.
+    pub async fn restart(&mut self) -> Result<(), EtcdServerError> {
+        self.kill();
+        self.spawn_and_wait().await
+    }
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

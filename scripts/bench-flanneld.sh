@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# flanneld benchmarks (issue 3), all inside namespaces the harness creates and removes:
+#   1. convergence: a new lease -> programmed on all 3 nodes (vxlan, host-gw)
+#   2. scale: 1000 synthetic leases -> all programmed on a node; flanneld RSS
+#   3. acquire: acquire time with 5000 existing leases
+#   4. pod-to-pod TCP throughput for vxlan and host-gw through our cluster, compared in the
+#      same run with the hand-built kernel topology of shared/bench/dataplane-limits.sh
+#
+#   sudo scripts/bench-flanneld.sh          (DUR=10 REPS=3 by default; SHARED_DIR=../shared)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[[ $EUID -eq 0 ]] || { echo "run as root" >&2; exit 1; }
+scripts/deps.sh --if-missing
+{ command -v ethtool && command -v python3; } >/dev/null || scripts/deps.sh
+
+SHARED_DIR=${SHARED_DIR:-$(cd .. && pwd)/shared}
+LIMITS=$SHARED_DIR/bench/dataplane-limits.sh
+[[ -f $LIMITS ]] || { echo "missing $LIMITS (set SHARED_DIR)" >&2; exit 1; }
+DUR=${DUR:-10} REPS=${REPS:-3}
+cargo build --release --workspace --bins >&2
+B=target/release/flannel-bench
+OUT=$(mktemp -d /tmp/flanneld-bench.XXXXXX)
+echo "# results in $OUT"
+
+run() { echo "## flannel-bench $*"; "$B" "$@" | tee -a "$OUT/results.txt"; }
+run convergence --backend vxlan --rounds 20
+run convergence --backend host-gw --rounds 20
+run scale --backend vxlan --leases 1000
+run scale --backend host-gw --leases 1000
+run acquire --leases 5000
+
+# Throughput: ours and the reference topology alternate, REPS rounds each.
+for rep in $(seq "$REPS"); do
+  run throughput --backend vxlan --dur "$DUR" --reps 1
+  run throughput --backend host-gw --dur "$DUR" --reps 1
+  echo "## dataplane-limits.sh vxlan hostgw (round $rep)"
+  OUTDIR=$OUT/limits.$rep REPS=1 DUR=$DUR TESTS=tcp1 bash "$LIMITS" vxlan hostgw >"$OUT/limits.$rep.log" 2>&1 \
+    || { echo "dataplane-limits.sh failed; see $OUT/limits.$rep.log" >&2; exit 1; }
+done
+
+python3 - "$OUT" "$REPS" <<'PY'
+import glob, statistics, sys, re
+out, reps = sys.argv[1], int(sys.argv[2])
+ours = {"vxlan": [], "host-gw": []}
+for line in open(f"{out}/results.txt"):
+    m = re.match(r"RESULT tcp1_(\S+)_median ([0-9.]+)", line)
+    if m: ours[m.group(1)].append(float(m.group(2)))
+ref = {"vxlan": [], "hostgw": []}
+for f in glob.glob(f"{out}/limits.*/results.tsv"):
+    for row in open(f):
+        mode, rep, test, key, val = row.rstrip("\n").split("\t")
+        if test == "tcp1" and key == "gbps" and mode in ref:
+            ref[mode].append(float(val))
+print("\n==== pod-to-pod TCP, 1 stream, median of %d (Gbit/s) ====" % reps)
+print("%-8s %10s %10s %7s" % ("backend", "reference", "ours", "ratio"))
+for ours_name, ref_name in (("vxlan", "vxlan"), ("host-gw", "hostgw")):
+    o, r = ours[ours_name], ref[ref_name]
+    if o and r:
+        mo, mr = statistics.median(o), statistics.median(r)
+        print("%-8s %10.3f %10.3f %7.3f" % (ours_name, mr, mo, mo / mr))
+    else:
+        print("%-8s missing samples: ours=%s ref=%s" % (ours_name, o, r))
+print("\n==== control plane ====")
+for line in open(f"{out}/results.txt"):
+    if line.startswith("RESULT") and "tcp1_" not in line:
+        print(line.rstrip()[7:])
+PY
