@@ -796,7 +796,7 @@ impl Drop for Cluster {
             crate::cleanup::untrack_namespace(ns);
         }
         if std::env::var_os("FLANNEL_KEEP_LOGS").is_some() {
-            let kept = self.workdir.path().with_extension("kept");
+            let kept = PathBuf::from(format!("{}.kept", self.workdir.path().display()));
             let _ = std::fs::rename(self.workdir.path(), &kept);
             eprintln!("logs kept in {}", kept.display());
         }

@@ -397,6 +397,11 @@ fn watch_recovers_after_compaction(backend: Backend) {
         c.flanneld_log(0)
     );
     assert!(c.flanneld_running(0));
+    assert!(
+        c.flanneld_log(0).contains("fell behind a compaction"),
+        "the resumed watch must have hit the compaction; log:\n{}",
+        c.flanneld_log(0)
+    );
     let pods = add_pods(&mut c, 1);
     assert_full_mesh(&c, &pods, false);
 }

@@ -16,8 +16,10 @@
 //!   key deleted, key overwritten) it re-acquires — the same subnet when still free — and
 //!   reports [`OwnLeaseEvent`]s; store errors back off and retry, the loop never gives up.
 //! * **Watch** ([`SubnetManager::run_watch`]) sends a full snapshot, then incremental events
-//!   from the snapshot's revision + 1; after compaction or any break it re-lists and sends a new
-//!   snapshot (the consumer diffs it with `ipam::lease::LeaseWatcher::reset`). It also tells
+//!   from the snapshot's revision + 1. A broken stream (etcd restarted, connection lost) is
+//!   resumed, with backoff, from the revision after the last event delivered — no re-list;
+//!   only when that history was compacted away does it re-list and send a new snapshot (the
+//!   consumer diffs it with `ipam::lease::LeaseWatcher::reset`). It also tells
 //!   the keeper at once when an event touches our own key, so a deleted lease is re-acquired
 //!   within a second rather than at the next renewal: run both loops.
 //! * **Release** deletes our key on a graceful shutdown if it is still ours — never a
@@ -600,41 +602,52 @@ impl<S: LeaseStore> SubnetManager<S> {
 
     /// Streams the subnet directory to `tx` until shutdown or until `tx` is closed (see the
     /// module docs). Never returns on store errors: it backs off (100 ms doubling to 5 s by
-    /// default), re-lists and sends a fresh snapshot.
+    /// default) and resumes the watch where it broke, re-listing only after a compaction.
     pub async fn run_watch(&self, tx: mpsc::Sender<WatchUpdate>, shutdown: impl Into<Shutdown>) {
         let mut shutdown = shutdown.into();
         let mut backoff = Backoff::new(&self.cfg);
+        // `Some(rev)`: a watch broke after delivering everything up to `rev - 1`; resume from
+        // `rev` without re-listing (history still holds the gap). `None`: take a new snapshot
+        // first (start-up, or the gap was compacted away).
+        let mut resume: Option<super::Revision> = None;
         loop {
-            let listing = tokio::select! {
-                biased;
-                _ = shutdown.requested() => return,
-                r = self.store.list() => r,
-            };
-            let listing = match listing {
-                Ok(l) => l,
-                Err(e) => {
-                    let d = backoff.next();
-                    tracing::warn!(error = %e, retry_in = ?d, "listing subnet leases failed");
-                    if shutdown.sleep(d).await {
+            let from = match resume {
+                Some(rev) => rev,
+                None => {
+                    let listing = tokio::select! {
+                        biased;
+                        _ = shutdown.requested() => return,
+                        r = self.store.list() => r,
+                    };
+                    let listing = match listing {
+                        Ok(l) => l,
+                        Err(e) => {
+                            let d = backoff.next();
+                            tracing::warn!(error = %e, retry_in = ?d, "listing subnet leases failed");
+                            if shutdown.sleep(d).await {
+                                return;
+                            }
+                            continue;
+                        }
+                    };
+                    self.check_own_snapshot(&listing);
+                    let from = listing.revision + 1;
+                    if tx
+                        .send(WatchUpdate::Snapshot(listing.leases))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
-                    continue;
+                    from
                 }
             };
-            self.check_own_snapshot(&listing);
-            let from = listing.revision + 1;
-            if tx
-                .send(WatchUpdate::Snapshot(listing.leases))
-                .await
-                .is_err()
-            {
-                return;
-            }
+            resume = Some(from);
             let mut stream = match self.store.watch(from).await {
                 Ok(s) => s,
                 Err(e) => {
                     let d = backoff.next();
-                    tracing::warn!(error = %e, retry_in = ?d, "starting the subnet watch failed");
+                    tracing::warn!(error = %e, retry_in = ?d, from, "starting the subnet watch failed");
                     if shutdown.sleep(d).await {
                         return;
                     }
@@ -649,8 +662,9 @@ impl<S: LeaseStore> SubnetManager<S> {
                     i = stream.next() => i,
                 };
                 match item {
-                    Some(Ok(WatchBatch::Events { events, .. })) => {
+                    Some(Ok(WatchBatch::Events { events, revision })) => {
                         backoff.reset();
+                        resume = Some(revision + 1);
                         self.check_own_events(&events);
                         let events = events.into_iter().map(to_lease_event).collect();
                         if tx.send(WatchUpdate::Events(events)).await.is_err() {
@@ -662,6 +676,7 @@ impl<S: LeaseStore> SubnetManager<S> {
                             compact_revision,
                             "subnet watch fell behind a compaction; re-listing"
                         );
+                        resume = None;
                         break None;
                     }
                     Some(Err(e)) => break Some(e.to_string()),
@@ -673,7 +688,8 @@ impl<S: LeaseStore> SubnetManager<S> {
                     backoff.reset();
                 }
                 let d = backoff.next();
-                tracing::warn!(error = %why, retry_in = ?d, "subnet watch broke; re-listing");
+                tracing::warn!(error = %why, retry_in = ?d, resume_from = ?resume,
+                    "subnet watch broke; reconnecting");
                 if shutdown.sleep(d).await {
                     return;
                 }
@@ -1217,7 +1233,8 @@ mod tests {
         // Compaction: a fresh snapshot; a value changed meanwhile is re-emitted by the diff.
         let mut a3 = a2.clone();
         a3.attrs = attrs("198.18.0.22", "0a:00:00:00:00:23");
-        let UpdateOutcome::Updated(_) = st.update(&a3, Duration::from_secs(600)).await.unwrap()
+        let UpdateOutcome::Updated(a3_stored) =
+            st.update(&a3, Duration::from_secs(600)).await.unwrap()
         else {
             panic!()
         };
@@ -1232,9 +1249,25 @@ mod tests {
         let _ = w.reset(&snap);
         assert_eq!(w.get(&a.id()).unwrap().attrs, a3.attrs);
 
-        // A broken connection: backoff, relist, new snapshot.
+        // A broken connection: backoff, then the watch resumes where it broke — no re-list —
+        // and a change made meanwhile is replayed from history.
         st.break_watches();
-        assert!(matches!(recv(&mut rx, wait).await, WatchUpdate::Snapshot(s) if s.len() == 2));
+        let mut a4 = a3_stored.clone();
+        a4.attrs = attrs("198.18.0.22", "0a:00:00:00:00:24");
+        let UpdateOutcome::Updated(_) = st.update(&a4, Duration::from_secs(600)).await.unwrap()
+        else {
+            panic!()
+        };
+        match recv(&mut rx, wait).await {
+            WatchUpdate::Events(ev) => {
+                assert!(
+                    ev.iter()
+                        .any(|e| matches!(e, LeaseEvent::Added(l) if l.attrs == a4.attrs)),
+                    "{ev:?}"
+                );
+            }
+            WatchUpdate::Snapshot(_) => panic!("a plain break must resume, not re-list"),
+        }
 
         stop.send(true).unwrap();
         tokio::time::timeout(wait, task).await.unwrap().unwrap();
