@@ -64,6 +64,7 @@ pub async fn run(opts: Opts) -> Result<()> {
 /// Runs flanneld until `cancel` fires (the testable entry point).
 pub async fn run_until(opts: Opts, cancel: CancellationToken) -> Result<()> {
     let ready = Arc::new(AtomicBool::new(false));
+    let metrics = crate::healthz::MetricsSource::default();
     if opts.healthz_port != 0 {
         let addr = SocketAddr::new(opts.healthz_ip, opts.healthz_port);
         let listener = crate::healthz::bind(addr)
@@ -73,6 +74,7 @@ pub async fn run_until(opts: Opts, cancel: CancellationToken) -> Result<()> {
         tokio::spawn(crate::healthz::serve(
             listener,
             ready.clone(),
+            metrics.clone(),
             cancel.clone(),
         ));
     }
@@ -109,6 +111,8 @@ pub async fn run_until(opts: Opts, cancel: CancellationToken) -> Result<()> {
     let mut overlay = Overlay::new(nl.clone(), overlay_config, external(&ext))
         .await
         .context("set up the backend")?;
+
+    let _ = metrics.set(overlay.metrics_fn());
 
     let previous = match SubnetEnv::load(&opts.subnet_file) {
         Ok(env) => env.subnet_network(),

@@ -376,6 +376,14 @@ impl Overlay {
         }
     }
 
+    /// A renderer of this backend's counters in Prometheus text format, for flanneld's
+    /// `/metrics`. The kernel backends keep no counters of their own (the kernel's link
+    /// statistics cover them), so they only report which backend runs.
+    pub fn metrics_fn(&self) -> Box<dyn Fn() -> String + Send + Sync> {
+        let kind = self.backend_type();
+        Box::new(move || format!("flannel_backend_info{{type=\"{kind}\"}} 1\n"))
+    }
+
     /// The lease's `BackendData`: vxlan `{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:ff"}` (flannel's
     /// shape); host-gw `None`.
     pub fn backend_data(&self) -> Option<serde_json::Value> {
