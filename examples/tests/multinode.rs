@@ -630,6 +630,78 @@ fn ip_masq(backend: Backend) {
     assert_full_mesh(&c, &pods, true);
 }
 
+/// `GET path` against flanneld's health port inside node `i`; returns (status line, body).
+fn http_get(c: &Cluster, i: usize, port: u16, path: &str) -> (String, String) {
+    let script = format!(
+        "exec 3<>/dev/tcp/127.0.0.1/{port} && printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3"
+    );
+    let out = c.node_exec(i, &["bash", "-c", &script]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let status = text.lines().next().unwrap_or("").trim().to_string();
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
+}
+
+/// While `<prefix>/config` is absent flanneld waits with a clear message and `/readyz` is 503;
+/// once the config appears it comes up and `/readyz` turns 200. An invalid config names the
+/// bad key and is re-read until fixed.
+#[test]
+fn readyz_and_config_wait() {
+    if !prerequisites("readyz_and_config_wait") {
+        return;
+    }
+    let mut spec = ClusterSpec::new(1, Backend::Vxlan);
+    spec.start_daemons = false;
+    spec.flanneld_args = vec![
+        "--healthz-ip=127.0.0.1".into(),
+        "--healthz-port=10256".into(),
+    ];
+    let mut c = start(spec);
+    let good = c
+        .etcd_get("/coreos.com/network/config")
+        .expect("config written by the harness");
+    c.etcdctl(&["del", "/coreos.com/network/config"])
+        .expect("del");
+    c.start_flanneld(0).expect("start");
+    assert!(
+        wait_until(Duration::from_secs(5), || c
+            .flanneld_log(0)
+            .contains("network config not found; waiting for it")),
+        "no wait message; log:\n{}",
+        c.flanneld_log(0)
+    );
+    assert!(http_get(&c, 0, 10256, "/healthz").0.contains("200"));
+    assert!(http_get(&c, 0, 10256, "/readyz").0.contains("503"));
+
+    c.etcdctl(&[
+        "put",
+        "/coreos.com/network/config",
+        r#"{"Network":"10.244.0.0/16","SubnetLen":33,"Backend":{"Type":"vxlan"}}"#,
+    ])
+    .expect("put bad");
+    assert!(
+        wait_until(Duration::from_secs(10), || c
+            .flanneld_log(0)
+            .contains("SubnetLen")),
+        "the error must name the bad key; log:\n{}",
+        c.flanneld_log(0)
+    );
+    assert!(http_get(&c, 0, 10256, "/readyz").0.contains("503"));
+
+    c.etcdctl(&["put", "/coreos.com/network/config", &good])
+        .expect("put good");
+    c.wait_ready(0, Duration::from_secs(15)).expect("ready");
+    let (status, body) = http_get(&c, 0, 10256, "/readyz");
+    assert!(status.contains("200"), "{status} {body}");
+    let (status, body) = http_get(&c, 0, 10256, "/metrics");
+    assert!(status.contains("200"), "{status}");
+    assert!(
+        body.contains("flannel_backend_info{type=\"vxlan\"} 1"),
+        "{body}"
+    );
+    assert!(c.nodes[0].subnet_file().exists());
+}
+
 macro_rules! scenario {
     ($name:ident) => {
         mod $name {
