@@ -74,7 +74,10 @@ pub fn cleanup_everything() {
         let _ = signal::kill(pid, Signal::SIGKILL);
     }
     for ns in namespaces.iter().rev() {
-        let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", ns])
+            .stderr(std::process::Stdio::null())
+            .status();
     }
 }
 

@@ -792,7 +792,10 @@ impl Drop for Cluster {
         self.stop_etcd();
         // pods first, then nodes, then the underlay
         for ns in self.namespaces.iter().rev() {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(Stdio::null())
+                .status();
             crate::cleanup::untrack_namespace(ns);
         }
         if std::env::var_os("FLANNEL_KEEP_LOGS").is_some() {
