@@ -64,5 +64,5 @@ done
 
 for p in pod-a pod-b pod-c; do cni DEL "$p"; echo "DEL $p"; done
 left=$(ls "$STATE/ipam/cbr0" 2>/dev/null | grep -c '^10\.' || true)
-echo "# reservations left after DEL: $left; veths left: $(ip -n "$NODE" -o link show master cni0 | grep -c . || true)"
+echo "# reservations left after DEL: $left; veths left: $(ip -n "$NODE" -o link show master cbr0 | grep -c . || true)"
 [[ $fail -eq 0 && $left -eq 0 ]]

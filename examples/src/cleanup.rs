@@ -20,11 +20,13 @@ use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, Signal};
 struct Registry {
     namespaces: Vec<String>,
     pids: Vec<i32>,
+    dirs: Vec<std::path::PathBuf>,
 }
 
 static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
     namespaces: Vec::new(),
     pids: Vec::new(),
+    dirs: Vec::new(),
 });
 static PIPE_WRITE: AtomicI32 = AtomicI32::new(-1);
 
@@ -43,6 +45,16 @@ pub fn untrack_namespace(name: &str) {
     with(|r| r.namespaces.retain(|n| n != name));
 }
 
+/// Records a scratch directory the harness created.
+pub fn track_dir(dir: &std::path::Path) {
+    with(|r| r.dirs.push(dir.to_path_buf()));
+}
+
+/// Forgets a scratch directory (removed by its owner).
+pub fn untrack_dir(dir: &std::path::Path) {
+    with(|r| r.dirs.retain(|d| d != dir));
+}
+
 /// Records a process the harness started.
 pub fn track_pid(pid: u32) {
     with(|r| r.pids.push(pid as i32));
@@ -53,13 +65,14 @@ pub fn untrack_pid(pid: u32) {
     with(|r| r.pids.retain(|p| *p != pid as i32));
 }
 
-/// Stops every recorded process (SIGTERM, then SIGKILL after 3 s) and deletes every recorded
-/// namespace, newest first.
+/// Stops every recorded process (SIGTERM, then SIGKILL after 3 s), deletes every recorded
+/// namespace, newest first, and removes the scratch directories.
 pub fn cleanup_everything() {
-    let (pids, namespaces) = with(|r| {
+    let (pids, namespaces, dirs) = with(|r| {
         (
             std::mem::take(&mut r.pids),
             std::mem::take(&mut r.namespaces),
+            std::mem::take(&mut r.dirs),
         )
     });
     for pid in &pids {
@@ -78,6 +91,9 @@ pub fn cleanup_everything() {
             .args(["netns", "del", ns])
             .stderr(std::process::Stdio::null())
             .status();
+    }
+    for dir in dirs {
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
 

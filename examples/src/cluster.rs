@@ -224,6 +224,7 @@ impl Cluster {
             .prefix("flannel-cluster.")
             .tempdir()
             .map_err(|e| format!("tempdir: {e}"))?;
+        crate::cleanup::track_dir(workdir.path());
         let mut c = Cluster {
             prefix: prefix.clone(),
             spec: spec.clone(),
@@ -486,12 +487,14 @@ impl Cluster {
     }
 
     /// Writes many keys quickly: `etcdctl txn` batches of at most 100 puts (etcd's default
-    /// limit is 128 operations per transaction). Values must not contain a single quote.
+    /// limit is 128 operations per transaction).
     pub fn etcd_put_many(&self, pairs: &[(String, String)]) -> Result<(), String> {
         for chunk in pairs.chunks(100) {
             let mut script = String::from("\n");
             for (k, v) in chunk {
-                script.push_str(&format!("put {k} '{v}'\n"));
+                // etcdctl's txn reader unquotes double-quoted words like Go's strconv.Unquote.
+                let quoted = v.replace('\\', "\\\\").replace('"', "\\\"");
+                script.push_str(&format!("put {k} \"{quoted}\"\n"));
             }
             script.push_str("\n\n");
             let mut child = Command::new("ip")
@@ -798,6 +801,7 @@ impl Drop for Cluster {
                 .status();
             crate::cleanup::untrack_namespace(ns);
         }
+        crate::cleanup::untrack_dir(self.workdir.path());
         if std::env::var_os("FLANNEL_KEEP_LOGS").is_some() {
             let kept = PathBuf::from(format!("{}.kept", self.workdir.path().display()));
             let _ = std::fs::rename(self.workdir.path(), &kept);
