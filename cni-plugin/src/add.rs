@@ -4,8 +4,10 @@
 //! cannot clean up, and so that a duplicate ADD changes nothing:
 //!
 //! 1. read subnet.env (missing → code 11) and build the plan;
-//! 2. reserve the addresses (host-local refuses a second reservation for the same
-//!    container and interface, so a duplicate ADD stops here, untouched);
+//! 2. refuse a duplicate ADD before touching anything: the host end's name is a hash of
+//!    (container id, ifname), so an existing attachment is one netlink lookup away — which
+//!    also spares host-local the reference plugin's read of every reservation file;
+//!    reserve the addresses (claimed with `O_EXCL`, round robin from `last_reserved_ip`);
 //! 3. ensure the bridge, its gateway address (pinning the bridge MAC the first time) and
 //!    `ip_forward`;
 //! 4. create the veth pair in one netlink request — host end `veth<hash>` attached to the
@@ -18,7 +20,8 @@
 //! 7. masquerade (`ipMasq`) as one nftables transaction.
 //!
 //! Any failure after step 2 runs [`Rollback`]: delete the veth (which removes both ends),
-//! remove masquerade entries, release the addresses.
+//! remove masquerade entries, release the addresses this invocation reserved (only those: a
+//! racing duplicate ADD must not release the winner's address).
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -51,6 +54,8 @@ pub struct PodAddress {
 #[derive(Default)]
 struct Rollback {
     ipam_reserved: bool,
+    /// Host-local addresses this invocation claimed (released one by one on rollback).
+    host_local_ips: Vec<IpAddr>,
     host_veth: Option<String>,
     masq: Vec<IpAddr>,
 }
@@ -100,16 +105,33 @@ async fn attach(
     pod_ns: &NetNs,
     rb: &mut Rollback,
 ) -> CniResult<CniOutput> {
-    // 2. addresses
+    // 2. not attached yet, then addresses
+    let host = Netlink::new().map_err(netlink_err("open netlink socket"))?;
+    let host_name = host_veth_name(&inv.container_id, &inv.ifname);
+    if host
+        .link(&host_name)
+        .await
+        .map_err(netlink_err("look up the host interface"))?
+        .is_some()
+    {
+        return Err(CniError::internal(format!(
+            "duplicate ADD: container {} is already attached as {} (host interface {host_name} \
+             exists); DEL it first",
+            inv.container_id, inv.ifname
+        )));
+    }
     let (addresses, ipam_routes, ipam_dns) = reserve(inv, plan)?;
     rb.ipam_reserved = true;
+    if matches!(plan.ipam, IpamPlan::HostLocal { .. }) {
+        rb.host_local_ips = addresses.iter().map(|a| a.address.ip()).collect();
+    }
 
     // 3. bridge
-    let host = Netlink::new().map_err(netlink_err("open netlink socket"))?;
     let bridge = ensure_bridge(&host, plan, &addresses).await?;
 
-    // 4. veth pair, container end created directly inside the pod namespace
-    let host_name = host_veth_name(&inv.container_id, &inv.ifname);
+    // 4. veth pair, container end created directly inside the pod namespace, with a MAC we
+    //    choose (so nothing has to be read back from the pod side)
+    let pod_mac = plan.mac.unwrap_or_else(random_mac);
     let spec = VethSpec {
         host_name: &host_name,
         peer_name: &inv.ifname,
@@ -117,7 +139,7 @@ async fn attach(
         master: Some(bridge.index),
         host_up: true,
         peer_ns: pod_ns,
-        peer_mac: plan.mac,
+        peer_mac: Some(pod_mac),
     };
     let host_veth = match host.create_veth(&spec).await {
         Ok(link) => link,
@@ -140,22 +162,16 @@ async fn attach(
     // 5. the pod side, through a socket bound to the pod namespace
     let pod =
         Netlink::new_in(pod_ns).map_err(netlink_err("open netlink socket in the pod namespace"))?;
-    let pod_link = pod
-        .link(&inv.ifname)
+    // The echo of the host end names its peer's index in the pod namespace (IFLA_LINK).
+    let pod_index = host_veth.link.ok_or_else(|| {
+        CniError::internal(format!("kernel did not report the peer of {host_name}"))
+    })?;
+    // `ip link set lo up`: lo is always index 1 in a namespace; up on up is a no-op.
+    pod.set_up(LOOPBACK_INDEX)
         .await
-        .map_err(netlink_err("look up the pod interface"))?
-        .ok_or_else(|| {
-            CniError::internal(format!("{} vanished from the pod namespace", inv.ifname))
-        })?;
-    if let Some(lo) = pod.link("lo").await.map_err(netlink_err("look up lo"))?
-        && !lo.admin_up
-    {
-        pod.set_up(lo.index)
-            .await
-            .map_err(netlink_err("set lo up"))?;
-    }
+        .map_err(netlink_err("set lo up"))?;
     for a in &addresses {
-        pod.add_address(pod_link.index, a.address)
+        pod.add_address(pod_index, a.address)
             .await
             .map_err(netlink_err("add the pod address"))?;
     }
@@ -163,9 +179,9 @@ async fn attach(
     let v4: Option<(IpAddr, [u8; 6])> = addresses
         .iter()
         .find(|a| a.address.is_ipv4())
-        .zip(pod_link.mac)
+        .map(|a| (a, pod_mac))
         .map(|(a, mac)| (a.address.ip(), mac));
-    pod.set_up(pod_link.index)
+    pod.set_up(pod_index)
         .await
         .map_err(netlink_err("set the pod interface up"))?;
 
@@ -193,7 +209,7 @@ async fn attach(
         let route = Route {
             dst: r.dst,
             gateway: gw,
-            oif: Some(pod_link.index),
+            oif: Some(pod_index),
             onlink: false,
             protocol: 3,
             table: r.table.unwrap_or(254),
@@ -210,7 +226,7 @@ async fn attach(
     //    garp::send_gratuitous_arp_detached): it repeats until the new bridge port forwards,
     //    and we pay neither the packet socket's close (an RCU grace period) nor a wait for the
     //    port's carrier event.
-    let index = pod_link.index;
+    let index = pod_index;
     let announce = v4.and_then(|(ip, mac)| match ip {
         IpAddr::V4(ip4) => Some((ip4, mac)),
         IpAddr::V6(_) => None,
@@ -241,25 +257,18 @@ async fn attach(
         }
     }
 
-    let host_veth_now = host
-        .link_by_index(host_veth.index)
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or(host_veth);
-    let bridge_now = host
-        .link_by_index(bridge.index)
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or(bridge);
+    // The bridge MAC is pinned and the host end's comes from its creation echo: nothing to
+    // read back.
     Ok(CniOutput {
         interfaces: vec![
-            iface(&bridge_now, None),
-            iface(&host_veth_now, None),
+            iface(&bridge, None),
+            iface(&host_veth, None),
             Interface {
+                name: inv.ifname.clone(),
+                mac: Some(format_mac(pod_mac)),
+                mtu: Some(host_veth.mtu),
                 sandbox: Some(inv.netns.clone().unwrap_or_default().display().to_string()),
-                ..iface(&pod_link, None)
+                ..Default::default()
             },
         ],
         ips: addresses
@@ -301,7 +310,7 @@ fn reserve(
         } => {
             let store = HostLocal::open(data_dir, &plan.name).map_err(crate::ipam_err)?;
             let allocs = store
-                .allocate(
+                .allocate_unclaimed(
                     &inv.container_id,
                     &inv.ifname,
                     range_sets,
@@ -444,6 +453,28 @@ async fn ensure_bridge(
     Ok(bridge)
 }
 
+/// `lo`'s interface index, the same in every network namespace.
+const LOOPBACK_INDEX: u32 = 1;
+
+/// A random locally administered unicast MAC (what the kernel would pick for the veth end),
+/// chosen here so the ADD result needs no read-back from the pod namespace.
+fn random_mac() -> [u8; 6] {
+    let mut mac = [0u8; 6];
+    // SAFETY: getrandom(2) writes at most `mac.len()` bytes into `mac`.
+    let n = unsafe { libc::getrandom(mac.as_mut_ptr().cast(), mac.len(), 0) };
+    if n != mac.len() as isize {
+        // Fallback: time and pid, mixed (uniqueness on one bridge is all that matters).
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+            ^ (u64::from(std::process::id()) << 20);
+        mac.copy_from_slice(&t.to_le_bytes()[..6]);
+    }
+    mac[0] = (mac[0] & 0xfe) | 0x02;
+    mac
+}
+
 /// When the gratuitous ARPs go out, counted from the end of ADD.
 const GARP_SCHEDULE: &[Duration] = &[
     Duration::ZERO,
@@ -474,9 +505,9 @@ async fn undo(inv: &Invocation, plan: &PodNetwork, rb: Rollback) {
     if rb.ipam_reserved {
         match &plan.ipam {
             IpamPlan::HostLocal { data_dir, .. } => {
-                if let Err(e) = HostLocal::open(data_dir, &plan.name)
-                    .and_then(|s| s.release(&inv.container_id, &inv.ifname))
-                {
+                if let Err(e) = HostLocal::open(data_dir, &plan.name).and_then(|s| {
+                    s.release_addresses(&inv.container_id, &inv.ifname, &rb.host_local_ips)
+                }) {
                     eprintln!("flannel cni: rollback: release addresses: {e}");
                 }
             }

@@ -3,9 +3,10 @@
 //! The runtime hands us flannel's config (`subnetFile`, `dataDir`, `delegate`, `ipam`,
 //! `runtimeConfig`, …). flannel's own plugin would render a `bridge` delegate config from it
 //! and exec two more binaries; we build the same decisions into a [`PodNetwork`] and act on
-//! it in-process. The defaults are flannel's: bridge `cni0` (the reference bridge plugin's
-//! default), `isGateway` true, `ipMasq` = !`FLANNEL_IPMASQ`, `mtu` = `FLANNEL_MTU`, and
-//! host-local IPAM over `FLANNEL_SUBNET` with a route to every `FLANNEL_NETWORK`.
+//! it in-process. Defaults: bridge `cbr0` (flannel's own plugin leaves the reference bridge
+//! plugin's `cni0`; set `delegate.bridge` to keep that name), `isGateway` true, `ipMasq` =
+//! !`FLANNEL_IPMASQ`, `mtu` = `FLANNEL_MTU`, and host-local IPAM over `FLANNEL_SUBNET` with a
+//! route to every `FLANNEL_NETWORK`.
 //!
 //! Unknown keys are ignored, as the spec requires. Keys that flannel rejects (`delegate.name`,
 //! `delegate.ipam`) are rejected here too, with code 7 and the key's name.
@@ -28,7 +29,7 @@ pub const DEFAULT_FLANNEL_DATA_DIR: &str = "/var/lib/cni/flannel";
 /// Default host-local `dataDir`.
 pub const DEFAULT_IPAM_DATA_DIR: &str = "/var/lib/cni/networks";
 /// Default bridge name (the reference bridge plugin's default).
-pub const DEFAULT_BRIDGE: &str = "cni0";
+pub const DEFAULT_BRIDGE: &str = "cbr0";
 
 /// flannel's netconf as read from stdin.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -517,7 +518,7 @@ mod tests {
         )
         .unwrap();
         let p = c.plan(&env(), &CniArgs::default()).unwrap();
-        assert_eq!(p.bridge, "cni0");
+        assert_eq!(p.bridge, "cbr0");
         assert_eq!(p.mtu, Some(1450));
         assert!(p.hairpin && p.is_gateway && p.is_default_gateway);
         assert!(!p.ip_masq, "ipMasq is the inverse of FLANNEL_IPMASQ=true");

@@ -8,7 +8,7 @@
 //! 1. [`skel`] validates the invocation (env, stdin, version, names) before touching
 //!    anything, and maps every failure to the spec's error codes ([`error`]).
 //! 2. [`conf`] turns flannel's netconf plus subnet.env into a [`conf::PodNetwork`] plan with
-//!    flannel's defaults (bridge `cni0`, gateway = first host, `ipMasq` = !FLANNEL_IPMASQ).
+//!    flannel's defaults (bridge `cbr0`, gateway = first host, `ipMasq` = !FLANNEL_IPMASQ).
 //! 3. [`add`] allocates from host-local in-process (byte-compatible store, so a node can
 //!    switch from the reference plugins and keep every reservation), ensures the bridge,
 //!    creates the veth pair in one netlink request with the container end born inside the

@@ -59,7 +59,7 @@ fn add_check_del_every_version_programs_the_kernel() {
         assert_eq!(res["cniVersion"], *version);
         let ifaces = res["interfaces"].as_array().unwrap();
         assert_eq!(ifaces.len(), 3);
-        assert_eq!(ifaces[0]["name"], "cni0");
+        assert_eq!(ifaces[0]["name"], "cbr0");
         assert!(ifaces[1]["name"].as_str().unwrap().starts_with("veth"));
         assert_eq!(ifaces[2]["name"], "eth0");
         assert_eq!(ifaces[2]["sandbox"], pod.path().display().to_string());
@@ -92,16 +92,16 @@ fn add_check_del_every_version_programs_the_kernel() {
 
         // node side: bridge with gateway, veth attached with hairpin, MTU
         let links = links_by_name(&node.ns);
-        let br = &links["cni0"];
+        let br = &links["cbr0"];
         assert_eq!(br["linkinfo"]["info_kind"], "bridge");
         assert_eq!(
             br["address"], ifaces[0]["mac"],
             "result carries the bridge MAC"
         );
-        assert_eq!(addrs(&node.ns, "cni0"), vec!["10.244.1.1/24".to_string()]);
+        assert_eq!(addrs(&node.ns, "cbr0"), vec!["10.244.1.1/24".to_string()]);
         let veth_name = ifaces[1]["name"].as_str().unwrap();
         let veth = &links[veth_name];
-        assert_eq!(veth["master"], "cni0");
+        assert_eq!(veth["master"], "cbr0");
         assert_eq!(veth["mtu"], 1450);
         assert_eq!(
             veth["linkinfo"]["info_slave_data"]["hairpin"], true,
@@ -635,7 +635,7 @@ trait Ports {
 impl Ports for Node {
     fn ip_ports(&self) -> usize {
         self.ns
-            .ip_json(&["link", "show", "master", "cni0"])
+            .ip_json(&["link", "show", "master", "cbr0"])
             .as_array()
             .map(|a| a.len())
             .unwrap_or(0)

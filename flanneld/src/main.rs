@@ -9,6 +9,8 @@ fn main() -> ExitCode {
     };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Colour only on a terminal: journald and log files get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             // FLANNELD_LOG (or RUST_LOG) takes tracing's filter syntax, e.g. `debug`.
             tracing_subscriber::EnvFilter::try_from_env("FLANNELD_LOG")

@@ -183,6 +183,13 @@ impl DiskLock<'_> {
 }
 
 impl LockedStore for DiskLock<'_> {
+    fn content_of(&mut self, ip: IpAddr) -> Result<Option<String>, IpamError> {
+        let name = name_of(ip);
+        Ok(self
+            .read_small(&name)?
+            .map(|b| String::from_utf8_lossy(&b).into_owned()))
+    }
+
     fn entries(&mut self) -> Result<Vec<StoredEntry>, IpamError> {
         let mut listing = Dir::openat(
             &self.dir,

@@ -77,6 +77,10 @@ impl Store for MemoryStore {
 }
 
 impl LockedStore for MemoryLock<'_> {
+    fn content_of(&mut self, ip: IpAddr) -> Result<Option<String>, IpamError> {
+        Ok(self.0.files.get(&ip).cloned())
+    }
+
     fn entries(&mut self) -> Result<Vec<StoredEntry>, IpamError> {
         Ok(self
             .0

@@ -237,6 +237,34 @@ impl<S: Store> HostLocal<S> {
         sets: &[RangeSet],
         requested: &[IpAddr],
     ) -> Result<Vec<Allocation>, IpamError> {
+        self.allocate_inner(id, ifname, sets, requested, true)
+    }
+
+    /// [`HostLocal::allocate`] for a caller that has already established that (`id`,
+    /// `ifname`) holds no reservation — the CNI plugin knows it from the attachment's host
+    /// interface being absent — so the existing reservation files are neither read nor
+    /// listed: candidates are claimed with `O_EXCL` in round-robin order from
+    /// `last_reserved_ip`, which costs a few syscalls instead of three per existing
+    /// reservation (the reference host-local reads every file on every ADD). The on-disk
+    /// result is identical; only the [`IpamError::Duplicate`] check is skipped.
+    pub fn allocate_unclaimed(
+        &self,
+        id: &str,
+        ifname: &str,
+        sets: &[RangeSet],
+        requested: &[IpAddr],
+    ) -> Result<Vec<Allocation>, IpamError> {
+        self.allocate_inner(id, ifname, sets, requested, false)
+    }
+
+    fn allocate_inner(
+        &self,
+        id: &str,
+        ifname: &str,
+        sets: &[RangeSet],
+        requested: &[IpAddr],
+        check_duplicates: bool,
+    ) -> Result<Vec<Allocation>, IpamError> {
         if id.trim().is_empty() {
             return Err(IpamError::InvalidConfig(
                 "container id must not be empty".into(),
@@ -263,7 +291,11 @@ impl<S: Store> HostLocal<S> {
         }
 
         let mut guard = self.store.lock()?;
-        let entries = guard.entries()?;
+        let entries = if check_duplicates {
+            guard.entries()?
+        } else {
+            Vec::new()
+        };
         let owner = OwnerMatch::new(id, ifname);
         let mut taken: HashSet<IpAddr> = entries.iter().map(|e| e.ip).collect();
         let content = owner.full.clone();
@@ -337,6 +369,32 @@ impl<S: Store> HostLocal<S> {
             }
         }
         result
+    }
+
+    /// Release exactly `ips`, each only if its file still names (`id`, `ifname`): the undo of
+    /// one [`HostLocal::allocate_unclaimed`], which must not touch another invocation's
+    /// reservation for the same owner. Reads only those files. Returns the released ones.
+    pub fn release_addresses(
+        &self,
+        id: &str,
+        ifname: &str,
+        ips: &[IpAddr],
+    ) -> Result<Vec<IpAddr>, IpamError> {
+        let Some(mut guard) = self.store.lock_existing()? else {
+            return Ok(Vec::new());
+        };
+        let owner = OwnerMatch::new(id, ifname);
+        let mut released = Vec::new();
+        for ip in ips {
+            if guard
+                .content_of(*ip)?
+                .is_some_and(|content| owner.matches(&content))
+                && guard.remove(*ip)?
+            {
+                released.push(*ip);
+            }
+        }
+        Ok(released)
     }
 
     /// Release every address held by (`id`, `ifname`), plus legacy files holding only

@@ -44,6 +44,9 @@ pub trait LockedStore {
     /// Every reservation (one directory scan for the disk store), in no particular order.
     fn entries(&mut self) -> Result<Vec<StoredEntry>, IpamError>;
 
+    /// The content of the reservation file for `ip` (its canonical name), `None` if absent.
+    fn content_of(&mut self, ip: IpAddr) -> Result<Option<String>, IpamError>;
+
     /// Create the reservation for `ip` exclusively (`O_EXCL`); `Ok(false)` if it exists.
     fn create(&mut self, ip: IpAddr, content: &str) -> Result<bool, IpamError>;
 

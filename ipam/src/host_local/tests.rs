@@ -519,3 +519,63 @@ fn bad_calls_are_rejected_before_touching_the_store() {
     assert!(h.release("", "eth0").expect("release").is_empty());
     assert_eq!(h.store().snapshot().files.len(), 1);
 }
+
+#[test]
+fn allocate_unclaimed_matches_allocate_and_reads_no_reservation() {
+    // Same round robin as `allocate`, including skipping files it never read.
+    let files = [("10.0.0.3", "x\r\neth0"), ("10.0.0.4", "y\r\neth0")];
+    let checked = mem(&files, Some("10.0.0.2"));
+    let unclaimed = mem(&files, Some("10.0.0.2"));
+    let sets = [set(&["10.0.0.0/29"])];
+    let a = checked.allocate("c", "eth0", &sets, &[]).expect("allocate");
+    let b = unclaimed
+        .allocate_unclaimed("c", "eth0", &sets, &[])
+        .expect("allocate_unclaimed");
+    assert_eq!(a, b);
+    assert_eq!(b[0].address.ip(), ip("10.0.0.5"));
+    assert_eq!(
+        unclaimed
+            .store()
+            .snapshot()
+            .files
+            .get(&ip("10.0.0.5"))
+            .map(String::as_str),
+        Some("c\r\neth0")
+    );
+    // The duplicate check is the caller's: a second call claims another address.
+    let again = unclaimed
+        .allocate_unclaimed("c", "eth0", &sets, &[])
+        .expect("second");
+    assert_eq!(again[0].address.ip(), ip("10.0.0.6"));
+    // A requested address that is taken is still refused (O_EXCL), without a scan.
+    assert!(matches!(
+        unclaimed.allocate_unclaimed("d", "eth0", &sets, &[ip("10.0.0.3")]),
+        Err(IpamError::RequestedUnavailable(_))
+    ));
+}
+
+#[test]
+fn release_addresses_touches_only_the_named_ips_of_the_owner() {
+    let h = mem(
+        &[
+            ("10.0.0.2", "c\r\neth0"),
+            ("10.0.0.3", "c\r\neth0"),
+            ("10.0.0.4", "other\r\neth0"),
+        ],
+        None,
+    );
+    let released = h
+        .release_addresses(
+            "c",
+            "eth0",
+            &[ip("10.0.0.3"), ip("10.0.0.4"), ip("10.0.0.9")],
+        )
+        .expect("release");
+    assert_eq!(
+        released,
+        vec![ip("10.0.0.3")],
+        "10.0.0.4 belongs to another owner"
+    );
+    let left: Vec<IpAddr> = h.store().snapshot().files.keys().copied().collect();
+    assert_eq!(left, vec![ip("10.0.0.2"), ip("10.0.0.4")]);
+}
