@@ -10,12 +10,12 @@ scripts/deps.sh --if-missing
 SHARED_DIR=${SHARED_DIR:-$(cd .. && pwd)/shared}
 BENCH=$SHARED_DIR/bench/cni-ref-bench.sh
 [[ -f $BENCH ]] || { echo "missing $BENCH (set SHARED_DIR)" >&2; exit 1; }
-cargo build --release -p cni-plugin --bin flannel >&2
+scripts/build-cni.sh >/dev/null
 BIN=$(mktemp -d /tmp/flannel-bench-bin.XXXXXX)
 OUT=$(mktemp -d /tmp/flannel-bench-out.XXXXXX)
 trap 'rm -rf "$BIN" "$OUT"' EXIT
 cp target/release/flannel "$BIN/flannel"
-echo "# binary size: $(stat -c %s "$BIN/flannel") bytes (release, LTO, stripped)"
+echo "# binary size: $(stat -c %s "$BIN/flannel") bytes (release, LTO, stripped, static-pie)"
 
 export SEQ_COUNTS=${SEQ_COUNTS-"10 100"} PARALLEL=${PARALLEL-"16"} CONC_N=${CONC_N:-64}
 echo "# reference: /usr/lib/cni bridge + host-local"
