@@ -10,6 +10,7 @@
 //! * [`garp`] sends gratuitous ARP so peers learn a restarted pod's new MAC at once.
 //! * [`masq`] owns flanneld's node table (`ip flannel-rs`): masquerade and forward rules.
 //! * [`nft`] applies nftables rule sets as single atomic transactions.
+//! * `udp` (cargo feature `udp`) is the userspace udp backend: TUN + UDP datapath threads.
 
 pub mod garp;
 pub mod masq;
@@ -18,3 +19,5 @@ pub mod netns;
 pub mod nft;
 pub mod overlay;
 pub mod sysctl;
+#[cfg(feature = "udp")]
+pub mod udp;

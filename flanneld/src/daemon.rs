@@ -30,7 +30,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use backends::masq::{MasqSpec, NodeMasq};
 use backends::netlink::{MonitorGroup, Netlink};
-use backends::overlay::{ExternalInterface, Overlay, OverlayConfig, Peer, VxlanParams};
+use backends::overlay::{ExternalInterface, Overlay, OverlayConfig, Peer, UdpParams, VxlanParams};
 use ipam::lease::{Lease, LeaseAttrs, LeaseWatcher};
 use ipam::subnet_env::SubnetEnv;
 use ipnetwork::Ipv4Network;
@@ -107,7 +107,7 @@ pub async fn run_until(opts: Opts, cancel: CancellationToken) -> Result<()> {
         "using external interface"
     );
 
-    let overlay_config = overlay_config(&network.backend)?;
+    let overlay_config = overlay_config(&network)?;
     let mut overlay = Overlay::new(nl.clone(), overlay_config, external(&ext))
         .await
         .context("set up the backend")?;
@@ -360,9 +360,10 @@ async fn acquire_with_retry<S: LeaseStore>(
     }
 }
 
-/// Maps the network config's backend section onto the kernel backend's options.
-pub fn overlay_config(backend: &BackendConfig) -> Result<OverlayConfig> {
-    match backend {
+/// Maps the network config's backend section (and, for udp, the cluster `Network`, which is
+/// routed into the TUN device) onto the overlay's options.
+pub fn overlay_config(network: &NetworkConfig) -> Result<OverlayConfig> {
+    match &network.backend {
         BackendConfig::Vxlan(v) => Ok(OverlayConfig::Vxlan(VxlanParams {
             vni: v.vni,
             port: v.port,
@@ -372,9 +373,10 @@ pub fn overlay_config(backend: &BackendConfig) -> Result<OverlayConfig> {
             mtu: v.mtu,
         })),
         BackendConfig::HostGw(_) => Ok(OverlayConfig::HostGw),
-        BackendConfig::Udp(_) => bail!(
-            "Backend.Type \"udp\" is not supported by this build yet; use \"vxlan\" or \"host-gw\""
-        ),
+        BackendConfig::Udp(u) => Ok(OverlayConfig::Udp(UdpParams {
+            port: u.port,
+            network: network.ipv4.network,
+        })),
     }
 }
 
@@ -544,8 +546,29 @@ mod tests {
     }
 
     #[test]
-    fn udp_is_refused_with_a_clear_error() {
-        let err = overlay_config(&BackendConfig::Udp(Default::default())).unwrap_err();
-        assert!(err.to_string().contains("udp"), "{err}");
+    fn udp_maps_port_and_network() {
+        let net = NetworkConfig::parse(
+            r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp","Port":9000}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            overlay_config(&net).unwrap(),
+            OverlayConfig::Udp(UdpParams {
+                port: 9000,
+                network: "10.244.0.0/16".parse().unwrap(),
+            })
+        );
+        let default_port =
+            NetworkConfig::parse(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"udp"}}"#).unwrap();
+        assert!(matches!(
+            overlay_config(&default_port).unwrap(),
+            OverlayConfig::Udp(UdpParams { port: 8285, network }) if network.to_string() == "10.5.0.0/16"
+        ));
+        let vx = NetworkConfig::parse(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}"#)
+            .unwrap();
+        assert!(matches!(
+            overlay_config(&vx).unwrap(),
+            OverlayConfig::Vxlan(_)
+        ));
     }
 }

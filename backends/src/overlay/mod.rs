@@ -1,4 +1,4 @@
-//! # The overlay backends: vxlan and host-gw
+//! # The overlay backends: vxlan, host-gw and (feature `udp`) udp
 //!
 //! Every node owns one subnet of the cluster network and learns the others' subnets (with
 //! their public IPs and, for VXLAN, their VTEP MACs) from the lease store. This module makes
@@ -12,6 +12,10 @@
 //! * **host-gw**: per peer only `<peer subnet> via <peer public IP> dev <ext>`, which needs the
 //!   peer on our layer-2 segment; a peer that is not is refused with
 //!   [`OverlayError::PeerNotDirectlyReachable`] and nothing is programmed for it.
+//! * **udp** (cargo feature `udp`): the TUN device `flannel0` (address `<own subnet>.0/32`,
+//!   MTU ext − 28) and one route `<Network> dev flannel0`; peers are not kernel entries at all
+//!   but rows of the userspace forwarding table of `crate::udp`, swapped on every
+//!   [`Overlay::set_peers`].
 //!
 //! ## Level-triggered, not event-driven
 //!
@@ -44,6 +48,7 @@ use std::net::Ipv4Addr;
 use ipnetwork::{IpNetwork, Ipv4Network};
 
 use crate::netlink::{Change, Netlink, NetlinkError, VxlanOutcome, VxlanSpec};
+use crate::netns::NetNs;
 
 pub use plan::{
     Desired, DeviceState, Observed, ObservedNeigh, Op, PeerEntries, Plan, RouteDev, RouteSpec,
@@ -121,6 +126,17 @@ impl Default for VxlanParams {
     }
 }
 
+/// udp backend settings (flannel's `Backend` object for `"Type": "udp"`).
+#[cfg(feature = "udp")]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UdpParams {
+    /// `Port` (flannel's default is 8285): bound on the interface address, and where peers are
+    /// sent to.
+    pub port: u16,
+    /// The whole cluster network (`Network`): routed into the TUN device.
+    pub network: Ipv4Network,
+}
+
 /// Which backend to run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OverlayConfig {
@@ -128,6 +144,9 @@ pub enum OverlayConfig {
     Vxlan(VxlanParams),
     /// Plain routes via the peers' public IPs (layer-2 adjacency required).
     HostGw,
+    /// Userspace encapsulation over TUN, flannel's wire format.
+    #[cfg(feature = "udp")]
+    Udp(UdpParams),
 }
 
 /// What went wrong.
@@ -197,6 +216,10 @@ pub enum OverlayError {
         /// The interface.
         iface: String,
     },
+    /// The udp datapath (TUN device, socket or threads) could not be set up.
+    #[cfg(feature = "udp")]
+    #[error(transparent)]
+    Udp(#[from] crate::udp::UdpError),
     /// `BackendData` of a lease could not be understood.
     #[error("BackendData {data}: {reason}")]
     BadBackendData {
@@ -232,6 +255,16 @@ impl ReconcileReport {
     /// recreated or fixed).
     pub fn changed(&self) -> bool {
         self.added + self.removed > 0 || self.device.is_some_and(|d| d != VxlanOutcome::Kept)
+    }
+}
+
+/// `Fixed`, unless something bigger (a creation) already happened.
+#[cfg(feature = "udp")]
+fn fixed(o: VxlanOutcome) -> VxlanOutcome {
+    if o == VxlanOutcome::Kept {
+        VxlanOutcome::Fixed
+    } else {
+        o
     }
 }
 
@@ -296,6 +329,9 @@ pub struct Overlay {
     dev_index: Option<u32>,
     own: Option<Ipv4Network>,
     peers: Vec<Peer>,
+    /// The running udp datapath (udp only).
+    #[cfg(feature = "udp")]
+    udp: Option<crate::udp::UdpBackend>,
 }
 
 impl Overlay {
@@ -307,12 +343,41 @@ impl Overlay {
     /// (cfg.mtu or ext.mtu) − 50`, see [`Netlink::ensure_vxlan`]). host-gw: checks that the
     /// public IP is the interface's own (no NAT). No peer state is touched until
     /// [`Overlay::reconcile`].
+    ///
+    /// udp: creates the TUN device `flannel0` (`ip tuntap add dev flannel0 mode tun`), sets its
+    /// MTU to ext − 28 and brings it up, binds the UDP socket to `<ext.iface_addr>:<port>` and
+    /// starts the datapath threads; address and route follow on reconcile. The TUN device and
+    /// the socket are created in the calling thread's namespace, which must be `nl`'s (see
+    /// [`Overlay::new_in`] otherwise).
     pub async fn new(
         nl: Netlink,
         cfg: OverlayConfig,
         ext: ExternalInterface,
     ) -> Result<Overlay, OverlayError> {
+        Overlay::create(nl, cfg, ext, None).await
+    }
+
+    /// [`Overlay::new`] for a netlink handle bound to another namespace `ns` (see
+    /// [`Netlink::new_in`]): the udp backend's TUN device and socket are created inside `ns`.
+    /// The kernel backends behave exactly as with [`Overlay::new`].
+    pub async fn new_in(
+        nl: Netlink,
+        cfg: OverlayConfig,
+        ext: ExternalInterface,
+        ns: &NetNs,
+    ) -> Result<Overlay, OverlayError> {
+        Overlay::create(nl, cfg, ext, Some(ns)).await
+    }
+
+    async fn create(
+        nl: Netlink,
+        cfg: OverlayConfig,
+        ext: ExternalInterface,
+        #[cfg_attr(not(feature = "udp"), allow(unused_variables))] ns: Option<&NetNs>,
+    ) -> Result<Overlay, OverlayError> {
         let mut spec = None;
+        #[cfg(feature = "udp")]
+        let mut udp = None;
         match &cfg {
             OverlayConfig::Vxlan(v) => {
                 if v.vni > MAX_VNI {
@@ -350,6 +415,21 @@ impl Overlay {
                     });
                 }
             }
+            #[cfg(feature = "udp")]
+            OverlayConfig::Udp(u) => {
+                if ext.mtu.saturating_sub(crate::udp::UDP_OVERHEAD) < MIN_IPV4_MTU {
+                    return Err(OverlayError::InvalidMtu {
+                        mtu: ext.mtu,
+                        iface: ext.name.clone(),
+                    });
+                }
+                let setup = crate::udp::UdpSetup {
+                    tun_name: crate::udp::TUN_NAME.to_string(),
+                    local: std::net::SocketAddrV4::new(ext.iface_addr, u.port),
+                    offload: true,
+                };
+                udp = Some(crate::udp::UdpBackend::start(setup, ns)?);
+            }
         }
         let mut overlay = Overlay {
             nl,
@@ -359,7 +439,13 @@ impl Overlay {
             dev_index: None,
             own: None,
             peers: Vec::new(),
+            #[cfg(feature = "udp")]
+            udp,
         };
+        #[cfg(feature = "udp")]
+        if overlay.udp.is_some() {
+            overlay.ensure_tun_link().await?;
+        }
         if let Some(spec) = &overlay.spec {
             let (dev, outcome) = overlay.nl.ensure_vxlan(spec).await?;
             tracing::info!(device = %spec.name, ?outcome, index = dev.link.index, "vxlan device ready");
@@ -368,20 +454,70 @@ impl Overlay {
         Ok(overlay)
     }
 
-    /// `"vxlan"` or `"host-gw"` (the lease's `BackendType`).
+    /// `"vxlan"`, `"host-gw"` or `"udp"` (the lease's `BackendType`).
     pub fn backend_type(&self) -> &'static str {
         match self.cfg {
             OverlayConfig::Vxlan(_) => "vxlan",
             OverlayConfig::HostGw => "host-gw",
+            #[cfg(feature = "udp")]
+            OverlayConfig::Udp(_) => "udp",
         }
     }
 
     /// A renderer of this backend's counters in Prometheus text format, for flanneld's
     /// `/metrics`. The kernel backends keep no counters of their own (the kernel's link
-    /// statistics cover them), so they only report which backend runs.
+    /// statistics cover them), so they only report which backend runs; udp adds its datapath
+    /// counters (`flannel_udp_*_total`, e.g. `flannel_udp_rx_dropped_non_member_total`).
     pub fn metrics_fn(&self) -> Box<dyn Fn() -> String + Send + Sync> {
         let kind = self.backend_type();
+        #[cfg(feature = "udp")]
+        if let Some(u) = &self.udp {
+            let counters = u.metrics_fn();
+            return Box::new(move || {
+                format!("flannel_backend_info{{type=\"{kind}\"}} 1\n{}", counters())
+            });
+        }
         Box::new(move || format!("flannel_backend_info{{type=\"{kind}\"}} 1\n"))
+    }
+
+    /// The udp datapath (udp backend only): counters, offloads.
+    #[cfg(feature = "udp")]
+    pub fn udp(&self) -> Option<&crate::udp::UdpBackend> {
+        self.udp.as_ref()
+    }
+
+    /// udp: makes the TUN device right in place: MTU ext − 28 and up (`ip link set flannel0
+    /// mtu M up`); reopens it (new device, restarted threads) when it vanished. Returns what was
+    /// done, with the device index recorded.
+    #[cfg(feature = "udp")]
+    async fn ensure_tun_link(&mut self) -> Result<VxlanOutcome, OverlayError> {
+        let name = crate::udp::TUN_NAME;
+        let mtu = self.mtu();
+        let mut outcome = VxlanOutcome::Kept;
+        let link = match self.nl.link(name).await? {
+            Some(l) if l.kind.as_deref() == Some("tun") => l,
+            _ => {
+                if let Some(u) = self.udp.as_mut() {
+                    tracing::warn!(device = name, "TUN device missing; reopening it");
+                    u.restart()?;
+                }
+                outcome = VxlanOutcome::Created;
+                self.nl
+                    .link(name)
+                    .await?
+                    .ok_or_else(|| NetlinkError::NotFound(format!("{name}: TUN device missing")))?
+            }
+        };
+        if link.mtu != mtu {
+            self.nl.set_mtu(link.index, mtu).await?;
+            outcome = fixed(outcome);
+        }
+        if !link.admin_up {
+            self.nl.set_up(link.index).await?;
+            outcome = fixed(outcome);
+        }
+        self.dev_index = Some(link.index);
+        Ok(outcome)
     }
 
     /// The lease's `BackendData`: vxlan `{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:ff"}` (flannel's
@@ -394,16 +530,25 @@ impl Overlay {
         }))
     }
 
-    /// The MTU pods should use: the VXLAN device's MTU, or the external interface's for host-gw.
+    /// The MTU pods should use: the VXLAN device's MTU, the external interface's for host-gw,
+    /// the external interface's minus 28 for udp.
     pub fn mtu(&self) -> u32 {
+        #[cfg(feature = "udp")]
+        if let OverlayConfig::Udp(_) = self.cfg {
+            return self.ext.mtu.saturating_sub(crate::udp::UDP_OVERHEAD);
+        }
         match &self.spec {
             Some(s) => s.mtu,
             None => self.ext.mtu,
         }
     }
 
-    /// The VXLAN device's name (`flannel.<VNI>`); `None` for host-gw.
+    /// The overlay device's name (`flannel.<VNI>`, or `flannel0` for udp); `None` for host-gw.
     pub fn device_name(&self) -> Option<&str> {
+        #[cfg(feature = "udp")]
+        if let Some(u) = &self.udp {
+            return Some(u.tun_name());
+        }
         self.spec.as_ref().map(|s| s.name.as_str())
     }
 
@@ -421,11 +566,19 @@ impl Overlay {
     /// is ignored). Takes effect on the next reconcile.
     pub fn set_own_subnet(&mut self, subnet: Ipv4Network) {
         self.own = Some(subnet);
+        #[cfg(feature = "udp")]
+        if let Some(u) = self.udp.as_mut() {
+            u.set_own_subnet(Some(subnet));
+        }
     }
 
     /// The complete desired peer list (replaces the previous one). Takes effect on the next
-    /// reconcile.
+    /// reconcile; for udp the datapath's forwarding and membership table is swapped at once.
     pub fn set_peers(&mut self, peers: Vec<Peer>) {
+        #[cfg(feature = "udp")]
+        if let Some(u) = self.udp.as_mut() {
+            u.set_peers(peers.iter().map(|p| (p.subnet, p.public_ip)).collect());
+        }
         self.peers = peers;
     }
 

@@ -228,6 +228,25 @@ pub fn desired_state(
 ) -> (Desired, Vec<OverlayError>) {
     let mut desired = Desired::default();
     let mut errors = Vec::new();
+    // udp: the TUN device, its address and one route for the whole network; peers live in the
+    // datapath's own table, not in the kernel.
+    #[cfg(feature = "udp")]
+    if let OverlayConfig::Udp(u) = cfg {
+        desired.overlay_device = true;
+        desired.address = own.and_then(|s| Ipv4Network::new(s.network(), 32).ok());
+        desired.peers.push(PeerEntries {
+            subnet: u.network,
+            neigh: None,
+            fdb: None,
+            route: RouteSpec {
+                dst: u.network,
+                gateway: None,
+                dev: RouteDev::Overlay,
+                onlink: false,
+            },
+        });
+        return (desired, errors);
+    }
     if let OverlayConfig::Vxlan(_) = cfg {
         desired.overlay_device = true;
         desired.address = own.and_then(|s| Ipv4Network::new(s.network(), 32).ok());
@@ -271,6 +290,8 @@ pub fn desired_state(
                 fdb: None,
                 route: direct,
             },
+            #[cfg(feature = "udp")]
+            OverlayConfig::Udp(_) => continue,
             OverlayConfig::Vxlan(_) => {
                 let Some(mac) = p.vtep_mac else {
                     errors.push(OverlayError::PeerMissingVtepMac { subnet: p.subnet });

@@ -38,7 +38,9 @@ fn v4(ip: IpAddr) -> Option<Ipv4Addr> {
 
 impl Overlay {
     /// Makes the kernel match the desired state (own subnet and peers): creates or repairs the
-    /// VXLAN device, writes missing or wrong neighbours, FDB entries and routes
+    /// VXLAN device (udp: the TUN device's MTU and up state, `ip link set flannel0 mtu M up`,
+    /// reopening it if it vanished; its `<own>.0/32` address; `ip route replace <Network> dev
+    /// flannel0 proto 150`), writes missing or wrong neighbours, FDB entries and routes
     /// (`ip neigh replace`, `bridge fdb replace`, `ip route replace ... proto 150`) and deletes
     /// stale ones of ours. Routes with other protocols are never touched.
     ///
@@ -60,6 +62,11 @@ impl Overlay {
             if let Some(peer) = op.peer()
                 && failed.contains(&peer)
             {
+                continue;
+            }
+            #[cfg(feature = "udp")]
+            if matches!(op, Op::EnsureDevice) && self.udp.is_some() {
+                report.device = Some(self.ensure_tun_link().await?);
                 continue;
             }
             match self.apply(op).await {
@@ -151,6 +158,24 @@ impl Overlay {
                     .collect();
             }
         }
+        #[cfg(feature = "udp")]
+        if self.udp.is_some() {
+            let mtu = self.mtu();
+            observed.device = match self.nl.link(crate::udp::TUN_NAME).await? {
+                Some(l) if l.kind.as_deref() == Some("tun") => {
+                    self.dev_index = Some(l.index);
+                    if l.mtu == mtu && l.admin_up {
+                        DeviceState::Ok
+                    } else {
+                        DeviceState::NeedsFix
+                    }
+                }
+                _ => DeviceState::Missing,
+            };
+            if let Some(idx) = self.dev_index {
+                observed.addresses = v4_nets(self.nl.addresses(idx).await?);
+            }
+        }
         observed.routes = self
             .nl
             .routes(IpFamily::V4)
@@ -199,6 +224,10 @@ impl Overlay {
         };
         if r.onlink {
             route = route.onlink();
+        }
+        if r.gateway.is_none() {
+            // A device route (udp's `<Network> dev flannel0`), as `ip route add` makes it.
+            route = route.scope(crate::netlink::RT_SCOPE_LINK);
         }
         Ok(route)
     }

@@ -1,0 +1,513 @@
+//! # The datapath threads
+//!
+//! Two dedicated OS threads (never async runtime workers) move packets, one per direction:
+//!
+//! * **`flannel-udp-tx`** (TUN → UDP): drains the TUN (up to [`MAX_TUN_READS`] reads per
+//!   wake-up), looks each packet up in the forwarding table, answers unknown destinations with
+//!   ICMP *net unreachable* into the TUN, decrements the TTL, and turns TSO super-packets into
+//!   MTU-size packets ([`codec::segment`]). The resulting datagrams are queued and sent with one
+//!   `sendmmsg` per batch; a run of equal-size segments to one peer becomes a single UDP GSO
+//!   message (`UDP_SEGMENT`), so the kernel's UDP stack handles a 64 KB window as one skb while
+//!   the wire still carries flannel's one-IPv4-packet-per-datagram format.
+//! * **`flannel-udp-rx`** (UDP → TUN): `recvmmsg` with `UDP_GRO` (one buffer may hold many
+//!   datagrams of one sender, cut at the size the kernel reports); every datagram is checked
+//!   against the membership table (sender holds a lease, inner source in that lease's subnet,
+//!   inner destination in ours), has its TTL decremented, and is handed to a
+//!   [`codec::Coalescer`] that writes consecutive TCP segments of a flow to the TUN as one
+//!   `GSO_TCPV4` super-packet.
+//!
+//! Without TUN offloads (`IFF_VNET_HDR` refused) both threads do one packet per TUN read or
+//! write, as flannel does; without UDP GSO/GRO the batches are plain `sendmmsg`/`recvmmsg`.
+//!
+//! Threads wake at least every [`POLL_MS`] to look at the stop flag, so [`Datapath::stop`] (and
+//! `Drop`) joins them within that time. The table is re-read once per batch ([`TableReader`]),
+//! so a peer removed from the leases stops receiving traffic within one batch.
+
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+
+use super::codec::{
+    self, Coalescer, Ipv4Header, TtlOutcome, VNET_HDR_LEN, VirtioNetHdr, decrement_ttl,
+    icmp_net_unreachable,
+};
+use super::table::{SharedTable, SourceVerdict, Table, TableReader};
+use super::tun::{InMsg, OutMsg, Tun, UdpSocket, poll_readable};
+
+/// How long a thread sleeps in `poll` before looking at the stop flag again.
+pub const POLL_MS: i32 = 100;
+/// TUN reads per wake-up before the batch is sent.
+pub const MAX_TUN_READS: usize = 64;
+/// Messages per `recvmmsg`.
+pub const RECV_BATCH: usize = 8;
+/// The most a UDP GSO message may carry (`0xffff` minus IPv4 and UDP headers).
+pub const MAX_GSO_BYTES: usize = 65_507;
+/// The kernel's `UDP_MAX_SEGMENTS`.
+pub const MAX_GSO_SEGMENTS: usize = 64;
+/// Send the queued batch once it holds this many bytes.
+const FLUSH_BYTES: usize = 256 * 1024;
+/// TUN read buffer: vnet header plus the largest IPv4 packet.
+const TUN_BUF: usize = VNET_HDR_LEN + 65_536;
+
+macro_rules! counters {
+    ($( $field:ident => $help:literal ),* $(,)?) => {
+        /// The datapath's counters (monotonic, relaxed atomics).
+        #[derive(Debug, Default)]
+        pub struct Counters {
+            $( #[doc = $help] pub $field: AtomicU64, )*
+        }
+
+        impl Counters {
+            /// Every counter as `(name, help, value)`; names are the Prometheus metric names
+            /// without the `flannel_udp_` prefix and `_total` suffix.
+            pub fn values(&self) -> Vec<(&'static str, &'static str, u64)> {
+                vec![$( (stringify!($field), $help, self.$field.load(Ordering::Relaxed)), )*]
+            }
+        }
+    };
+}
+
+counters! {
+    tx_packets => "Inner IPv4 packets sent to peers (after segmentation).",
+    tx_bytes => "Bytes of inner IPv4 packets sent to peers.",
+    rx_packets => "Inner IPv4 packets accepted from peers and written to the TUN.",
+    rx_bytes => "Bytes of inner IPv4 packets accepted from peers.",
+    tx_no_route => "Packets from the TUN whose destination no lease covers.",
+    icmp_unreachable_sent => "ICMP net-unreachable errors written back into the TUN.",
+    rx_dropped_non_member => "Datagrams dropped because their source IP holds no current lease.",
+    rx_dropped_bad_source => "Datagrams dropped because the inner source is outside the sender's subnet.",
+    rx_dropped_bad_destination => "Datagrams dropped because the inner destination is outside this node's subnet.",
+    rx_dropped_malformed => "Datagrams dropped because they do not hold one well-formed IPv4 packet.",
+    tx_dropped_malformed => "TUN packets dropped as malformed or with unsupported offload requests.",
+    ttl_expired => "Packets dropped because their TTL reached zero.",
+    tx_errors => "Datagrams the kernel refused to send.",
+    tun_read_errors => "Failed TUN reads.",
+    tun_write_errors => "Failed TUN writes.",
+    tun_reads => "TUN reads that returned a packet.",
+    tun_writes => "TUN writes (a coalesced super-packet counts once).",
+    tx_syscalls => "sendmmsg calls.",
+    rx_syscalls => "recvmmsg calls that returned data.",
+    tx_gso_messages => "UDP GSO messages sent (each carries several datagrams).",
+    rx_gro_segments => "Received segments merged into TUN super-packets.",
+}
+
+impl Counters {
+    /// Prometheus text exposition of every counter, `flannel_udp_<name>_total`.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        for (name, help, v) in self.values() {
+            s.push_str(&format!(
+                "# HELP flannel_udp_{name}_total {help}\n# TYPE flannel_udp_{name}_total counter\nflannel_udp_{name}_total {v}\n"
+            ));
+        }
+        s
+    }
+
+    fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// Which offloads the running datapath got from the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Offloads {
+    /// TUN with `IFF_VNET_HDR` + TSO (super-packets in both directions).
+    pub tun_vnet_hdr: bool,
+    /// UDP GSO (`UDP_SEGMENT`) on send.
+    pub udp_gso: bool,
+    /// UDP GRO on receive.
+    pub udp_gro: bool,
+}
+
+/// The two running threads; stopped and joined on [`Datapath::stop`] or drop.
+#[derive(Debug)]
+pub struct Datapath {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    offloads: Offloads,
+}
+
+impl Datapath {
+    /// Starts the threads on `tun` and `sock` (created in the node's namespace), routing with
+    /// `table` and counting into `counters`.
+    pub fn start(
+        tun: Tun,
+        sock: UdpSocket,
+        table: Arc<SharedTable>,
+        counters: Arc<Counters>,
+    ) -> io::Result<Datapath> {
+        let offloads = Offloads {
+            tun_vnet_hdr: tun.vnet_hdr(),
+            udp_gso: sock.gso(),
+            udp_gro: sock.gro(),
+        };
+        let tun = Arc::new(tun);
+        let sock = Arc::new(sock);
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut dp = Datapath {
+            stop: stop.clone(),
+            threads: Vec::new(),
+            offloads,
+        };
+        let tx = Tx {
+            tun: tun.clone(),
+            sock: sock.clone(),
+            table: table.reader(),
+            counters: counters.clone(),
+            gso: sock.gso(),
+            out: Vec::with_capacity(FLUSH_BYTES + TUN_BUF * 2),
+            msgs: Vec::with_capacity(MAX_TUN_READS * 2),
+        };
+        let s = stop.clone();
+        dp.threads.push(
+            std::thread::Builder::new()
+                .name("flannel-udp-tx".into())
+                .spawn(move || tx.run(&s))?,
+        );
+        let rx = Rx {
+            tun,
+            sock,
+            table: table.reader(),
+            counters,
+            bufs: (0..RECV_BATCH).map(|_| vec![0u8; 65_536]).collect(),
+            coalescer: Coalescer::new(),
+        };
+        dp.threads.push(
+            std::thread::Builder::new()
+                .name("flannel-udp-rx".into())
+                .spawn(move || rx.run(&stop))?,
+        );
+        Ok(dp)
+    }
+
+    /// What the kernel granted.
+    pub fn offloads(&self) -> Offloads {
+        self.offloads
+    }
+
+    /// Stops both threads and waits for them (at most about [`POLL_MS`]).
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+
+    /// Whether both threads still run.
+    pub fn is_running(&self) -> bool {
+        !self.threads.is_empty() && self.threads.iter().all(|t| !t.is_finished())
+    }
+}
+
+impl Drop for Datapath {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Writes `pkt` to the TUN, with an all-zero vnet header when the TUN wants one.
+fn write_plain(tun: &Tun, pkt: &[u8], counters: &Counters) {
+    let r = if tun.vnet_hdr() {
+        let mut b = Vec::with_capacity(VNET_HDR_LEN + pkt.len());
+        b.extend_from_slice(&[0u8; VNET_HDR_LEN]);
+        b.extend_from_slice(pkt);
+        tun.write(&b)
+    } else {
+        tun.write(pkt)
+    };
+    match r {
+        Ok(()) => Counters::add(&counters.tun_writes, 1),
+        Err(_) => Counters::add(&counters.tun_write_errors, 1),
+    }
+}
+
+struct Tx {
+    tun: Arc<Tun>,
+    sock: Arc<UdpSocket>,
+    table: TableReader,
+    counters: Arc<Counters>,
+    gso: bool,
+    out: Vec<u8>,
+    msgs: Vec<OutMsg>,
+}
+
+impl Tx {
+    fn run(mut self, stop: &AtomicBool) {
+        let mut buf = vec![0u8; TUN_BUF];
+        while !stop.load(Ordering::Relaxed) {
+            match poll_readable(self.tun.as_raw_fd(), POLL_MS) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::error!(error = %e, "poll on the TUN failed; udp tx thread stops");
+                    return;
+                }
+            }
+            for _ in 0..MAX_TUN_READS {
+                match self.tun.read(&mut buf) {
+                    Ok(Some(n)) => {
+                        Counters::add(&self.counters.tun_reads, 1);
+                        self.handle(&mut buf[..n]);
+                        if self.out.len() >= FLUSH_BYTES {
+                            self.flush();
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(_) => {
+                        Counters::add(&self.counters.tun_read_errors, 1);
+                        break;
+                    }
+                }
+            }
+            self.flush();
+        }
+    }
+
+    fn handle(&mut self, buf: &mut [u8]) {
+        let (hdr, pkt) = if self.tun.vnet_hdr() {
+            if buf.len() < VNET_HDR_LEN {
+                Counters::add(&self.counters.tx_dropped_malformed, 1);
+                return;
+            }
+            let (h, p) = buf.split_at_mut(VNET_HDR_LEN);
+            match VirtioNetHdr::parse(h) {
+                Ok(h) => (h, p),
+                Err(_) => {
+                    Counters::add(&self.counters.tx_dropped_malformed, 1);
+                    return;
+                }
+            }
+        } else {
+            (VirtioNetHdr::default(), buf)
+        };
+        let Ok(ip) = Ipv4Header::parse(pkt) else {
+            Counters::add(&self.counters.tx_dropped_malformed, 1);
+            return;
+        };
+        let table: Arc<Table> = self.table.current();
+        let Some(route) = table.lookup(ip.dst).copied() else {
+            Counters::add(&self.counters.tx_no_route, 1);
+            if let Some(own) = table.own_subnet()
+                && let Some(icmp) = icmp_net_unreachable(pkt, own.network())
+            {
+                Counters::add(&self.counters.icmp_unreachable_sent, 1);
+                write_plain(&self.tun, &icmp, &self.counters);
+            }
+            return;
+        };
+        if decrement_ttl(pkt) == TtlOutcome::Expired {
+            Counters::add(&self.counters.ttl_expired, 1);
+            return;
+        }
+        let start = self.out.len();
+        let segs = match codec::segment(&hdr, pkt, &mut self.out) {
+            Ok(s) => s,
+            Err(e) => {
+                self.out.truncate(start);
+                tracing::debug!(error = %e, "dropping a TUN packet");
+                Counters::add(&self.counters.tx_dropped_malformed, 1);
+                return;
+            }
+        };
+        let total = self.out.len() - start;
+        Counters::add(&self.counters.tx_packets, segs.count as u64);
+        Counters::add(&self.counters.tx_bytes, total as u64);
+        if segs.count == 1 {
+            self.msgs.push(OutMsg {
+                to: route.endpoint,
+                start,
+                len: total,
+                seg: 0,
+            });
+            return;
+        }
+        if self.gso {
+            let per = (MAX_GSO_BYTES / segs.size).clamp(1, MAX_GSO_SEGMENTS);
+            let mut at = start;
+            let mut left = segs.count;
+            while left > 0 {
+                let k = left.min(per);
+                let len = if k == left {
+                    (k - 1) * segs.size + segs.last
+                } else {
+                    k * segs.size
+                };
+                self.msgs.push(OutMsg {
+                    to: route.endpoint,
+                    start: at,
+                    len,
+                    seg: if k > 1 { segs.size as u16 } else { 0 },
+                });
+                at += len;
+                left -= k;
+            }
+        } else {
+            for i in 0..segs.count {
+                let len = if i + 1 == segs.count {
+                    segs.last
+                } else {
+                    segs.size
+                };
+                self.msgs.push(OutMsg {
+                    to: route.endpoint,
+                    start: start + i * segs.size,
+                    len,
+                    seg: 0,
+                });
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.msgs.is_empty() {
+            self.out.clear();
+            return;
+        }
+        let mut refused_gso: Vec<OutMsg> = Vec::new();
+        let counters = self.counters.clone();
+        let (_, calls) = self.sock.send_batch(&self.out, &self.msgs, |m, e| {
+            if m.seg > 0 && matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL)) {
+                refused_gso.push(*m);
+            } else {
+                tracing::debug!(to = %m.to, error = %e, "udp send failed");
+                Counters::add(&counters.tx_errors, 1);
+            }
+        });
+        Counters::add(&self.counters.tx_syscalls, calls as u64);
+        let gso_msgs = self.msgs.iter().filter(|m| m.seg > 0).count() - refused_gso.len();
+        Counters::add(&self.counters.tx_gso_messages, gso_msgs as u64);
+        if !refused_gso.is_empty() {
+            // The kernel cannot segment on this route (e.g. no checksum offload on the
+            // egress device): fall back to one datagram per packet for good.
+            tracing::warn!("UDP GSO refused by the kernel; sending datagrams one by one");
+            self.gso = false;
+            let mut single = Vec::new();
+            for m in &refused_gso {
+                let seg = usize::from(m.seg);
+                let mut at = m.start;
+                while at < m.start + m.len {
+                    let len = seg.min(m.start + m.len - at);
+                    single.push(OutMsg {
+                        to: m.to,
+                        start: at,
+                        len,
+                        seg: 0,
+                    });
+                    at += len;
+                }
+            }
+            let (_, calls) = self.sock.send_batch(&self.out, &single, |m, e| {
+                tracing::debug!(to = %m.to, error = %e, "udp send failed");
+                Counters::add(&counters.tx_errors, 1);
+            });
+            Counters::add(&self.counters.tx_syscalls, calls as u64);
+        }
+        self.msgs.clear();
+        self.out.clear();
+    }
+}
+
+struct Rx {
+    tun: Arc<Tun>,
+    sock: Arc<UdpSocket>,
+    table: TableReader,
+    counters: Arc<Counters>,
+    bufs: Vec<Vec<u8>>,
+    coalescer: Coalescer,
+}
+
+impl Rx {
+    fn run(mut self, stop: &AtomicBool) {
+        let mut ins: Vec<InMsg> = Vec::with_capacity(RECV_BATCH);
+        while !stop.load(Ordering::Relaxed) {
+            match poll_readable(self.sock.as_raw_fd(), POLL_MS) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::error!(error = %e, "poll on the UDP socket failed; udp rx thread stops");
+                    return;
+                }
+            }
+            for _ in 0..16 {
+                match self.sock.recv_batch(&mut self.bufs, &mut ins) {
+                    Ok(0) => break,
+                    Ok(_) => {
+                        Counters::add(&self.counters.rx_syscalls, 1);
+                        self.handle(&ins);
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "udp receive failed");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, ins: &[InMsg]) {
+        let vnet = self.tun.vnet_hdr();
+        let table = self.table.current();
+        for (i, m) in ins.iter().enumerate() {
+            let seg = if m.seg == 0 { m.len } else { m.seg };
+            if seg == 0 {
+                Counters::add(&self.counters.rx_dropped_malformed, 1);
+                continue;
+            }
+            let sender: Ipv4Addr = *m.from.ip();
+            for dg in self.bufs[i][..m.len].chunks_mut(seg) {
+                let Ok(ip) = Ipv4Header::parse(dg) else {
+                    Counters::add(&self.counters.rx_dropped_malformed, 1);
+                    continue;
+                };
+                let c = &self.counters;
+                match table.check_source(sender, ip.src, ip.dst) {
+                    SourceVerdict::Accept => {}
+                    SourceVerdict::NonMember => {
+                        Counters::add(&c.rx_dropped_non_member, 1);
+                        continue;
+                    }
+                    SourceVerdict::BadSource => {
+                        Counters::add(&c.rx_dropped_bad_source, 1);
+                        continue;
+                    }
+                    SourceVerdict::BadDestination => {
+                        Counters::add(&c.rx_dropped_bad_destination, 1);
+                        continue;
+                    }
+                }
+                let pkt = &mut dg[..ip.total_len];
+                if decrement_ttl(pkt) == TtlOutcome::Expired {
+                    Counters::add(&c.ttl_expired, 1);
+                    continue;
+                }
+                Counters::add(&c.rx_packets, 1);
+                Counters::add(&c.rx_bytes, ip.total_len as u64);
+                if vnet {
+                    self.coalescer.push(pkt);
+                } else {
+                    match self.tun.write(pkt) {
+                        Ok(()) => Counters::add(&c.tun_writes, 1),
+                        Err(_) => Counters::add(&c.tun_write_errors, 1),
+                    }
+                }
+            }
+        }
+        if vnet {
+            self.coalescer.flush();
+            for p in self.coalescer.packets() {
+                match self.tun.write(p) {
+                    Ok(()) => Counters::add(&self.counters.tun_writes, 1),
+                    Err(_) => Counters::add(&self.counters.tun_write_errors, 1),
+                }
+            }
+            Counters::add(
+                &self.counters.rx_gro_segments,
+                self.coalescer.merged_segments() as u64,
+            );
+            self.coalescer.clear();
+        }
+    }
+}

@@ -1,0 +1,569 @@
+//! The udp backend against the real kernel: TUN devices, sockets and datapath threads in
+//! namespaces the tests create.
+//!
+//! Topology (fresh per test): the test thread unshares its own namespace, which plays the
+//! underlay switch (bridge `br0`, and 198.18.0.99/24 for a host that is *not* a cluster
+//! member). Two node namespaces hang off it (`eth0` 198.18.0.N/24), each with a bridge `cni0`
+//! (10.244.N.1/24) and one pod namespace behind it (`eth0` 10.244.N.2/24, MTU 1472, default
+//! via 10.244.N.1):
+//!
+//! ```text
+//! pod1 10.244.1.2 - cni0 [node1 198.18.0.1, flannel0] - br0 (198.18.0.99) - [node2 198.18.0.2, flannel0] cni0 - pod2 10.244.2.2
+//! ```
+//!
+//! Needs the `udp` feature (`cargo test -p backends --features udp`), root, `ip`, `ping`,
+//! `iperf3`, and for the interop test `gcc` and `shared/bench/udptun.c` next to the repository.
+#![cfg(feature = "udp")]
+
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use backends::netlink::{Netlink, Route, VethSpec};
+use backends::netns::NetNs;
+use backends::overlay::{ExternalInterface, Overlay, OverlayConfig, Peer, UdpParams};
+use backends::udp::codec::{self, PROTO_UDP};
+use backends::udp::datapath::Counters;
+use common::{in_new_netns, ip_in, prerequisites};
+use ipnetwork::{IpNetwork, Ipv4Network};
+
+const PORT: u16 = 8285;
+
+fn v4(s: &str) -> Ipv4Addr {
+    s.parse().expect("test address")
+}
+
+fn net4(s: &str) -> Ipv4Network {
+    s.parse().expect("test network")
+}
+
+struct Node {
+    ns: NetNs,
+    nl: Netlink,
+    ext: ExternalInterface,
+    subnet: Ipv4Network,
+    pod: NetNs,
+    pod_ip: Ipv4Addr,
+}
+
+impl Node {
+    fn peer(&self) -> Peer {
+        Peer {
+            subnet: self.subnet,
+            public_ip: self.ext.public_ip,
+            vtep_mac: None,
+        }
+    }
+}
+
+/// Runs a command inside `ns` and returns its output.
+fn run_in(ns: &NetNs, prog: &str, args: &[&str]) -> Output {
+    let what = format!("{prog} {args:?}");
+    let prog = prog.to_string();
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    ns.run(move || Command::new(&prog).args(&args).output())
+        .expect("enter netns")
+        .unwrap_or_else(|e| panic!("run {what}: {e}"))
+}
+
+/// Starts a background process inside `ns`.
+fn spawn_in(ns: &NetNs, prog: &str, args: &[&str]) -> Child {
+    let what = prog.to_string();
+    let prog = prog.to_string();
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    ns.run(move || {
+        Command::new(&prog)
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+    })
+    .expect("enter netns")
+    .unwrap_or_else(|e| panic!("spawn {what}: {e}"))
+}
+
+fn ping(from: &NetNs, dst: Ipv4Addr, extra: &[&str]) -> Output {
+    let dst = dst.to_string();
+    let mut args = vec!["-c", "2", "-i", "0.2", "-W", "2"];
+    args.extend_from_slice(extra);
+    args.push(&dst);
+    run_in(from, "ping", &args)
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A TCP transfer of `bytes` from `client` to the iperf3 server started in `server`.
+fn iperf(client: &NetNs, server: &NetNs, server_ip: Ipv4Addr, bytes: &str, reverse: bool) {
+    let mut srv = spawn_in(server, "iperf3", &["-s", "-1", "-p", "5201"]);
+    let dst = server_ip.to_string();
+    let mut args = vec![
+        "-c",
+        &dst,
+        "-p",
+        "5201",
+        "-n",
+        bytes,
+        "--connect-timeout",
+        "2000",
+    ];
+    if reverse {
+        args.push("-R");
+    }
+    let mut last = String::new();
+    let start = Instant::now();
+    let mut ok = false;
+    while start.elapsed() < Duration::from_secs(10) {
+        let out = run_in(client, "iperf3", &args);
+        if out.status.success() {
+            ok = true;
+            break;
+        }
+        last = text(&out);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = srv.kill();
+    let _ = srv.wait();
+    assert!(ok, "iperf3 {args:?} failed: {last}");
+}
+
+/// Builds the two-node topology (module docs) below the caller's namespace.
+async fn topology() -> Vec<Node> {
+    let here = Netlink::new().expect("netlink in the underlay netns");
+    let br = here.ensure_bridge("br0", None).await.expect("br0");
+    here.add_address(br.index, "198.18.0.99/24".parse().expect("addr"))
+        .await
+        .expect("outsider address");
+    here.set_up(br.index).await.expect("br0 up");
+    let mut nodes = Vec::new();
+    for n in 1..=2u8 {
+        let ns = NetNs::create_anonymous().expect("node netns");
+        here.create_veth(&VethSpec {
+            host_name: &format!("u{n}"),
+            peer_name: "eth0",
+            mtu: None,
+            master: Some(br.index),
+            host_up: true,
+            peer_ns: &ns,
+            peer_mac: None,
+        })
+        .await
+        .expect("veth into node");
+        let nl = Netlink::new_in(&ns).expect("netlink in node");
+        let lo = nl.link("lo").await.expect("lo").expect("lo");
+        nl.set_up(lo.index).await.expect("lo up");
+        let eth0 = nl.link("eth0").await.expect("eth0").expect("eth0");
+        nl.set_up(eth0.index).await.expect("eth0 up");
+        let a: Ipv4Network = net4(&format!("198.18.0.{n}/24"));
+        nl.add_address(eth0.index, IpNetwork::V4(a))
+            .await
+            .expect("eth0 address");
+        let cni0 = nl.ensure_bridge("cni0", Some(1472)).await.expect("cni0");
+        nl.add_address(cni0.index, format!("10.244.{n}.1/24").parse().expect("a"))
+            .await
+            .expect("cni0 address");
+        nl.set_up(cni0.index).await.expect("cni0 up");
+        ns.run(|| backends::sysctl::write("net/ipv4/ip_forward", "1"))
+            .expect("enter node")
+            .expect("ip_forward");
+        let pod = NetNs::create_anonymous().expect("pod netns");
+        nl.create_veth(&VethSpec {
+            host_name: "vpod",
+            peer_name: "eth0",
+            mtu: Some(1472),
+            master: Some(cni0.index),
+            host_up: true,
+            peer_ns: &pod,
+            peer_mac: None,
+        })
+        .await
+        .expect("pod veth");
+        let pnl = Netlink::new_in(&pod).expect("netlink in pod");
+        let plo = pnl.link("lo").await.expect("lo").expect("lo");
+        pnl.set_up(plo.index).await.expect("pod lo up");
+        let peth = pnl.link("eth0").await.expect("eth0").expect("pod eth0");
+        let pod_ip = Ipv4Addr::new(10, 244, n, 2);
+        pnl.add_address(peth.index, format!("{pod_ip}/24").parse().expect("a"))
+            .await
+            .expect("pod address");
+        pnl.set_up(peth.index).await.expect("pod eth0 up");
+        pnl.add_route(
+            &Route::new("0.0.0.0/0".parse().expect("default"))
+                .via(std::net::IpAddr::V4(Ipv4Addr::new(10, 244, n, 1))),
+        )
+        .await
+        .expect("pod default route");
+        nodes.push(Node {
+            ns,
+            nl,
+            ext: ExternalInterface {
+                index: eth0.index,
+                name: "eth0".into(),
+                mtu: eth0.mtu,
+                iface_addr: a.ip(),
+                public_ip: a.ip(),
+            },
+            subnet: net4(&format!("10.244.{n}.0/24")),
+            pod,
+            pod_ip,
+        });
+    }
+    nodes
+}
+
+fn udp_config() -> OverlayConfig {
+    OverlayConfig::Udp(UdpParams {
+        port: PORT,
+        network: net4("10.244.0.0/16"),
+    })
+}
+
+/// Starts our udp overlay on `node` with `peers` and reconciles once (must be clean).
+async fn start_overlay(node: &Node, peers: Vec<Peer>) -> Overlay {
+    let mut o = Overlay::new_in(node.nl.clone(), udp_config(), node.ext.clone(), &node.ns)
+        .await
+        .expect("Overlay::new_in udp");
+    o.set_own_subnet(node.subnet);
+    o.set_peers(peers);
+    let report = o.reconcile().await.expect("reconcile");
+    assert!(report.is_clean(), "{:?}", report.errors);
+    o
+}
+
+fn counters(o: &Overlay) -> &Counters {
+    o.udp().expect("udp backend").counters()
+}
+
+fn get(c: &std::sync::atomic::AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
+}
+
+/// An IPv4/UDP packet `src:4000 -> dst:port` carrying `payload` (UDP checksum 0 = none).
+fn inner_udp(src: Ipv4Addr, dst: Ipv4Addr, port: u16, payload: &[u8]) -> Vec<u8> {
+    let total = 28 + payload.len();
+    let mut p = vec![0u8; 28];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+    p[8] = 64;
+    p[9] = PROTO_UDP;
+    p[12..16].copy_from_slice(&src.octets());
+    p[16..20].copy_from_slice(&dst.octets());
+    p[20..22].copy_from_slice(&4000u16.to_be_bytes());
+    p[22..24].copy_from_slice(&port.to_be_bytes());
+    p[24..26].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    p.extend_from_slice(payload);
+    codec::set_ipv4_checksum(&mut p);
+    p
+}
+
+/// Sends `pkt` as one datagram from `from` (an address of `ns`, any port) to `to`.
+fn send_datagram(ns: Option<&NetNs>, from: Ipv4Addr, to: SocketAddrV4, pkt: Vec<u8>) {
+    let send = move || {
+        let s = std::net::UdpSocket::bind(SocketAddrV4::new(from, 0)).expect("bind sender");
+        s.send_to(&pkt, to).expect("send datagram");
+    };
+    match ns {
+        Some(ns) => ns.run(send).expect("enter netns"),
+        None => send(),
+    }
+}
+
+#[test]
+fn udp_backend_sets_up_the_node_and_carries_ping_and_tcp() {
+    if !prerequisites(&["ip", "ping", "iperf3"]) {
+        return;
+    }
+    in_new_netns(|| async {
+        let nodes = topology().await;
+        let peers: Vec<Peer> = nodes.iter().map(Node::peer).collect();
+        let o1 = start_overlay(&nodes[0], peers.clone()).await;
+        let o2 = start_overlay(&nodes[1], peers).await;
+        assert_eq!(o1.backend_type(), "udp");
+        assert_eq!(o1.mtu(), 1472);
+        assert_eq!(o1.backend_data(), None);
+
+        // Kernel state, read back with `ip` (not with our own netlink code).
+        let link = ip_in(&nodes[0].ns, &["-d", "link", "show", "flannel0"]);
+        assert!(link.contains("mtu 1472") && link.contains("tun"), "{link}");
+        assert!(link.contains(",UP"), "{link}");
+        let addr = ip_in(&nodes[0].ns, &["-4", "addr", "show", "dev", "flannel0"]);
+        assert!(addr.contains("inet 10.244.1.0/32"), "{addr}");
+        let routes = ip_in(&nodes[0].ns, &["route", "show", "proto", "150"]);
+        assert_eq!(
+            routes.trim(),
+            "10.244.0.0/16 dev flannel0 scope link",
+            "{routes}"
+        );
+
+        // Full-size packets with DF, both ways, and TCP both ways.
+        let out = ping(&nodes[0].pod, nodes[1].pod_ip, &["-M", "do", "-s", "1444"]);
+        assert!(out.status.success(), "DF ping pod1 -> pod2: {}", text(&out));
+        let out = ping(&nodes[1].pod, nodes[0].pod_ip, &["-M", "do", "-s", "1444"]);
+        assert!(out.status.success(), "DF ping pod2 -> pod1: {}", text(&out));
+        let out = ping(&nodes[0].pod, nodes[1].pod_ip, &["-M", "do", "-s", "1445"]);
+        assert!(
+            !out.status.success(),
+            "1473-byte DF packets must not fit: {}",
+            text(&out)
+        );
+        iperf(&nodes[0].pod, &nodes[1].pod, nodes[1].pod_ip, "20M", false);
+        iperf(&nodes[0].pod, &nodes[1].pod, nodes[1].pod_ip, "20M", true);
+
+        let (c1, c2) = (counters(&o1), counters(&o2));
+        assert!(get(&c1.tx_packets) > 10_000, "tx {}", get(&c1.tx_packets));
+        assert!(get(&c2.rx_packets) > 10_000, "rx {}", get(&c2.rx_packets));
+        assert_eq!(get(&c2.rx_dropped_non_member), 0);
+        assert_eq!(get(&c2.rx_dropped_bad_source), 0);
+        let off = o1.udp().expect("udp").offloads().expect("running");
+        eprintln!("offloads: {off:?}");
+        if off.tun_vnet_hdr && off.udp_gso {
+            assert!(
+                get(&c1.tx_gso_messages) > 0,
+                "TSO super-packets went out as GSO trains"
+            );
+            assert!(
+                get(&c1.tun_reads) < get(&c1.tx_packets),
+                "super-packets: {} reads for {} packets",
+                get(&c1.tun_reads),
+                get(&c1.tx_packets)
+            );
+        }
+        if off.tun_vnet_hdr {
+            assert!(get(&c2.rx_gro_segments) > 0, "segments were coalesced");
+        }
+        let m = o2.metrics_fn()();
+        assert!(m.contains("flannel_backend_info{type=\"udp\"} 1"), "{m}");
+        assert!(
+            m.contains("flannel_udp_rx_dropped_non_member_total 0"),
+            "{m}"
+        );
+        assert!(m.contains("flannel_udp_peers 1"), "{m}");
+
+        // Shutdown joins the threads and the TUN device goes with its descriptor.
+        drop(o1);
+        let gone = ip_in(&nodes[0].ns, &["link", "show"]);
+        assert!(!gone.contains("flannel0"), "{gone}");
+    });
+}
+
+#[test]
+fn udp_drops_non_members_and_foreign_inner_sources() {
+    if !prerequisites(&["ip"]) {
+        return;
+    }
+    in_new_netns(|| async {
+        let nodes = topology().await;
+        let peers: Vec<Peer> = nodes.iter().map(Node::peer).collect();
+        let o2 = start_overlay(&nodes[1], peers).await;
+        let sink = nodes[1]
+            .pod
+            .run(|| {
+                let s = std::net::UdpSocket::bind("10.244.2.2:9999").expect("bind in pod");
+                s.set_read_timeout(Some(Duration::from_millis(1500)))
+                    .expect("timeout");
+                s
+            })
+            .expect("enter pod");
+        let to = SocketAddrV4::new(v4("198.18.0.2"), PORT);
+        let pod2 = nodes[1].pod_ip;
+        // 1. From a host holding no lease (the underlay's 198.18.0.99), well-formed inner packet.
+        send_datagram(
+            None,
+            v4("198.18.0.99"),
+            to,
+            inner_udp(v4("10.244.1.2"), pod2, 9999, b"non-member"),
+        );
+        // 2. From a member (node1's address, another port), inner source outside its subnet.
+        send_datagram(
+            Some(&nodes[0].ns),
+            v4("198.18.0.1"),
+            to,
+            inner_udp(v4("10.244.3.7"), pod2, 9999, b"foreign-source"),
+        );
+        // 3. From the member, inner destination outside node2's subnet.
+        send_datagram(
+            Some(&nodes[0].ns),
+            v4("198.18.0.1"),
+            to,
+            inner_udp(v4("10.244.1.2"), v4("198.18.0.99"), 9999, b"relay"),
+        );
+        // 4. Control: the same from the member with a proper source must arrive.
+        send_datagram(
+            Some(&nodes[0].ns),
+            v4("198.18.0.1"),
+            to,
+            inner_udp(v4("10.244.1.2"), pod2, 9999, b"member"),
+        );
+        let mut buf = [0u8; 256];
+        let (n, from) = sink
+            .recv_from(&mut buf)
+            .expect("the member's datagram arrives");
+        assert_eq!(&buf[..n], b"member");
+        assert_eq!(from.ip(), std::net::IpAddr::V4(v4("10.244.1.2")));
+        sink.set_read_timeout(Some(Duration::from_millis(500)))
+            .expect("timeout");
+        if let Ok((n, _)) = sink.recv_from(&mut buf) {
+            panic!("a dropped datagram reached the pod: {:?}", &buf[..n]);
+        }
+        let c = counters(&o2);
+        assert_eq!(get(&c.rx_dropped_non_member), 1);
+        assert_eq!(get(&c.rx_dropped_bad_source), 1);
+        assert_eq!(get(&c.rx_dropped_bad_destination), 1);
+        assert_eq!(get(&c.rx_packets), 1);
+        let m = o2.metrics_fn()();
+        assert!(
+            m.contains("flannel_udp_rx_dropped_non_member_total 1"),
+            "{m}"
+        );
+        assert!(
+            m.contains("flannel_udp_rx_dropped_bad_source_total 1"),
+            "{m}"
+        );
+        // Garbage is counted, not forwarded.
+        send_datagram(None, v4("198.18.0.99"), to, vec![0x45, 0, 0]);
+        send_datagram(Some(&nodes[0].ns), v4("198.18.0.1"), to, vec![0x60; 40]);
+        let start = Instant::now();
+        while get(&c.rx_dropped_malformed) < 2 && start.elapsed() < Duration::from_secs(2) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(get(&c.rx_dropped_malformed), 2);
+    });
+}
+
+#[test]
+fn udp_unknown_destination_gets_net_unreachable_and_removed_peers_stop_at_once() {
+    if !prerequisites(&["ip", "ping"]) {
+        return;
+    }
+    in_new_netns(|| async {
+        let nodes = topology().await;
+        let peers: Vec<Peer> = nodes.iter().map(Node::peer).collect();
+        let mut o1 = start_overlay(&nodes[0], peers.clone()).await;
+        let _o2 = start_overlay(&nodes[1], peers).await;
+        let out = ping(&nodes[0].pod, v4("10.244.9.9"), &[]);
+        let t = text(&out);
+        assert!(!out.status.success(), "{t}");
+        assert!(
+            t.contains("From 10.244.1.0") && t.contains("Net Unreachable"),
+            "{t}"
+        );
+        let c = counters(&o1);
+        assert!(get(&c.tx_no_route) >= 2, "{}", get(&c.tx_no_route));
+        assert!(get(&c.icmp_unreachable_sent) >= 2, "{}", o1.metrics_fn()());
+
+        // The peer is reachable, then its lease goes: traffic stops at once, with the error.
+        let out = ping(&nodes[0].pod, nodes[1].pod_ip, &[]);
+        assert!(out.status.success(), "{}", text(&out));
+        o1.set_peers(vec![nodes[0].peer()]);
+        let started = Instant::now();
+        let out = run_in(
+            &nodes[0].pod,
+            "ping",
+            &["-c", "1", "-W", "1", &nodes[1].pod_ip.to_string()],
+        );
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(text(&out).contains("Net Unreachable"), "{}", text(&out));
+        o1.set_peers(vec![nodes[0].peer(), nodes[1].peer()]);
+        let out = ping(&nodes[0].pod, nodes[1].pod_ip, &[]);
+        assert!(out.status.success(), "peer back: {}", text(&out));
+    });
+}
+
+/// `shared/bench/udptun.c`, next to the repository.
+fn udptun_source() -> Option<PathBuf> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/bench/udptun.c");
+    p.exists().then_some(p)
+}
+
+#[test]
+fn udp_interoperates_with_a_flannel_style_naive_proxy() {
+    if !prerequisites(&["ip", "ping", "iperf3", "gcc"]) {
+        return;
+    }
+    let Some(src) = udptun_source() else {
+        let msg = "SKIP: shared/bench/udptun.c not found next to the repository";
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{msg} (CI=true)"
+        );
+        eprintln!("{msg}");
+        return;
+    };
+    let dir = tempfile_dir();
+    let bin = dir.join("udptun");
+    let out = Command::new("gcc")
+        .args(["-O2", "-Wall", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .output()
+        .expect("run gcc");
+    assert!(out.status.success(), "gcc: {}", text(&out));
+    in_new_netns(move || async move {
+        let nodes = topology().await;
+        // node1: ours. node2: flannel's design, set up as flannel does it (address with the
+        // network's prefix, so the kernel route covers the whole network).
+        let o1 = start_overlay(&nodes[0], nodes.iter().map(Node::peer).collect()).await;
+        let n2 = &nodes[1].ns;
+        ip_in(n2, &["tuntap", "add", "dev", "flannel0", "mode", "tun"]);
+        ip_in(n2, &["link", "set", "flannel0", "mtu", "1472"]);
+        ip_in(n2, &["addr", "add", "10.244.2.0/16", "dev", "flannel0"]);
+        ip_in(n2, &["link", "set", "flannel0", "up"]);
+        let bin = bin.to_string_lossy().into_owned();
+        let proxy = spawn_in(n2, &bin, &["flannel0", "198.18.0.1", "8285", "naive"]);
+        std::thread::sleep(Duration::from_millis(200));
+
+        let ok1 = ping(&nodes[0].pod, nodes[1].pod_ip, &["-M", "do", "-s", "1444"]);
+        let ok2 = ping(&nodes[1].pod, nodes[0].pod_ip, &["-M", "do", "-s", "1444"]);
+        // TCP both ways: our TSO segmentation towards it, its single packets towards us.
+        let tcp = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            iperf(&nodes[0].pod, &nodes[1].pod, nodes[1].pod_ip, "10M", false);
+            iperf(&nodes[0].pod, &nodes[1].pod, nodes[1].pod_ip, "10M", true);
+        }));
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(proxy.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let proxy_out = proxy.wait_with_output().expect("udptun exit");
+        let stats = String::from_utf8_lossy(&proxy_out.stderr).into_owned();
+        assert!(
+            ok1.status.success(),
+            "ours -> naive: {} / {stats}",
+            text(&ok1)
+        );
+        assert!(
+            ok2.status.success(),
+            "naive -> ours: {} / {stats}",
+            text(&ok2)
+        );
+        if let Err(p) = tcp {
+            eprintln!("udptun: {stats}");
+            std::panic::resume_unwind(p);
+        }
+        let c = counters(&o1);
+        assert!(
+            get(&c.rx_packets) > 1000 && get(&c.tx_packets) > 1000,
+            "{stats}"
+        );
+        assert_eq!(
+            get(&c.rx_dropped_non_member) + get(&c.rx_dropped_bad_source),
+            0
+        );
+        eprintln!("udptun: {stats}");
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn tempfile_dir() -> PathBuf {
+    let d = std::env::temp_dir().join(format!("udptun-test.{}", std::process::id()));
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
