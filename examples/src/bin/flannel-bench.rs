@@ -335,12 +335,57 @@ fn acquire(a: &Args) -> Result<(), String> {
     Ok(())
 }
 
+/// `/proc/stat`'s aggregate CPU line: (busy, total) jiffies.
+fn cpu_jiffies() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let v: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    (total.saturating_sub(idle), total)
+}
+
+fn ncpu() -> f64 {
+    std::thread::available_parallelism()
+        .map(|n| n.get() as f64)
+        .unwrap_or(1.0)
+}
+
+/// Ping RTTs (ms) from `from` to `to`, one sample per reply.
+fn ping_rtts(from: &str, to: &str, count: u32) -> Vec<f64> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", from, "ping", "-i", "0.01", "-W", "1", "-c"])
+        .arg(count.to_string())
+        .arg(to)
+        .output();
+    let Ok(out) = out else { return Vec::new() };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split("time=").nth(1))
+        .filter_map(|t| t.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
 fn throughput(a: &Args) -> Result<(), String> {
     let mut c = Cluster::start(spec(2, a.backend))?;
     let p1 = c.add_pod(0, "a")?;
     let p2 = c.add_pod(1, "b")?;
     if !c.ping_within(&p1, p2.ip, Duration::from_secs(5)) {
         return Err("pods cannot reach each other".into());
+    }
+    let b = a.backend.type_name();
+    let mut rtts = ping_rtts(&p1.ns, &p2.ip.to_string(), 200);
+    if !rtts.is_empty() {
+        rtts.sort_by(|x, y| x.total_cmp(y));
+        let p99 = rtts[((rtts.len() * 99).div_ceil(100)).saturating_sub(1)];
+        println!("RESULT rtt_{b}_median {:.4} ms", median(&mut rtts.clone()));
+        println!("RESULT rtt_{b}_p99 {p99:.4} ms");
     }
     let mut server = Command::new("ip")
         .args(["netns", "exec", &p2.ns, "iperf3", "-s", "-p", "5201"])
@@ -350,7 +395,9 @@ fn throughput(a: &Args) -> Result<(), String> {
         .map_err(|e| format!("iperf3 -s: {e}"))?;
     std::thread::sleep(Duration::from_millis(300));
     let mut gbps = Vec::new();
+    let mut cores_per_gbps = Vec::new();
     for _ in 0..a.reps {
+        let (busy0, total0) = cpu_jiffies();
         let out = Command::new("ip")
             .args(["netns", "exec", &p1.ns, "iperf3", "-c"])
             .arg(p2.ip.to_string())
@@ -358,23 +405,31 @@ fn throughput(a: &Args) -> Result<(), String> {
             .arg(a.dur.to_string())
             .output()
             .map_err(|e| format!("iperf3 -c: {e}"))?;
+        let (busy1, total1) = cpu_jiffies();
         let v: serde_json::Value =
             serde_json::from_slice(&out.stdout).map_err(|e| format!("iperf3 JSON: {e}"))?;
         let bps = v["end"]["sum_received"]["bits_per_second"]
             .as_f64()
             .ok_or_else(|| format!("iperf3 failed: {}", v["error"]))?;
-        println!("sample {} {:.3} Gbit/s", a.backend.type_name(), bps / 1e9);
+        // Busy cores during the run (all processes: sender, receiver, kernel, flanneld).
+        let busy_cores = (busy1 - busy0) as f64 / ((total1 - total0).max(1) as f64) * ncpu();
+        println!(
+            "sample {b} {:.3} Gbit/s, {:.2} busy cores",
+            bps / 1e9,
+            busy_cores
+        );
         gbps.push(bps / 1e9);
+        cores_per_gbps.push(busy_cores / (bps / 1e9));
     }
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(server.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     );
     let _ = server.wait();
+    println!("RESULT tcp1_{b}_median {:.3} Gbit/s", median(&mut gbps));
     println!(
-        "RESULT tcp1_{}_median {:.3} Gbit/s",
-        a.backend.type_name(),
-        median(&mut gbps)
+        "RESULT cpu_per_gbps_{b}_median {:.3} cores/(Gbit/s)",
+        median(&mut cores_per_gbps)
     );
     Ok(())
 }
