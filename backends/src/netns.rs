@@ -9,7 +9,9 @@
 //! a thread that fails to switch back would leak the pod namespace into unrelated work, and an
 //! async runtime would happily schedule other tasks on it. [`NetNs::run`] therefore spawns a fresh
 //! `std` thread, enters the namespace there, runs the closure and lets the thread exit. Nothing
-//! ever calls `setns` on the caller's thread, and never on a tokio worker.
+//! ever calls `setns` on the caller's thread, and never on a tokio worker — except
+//! [`NetNs::run_on_this_thread`], reserved for short-lived single-threaded processes (the CNI
+//! plugin), which switches back at once and aborts if it cannot.
 //!
 //! Sockets remember the namespace they were created in, so the usual pattern is to create a
 //! netlink socket inside [`NetNs::run`] and then drive it from the caller's runtime
@@ -111,6 +113,28 @@ impl NetNs {
             },
         )?;
         join(handle)
+    }
+
+    /// Runs `f` on the **calling** thread inside this namespace, then switches the thread back
+    /// to `home` (normally [`NetNs::current`] taken beforehand). Saves [`NetNs::run`]'s thread
+    /// spawn and join (a sizeable part of a CNI ADD); meant only for short-lived, effectively
+    /// single-threaded processes such as the CNI plugin, where nothing else can be scheduled on
+    /// the thread while `f` runs (`f` is synchronous). Processes `f` forks start inside this
+    /// namespace. If the thread cannot switch back the process aborts: continuing in the wrong
+    /// namespace would be worse than dying.
+    pub fn run_on_this_thread<T>(&self, home: &NetNs, f: impl FnOnce() -> T) -> io::Result<T> {
+        setns(&self.fd, CloneFlags::CLONE_NEWNET)
+            .map_err(|e| io::Error::other(format!("setns into {}: {e}", self.path.display())))?;
+        let out = f();
+        if let Err(e) = setns(&home.fd, CloneFlags::CLONE_NEWNET) {
+            eprintln!(
+                "fatal: cannot switch back from {} to {}: {e}",
+                self.path.display(),
+                home.path.display()
+            );
+            std::process::abort();
+        }
+        Ok(out)
     }
 
     /// Whether this is the namespace the calling thread is in (compares the nsfs `(dev, inode)`

@@ -136,3 +136,34 @@ fn netlink_outside_a_runtime_is_an_error() {
     let e = Netlink::new().unwrap_err();
     assert!(e.to_string().contains("tokio runtime"), "{e}");
 }
+
+#[test]
+fn run_on_this_thread_enters_and_comes_back() {
+    if !prerequisites(&[]) {
+        return;
+    }
+    in_new_netns(|| async {
+        let home = NetNs::current().unwrap();
+        let other = NetNs::create_anonymous().unwrap();
+        assert!(!other.is_same_as_current().unwrap());
+        let inside = other
+            .run_on_this_thread(&home, || other.is_same_as_current().unwrap())
+            .unwrap();
+        assert!(inside, "the closure runs inside the other namespace");
+        assert!(
+            home.is_same_as_current().unwrap(),
+            "and the thread is back home"
+        );
+        // A netlink socket opened that way programs the other namespace.
+        let nl = Netlink::new_in_here(&other, &home).unwrap();
+        let names: Vec<String> = nl
+            .links()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|l| l.name)
+            .collect();
+        assert_eq!(names, vec!["lo".to_string()]);
+        assert!(home.is_same_as_current().unwrap());
+    });
+}

@@ -160,8 +160,11 @@ async fn attach(
     }
 
     // 5. the pod side, through a socket bound to the pod namespace
-    let pod =
-        Netlink::new_in(pod_ns).map_err(netlink_err("open netlink socket in the pod namespace"))?;
+    // The plugin is a short-lived process on a current-thread runtime: visiting the pod
+    // namespace on this very thread (and coming straight back) is safe and spares a thread.
+    let home = NetNs::current().map_err(|e| CniError::internal(format!("open own netns: {e}")))?;
+    let pod = Netlink::new_in_here(pod_ns, &home)
+        .map_err(netlink_err("open netlink socket in the pod namespace"))?;
     // The echo of the host end names its peer's index in the pod namespace (IFLA_LINK).
     let pod_index = host_veth.link.ok_or_else(|| {
         CniError::internal(format!("kernel did not report the peer of {host_name}"))
@@ -232,7 +235,7 @@ async fn attach(
         IpAddr::V6(_) => None,
     });
     let (notify, sent) = pod_ns
-        .run(move || {
+        .run_on_this_thread(&home, move || {
             let notify = sysctl::write(&format!("net/ipv4/conf/{ifname}/arp_notify"), "1");
             let sent = announce.map(|(ip4, mac)| {
                 garp::send_gratuitous_arp_detached(index, mac, ip4, GARP_SCHEDULE)

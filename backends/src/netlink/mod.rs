@@ -504,6 +504,28 @@ impl Netlink {
         Ok(Netlink { handle })
     }
 
+    /// [`Netlink::new_in`] without a helper thread: the socket is created on the calling thread
+    /// inside `ns` via [`NetNs::run_on_this_thread`], which switches back to `home` right after
+    /// (same restrictions: short-lived, single-threaded processes only).
+    pub fn new_in_here(ns: &NetNs, home: &NetNs) -> Result<Netlink> {
+        let op = format!("open netlink socket in {}", ns.path().display());
+        let rt = runtime(&op)?;
+        let socket = ns
+            .run_on_this_thread(home, || -> io::Result<netlink_sys::Socket> {
+                let mut s = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE)?;
+                s.bind_auto()?;
+                Ok(s)
+            })
+            .and_then(|r| r)
+            .map_err(|e| NetlinkError::other(&op, e))?;
+        let raw = socket.into_raw_fd();
+        // SAFETY: as in `new_in`: we own `raw`, and we are inside a runtime context.
+        let socket = unsafe { netlink_sys::TokioSocket::from_raw_fd(raw) };
+        let (conn, handle, _) = rtnetlink::from_socket(socket);
+        rt.spawn(conn);
+        Ok(Netlink { handle })
+    }
+
     /// Sends one request and collects the reply messages (dump parts, echoes) until the final
     /// ACK or `NLMSG_DONE`. A kernel error reply becomes a [`NetlinkError`] for `op`.
     async fn request(
