@@ -153,6 +153,13 @@ async fn attach(
         Err(e) => return Err(netlink_err("create veth pair")(e)),
     };
     rb.host_veth = Some(host_name.clone());
+    // The bridge port needs no IPv6 address; without one it stays silent (no DAD/RS/MLD
+    // flooding every port). Done before the pod end comes up, i.e. before carrier.
+    host.set_ipv6_addr_gen_none(host_veth.index)
+        .await
+        .map_err(netlink_err(
+            "disable IPv6 address generation on the host veth",
+        ))?;
     if plan.hairpin {
         host.set_hairpin(host_veth.index, true)
             .await

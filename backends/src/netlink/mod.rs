@@ -40,8 +40,8 @@ use netlink_packet_route::address::{
     AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, AddressScope,
 };
 use netlink_packet_route::link::{
-    InfoBridgePort, InfoData, InfoPortData, InfoVeth, LinkAttribute, LinkExtentMask, LinkFlags,
-    LinkInfo, LinkMessage,
+    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoBridgePort, InfoData, InfoPortData, InfoVeth,
+    LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
@@ -786,6 +786,24 @@ impl Netlink {
         let msg = LinkUnspec::new_with_index(index).up().build();
         self.ack(
             &format!("ip link set #{index} up"),
+            RouteNetlinkMessage::NewLink(msg),
+            0,
+        )
+        .await
+    }
+
+    /// `ip link set dev #INDEX addrgenmode none`: the link gets no IPv6 link-local address, so
+    /// it sends no DAD, router solicitation or MLD traffic. For bridge ports, which need no
+    /// address of their own: on a node with hundreds of pods that background multicast floods
+    /// every port. Set it before the link gets carrier (address generation starts then).
+    pub async fn set_ipv6_addr_gen_none(&self, index: u32) -> Result<()> {
+        let mut msg = LinkUnspec::new_with_index(index).build();
+        msg.attributes
+            .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(
+                vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)],
+            )]));
+        self.ack(
+            &format!("ip link set #{index} addrgenmode none"),
             RouteNetlinkMessage::NewLink(msg),
             0,
         )
