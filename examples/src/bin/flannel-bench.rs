@@ -320,8 +320,7 @@ fn acquire(a: &Args) -> Result<(), String> {
         let log = c.flanneld_log(0);
         let ms = log
             .lines()
-            .find(|l| l.contains("acquired subnet lease"))
-            .and_then(|l| l.split("took_ms=").nth(1))
+            .find_map(|l| l.split("took_ms=").nth(1))
             .and_then(|t| t.split_whitespace().next())
             .and_then(|t| t.parse::<f64>().ok())
             .ok_or_else(|| format!("no acquire timing in the log:\n{log}"))?;
