@@ -109,7 +109,8 @@ pub fn send_gratuitous_arp(ifindex: u32, mac: [u8; 6], ip: Ipv4Addr) -> io::Resu
 /// (`packet_release` → `synchronize_net`), several milliseconds on a busy 2-core node — most of
 /// a CNI ADD's latency if paid inline. The child also covers the moment the new bridge port
 /// starts forwarding (its carrier event is processed asynchronously), so no wait for it is
-/// needed in the caller: repeats at 0, 20, 100 and 500 ms reach peers whatever the timing.
+/// needed in the caller: a repeat a little later (the CNI plugin uses 0 and 100 ms) reaches peers
+/// whatever the timing.
 ///
 /// The child is a fork of the **calling thread**, so it inherits that thread's network
 /// namespace: call inside [`crate::netns::NetNs::run`] for a pod interface. It only uses

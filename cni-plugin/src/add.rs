@@ -485,13 +485,10 @@ fn random_mac() -> [u8; 6] {
     mac
 }
 
-/// When the gratuitous ARPs go out, counted from the end of ADD.
-const GARP_SCHEDULE: &[Duration] = &[
-    Duration::ZERO,
-    Duration::from_millis(20),
-    Duration::from_millis(100),
-    Duration::from_millis(500),
-];
+/// When the gratuitous ARPs go out, counted from the end of ADD: one at once (the new bridge
+/// port is normally forwarding by then) and one repeat in case it was not. Each one floods
+/// every port of the bridge, so a node adding 64 pods at once should not send many.
+const GARP_SCHEDULE: &[Duration] = &[Duration::ZERO, Duration::from_millis(100)];
 
 async fn undo(inv: &Invocation, plan: &PodNetwork, rb: Rollback) {
     if let Some(name) = &rb.host_veth {

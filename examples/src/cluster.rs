@@ -192,6 +192,40 @@ fn ip(args: &[&str]) -> Result<String, String> {
     }
 }
 
+/// Whether a multi-node test can run: root and the tools the harness uses (`ip`, `etcd`,
+/// `etcdctl`, `iperf3`, `ping`, `nft`) plus `extra`. Without them the test prints
+/// `SKIP <test>: <why>` and should return — except under `CI=true`, where this panics: a
+/// missing prerequisite in CI is a failure, never a silent skip.
+pub fn prerequisites(test: &str, extra: &[&str]) -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    let missing: Vec<&str> = ["ip", "etcd", "etcdctl", "iperf3", "ping", "nft"]
+        .iter()
+        .chain(extra)
+        .copied()
+        .filter(|t| {
+            Command::new("sh")
+                .args(["-c", &format!("command -v {t}")])
+                .stdout(Stdio::null())
+                .status()
+                .map(|s| !s.success())
+                .unwrap_or(true)
+        })
+        .collect();
+    if root && missing.is_empty() {
+        return true;
+    }
+    let why = if root {
+        format!("missing tools {missing:?}")
+    } else {
+        "not root".to_string()
+    };
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test}: {why} (CI=true: failing instead of skipping)");
+    }
+    eprintln!("SKIP {test}: {why}");
+    false
+}
+
 /// Polls `cond` every 50 ms until it is true or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let start = Instant::now();

@@ -485,23 +485,11 @@ impl Netlink {
     /// Same runtime requirements as [`Netlink::new`].
     pub fn new_in(ns: &NetNs) -> Result<Netlink> {
         let op = format!("open netlink socket in {}", ns.path().display());
-        let rt = runtime(&op)?;
         let socket = ns
-            .run(|| -> io::Result<netlink_sys::Socket> {
-                let mut s = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE)?;
-                s.bind_auto()?;
-                Ok(s)
-            })
+            .run(bound_route_socket)
             .and_then(|r| r)
             .map_err(|e| NetlinkError::other(&op, e))?;
-        let raw = socket.into_raw_fd();
-        // SAFETY: `raw` is an open netlink socket whose ownership we just released from `socket`;
-        // the TokioSocket takes it over (and closes it on drop). We are inside a runtime context
-        // (checked above), which `from_raw_fd` needs to register the descriptor.
-        let socket = unsafe { netlink_sys::TokioSocket::from_raw_fd(raw) };
-        let (conn, handle, _) = rtnetlink::from_socket(socket);
-        rt.spawn(conn);
-        Ok(Netlink { handle })
+        Self::from_socket(&op, socket)
     }
 
     /// [`Netlink::new_in`] without a helper thread: the socket is created on the calling thread
@@ -509,17 +497,21 @@ impl Netlink {
     /// (same restrictions: short-lived, single-threaded processes only).
     pub fn new_in_here(ns: &NetNs, home: &NetNs) -> Result<Netlink> {
         let op = format!("open netlink socket in {}", ns.path().display());
-        let rt = runtime(&op)?;
         let socket = ns
-            .run_on_this_thread(home, || -> io::Result<netlink_sys::Socket> {
-                let mut s = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE)?;
-                s.bind_auto()?;
-                Ok(s)
-            })
+            .run_on_this_thread(home, bound_route_socket)
             .and_then(|r| r)
             .map_err(|e| NetlinkError::other(&op, e))?;
+        Self::from_socket(&op, socket)
+    }
+
+    /// Drives an already bound route socket (whatever namespace it was made in) from the
+    /// current tokio runtime.
+    fn from_socket(op: &str, socket: netlink_sys::Socket) -> Result<Netlink> {
+        let rt = runtime(op)?;
         let raw = socket.into_raw_fd();
-        // SAFETY: as in `new_in`: we own `raw`, and we are inside a runtime context.
+        // SAFETY: `raw` is an open netlink socket whose ownership we just released from `socket`;
+        // the TokioSocket takes it over (and closes it on drop). We are inside a runtime context
+        // (checked above), which `from_raw_fd` needs to register the descriptor.
         let socket = unsafe { netlink_sys::TokioSocket::from_raw_fd(raw) };
         let (conn, handle, _) = rtnetlink::from_socket(socket);
         rt.spawn(conn);
@@ -1028,6 +1020,13 @@ impl Netlink {
             Err(e) => Err(e),
         }
     }
+}
+
+/// A `NETLINK_ROUTE` socket bound in the calling thread's namespace.
+fn bound_route_socket() -> io::Result<netlink_sys::Socket> {
+    let mut s = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE)?;
+    s.bind_auto()?;
+    Ok(s)
 }
 
 /// The runtime to spawn connection tasks on.
