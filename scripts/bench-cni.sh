@@ -23,8 +23,10 @@ bash "$BENCH" | tee "$OUT/ref.txt"
 echo "# ours: flannel (bridge + veth + host-local in-process)"
 CNI_BIN_DIR=$BIN PLUGIN=flannel IPAM_TYPE= CONF_STYLE=flannel bash "$BENCH" | tee "$OUT/ours.txt"
 
-med() { awk -v l="$2" -v c="$3" 'index($0,l)==1 && $3==c { for(i=1;i<=NF;i++) if($i ~ /^med=/){sub("med=","",$i); print $i; exit} }' "$1"; }
-tot() { awk -v l="$2" -v c="$3" 'index($0,l)==1 && $3==c { for(i=1;i<=NF;i++) if($i ~ /^phase_total=/){sub("phase_total=","",$i); print $i; exit} }' "$1"; }
+# field FILE LABEL CMD KEY: the value of "KEY=  value" on the summary line LABEL ... CMD
+field() { awk -v l="$2" -v c="$3" -v k="$4=" 'index($0,l)==1 && $3==c { for(i=1;i<=NF;i++) if(index($i,k)==1){v=substr($i,length(k)+1); if(v=="") v=$(i+1); print v; exit} }' "$1"; }
+med() { field "$1" "$2" "$3" med; }
+tot() { field "$1" "$2" "$3" phase_total; }
 echo
 echo "==== ours / reference (same run) ===="
 printf '%-26s %10s %10s %8s\n' metric reference ours ratio
