@@ -275,7 +275,7 @@ async fn attach(
             iface(&host_veth, None),
             Interface {
                 name: inv.ifname.clone(),
-                mac: Some(format_mac(pod_mac)),
+                mac: Some(format_mac(&pod_mac)),
                 mtu: Some(host_veth.mtu),
                 sandbox: Some(inv.netns.clone().unwrap_or_default().display().to_string()),
                 ..Default::default()
@@ -301,7 +301,7 @@ async fn attach(
 fn iface(link: &Link, sandbox: Option<String>) -> Interface {
     Interface {
         name: link.name.clone(),
-        mac: link.mac.map(format_mac),
+        mac: link.mac.as_ref().map(format_mac),
         mtu: Some(link.mtu),
         sandbox,
         ..Default::default()
@@ -361,9 +361,9 @@ fn reserve(
 }
 
 fn first_host(net: IpNetwork) -> IpAddr {
-    match net.network() {
-        IpAddr::V4(a) => IpAddr::V4((u32::from(a) + 1).into()),
-        IpAddr::V6(a) => IpAddr::V6((u128::from(a) + 1).into()),
+    match net {
+        IpNetwork::V4(n) => ipam::net::first_host(n).into(),
+        IpNetwork::V6(n) => ipam::net::first_host_v6(n).into(),
     }
 }
 

@@ -108,12 +108,12 @@ pub async fn check(inv: &Invocation) -> CniResult<()> {
         .iter()
         .find(|i| i.name == plan.bridge && i.sandbox.is_none())
         && let (Some(want), Some(have)) = (&recorded.mac, bridge.mac)
-        && !want.eq_ignore_ascii_case(&format_mac(have))
+        && !want.eq_ignore_ascii_case(&format_mac(&have))
     {
         return Err(fail(format!(
             "bridge {} MAC is {} but prevResult says {want}",
             plan.bridge,
-            format_mac(have)
+            format_mac(&have)
         )));
     }
     if plan.promisc != bridge.promisc {
@@ -143,12 +143,12 @@ pub async fn check(inv: &Invocation) -> CniResult<()> {
         )));
     }
     if let (Some(want), Some(have)) = (&ci.mac, pod_link.mac)
-        && !want.eq_ignore_ascii_case(&format_mac(have))
+        && !want.eq_ignore_ascii_case(&format_mac(&have))
     {
         return Err(fail(format!(
             "{} MAC is {} but prevResult says {want}",
             inv.ifname,
-            format_mac(have)
+            format_mac(&have)
         )));
     }
 

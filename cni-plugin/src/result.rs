@@ -163,26 +163,11 @@ impl CniOutput {
     }
 }
 
-/// Formats a MAC as `aa:bb:cc:dd:ee:ff`.
-pub fn format_mac(mac: [u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
+pub use backends::netlink::format_mac;
 
-/// Parses `aa:bb:cc:dd:ee:ff` (also `-` separated).
+/// Parses `aa:bb:cc:dd:ee:ff`, also with `-` separators (runtime-supplied MACs).
 pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
-    let mut out = [0u8; 6];
-    let mut parts = text.split([':', '-']);
-    for b in out.iter_mut() {
-        let p = parts.next()?;
-        if p.len() != 2 {
-            return None;
-        }
-        *b = u8::from_str_radix(p, 16).ok()?;
-    }
-    parts.next().is_none().then_some(out)
+    backends::netlink::parse_mac(&text.replace('-', ":"))
 }
 
 #[cfg(test)]
@@ -281,7 +266,7 @@ mod tests {
     #[test]
     fn mac_round_trip() {
         let m = [0x0a, 0x58, 0x0a, 0xf4, 0x01, 0xff];
-        assert_eq!(parse_mac(&format_mac(m)), Some(m));
+        assert_eq!(parse_mac(&format_mac(&m)), Some(m));
         assert_eq!(parse_mac("0a:58:0a:f4:01"), None);
         assert_eq!(parse_mac("0a:58:0a:f4:01:ff:00"), None);
         assert_eq!(parse_mac("zz:58:0a:f4:01:ff"), None);

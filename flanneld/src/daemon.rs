@@ -475,14 +475,9 @@ async fn ensure_masq(masq: &mut NodeMasq, spec: MasqSpec) -> Result<()> {
 
 /// Writes subnet.env (flannel's format: `FLANNEL_SUBNET` is the first host of the lease).
 fn write_subnet_env(opts: &Opts, network: &NetworkConfig, own: &Lease, mtu: u32) -> Result<()> {
-    let first_host = Ipv4Network::new(
-        std::net::Ipv4Addr::from(u32::from(own.subnet.network()) + 1),
-        own.subnet.prefix(),
-    )
-    .context("subnet prefix")?;
     let env = SubnetEnv {
         networks: vec![network.ipv4.network],
-        subnet: Some(first_host),
+        subnet: Some(ipam::net::with_first_host(own.subnet)),
         ipv6_networks: Vec::new(),
         ipv6_subnet: None,
         mtu,

@@ -442,11 +442,27 @@ fn check_ifname(field: &str, name: &str) -> Result<()> {
     }
 }
 
-fn format_mac(mac: &[u8; 6]) -> String {
+/// A MAC address as `ip link` prints it: `aa:bb:cc:dd:ee:ff`.
+pub fn format_mac(mac: &[u8; 6]) -> String {
     mac.iter()
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
         .join(":")
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff` (hex digits in either case, exactly two per byte); `None` if
+/// malformed.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for byte in &mut mac {
+        let p = parts.next()?;
+        if p.len() != 2 {
+            return None;
+        }
+        *byte = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
 }
 
 /// Requests the kernel to leave statistics out of link replies (`RTEXT_FILTER_SKIP_STATS`):

@@ -281,27 +281,7 @@ pub fn vtep_mac(public_ip: Ipv4Addr, vni: u32) -> [u8; 6] {
     [(b[0] & 0xfc) | 0x02, b[1], b[2], b[3], b[4], b[5]]
 }
 
-/// `aa:bb:cc:dd:ee:ff`.
-pub fn format_mac(mac: &[u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
-/// Parses `aa:bb:cc:dd:ee:ff` (case-insensitive); `None` if malformed.
-pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = s.split(':');
-    for byte in &mut mac {
-        let p = parts.next()?;
-        if p.len() != 2 {
-            return None;
-        }
-        *byte = u8::from_str_radix(p, 16).ok()?;
-    }
-    parts.next().is_none().then_some(mac)
-}
+pub use crate::netlink::{format_mac, parse_mac};
 
 /// The VTEP MAC in a VXLAN lease's `BackendData` (`{"VNI":1,"VtepMAC":"aa:bb:.."}`).
 pub fn vtep_mac_from_backend_data(data: &serde_json::Value) -> Result<[u8; 6], OverlayError> {
