@@ -4,7 +4,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use backends::netlink::{Netlink, NetlinkError, VethSpec};
+use backends::netlink::{Netlink, NetlinkError, VethSpec, del_link_detached};
 use backends::netns::NetNs;
 use common::{in_new_netns, ip, ip_in, prerequisites};
 
@@ -183,6 +183,58 @@ fn veth_peer_is_born_in_the_pod_namespace() {
         assert!(!host.del_link("veth1234abcd").await.unwrap());
         assert!(!host.del_link_index(987_654).await.unwrap());
         assert!(!host.del_link("no/such:name").await.unwrap());
+    });
+}
+
+#[test]
+fn detached_delete_returns_with_the_pair_gone_and_its_names_free() {
+    if !prerequisites(&["ip"]) {
+        return;
+    }
+    in_new_netns(|| async {
+        let pod_ns = NetNs::create_anonymous().unwrap();
+        let host = Netlink::new().unwrap();
+        let pod = Netlink::new_in(&pod_ns).unwrap();
+        let br = host.ensure_bridge("cni0", None).await.unwrap();
+        let spec = VethSpec {
+            host_name: "vethdd1",
+            peer_name: "eth0",
+            mtu: None,
+            master: Some(br.index),
+            host_up: true,
+            peer_ns: &pod_ns,
+            peer_mac: None,
+        };
+        let mut timings = Vec::new();
+        for round in 0..3 {
+            let hv = host.create_veth(&spec).await.unwrap();
+            pod.set_up(hv.link.unwrap()).await.unwrap();
+            pod.add_address(hv.link.unwrap(), "10.244.1.5/24".parse().unwrap())
+                .await
+                .unwrap();
+            let t0 = Instant::now();
+            assert!(del_link_detached("vethdd1").unwrap(), "round {round}");
+            timings.push(t0.elapsed());
+            // Observable state right away: both ends gone, no bridge port, names free.
+            assert!(host.link("vethdd1").await.unwrap().is_none());
+            assert!(pod.link("eth0").await.unwrap().is_none());
+            let addrs = ip_in(&pod_ns, &["-4", "addr", "show"]);
+            assert!(!addrs.contains("10.244.1.5"), "{addrs}");
+            let ports = ip(&["-o", "link", "show", "master", "cni0"]);
+            assert!(ports.trim().is_empty(), "{ports}");
+        }
+        // Absent and invalid names: false, like del_link.
+        assert!(!del_link_detached("vethdd1").unwrap());
+        assert!(!del_link_detached("no/such:name").unwrap());
+        // For comparison, the synchronous delete of the same pair.
+        let hv = host.create_veth(&spec).await.unwrap();
+        pod.set_up(hv.link.unwrap()).await.unwrap();
+        let t0 = Instant::now();
+        assert!(host.del_link("vethdd1").await.unwrap());
+        eprintln!(
+            "detached delete: {timings:?}; ip link del: {:?}",
+            t0.elapsed()
+        );
     });
 }
 

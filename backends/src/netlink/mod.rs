@@ -52,6 +52,9 @@ use rtnetlink::{AddressMessageBuilder, LinkBridge, LinkBridgePort, LinkUnspec, L
 
 use crate::netns::NetNs;
 
+pub use detached_del::del_link_detached;
+
+mod detached_del;
 mod monitor;
 mod neigh;
 mod vxlan;
