@@ -7,11 +7,15 @@
 //! * [`netns`] opens network namespaces and runs work inside them on throw-away threads,
 //!   never on an async runtime worker.
 //! * [`sysctl`] reads and writes `/proc/sys` knobs in the caller's namespace.
-//! * [`garp`] sends gratuitous ARP so peers learn a restarted pod's new MAC at once.
+//! * [`garp`] builds and sends gratuitous ARP frames from a packet socket (tests use it; the
+//!   CNI plugin has the kernel send them, see [`netlink::Netlink::announce`]).
+//! * [`ethtool`] reads link state through the ethtool ioctl, which also settles pending
+//!   carrier events.
 //! * [`masq`] owns flanneld's node table (`ip flannel-rs`): masquerade and forward rules.
 //! * [`nft`] applies nftables rule sets as single atomic transactions.
 //! * `udp` (cargo feature `udp`) is the userspace udp backend: TUN + UDP datapath threads.
 
+pub mod ethtool;
 pub mod garp;
 pub mod masq;
 pub mod netlink;

@@ -14,9 +14,11 @@
 //!    bridge, container end born inside the pod namespace as `CNI_IFNAME`, MTU on both;
 //! 5. configure the pod through a netlink socket opened inside its namespace: `lo` up,
 //!    addresses, link up, routes;
-//! 6. announce the pod with a gratuitous ARP once the bridge port forwards (`arp_notify`
-//!    covers later MAC changes) so peers holding a stale neighbour entry for a restarted
-//!    pod's IP switch to the new MAC immediately instead of after ~50 s;
+//! 6. announce the pod: the kernel sends gratuitous ARPs for it (an `NTF_USE` neighbour
+//!    request for its own address, after settling the bridge port's carrier event), so peers
+//!    holding a stale neighbour entry for a restarted pod's IP switch to the new MAC at once
+//!    instead of after ~50 s. The MAC itself is derived from the IPv4 address (`0a:58:<ip>`),
+//!    so a pod restarted with the same IP keeps its MAC and nothing is stale to begin with;
 //! 7. masquerade (`ipMasq`) as one nftables transaction.
 //!
 //! Any failure after step 2 runs [`Rollback`]: delete the veth (which removes both ends),
@@ -24,12 +26,11 @@
 //! racing duplicate ADD must not release the winner's address).
 
 use std::net::IpAddr;
-use std::time::Duration;
 
 use backends::netlink::{Link, Netlink, NetlinkError, Route, VethSpec};
 use backends::netns::NetNs;
 use backends::nft::PodMasq;
-use backends::{garp, sysctl};
+use backends::sysctl;
 use ipam::host_local::HostLocal;
 use ipam::subnet_env::SubnetEnv;
 use ipnetwork::IpNetwork;
@@ -131,7 +132,9 @@ async fn attach(
 
     // 4. veth pair, container end created directly inside the pod namespace, with a MAC we
     //    choose (so nothing has to be read back from the pod side)
-    let pod_mac = plan.mac.unwrap_or_else(random_mac);
+    let pod_mac = plan
+        .mac
+        .unwrap_or_else(|| pod_mac_for(&addresses).unwrap_or_else(random_mac));
     let spec = VethSpec {
         host_name: &host_name,
         peer_name: &inv.ifname,
@@ -154,17 +157,13 @@ async fn attach(
     };
     rb.host_veth = Some(host_name.clone());
     // The bridge port needs no IPv6 address; without one it stays silent (no DAD/RS/MLD
-    // flooding every port). Done before the pod end comes up, i.e. before carrier.
-    host.set_ipv6_addr_gen_none(host_veth.index)
+    // flooding every port). Done before the pod end comes up, i.e. before carrier, and in the
+    // same request as hairpin.
+    host.setup_bridge_port(host_veth.index, plan.hairpin)
         .await
         .map_err(netlink_err(
-            "disable IPv6 address generation on the host veth",
+            "set up the bridge port (addrgenmode none, hairpin)",
         ))?;
-    if plan.hairpin {
-        host.set_hairpin(host_veth.index, true)
-            .await
-            .map_err(netlink_err("enable hairpin on the bridge port"))?;
-    }
 
     // 5. the pod side, through a socket bound to the pod namespace
     // The plugin is a short-lived process on a current-thread runtime: visiting the pod
@@ -185,13 +184,8 @@ async fn attach(
             .await
             .map_err(netlink_err("add the pod address"))?;
     }
-    let ifname = inv.ifname.clone();
-    let v4: Option<(IpAddr, [u8; 6])> = addresses
-        .iter()
-        .find(|a| a.address.is_ipv4())
-        .map(|a| (a, pod_mac))
-        .map(|(a, mac)| (a.address.ip(), mac));
-    pod.set_up(pod_index)
+    // Up, with `arp_notify` (the kernel then announces any later MAC change by itself).
+    pod.set_up_with_arp_notify(pod_index)
         .await
         .map_err(netlink_err("set the pod interface up"))?;
 
@@ -231,28 +225,17 @@ async fn attach(
         }
     }
 
-    // 6. announce the pod, in one visit to the pod namespace: `arp_notify` (the kernel then
-    //    announces later MAC changes by itself) and gratuitous ARPs from a detached child (see
-    //    garp::send_gratuitous_arp_detached): it repeats until the new bridge port forwards,
-    //    and we pay neither the packet socket's close (an RCU grace period) nor a wait for the
-    //    port's carrier event.
-    let index = pod_index;
-    let announce = v4.and_then(|(ip, mac)| match ip {
-        IpAddr::V4(ip4) => Some((ip4, mac)),
-        IpAddr::V6(_) => None,
-    });
-    let (notify, sent) = pod_ns
-        .run_on_this_thread(&home, move || {
-            let notify = sysctl::write(&format!("net/ipv4/conf/{ifname}/arp_notify"), "1");
-            let sent = announce.map(|(ip4, mac)| {
-                garp::send_gratuitous_arp_detached(index, mac, ip4, GARP_SCHEDULE)
-            });
-            (notify, sent)
-        })
-        .map_err(|e| CniError::internal(format!("enter pod namespace: {e}")))?;
-    notify.map_err(|e| CniError::internal(format!("set arp_notify: {e}")))?;
-    if let Some(Err(e)) = sent {
-        eprintln!("flannel cni: gratuitous ARP failed (continuing): {e}");
+    // 6. announce the pod: gratuitous ARPs sent by the pod's kernel (Netlink::announce), the
+    //    first right now, two repeats a second apart. The bridge port must be forwarding for
+    //    the first one to get anywhere: its carrier event is handled asynchronously (linkwatch),
+    //    so settle it first (an ETHTOOL_GLINK query runs the pending event for that device).
+    if let Some(ip4) = addresses.iter().find(|a| a.address.is_ipv4()) {
+        if let Err(e) = backends::ethtool::settle_link(&host_name) {
+            eprintln!("flannel cni: settle {host_name} (continuing): {e}");
+        }
+        if let Err(e) = pod.announce(pod_index, ip4.address.ip()).await {
+            eprintln!("flannel cni: gratuitous ARP failed (continuing): {e}");
+        }
     }
 
     // 7. masquerade
@@ -485,10 +468,19 @@ fn random_mac() -> [u8; 6] {
     mac
 }
 
-/// When the gratuitous ARPs go out, counted from the end of ADD: one at once (the new bridge
-/// port is normally forwarding by then) and one repeat in case it was not. Each one floods
-/// every port of the bridge, so a node adding 64 pods at once should not send many.
-const GARP_SCHEDULE: &[Duration] = &[Duration::ZERO, Duration::from_millis(100)];
+/// The pod MAC for its addresses: `0a:58:` followed by the IPv4 address (the scheme of
+/// OVN-Kubernetes). A pod that comes back with the same IP comes back with the same MAC, so
+/// every neighbour entry cached for it — on the node and in the other pods — stays right and
+/// it is reachable at once even where an announcement got lost. `None` for IPv6-only pods.
+pub(crate) fn pod_mac_for(addresses: &[PodAddress]) -> Option<[u8; 6]> {
+    addresses.iter().find_map(|a| match a.address.ip() {
+        IpAddr::V4(ip) => {
+            let o = ip.octets();
+            Some([0x0a, 0x58, o[0], o[1], o[2], o[3]])
+        }
+        IpAddr::V6(_) => None,
+    })
+}
 
 async fn undo(inv: &Invocation, plan: &PodNetwork, rb: Rollback) {
     if let Some(name) = &rb.host_veth {

@@ -467,32 +467,75 @@ fn restarted_pod_with_same_ip_is_reachable_at_once() {
     let res = node.add_ok("restart", &b, &conf);
     let ip_b = result_ip(&res);
     let mac1 = res["interfaces"][2]["mac"].as_str().unwrap().to_string();
+    // The MAC is derived from the IPv4 address: 0a:58:<ip>.
+    let octets: Vec<String> = ip_b
+        .split('.')
+        .map(|o| format!("{:02x}", o.parse::<u8>().unwrap()))
+        .collect();
+    assert_eq!(mac1, format!("0a:58:{}", octets.join(":")));
     assert!(a.ping(&ip_b));
-    // The pod dies and comes back with the same IP in a new namespace (new MAC).
+    assert_eq!(a.neigh_mac(&ip_b).as_deref(), Some(mac1.as_str()));
+
+    // 1. The pod dies and comes back with the same IP in a new namespace: same MAC, so the
+    //    peer's cached entry is still right.
     node.del_ok("restart", Some(&b.path()), &conf);
     b.delete();
-    let b2 = Netns::new("gb");
+    let mut b2 = Netns::new("gb");
+    let ip_arg = format!("IgnoreUnknown=1;IP={ip_b}");
     let out = node.run_env(
         "ADD",
         "restart",
         Some(&b2.path()),
         "eth0",
         &conf,
-        &[("CNI_ARGS", &format!("IgnoreUnknown=1;IP={ip_b}"))],
+        &[("CNI_ARGS", &ip_arg)],
     );
     assert_eq!(out.code, 0, "{}", out.stdout);
     let res2 = out.json();
     assert_eq!(result_ip(&res2), ip_b);
-    assert_ne!(
-        res2["interfaces"][2]["mac"].as_str().unwrap(),
-        mac1,
-        "new MAC"
-    );
-    // The peer still has the old MAC cached; the gratuitous ARP must fix that immediately.
+    assert_eq!(res2["interfaces"][2]["mac"].as_str().unwrap(), mac1);
     let t0 = std::time::Instant::now();
     assert!(a.ping(&ip_b), "restarted pod reachable on the first ping");
     assert!(t0.elapsed() < std::time::Duration::from_secs(1));
+
+    // 2. It comes back once more with the same IP but a different MAC (requested by the
+    //    runtime, or a node that switched from the reference plugins): the gratuitous ARP
+    //    must update the peer's entry before ADD returns.
     node.del_ok("restart", Some(&b2.path()), &conf);
+    b2.delete();
+    let b3 = Netns::new("gb");
+    let new_mac = "02:00:00:00:be:ef";
+    let args = format!("IgnoreUnknown=1;IP={ip_b};MAC={new_mac}");
+    let out = node.run_env(
+        "ADD",
+        "restart",
+        Some(&b3.path()),
+        "eth0",
+        &conf,
+        &[("CNI_ARGS", &args)],
+    );
+    assert_eq!(out.code, 0, "{}", out.stdout);
+    assert_eq!(
+        out.json()["interfaces"][2]["mac"].as_str().unwrap(),
+        new_mac
+    );
+    // No traffic from the pod yet: only the announcement can have told the peer.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(200);
+    while a.neigh_mac(&ip_b).as_deref() != Some(new_mac) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(
+        a.neigh_mac(&ip_b).as_deref(),
+        Some(new_mac),
+        "peer learned the new MAC from the announcement"
+    );
+    let t0 = std::time::Instant::now();
+    assert!(
+        a.ping(&ip_b),
+        "pod with a new MAC reachable on the first ping"
+    );
+    assert!(t0.elapsed() < std::time::Duration::from_secs(1));
+    node.del_ok("restart", Some(&b3.path()), &conf);
     node.del_ok("peer", Some(&a.path()), &conf);
 }
 

@@ -40,8 +40,8 @@ use netlink_packet_route::address::{
     AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, AddressScope,
 };
 use netlink_packet_route::link::{
-    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoBridgePort, InfoData, InfoPortData, InfoVeth,
-    LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo, LinkMessage,
+    AfSpecInet, AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InetDevConf, InfoBridgePort, InfoData,
+    InfoPortData, InfoVeth, LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
@@ -815,6 +815,43 @@ impl Netlink {
             )]));
         self.ack(
             &format!("ip link set #{index} addrgenmode none"),
+            RouteNetlinkMessage::NewLink(msg),
+            0,
+        )
+        .await
+    }
+
+    /// Readies a fresh bridge port in one request: `ip link set dev #INDEX addrgenmode none type
+    /// bridge_slave hairpin on|off`. See [`Netlink::set_ipv6_addr_gen_none`] for why the port
+    /// gets no IPv6 address (and why this must happen before the link has carrier).
+    pub async fn setup_bridge_port(&self, index: u32, hairpin: bool) -> Result<()> {
+        let mut msg = LinkBridgePort::new(index).hairpin(hairpin).build();
+        msg.attributes
+            .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(
+                vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)],
+            )]));
+        let op = format!(
+            "ip link set #{index} addrgenmode none type bridge_slave hairpin {}",
+            if hairpin { "on" } else { "off" }
+        );
+        self.ack(&op, RouteNetlinkMessage::NewLink(msg), 0).await
+    }
+
+    /// `ip link set dev #INDEX up` and `sysctl net.ipv4.conf.<dev>.arp_notify=1` in one request
+    /// (the sysctl travels as `IFLA_AF_SPEC` → `AF_INET` → `IFLA_INET_CONF`, which sets only the
+    /// values present). With `arp_notify` the kernel announces the interface's addresses with a
+    /// gratuitous ARP whenever its MAC changes. The kernel applies the flags before
+    /// `IFLA_AF_SPEC`, so this `up` itself is not announced; see [`Netlink::announce`].
+    pub async fn set_up_with_arp_notify(&self, index: u32) -> Result<()> {
+        let mut msg = LinkUnspec::new_with_index(index).up().build();
+        let mut conf = InetDevConf::default();
+        conf.arp_notify = 1;
+        msg.attributes
+            .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet(vec![
+                AfSpecInet::DevConfRequest(conf),
+            ])]));
+        self.ack(
+            &format!("ip link set #{index} up && sysctl net.ipv4.conf.#{index}.arp_notify=1"),
             RouteNetlinkMessage::NewLink(msg),
             0,
         )

@@ -161,6 +161,36 @@ impl Netlink {
         .await
     }
 
+    /// Announces our own IPv4 address `ip` on `ifindex` with gratuitous ARPs sent by the kernel
+    /// (`arping -U -c 3 -I DEV IP`, without a packet socket): an `RTM_NEWNEIGH` for our own
+    /// address with `NTF_USE` makes the kernel resolve it, and resolving an address broadcasts
+    /// an ARP request whose sender and target are both `ip` — a gratuitous ARP. Nobody answers,
+    /// so the kernel repeats it (`mcast_solicit`, 3 in all, `retrans_time_ms` = 1 s apart) and
+    /// then lets the entry fail and expire; it is never used, traffic to a local address does
+    /// not go through the neighbour table.
+    ///
+    /// Every host on the segment that caches `ip` switches to this interface's MAC at once (a
+    /// gratuitous ARP overrides the one-second `locktime` that an ordinary request respects).
+    /// A packet socket would do the same at the price of an RCU grace period on close, most of
+    /// a CNI ADD.
+    pub async fn announce(&self, ifindex: u32, ip: IpAddr) -> Result<()> {
+        let mut m = NeighbourMessage::default();
+        m.header.family = family_of(ip);
+        m.header.ifindex = ifindex;
+        m.header.flags = NeighbourFlags::Use;
+        m.header.state = NeighbourState::None;
+        m.header.kind = RouteType::Unspec;
+        m.attributes
+            .push(NeighbourAttribute::Destination(neigh_dst(ip)));
+        let op = format!("arping -U -I #{ifindex} {ip} (ip neigh replace {ip} dev #{ifindex} use)");
+        self.ack(
+            &op,
+            RouteNetlinkMessage::NewNeighbour(m),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+        .await
+    }
+
     /// `ip neigh del IP dev #IFINDEX`. An entry (or device) that is already gone is success.
     pub async fn del_neigh(&self, ifindex: u32, ip: IpAddr) -> Result<()> {
         let mut m = NeighbourMessage::default();

@@ -94,6 +94,14 @@ impl Netns {
             .success()
     }
 
+    /// The MAC this namespace's neighbour table holds for `ip` (`ip neigh show IP`), if any.
+    pub fn neigh_mac(&self, ip: &str) -> Option<String> {
+        self.ip_json(&["neigh", "show", ip])
+            .as_array()?
+            .iter()
+            .find_map(|n| n["lladdr"].as_str().map(str::to_string))
+    }
+
     /// Interface names in the namespace.
     pub fn link_names(&self) -> Vec<String> {
         self.ip_json(&["link", "show"])
