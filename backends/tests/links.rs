@@ -123,6 +123,12 @@ fn veth_peer_is_born_in_the_pod_namespace() {
             shown.contains("master cni0") && shown.contains("mtu 1400"),
             "{shown}"
         );
+        assert!(shown.contains("numtxqueues 1 numrxqueues 1"), "{shown}");
+        let pod_shown = ip_in(&pod_ns, &["-d", "link", "show", "eth0"]);
+        assert!(
+            pod_shown.contains("numtxqueues 1 numrxqueues 1"),
+            "{pod_shown}"
+        );
         assert!(
             shown.contains("link-netns") || shown.contains("link-netnsid"),
             "{shown}"

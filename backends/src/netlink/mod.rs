@@ -468,6 +468,11 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     parts.next().is_none().then_some(mac)
 }
 
+/// `numtxqueues 1 numrxqueues 1`.
+fn single_queue() -> [LinkAttribute; 2] {
+    [LinkAttribute::NumTxQueues(1), LinkAttribute::NumRxQueues(1)]
+}
+
 /// Requests the kernel to leave statistics out of link replies (`RTEXT_FILTER_SKIP_STATS`):
 /// we never read them and they are most of a link message.
 fn skip_stats() -> LinkAttribute {
@@ -700,7 +705,8 @@ impl Netlink {
     }
 
     /// Creates a veth pair in one `RTM_NEWLINK`: `ip link add HOST [mtu M] [master BR] [up] type
-    /// veth peer name PEER [mtu M] [address MAC] netns PEER_NS`.
+    /// veth peer name PEER [mtu M] [address MAC] netns PEER_NS`, both ends with
+    /// `numtxqueues 1 numrxqueues 1`.
     ///
     /// The peer is born inside `spec.peer_ns` with its final name, MTU and MAC, so it never
     /// appears in this namespace. Returns the host end (its `link` is the peer's ifindex).
@@ -731,9 +737,16 @@ impl Netlink {
             op.push_str(&format!(" address {}", format_mac(&mac)));
         }
         op.push_str(&format!(" netns {}", spec.peer_ns.path().display()));
-        let msg = host
-            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())))
+        // One TX and one RX queue per end (`numtxqueues 1 numrxqueues 1`). The kernel's
+        // default for veth is one of each per possible CPU, and every queue is a sysfs
+        // directory created with the link and removed with it: on a 64-CPU node that is 256
+        // kobjects per pod, for no gain (veth transmits without a queue lock).
+        let mut peer_msg = peer.build();
+        peer_msg.attributes.extend(single_queue());
+        let mut msg = host
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
             .build();
+        msg.attributes.extend(single_queue());
 
         let link = match self.create_link(&op, msg, spec.host_name).await? {
             Some(mut link) => {
