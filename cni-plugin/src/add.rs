@@ -140,7 +140,7 @@ async fn attach(
         peer_name: &inv.ifname,
         mtu: plan.mtu,
         master: Some(bridge.index),
-        host_up: true,
+        host_up: false,
         peer_ns: pod_ns,
         peer_mac: Some(pod_mac),
     };
@@ -156,13 +156,18 @@ async fn attach(
         Err(e) => return Err(netlink_err("create veth pair")(e)),
     };
     rb.host_veth = Some(host_name.clone());
-    // The bridge port needs no IPv6 address; without one it stays silent (no DAD/RS/MLD
-    // flooding every port). Done before the pod end comes up, i.e. before carrier, and in the
-    // same request as hairpin.
+    // The host end is born down, so its bridge port starts disabled and is enabled exactly
+    // once, when the pod end brings carrier (each enable or disable walks every port and FDB
+    // entry of the bridge). Settle the creation's carrier event first; then bring it up with
+    // `addrgenmode none` — the port needs no IPv6 address and without one sends no DAD, RS or
+    // MLD — and hairpin, in one request.
+    if let Err(e) = backends::ethtool::settle_link(&host_name) {
+        eprintln!("flannel cni: settle {host_name} (continuing): {e}");
+    }
     host.setup_bridge_port(host_veth.index, plan.hairpin)
         .await
         .map_err(netlink_err(
-            "set up the bridge port (addrgenmode none, hairpin)",
+            "set up the bridge port (up, addrgenmode none, hairpin)",
         ))?;
 
     // 5. the pod side, through a socket bound to the pod namespace

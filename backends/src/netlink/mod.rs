@@ -834,17 +834,24 @@ impl Netlink {
         .await
     }
 
-    /// Readies a fresh bridge port in one request: `ip link set dev #INDEX addrgenmode none type
-    /// bridge_slave hairpin on|off`. See [`Netlink::set_ipv6_addr_gen_none`] for why the port
-    /// gets no IPv6 address (and why this must happen before the link has carrier).
+    /// Readies a fresh bridge port in one request: `ip link set dev #INDEX up addrgenmode none
+    /// type bridge_slave hairpin on|off`. See [`Netlink::set_ipv6_addr_gen_none`] for why the
+    /// port gets no IPv6 address.
+    ///
+    /// The kernel applies `up` before `addrgenmode`, so call this on a port whose link has no
+    /// carrier yet and whose pending carrier event has been processed
+    /// ([`crate::ethtool::settle_link`]): the `up` then neither starts IPv6 address
+    /// generation nor enables the bridge port, both of which wait for carrier.
     pub async fn setup_bridge_port(&self, index: u32, hairpin: bool) -> Result<()> {
         let mut msg = LinkBridgePort::new(index).hairpin(hairpin).build();
+        msg.header.flags |= LinkFlags::Up;
+        msg.header.change_mask |= LinkFlags::Up;
         msg.attributes
             .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(
                 vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)],
             )]));
         let op = format!(
-            "ip link set #{index} addrgenmode none type bridge_slave hairpin {}",
+            "ip link set #{index} up addrgenmode none type bridge_slave hairpin {}",
             if hairpin { "on" } else { "off" }
         );
         self.ack(&op, RouteNetlinkMessage::NewLink(msg), 0).await
