@@ -14,11 +14,12 @@
 //!    bridge, container end born inside the pod namespace as `CNI_IFNAME`, MTU on both;
 //! 5. configure the pod through a netlink socket opened inside its namespace: `lo` up,
 //!    addresses, link up, routes;
-//! 6. announce the pod: the kernel sends gratuitous ARPs for it (an `NTF_USE` neighbour
-//!    request for its own address, after settling the bridge port's carrier event), so peers
-//!    holding a stale neighbour entry for a restarted pod's IP switch to the new MAC at once
-//!    instead of after ~50 s. The MAC itself is derived from the IPv4 address (`0a:58:<ip>`),
-//!    so a pod restarted with the same IP keeps its MAC and nothing is stale to begin with;
+//! 6. the MAC is derived from the IPv4 address (`0a:58:<ip>`), so a pod restarted with the
+//!    same IP keeps its MAC and the neighbour entries cached for it stay right. When one may
+//!    be wrong — a MAC requested by the runtime, or the node caching another MAC for the IP —
+//!    the kernel announces the pod with gratuitous ARPs (an `NTF_USE` neighbour request for
+//!    its own address, after settling the bridge port's carrier event), so peers switch to
+//!    the new MAC at once instead of after ~50 s;
 //! 7. masquerade (`ipMasq`) as one nftables transaction.
 //!
 //! Any failure after step 2 runs [`Rollback`]: delete the veth (which removes both ends),
@@ -231,15 +232,27 @@ async fn attach(
     }
 
     // 6. announce the pod: gratuitous ARPs sent by the pod's kernel (Netlink::announce), the
-    //    first right now, two repeats a second apart. The bridge port must be forwarding for
-    //    the first one to get anywhere: its carrier event is handled asynchronously (linkwatch),
-    //    so settle it first (an ETHTOOL_GLINK query runs the pending event for that device).
+    //    first right now, two repeats a second apart. Each one floods every bridge port (at
+    //    100 pods ~0.6 ms of this ADD), and with the IP-derived MAC a cached entry for this IP
+    //    is normally already right, so announce only when one may be wrong: the MAC is not the
+    //    derived one (requested by the runtime), or the node itself holds another MAC for the
+    //    address (a previous owner with a different MAC, e.g. from before a switch from the
+    //    reference plugins). The bridge port must be forwarding for the first one to get
+    //    anywhere: settle its carrier event (linkwatch) first.
     if let Some(ip4) = addresses.iter().find(|a| a.address.is_ipv4()) {
-        if let Err(e) = backends::ethtool::settle_link(&host_name) {
-            eprintln!("flannel cni: settle {host_name} (continuing): {e}");
-        }
-        if let Err(e) = pod.announce(pod_index, ip4.address.ip()).await {
-            eprintln!("flannel cni: gratuitous ARP failed (continuing): {e}");
+        let ip = ip4.address.ip();
+        let derived = pod_mac_for(&addresses) == Some(pod_mac);
+        let stale_on_node = match host.neigh_mac(bridge.index, ip).await {
+            Ok(cached) => cached.is_some_and(|mac| mac != pod_mac),
+            Err(_) => true,
+        };
+        if !derived || stale_on_node {
+            if let Err(e) = backends::ethtool::settle_link(&host_name) {
+                eprintln!("flannel cni: settle {host_name} (continuing): {e}");
+            }
+            if let Err(e) = pod.announce(pod_index, ip).await {
+                eprintln!("flannel cni: gratuitous ARP failed (continuing): {e}");
+            }
         }
     }
 

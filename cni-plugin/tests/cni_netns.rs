@@ -535,7 +535,36 @@ fn restarted_pod_with_same_ip_is_reachable_at_once() {
         "pod with a new MAC reachable on the first ping"
     );
     assert!(t0.elapsed() < std::time::Duration::from_secs(1));
+
+    // 3. Back to the derived MAC while the node (which talked to the pod) and the peer still
+    //    cache the requested one: the node's stale entry triggers the announcement.
+    assert!(node.ns.ping(&ip_b));
     node.del_ok("restart", Some(&b3.path()), &conf);
+    drop(b3);
+    let b4 = Netns::new("gb");
+    let out = node.run_env(
+        "ADD",
+        "restart",
+        Some(&b4.path()),
+        "eth0",
+        &conf,
+        &[("CNI_ARGS", &ip_arg)],
+    );
+    assert_eq!(out.code, 0, "{}", out.stdout);
+    assert_eq!(out.json()["interfaces"][2]["mac"].as_str().unwrap(), mac1);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(200);
+    while a.neigh_mac(&ip_b).as_deref() != Some(mac1.as_str())
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(
+        a.neigh_mac(&ip_b).as_deref(),
+        Some(mac1.as_str()),
+        "peer switched back to the derived MAC"
+    );
+    assert!(a.ping(&ip_b));
+    node.del_ok("restart", Some(&b4.path()), &conf);
     node.del_ok("peer", Some(&a.path()), &conf);
 }
 

@@ -161,6 +161,28 @@ impl Netlink {
         .await
     }
 
+    /// The link-layer address device `ifindex` has cached for `ip` (`ip neigh get IP dev
+    /// #IFINDEX`), in whatever state; `None` when there is no entry (or no such device).
+    pub async fn neigh_mac(&self, ifindex: u32, ip: IpAddr) -> Result<Option<[u8; 6]>> {
+        let mut m = NeighbourMessage::default();
+        m.header.family = family_of(ip);
+        m.header.ifindex = ifindex;
+        m.attributes
+            .push(NeighbourAttribute::Destination(neigh_dst(ip)));
+        let op = format!("ip neigh get {ip} dev #{ifindex}");
+        match self
+            .request(&op, RouteNetlinkMessage::GetNeighbour(m), NLM_F_REQUEST)
+            .await
+        {
+            Ok(replies) => Ok(replies.into_iter().find_map(|r| match r {
+                RouteNetlinkMessage::NewNeighbour(n) => parse_attrs(&n).1,
+                _ => None,
+            })),
+            Err(NetlinkError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Announces our own IPv4 address `ip` on `ifindex` with gratuitous ARPs sent by the kernel
     /// (`arping -U -c 3 -I DEV IP`, without a packet socket): an `RTM_NEWNEIGH` for our own
     /// address with `NTF_USE` makes the kernel resolve it, and resolving an address broadcasts
