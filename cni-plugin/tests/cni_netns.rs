@@ -476,65 +476,64 @@ fn restarted_pod_with_same_ip_is_reachable_at_once() {
     assert!(a.ping(&ip_b));
     assert_eq!(a.neigh_mac(&ip_b).as_deref(), Some(mac1.as_str()));
 
+    // ADD of the restarted pod (same container id, same IP) with extra CNI_ARGS.
+    let readd = |ns: &Netns, args: &str| -> serde_json::Value {
+        let args = format!("IgnoreUnknown=1;IP={ip_b}{args}");
+        let out = node.run_env(
+            "ADD",
+            "restart",
+            Some(&ns.path()),
+            "eth0",
+            &conf,
+            &[("CNI_ARGS", &args)],
+        );
+        assert_eq!(out.code, 0, "{}", out.stdout);
+        let res = out.json();
+        assert_eq!(result_ip(&res), ip_b);
+        res
+    };
+    // The MAC the peer caches for the pod once it equals `mac` (or after 200 ms). The pod has
+    // sent nothing yet: only an announcement can change the peer's entry.
+    let peer_entry_becomes = |mac: &str| -> Option<String> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(200);
+        loop {
+            let cached = a.neigh_mac(&ip_b);
+            if cached.as_deref() == Some(mac) || std::time::Instant::now() > deadline {
+                return cached;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    };
+    let reachable_at_once = |what: &str| {
+        let t0 = std::time::Instant::now();
+        assert!(a.ping(&ip_b), "{what}: reachable on the first ping");
+        assert!(t0.elapsed() < std::time::Duration::from_secs(1), "{what}");
+    };
+
     // 1. The pod dies and comes back with the same IP in a new namespace: same MAC, so the
     //    peer's cached entry is still right.
     node.del_ok("restart", Some(&b.path()), &conf);
     b.delete();
-    let mut b2 = Netns::new("gb");
-    let ip_arg = format!("IgnoreUnknown=1;IP={ip_b}");
-    let out = node.run_env(
-        "ADD",
-        "restart",
-        Some(&b2.path()),
-        "eth0",
-        &conf,
-        &[("CNI_ARGS", &ip_arg)],
-    );
-    assert_eq!(out.code, 0, "{}", out.stdout);
-    let res2 = out.json();
-    assert_eq!(result_ip(&res2), ip_b);
+    let b2 = Netns::new("gb");
+    let res2 = readd(&b2, "");
     assert_eq!(res2["interfaces"][2]["mac"].as_str().unwrap(), mac1);
-    let t0 = std::time::Instant::now();
-    assert!(a.ping(&ip_b), "restarted pod reachable on the first ping");
-    assert!(t0.elapsed() < std::time::Duration::from_secs(1));
+    reachable_at_once("restarted pod");
 
     // 2. It comes back once more with the same IP but a different MAC (requested by the
     //    runtime, or a node that switched from the reference plugins): the gratuitous ARP
     //    must update the peer's entry before ADD returns.
     node.del_ok("restart", Some(&b2.path()), &conf);
-    b2.delete();
+    drop(b2);
     let b3 = Netns::new("gb");
     let new_mac = "02:00:00:00:be:ef";
-    let args = format!("IgnoreUnknown=1;IP={ip_b};MAC={new_mac}");
-    let out = node.run_env(
-        "ADD",
-        "restart",
-        Some(&b3.path()),
-        "eth0",
-        &conf,
-        &[("CNI_ARGS", &args)],
-    );
-    assert_eq!(out.code, 0, "{}", out.stdout);
+    let res3 = readd(&b3, &format!(";MAC={new_mac}"));
+    assert_eq!(res3["interfaces"][2]["mac"].as_str().unwrap(), new_mac);
     assert_eq!(
-        out.json()["interfaces"][2]["mac"].as_str().unwrap(),
-        new_mac
-    );
-    // No traffic from the pod yet: only the announcement can have told the peer.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(200);
-    while a.neigh_mac(&ip_b).as_deref() != Some(new_mac) && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    assert_eq!(
-        a.neigh_mac(&ip_b).as_deref(),
+        peer_entry_becomes(new_mac).as_deref(),
         Some(new_mac),
         "peer learned the new MAC from the announcement"
     );
-    let t0 = std::time::Instant::now();
-    assert!(
-        a.ping(&ip_b),
-        "pod with a new MAC reachable on the first ping"
-    );
-    assert!(t0.elapsed() < std::time::Duration::from_secs(1));
+    reachable_at_once("pod with a new MAC");
 
     // 3. Back to the derived MAC while the node (which talked to the pod) and the peer still
     //    cache the requested one: the node's stale entry triggers the announcement.
@@ -542,28 +541,14 @@ fn restarted_pod_with_same_ip_is_reachable_at_once() {
     node.del_ok("restart", Some(&b3.path()), &conf);
     drop(b3);
     let b4 = Netns::new("gb");
-    let out = node.run_env(
-        "ADD",
-        "restart",
-        Some(&b4.path()),
-        "eth0",
-        &conf,
-        &[("CNI_ARGS", &ip_arg)],
-    );
-    assert_eq!(out.code, 0, "{}", out.stdout);
-    assert_eq!(out.json()["interfaces"][2]["mac"].as_str().unwrap(), mac1);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(200);
-    while a.neigh_mac(&ip_b).as_deref() != Some(mac1.as_str())
-        && std::time::Instant::now() < deadline
-    {
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    let res4 = readd(&b4, "");
+    assert_eq!(res4["interfaces"][2]["mac"].as_str().unwrap(), mac1);
     assert_eq!(
-        a.neigh_mac(&ip_b).as_deref(),
+        peer_entry_becomes(&mac1).as_deref(),
         Some(mac1.as_str()),
         "peer switched back to the derived MAC"
     );
-    assert!(a.ping(&ip_b));
+    reachable_at_once("pod back on the derived MAC");
     node.del_ok("restart", Some(&b4.path()), &conf);
     node.del_ok("peer", Some(&a.path()), &conf);
 }
