@@ -24,7 +24,9 @@
 //! Requests go through the private `Netlink::request`, which sends one raw message and collects
 //! the replies, so every method shares the same error mapping. Sibling modules under `netlink/`
 //! (neighbours, vxlan, monitoring) are children of this module and use the same private helpers
-//! (`request`, `ack`, `create_link`, `NetlinkError::from_message`).
+//! (`request`, `ack`, `create_link`, `NetlinkError::from_message`). The exception is
+//! [`del_link_detached`], which speaks raw netlink from a forked child so that a CNI DEL need
+//! not wait for the kernel's ~20 ms of clean-up after a link is gone.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
