@@ -60,6 +60,17 @@ fn neigh_dst(ip: IpAddr) -> NeighbourAddress {
     }
 }
 
+/// The neighbour entry for `ip` on device `ifindex`, as requests address it: family, device
+/// and `NDA_DST`.
+fn entry(ifindex: u32, ip: IpAddr) -> NeighbourMessage {
+    let mut m = NeighbourMessage::default();
+    m.header.family = family_of(ip);
+    m.header.ifindex = ifindex;
+    m.attributes
+        .push(NeighbourAttribute::Destination(neigh_dst(ip)));
+    m
+}
+
 fn family_of(ip: IpAddr) -> AddressFamily {
     if ip.is_ipv4() {
         AddressFamily::Inet
@@ -140,13 +151,9 @@ impl Netlink {
 
     /// `ip neigh replace IP lladdr MAC dev #IFINDEX nud permanent`.
     pub async fn replace_neigh(&self, ifindex: u32, ip: IpAddr, mac: [u8; 6]) -> Result<()> {
-        let mut m = NeighbourMessage::default();
-        m.header.family = family_of(ip);
-        m.header.ifindex = ifindex;
+        let mut m = entry(ifindex, ip);
         m.header.state = NeighbourState::Permanent;
         m.header.kind = RouteType::Unspec;
-        m.attributes
-            .push(NeighbourAttribute::Destination(neigh_dst(ip)));
         m.attributes
             .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
         let op = format!(
@@ -164,11 +171,7 @@ impl Netlink {
     /// The link-layer address device `ifindex` has cached for `ip` (`ip neigh get IP dev
     /// #IFINDEX`), in whatever state; `None` when there is no entry (or no such device).
     pub async fn neigh_mac(&self, ifindex: u32, ip: IpAddr) -> Result<Option<[u8; 6]>> {
-        let mut m = NeighbourMessage::default();
-        m.header.family = family_of(ip);
-        m.header.ifindex = ifindex;
-        m.attributes
-            .push(NeighbourAttribute::Destination(neigh_dst(ip)));
+        let m = entry(ifindex, ip);
         let op = format!("ip neigh get {ip} dev #{ifindex}");
         match self
             .request(&op, RouteNetlinkMessage::GetNeighbour(m), NLM_F_REQUEST)
@@ -196,14 +199,10 @@ impl Netlink {
     /// A packet socket would do the same at the price of an RCU grace period on close, most of
     /// a CNI ADD.
     pub async fn announce(&self, ifindex: u32, ip: IpAddr) -> Result<()> {
-        let mut m = NeighbourMessage::default();
-        m.header.family = family_of(ip);
-        m.header.ifindex = ifindex;
+        let mut m = entry(ifindex, ip);
         m.header.flags = NeighbourFlags::Use;
         m.header.state = NeighbourState::None;
         m.header.kind = RouteType::Unspec;
-        m.attributes
-            .push(NeighbourAttribute::Destination(neigh_dst(ip)));
         let op = format!("arping -U -I #{ifindex} {ip} (ip neigh replace {ip} dev #{ifindex} use)");
         self.ack(
             &op,
@@ -215,11 +214,7 @@ impl Netlink {
 
     /// `ip neigh del IP dev #IFINDEX`. An entry (or device) that is already gone is success.
     pub async fn del_neigh(&self, ifindex: u32, ip: IpAddr) -> Result<()> {
-        let mut m = NeighbourMessage::default();
-        m.header.family = family_of(ip);
-        m.header.ifindex = ifindex;
-        m.attributes
-            .push(NeighbourAttribute::Destination(neigh_dst(ip)));
+        let m = entry(ifindex, ip);
         let op = format!("ip neigh del {ip} dev #{ifindex}");
         match self.ack(&op, RouteNetlinkMessage::DelNeighbour(m), 0).await {
             Ok(()) | Err(NetlinkError::NotFound(_)) => Ok(()),
