@@ -241,12 +241,13 @@ async fn attach(
     //    anywhere: settle its carrier event (linkwatch) first.
     if let Some(ip4) = addresses.iter().find(|a| a.address.is_ipv4()) {
         let ip = ip4.address.ip();
-        let derived = pod_mac_for(&addresses) == Some(pod_mac);
-        let stale_on_node = match host.neigh_mac(bridge.index, ip).await {
-            Ok(cached) => cached.is_some_and(|mac| mac != pod_mac),
-            Err(_) => true,
-        };
-        if !derived || stale_on_node {
+        // The node's cache is only asked when the MAC is the derived one.
+        let may_be_stale = pod_mac_for(&addresses) != Some(pod_mac)
+            || match host.neigh_mac(bridge.index, ip).await {
+                Ok(cached) => cached.is_some_and(|mac| mac != pod_mac),
+                Err(_) => true,
+            };
+        if may_be_stale {
             if let Err(e) = backends::ethtool::settle_link(&host_name) {
                 eprintln!("flannel cni: settle {host_name} (continuing): {e}");
             }
