@@ -16,6 +16,9 @@ fn prerequisites(test: &str) -> bool {
 }
 use nix::sys::signal::Signal;
 
+mod common;
+use common::assert_full_mesh;
+
 /// The route protocol flanneld marks its routes with (`ip route ... proto 150`).
 const FLANNEL_PROTO: &str = "150";
 
@@ -69,27 +72,6 @@ fn assert_routes(c: &Cluster, backend: Backend) {
                     assert_eq!(r.2, "eth0");
                 }
                 Backend::Udp => {}
-            }
-        }
-    }
-}
-
-fn assert_full_mesh(c: &Cluster, pods: &[Pod], tcp: bool) {
-    for a in pods {
-        for b in pods {
-            if a.ns == b.ns {
-                continue;
-            }
-            assert!(
-                c.ping_within(a, b.ip, Duration::from_secs(5)),
-                "ping {} (node {}) -> {} (node {})",
-                a.ip,
-                a.node + 1,
-                b.ip,
-                b.node + 1
-            );
-            if tcp {
-                c.tcp(a, b).unwrap_or_else(|e| panic!("{e}"));
             }
         }
     }

@@ -11,6 +11,9 @@ use std::time::Duration;
 
 use flannel_examples::cluster::{Backend, Cluster, ClusterSpec, Pod};
 
+mod common;
+use common::assert_full_mesh;
+
 fn prerequisites(test: &str) -> bool {
     flannel_examples::cluster::prerequisites(test, &["bash", "python3"])
 }
@@ -141,22 +144,7 @@ fn udp_three_nodes_full_mesh_df_and_bulk_transfers() {
         }
     }
     // Every pair: ping and a TCP connection.
-    for a in &pods {
-        for b in &pods {
-            if a.ns == b.ns {
-                continue;
-            }
-            assert!(
-                c.ping_within(a, b.ip, Duration::from_secs(5)),
-                "ping {} (node {}) -> {} (node {})",
-                a.ip,
-                a.node + 1,
-                b.ip,
-                b.node + 1
-            );
-            c.tcp(a, b).unwrap_or_else(|e| panic!("{e}"));
-        }
-    }
+    assert_full_mesh(&c, &pods, true);
     // Full-size packets with DF across nodes (MTU 1472 = 1500 - 28), and one byte more fails.
     let (a, b) = (&pods[0], &pods[2]);
     let dst = b.ip.to_string();
