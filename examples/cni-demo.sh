@@ -3,7 +3,7 @@
 # ADD for each pod, a ping matrix between them, then DEL and removal of every namespace.
 # Everything happens inside namespaces this script creates (removed on exit, also on
 # failure); the root namespace is never touched.
-#   sudo examples/cni-demo.sh
+#   examples/cni-demo.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [[ $EUID -eq 0 ]] || { echo "run as root" >&2; exit 1; }

@@ -6,7 +6,7 @@
 #   4. pod-to-pod TCP throughput for vxlan and host-gw through our cluster, compared in the
 #      same run with the hand-built kernel topology of shared/bench/dataplane-limits.sh
 #
-#   sudo scripts/bench-flanneld.sh          (DUR=10 REPS=3 by default; SHARED_DIR=../shared)
+#   scripts/bench-flanneld.sh          (DUR=10 REPS=3 by default; SHARED_DIR=../shared)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [[ $EUID -eq 0 ]] || { echo "run as root" >&2; exit 1; }

@@ -4,7 +4,7 @@
 # shared/bench/udptun.c) and kernel vxlan (shared/bench/dataplane-limits.sh), in the same run.
 # Ours and the reference alternate, REPS rounds. Everything runs in namespaces the tools create.
 #
-#   sudo scripts/bench-udp.sh          # REPS=3 DUR=10; SHARED_DIR defaults to ../shared
+#   scripts/bench-udp.sh          # REPS=3 DUR=10; SHARED_DIR defaults to ../shared
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [[ $EUID -eq 0 ]] || { echo "run as root" >&2; exit 1; }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, unit tests, and the root integration tests
 # (network namespaces, real etcd, real kernel). Run as root on Debian 12:
-#   sudo scripts/test.sh
+#   scripts/test.sh
 # Integration tests create their own namespaces and remove them, also on failure.
 # Under CI=true a test that lacks root or a tool fails instead of skipping.
 set -euo pipefail
