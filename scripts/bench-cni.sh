@@ -2,7 +2,19 @@
 # CNI latency/throughput benchmark: runs shared/bench/cni-ref-bench.sh for Debian's
 # reference bridge+host-local and for our `flannel` binary in the same run, then prints
 # ours/reference ratios. Everything runs in private namespaces (see that script).
-#   sudo scripts/bench-cni.sh            (SHARED_DIR defaults to ../shared)
+#   scripts/bench-cni.sh            (as root; SHARED_DIR defaults to ../shared)
+#   ROUNDS=2 (default): rounds alternate the order (reference first in odd rounds, ours
+#   first in even ones); the table reports the median of each implementation's runs and
+#   every round's ratio.
+#   PAUSE=65 (default, seconds) before each run. Each run ends by deleting its state dir
+#   (~1,200 files in /tmp), and on ext4 without a journal (this kind of VM) every file
+#   created in the next minute pays for a scan over the recently freed inodes (ext4's
+#   recently_deleted(), a 60 s window): a create measured 170 us on a quiet /tmp and up
+#   to 615 us right after such a clean-up. The harness creates two files per plugin call
+#   inside the timed window, so without the pause the second run of a pair is slowed by
+#   the first one's clean-up (measured back to back: our par16 total 125-208 ms when it
+#   ran first, 205-257 ms when it ran right after the reference). With the pause every run
+#   starts on a quiet /tmp; the default 2 rounds take about 7 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [[ $EUID -eq 0 ]] || { echo "run as root" >&2; exit 1; }
@@ -10,37 +22,62 @@ scripts/deps.sh --if-missing
 SHARED_DIR=${SHARED_DIR:-$(cd .. && pwd)/shared}
 BENCH=$SHARED_DIR/bench/cni-ref-bench.sh
 [[ -f $BENCH ]] || { echo "missing $BENCH (set SHARED_DIR)" >&2; exit 1; }
+ROUNDS=${ROUNDS:-2}
+PAUSE=${PAUSE:-65}
+[[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "ROUNDS must be a positive integer, got '$ROUNDS'" >&2; exit 1; }
+[[ $PAUSE =~ ^[0-9]+$ ]] || { echo "PAUSE must be a whole number of seconds, got '$PAUSE'" >&2; exit 1; }
 scripts/build-cni.sh >/dev/null
 BIN=$(mktemp -d /tmp/flannel-bench-bin.XXXXXX)
 OUT=$(mktemp -d /tmp/flannel-bench-out.XXXXXX)
 trap 'rm -rf "$BIN" "$OUT"' EXIT
 cp target/release/flannel "$BIN/flannel"
-echo "# binary size: $(stat -c %s "$BIN/flannel") bytes (release, LTO, stripped, static-pie)"
+echo "# binary size: $(stat -c %s "$BIN/flannel") bytes (release, LTO, stripped, static non-PIE)"
 
 export SEQ_COUNTS=${SEQ_COUNTS-"10 100"} PARALLEL=${PARALLEL-"16"} CONC_N=${CONC_N:-64}
-echo "# reference: /usr/lib/cni bridge + host-local"
-bash "$BENCH" | tee "$OUT/ref.txt"
-echo "# ours: flannel (bridge + veth + host-local in-process)"
-CNI_BIN_DIR=$BIN PLUGIN=flannel IPAM_TYPE= CONF_STYLE=flannel bash "$BENCH" | tee "$OUT/ours.txt"
+settle() { # before every run: let /tmp forget earlier deletions, so all runs start alike
+  if (( PAUSE > 0 )); then echo "# pausing ${PAUSE}s (see PAUSE in $0)"; sleep "$PAUSE"; fi
+}
+run_ref() {
+  settle
+  echo "# round $1: reference: /usr/lib/cni bridge + host-local"
+  bash "$BENCH" | tee "$OUT/ref.$1.txt"
+}
+run_ours() {
+  settle
+  echo "# round $1: ours: flannel (bridge + veth + host-local in-process)"
+  CNI_BIN_DIR=$BIN PLUGIN=flannel IPAM_TYPE= CONF_STYLE=flannel bash "$BENCH" | tee "$OUT/ours.$1.txt"
+}
+for r in $(seq 1 "$ROUNDS"); do
+  if (( r % 2 == 1 )); then run_ref "$r"; run_ours "$r"; else run_ours "$r"; run_ref "$r"; fi
+done
 
 # field FILE LABEL CMD KEY: the value of "KEY=  value" on the summary line LABEL ... CMD
 field() { awk -v l="$2" -v c="$3" -v k="$4=" 'index($0,l)==1 && $3==c { for(i=1;i<=NF;i++) if(index($i,k)==1){v=substr($i,length(k)+1); if(v=="") v=$(i+1); print v; exit} }' "$1"; }
-med() { field "$1" "$2" "$3" med; }
-tot() { field "$1" "$2" "$3" phase_total; }
-echo
-echo "==== ours / reference (same run) ===="
-printf '%-26s %10s %10s %8s\n' metric reference ours ratio
-row() { # label ref ours
-  awk -v l="$1" -v r="$2" -v o="$3" 'BEGIN{ if(r>0 && o>0) printf "%-26s %10.2f %10.2f %8.3f\n", l, r, o, o/r; else printf "%-26s %10s %10s %8s\n", l, r, o, "n/a" }'
+# per_round IMPL LABEL CMD KEY: the value from each round, one per line
+per_round() { local r; for r in $(seq 1 "$ROUNDS"); do field "$OUT/$1.$r.txt" "$2" "$3" "$4"; done; }
+median() { sort -g | awk '{v[NR]=$1} END { if (NR==0) print ""; else if (NR%2) print v[(NR+1)/2]; else print (v[NR/2]+v[NR/2+1])/2 }'; }
+# row LABEL CMD KEY [inverse]: medians of both, ratio ours/ref (ref/ours with "inverse"),
+# and the ratio of each round
+row() {
+  local name=$1 label=$2 cmd=$3 key=$4 inv=${5:-} ref ours rounds
+  ref=$(per_round ref "$label" "$cmd" "$key" | median)
+  ours=$(per_round ours "$label" "$cmd" "$key" | median)
+  rounds=$(paste <(per_round ref "$label" "$cmd" "$key") <(per_round ours "$label" "$cmd" "$key") |
+    awk -v inv="$inv" '$1>0 && $2>0 { printf "%s%.3f", (n++ ? " " : ""), (inv ? $1/$2 : $2/$1) }')
+  awk -v n="$name" -v r="$ref" -v o="$ours" -v inv="$inv" -v rr="$rounds" 'BEGIN{
+    if (r>0 && o>0) printf "%-28s %10.2f %10.2f %8.3f%s   %s\n", n, r, o, (inv ? r/o : o/r), (inv ? "x" : ""), rr;
+    else printf "%-28s %10s %10s %8s\n", n, r, o, "n/a" }'
 }
+echo
+echo "==== ours / reference, median of $ROUNDS run(s) each, same session ===="
+printf '%-28s %10s %10s %8s   %s\n' metric reference ours ratio "per round"
 for n in $SEQ_COUNTS; do
-  row "ADD median seq$n (ms)" "$(med "$OUT/ref.txt" "seq$n " ADD)" "$(med "$OUT/ours.txt" "seq$n " ADD)"
-  row "DEL median seq$n (ms)" "$(med "$OUT/ref.txt" "seq$n " DEL)" "$(med "$OUT/ours.txt" "seq$n " DEL)"
-  row "CHECK median seq$n (ms)" "$(med "$OUT/ref.txt" "seq$n " CHECK)" "$(med "$OUT/ours.txt" "seq$n " CHECK)"
+  row "ADD median seq$n (ms)" "seq$n " ADD med
+  row "DEL median seq$n (ms)" "seq$n " DEL med
+  row "CHECK median seq$n (ms)" "seq$n " CHECK med
 done
 for p in $PARALLEL; do
-  r=$(tot "$OUT/ref.txt" "par$p " ADD); o=$(tot "$OUT/ours.txt" "par$p " ADD)
-  row "ADD $CONC_N pods x$p total (ms)" "$r" "$o"
-  awk -v r="$r" -v o="$o" -v n="$CONC_N" 'BEGIN{ if(r>0&&o>0) printf "%-26s %10.1f %10.1f %8.2fx\n", "ADD throughput (pods/s)", n*1000/r, n*1000/o, r/o }'
+  row "ADD $CONC_N pods x$p total (ms)" "par$p " ADD phase_total
+  row "ADD x$p throughput, ref/ours" "par$p " ADD phase_total inverse
 done
-row "exec floor VERSION (ms)" "$(med "$OUT/ref.txt" "exec floor" VERSION)" "$(med "$OUT/ours.txt" "exec floor" VERSION)"
+row "exec floor VERSION (ms)" "exec floor" VERSION med
