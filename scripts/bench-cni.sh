@@ -26,12 +26,12 @@ ROUNDS=${ROUNDS:-2}
 PAUSE=${PAUSE:-65}
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "ROUNDS must be a positive integer, got '$ROUNDS'" >&2; exit 1; }
 [[ $PAUSE =~ ^[0-9]+$ ]] || { echo "PAUSE must be a whole number of seconds, got '$PAUSE'" >&2; exit 1; }
-scripts/build-cni.sh >/dev/null
+PLUGIN_BIN=$(scripts/build-cni.sh)
 BIN=$(mktemp -d /tmp/flannel-bench-bin.XXXXXX)
 OUT=$(mktemp -d /tmp/flannel-bench-out.XXXXXX)
 trap 'rm -rf "$BIN" "$OUT"' EXIT
-cp target/release/flannel "$BIN/flannel"
-echo "# binary size: $(stat -c %s "$BIN/flannel") bytes (release, LTO, stripped, static non-PIE)"
+cp "$PLUGIN_BIN" "$BIN/flannel"
+echo "# binary size: $(stat -c %s "$BIN/flannel") bytes (LTO, stripped, opt-level s, static non-PIE)"
 
 export SEQ_COUNTS=${SEQ_COUNTS-"10 100"} PARALLEL=${PARALLEL-"16"} CONC_N=${CONC_N:-64}
 settle() { # before every run: let /tmp forget earlier deletions, so all runs start alike
