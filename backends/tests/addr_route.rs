@@ -8,12 +8,7 @@ use backends::netlink::{
     IpFamily, Netlink, NetlinkError, RT_SCOPE_LINK, RT_TABLE_MAIN, RTPROT_BOOT, Route, VethSpec,
 };
 use backends::netns::NetNs;
-use common::{in_new_netns, ip, prerequisites};
-use ipnetwork::IpNetwork;
-
-fn net(s: &str) -> IpNetwork {
-    s.parse().unwrap()
-}
+use common::{in_new_netns, ip, net, prerequisites};
 
 fn addr(s: &str) -> IpAddr {
     s.parse().unwrap()

@@ -29,20 +29,8 @@ use backends::overlay::{
     ExternalInterface, Overlay, OverlayConfig, OverlayError, Peer, ROUTE_PROTOCOL, VxlanParams,
     format_mac, vtep_mac, vtep_mac_from_backend_data,
 };
-use common::{in_new_netns, ip, ip_in, prerequisites};
+use common::{in_new_netns, ip, ip_in, net, net4, prerequisites, v4};
 use ipnetwork::{IpNetwork, Ipv4Network};
-
-fn v4(s: &str) -> Ipv4Addr {
-    s.parse().expect("test address")
-}
-
-fn net4(s: &str) -> Ipv4Network {
-    s.parse().expect("test network")
-}
-
-fn net(s: &str) -> IpNetwork {
-    s.parse().expect("test network")
-}
 
 struct Node {
     ns: NetNs,

@@ -29,18 +29,10 @@ use backends::netns::NetNs;
 use backends::overlay::{ExternalInterface, Overlay, OverlayConfig, Peer, UdpParams};
 use backends::udp::codec::{self, PROTO_UDP};
 use backends::udp::datapath::Counters;
-use common::{in_new_netns, ip_in, prerequisites};
+use common::{in_new_netns, ip_in, net4, prerequisites, v4};
 use ipnetwork::{IpNetwork, Ipv4Network};
 
 const PORT: u16 = 8285;
-
-fn v4(s: &str) -> Ipv4Addr {
-    s.parse().expect("test address")
-}
-
-fn net4(s: &str) -> Ipv4Network {
-    s.parse().expect("test network")
-}
 
 struct Node {
     ns: NetNs,

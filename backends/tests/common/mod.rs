@@ -4,9 +4,11 @@
 #![allow(dead_code)]
 
 use std::future::Future;
+use std::net::Ipv4Addr;
 use std::process::Command;
 
 use backends::netns::NetNs;
+use ipnetwork::{IpNetwork, Ipv4Network};
 use nix::sched::{CloneFlags, unshare};
 
 /// Whether the kernel tests can run. Without root (or a needed tool) they print `SKIP` and
@@ -81,4 +83,19 @@ pub fn ip_in(ns: &NetNs, args: &[&str]) -> String {
         ip(&a)
     })
     .expect("enter netns")
+}
+
+/// A test address literal.
+pub fn v4(s: &str) -> Ipv4Addr {
+    s.parse().expect("test address")
+}
+
+/// A test IPv4 network literal.
+pub fn net4(s: &str) -> Ipv4Network {
+    s.parse().expect("test network")
+}
+
+/// A test network literal, either family.
+pub fn net(s: &str) -> IpNetwork {
+    s.parse().expect("test network")
 }
