@@ -16,12 +16,8 @@
 #   ran first, 205-257 ms when it ran right after the reference). With the pause every run
 #   starts on a quiet /tmp; the default 2 rounds take about 7 minutes.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-[[ $EUID -eq 0 ]] || { echo "run as root" >&2; exit 1; }
-scripts/deps.sh --if-missing
-SHARED_DIR=${SHARED_DIR:-$(cd .. && pwd)/shared}
-BENCH=$SHARED_DIR/bench/cni-ref-bench.sh
-[[ -f $BENCH ]] || { echo "missing $BENCH (set SHARED_DIR)" >&2; exit 1; }
+source "$(dirname "$0")/bench-prelude.sh"
+BENCH=$(shared_bench cni-ref-bench.sh)
 ROUNDS=${ROUNDS:-2}
 PAUSE=${PAUSE:-65}
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "ROUNDS must be a positive integer, got '$ROUNDS'" >&2; exit 1; }

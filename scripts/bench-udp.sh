@@ -6,13 +6,9 @@
 #
 #   scripts/bench-udp.sh          # REPS=3 DUR=10; SHARED_DIR defaults to ../shared
 set -euo pipefail
-cd "$(dirname "$0")/.."
-[[ $EUID -eq 0 ]] || { echo "run as root" >&2; exit 1; }
-scripts/deps.sh --if-missing
+source "$(dirname "$0")/bench-prelude.sh"
 { command -v ethtool && command -v python3; } >/dev/null || scripts/deps.sh
-SHARED_DIR=${SHARED_DIR:-$(cd .. && pwd)/shared}
-LIMITS=$SHARED_DIR/bench/dataplane-limits.sh
-[[ -f $LIMITS ]] || { echo "missing $LIMITS (set SHARED_DIR)" >&2; exit 1; }
+LIMITS=$(shared_bench dataplane-limits.sh)
 REPS=${REPS:-3} DUR=${DUR:-10}
 cargo build --release --workspace --bins >&2
 B=target/release/flannel-bench
