@@ -664,9 +664,12 @@ fn concurrent_adds_64_pods_16_parallel() {
                 }
             }));
         }
-        handles
+        // Join every worker before re-raising a panic: a worker left running would keep its
+        // clone of `pods` past the end of the test, and its namespaces would never be deleted.
+        let joined: Vec<_> = handles.into_iter().map(|h| h.join()).collect();
+        joined
             .into_iter()
-            .flat_map(|h| h.join().unwrap())
+            .flat_map(|r| r.unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
             .collect()
     };
     let adds = run_all("ADD");
