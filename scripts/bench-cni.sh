@@ -27,7 +27,8 @@ BIN=$(mktemp -d /tmp/flannel-bench-bin.XXXXXX)
 OUT=$(mktemp -d /tmp/flannel-bench-out.XXXXXX)
 trap 'rm -rf "$BIN" "$OUT"' EXIT
 cp "$PLUGIN_BIN" "$BIN/flannel"
-echo "# binary size: $(stat -c %s "$BIN/flannel") bytes (LTO, stripped, opt-level s, static non-PIE)"
+case $PLUGIN_BIN in *musl*) LIBC=musl ;; *) LIBC=glibc ;; esac
+echo "# plugin $PLUGIN_BIN: $(stat -c %s "$BIN/flannel") bytes (LTO, stripped, opt-level s, static non-PIE, $LIBC)"
 
 export SEQ_COUNTS=${SEQ_COUNTS-"10 100"} PARALLEL=${PARALLEL-"16"} CONC_N=${CONC_N:-64}
 settle() { # before every run: let /tmp forget earlier deletions, so all runs start alike

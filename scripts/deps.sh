@@ -17,6 +17,18 @@ missing() {
   return 1
 }
 
+# The installable CNI plugin is linked against musl (see scripts/build-cni.sh); its Rust
+# target comes through rustup. Without it the plugin is built against glibc, slower to start
+# on a VM, so a failure here is a loud warning rather than an error.
+MUSL_TARGET=x86_64-unknown-linux-musl
+ensure_musl_target() {
+  command -v rustup >/dev/null || { echo "deps.sh: WARNING: no rustup, cannot add Rust target $MUSL_TARGET" >&2; return 0; }
+  rustup target list --installed 2>/dev/null | grep -qx "$MUSL_TARGET" && return 0
+  rustup target add "$MUSL_TARGET" >&2 ||
+    echo "deps.sh: WARNING: 'rustup target add $MUSL_TARGET' failed; the CNI plugin will be built against glibc" >&2
+}
+ensure_musl_target
+
 if [[ ${1:-} == --if-missing ]] && ! missing >/dev/null; then
   exit 0
 fi

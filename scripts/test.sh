@@ -14,3 +14,8 @@ cargo clippy --workspace --all-targets -- -D warnings
 # The multi-node tests exec the flanneld and flannel binaries: build them first.
 cargo build --workspace --bins
 cargo test --workspace --no-fail-fast
+# The plugin as installed (scripts/build-cni.sh: static, size-optimised, musl when its target
+# is there) must pass the same CNI integration tests as the debug build above.
+CNI_BIN=$PWD/$(scripts/build-cni.sh)
+echo "test.sh: CNI integration tests against the installable plugin $CNI_BIN"
+FLANNEL_CNI_BIN=$CNI_BIN cargo test -p cni-plugin --test cni_netns

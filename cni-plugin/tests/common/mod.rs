@@ -129,9 +129,13 @@ impl Drop for Netns {
     }
 }
 
-/// The built plugin binary.
+/// The plugin binary under test: `FLANNEL_CNI_BIN` when set (scripts/test.sh points it at the
+/// installable build from scripts/build-cni.sh), else the one cargo built for this test run.
 pub fn plugin_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_flannel"))
+    match std::env::var_os("FLANNEL_CNI_BIN") {
+        Some(path) if !path.is_empty() => PathBuf::from(path),
+        _ => PathBuf::from(env!("CARGO_BIN_EXE_flannel")),
+    }
 }
 
 /// A node: its namespace plus a temp dir holding subnet.env and the IPAM store.
