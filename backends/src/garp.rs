@@ -100,3 +100,20 @@ pub fn send_gratuitous_arp(ifindex: u32, mac: [u8; 6], ip: Ipv4Addr) -> io::Resu
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_layout_matches_rfc826() {
+        let mac = [0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x05];
+        let ip = Ipv4Addr::new(10, 244, 1, 5);
+        let p = gratuitous_arp_payload(mac, ip);
+        assert_eq!(&p[..8], &[0, 1, 8, 0, 6, 4, 0, 1]);
+        assert_eq!(&p[8..14], &mac);
+        assert_eq!(&p[14..18], &[10, 244, 1, 5]);
+        assert_eq!(&p[18..24], &[0xff; 6]);
+        assert_eq!(&p[24..28], &[10, 244, 1, 5]);
+    }
+}
