@@ -133,9 +133,10 @@ async fn attach(
 
     // 4. veth pair, container end created directly inside the pod namespace, with a MAC we
     //    choose (so nothing has to be read back from the pod side)
+    let derived_mac = pod_mac_for(&addresses);
     let pod_mac = plan
         .mac
-        .unwrap_or_else(|| pod_mac_for(&addresses).unwrap_or_else(random_mac));
+        .unwrap_or_else(|| derived_mac.unwrap_or_else(random_mac));
     let spec = VethSpec {
         host_name: &host_name,
         peer_name: &inv.ifname,
@@ -162,9 +163,7 @@ async fn attach(
     // entry of the bridge). Settle the creation's carrier event first; then bring it up with
     // `addrgenmode none` — the port needs no IPv6 address and without one sends no DAD, RS or
     // MLD — and hairpin, in one request.
-    if let Err(e) = backends::ethtool::settle_link(&host_name) {
-        eprintln!("flannel cni: settle {host_name} (continuing): {e}");
-    }
+    settle_bridge_port(&host_name);
     host.setup_bridge_port(host_veth.index, plan.hairpin)
         .await
         .map_err(netlink_err(
@@ -242,15 +241,13 @@ async fn attach(
     if let Some(ip4) = addresses.iter().find(|a| a.address.is_ipv4()) {
         let ip = ip4.address.ip();
         // The node's cache is only asked when the MAC is the derived one.
-        let may_be_stale = pod_mac_for(&addresses) != Some(pod_mac)
+        let may_be_stale = derived_mac != Some(pod_mac)
             || match host.neigh_mac(bridge.index, ip).await {
                 Ok(cached) => cached.is_some_and(|mac| mac != pod_mac),
                 Err(_) => true,
             };
         if may_be_stale {
-            if let Err(e) = backends::ethtool::settle_link(&host_name) {
-                eprintln!("flannel cni: settle {host_name} (continuing): {e}");
-            }
+            settle_bridge_port(&host_name);
             if let Err(e) = pod.announce(pod_index, ip).await {
                 eprintln!("flannel cni: gratuitous ARP failed (continuing): {e}");
             }
@@ -463,6 +460,15 @@ async fn ensure_bridge(
         }
     }
     Ok(bridge)
+}
+
+/// Makes the kernel process the pending carrier event of the host end `name`, so its bridge
+/// port's state matches its carrier ([`backends::ethtool::settle_link`]). A failure only costs
+/// timing, so it is logged and ADD goes on.
+fn settle_bridge_port(name: &str) {
+    if let Err(e) = backends::ethtool::settle_link(name) {
+        eprintln!("flannel cni: settle {name} (continuing): {e}");
+    }
 }
 
 /// `lo`'s interface index, the same in every network namespace.
