@@ -14,21 +14,21 @@
 #   page faults; ADD and DEL medians ~0.3 ms lower each (60 pods, binaries alternating pod by
 #   pod, 6 runs).
 #
-#   CNI_LIBC=auto (default: musl if its target is installed, else glibc with a warning)
+#   CNI_LIBC=auto (default: musl if its target is installed or can be added through
+#   scripts/deps.sh --musl-target, else glibc with a warning)
 #   CNI_LIBC=musl (fail without the musl target) | CNI_LIBC=gnu
 # Output: target/x86_64-unknown-linux-musl/cni/flannel (musl) or target/cni/flannel (glibc).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MUSL=x86_64-unknown-linux-musl
 CNI_LIBC=${CNI_LIBC:-auto}
-have_musl() { command -v rustup >/dev/null && rustup target list --installed 2>/dev/null | grep -qx "$MUSL"; }
 case $CNI_LIBC in
-  auto) if have_musl; then CNI_LIBC=musl; else
-          echo "build-cni.sh: WARNING: Rust target $MUSL is not installed (rustup target add $MUSL);" \
-               "building against glibc, whose start-up costs ~0.3 ms more per plugin call on a VM" >&2
+  auto) if scripts/deps.sh --musl-target; then CNI_LIBC=musl; else
+          echo "build-cni.sh: WARNING: no Rust target $MUSL; building against glibc, whose" \
+               "start-up costs ~0.3 ms more per plugin call on a VM" >&2
           CNI_LIBC=gnu
         fi ;;
-  musl) have_musl || { echo "build-cni.sh: CNI_LIBC=musl but Rust target $MUSL is not installed (rustup target add $MUSL)" >&2; exit 1; } ;;
+  musl) scripts/deps.sh --musl-target || { echo "build-cni.sh: CNI_LIBC=musl but there is no Rust target $MUSL" >&2; exit 1; } ;;
   gnu) ;;
   *) echo "build-cni.sh: CNI_LIBC must be auto, musl or gnu, got '$CNI_LIBC'" >&2; exit 1 ;;
 esac

@@ -3,6 +3,7 @@
 # verifies every tool is really there. Fails loudly on anything missing.
 #   scripts/deps.sh            apt-get update + install, always
 #   scripts/deps.sh --if-missing   only when a tool is missing (fast path for re-runs)
+#   scripts/deps.sh --musl-target  only the Rust musl target (status 0 when installed)
 set -euo pipefail
 
 PKGS=(iproute2 iputils-ping jq nftables protobuf-compiler etcd-server etcd-client ethtool python3
@@ -19,15 +20,21 @@ missing() {
 
 # The installable CNI plugin is linked against musl (see scripts/build-cni.sh); its Rust
 # target comes through rustup. Without it the plugin is built against glibc, slower to start
-# on a VM, so a failure here is a loud warning rather than an error.
+# on a VM, so a failure here is a loud warning rather than an error. Status 0 when the target
+# is installed; `scripts/deps.sh --musl-target` does only this step (build-cni.sh uses it).
 MUSL_TARGET=x86_64-unknown-linux-musl
 ensure_musl_target() {
-  command -v rustup >/dev/null || { echo "deps.sh: WARNING: no rustup, cannot add Rust target $MUSL_TARGET" >&2; return 0; }
+  command -v rustup >/dev/null || { echo "deps.sh: WARNING: no rustup, cannot add Rust target $MUSL_TARGET" >&2; return 1; }
   rustup target list --installed 2>/dev/null | grep -qx "$MUSL_TARGET" && return 0
-  rustup target add "$MUSL_TARGET" >&2 ||
-    echo "deps.sh: WARNING: 'rustup target add $MUSL_TARGET' failed; the CNI plugin will be built against glibc" >&2
+  rustup target add "$MUSL_TARGET" >&2 && return 0
+  echo "deps.sh: WARNING: 'rustup target add $MUSL_TARGET' failed; the CNI plugin will be built against glibc" >&2
+  return 1
 }
-ensure_musl_target
+if [[ ${1:-} == --musl-target ]]; then
+  ensure_musl_target
+  exit
+fi
+ensure_musl_target || true
 
 if [[ ${1:-} == --if-missing ]] && ! missing >/dev/null; then
   exit 0
