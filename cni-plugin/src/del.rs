@@ -1,11 +1,12 @@
 //! DEL: detach a pod. Idempotent, and it never needs subnet.env or the pod's namespace.
 //!
 //! 1. Delete the host end of the veth by its stable name (`veth<hash>`); the kernel removes
-//!    the pod end with it. DEL returns as soon as the kernel has unlisted the pair (bridge port,
-//!    addresses and names gone) and leaves the kernel's slower memory clean-up to a detached
-//!    child process, which is most of the time a plain `ip link del` takes. Only when that name is absent (an attachment made by another
-//!    plugin) do we look inside the pod's namespace for `CNI_IFNAME`. A namespace path that
-//!    is empty or gone is fine: the veth died with the namespace.
+//!    the pod end with it. DEL returns as soon as the kernel has unlisted the pair (bridge
+//!    port, addresses and names gone) and leaves the kernel's slower memory clean-up, most of
+//!    the time a plain `ip link del` takes, to a detached child process. Only when that name
+//!    is absent (an attachment made by another plugin) do we look inside the pod's namespace
+//!    for `CNI_IFNAME`. A namespace path that is empty or gone is fine: the veth died with
+//!    the namespace.
 //! 2. Release the addresses (after the device is gone, as the reference does since #702).
 //! 3. Remove masquerade entries for the released addresses (or, if the store no longer
 //!    knows them, for the addresses in `prevResult`).

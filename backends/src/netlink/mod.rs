@@ -739,10 +739,11 @@ impl Netlink {
             op.push_str(&format!(" address {}", format_mac(&mac)));
         }
         op.push_str(&format!(" netns {}", spec.peer_ns.path().display()));
-        // One TX and one RX queue per end (`numtxqueues 1 numrxqueues 1`). The kernel's
-        // default for veth is one of each per possible CPU, and every queue is a sysfs
-        // directory created with the link and removed with it: on a 64-CPU node that is 256
-        // kobjects per pod, for no gain (veth transmits without a queue lock).
+        // One TX and one RX queue per end (`numtxqueues 1 numrxqueues 1`). Without them the
+        // kernel allocates one of each per possible CPU for a veth (veth transmits without a
+        // queue lock, so the extra queues buy nothing). Kernels that then expose only one
+        // (6.18 here: default `numtxqueues 2`, but sysfs holds only `rx-0`/`tx-0`) still
+        // allocate the rest; older ones also give each a sysfs directory.
         let mut peer_msg = peer.build();
         peer_msg.attributes.extend(single_queue());
         let mut msg = host
