@@ -80,6 +80,40 @@ fn sysctl_in_a_child_namespace_leaves_the_root_alone() {
     );
 }
 
+#[test]
+fn a_knob_opened_in_another_namespace_writes_there_from_anywhere() {
+    if !prerequisites(&[]) {
+        return;
+    }
+    in_new_netns(|| async {
+        let home = NetNs::current().unwrap();
+        let other = NetNs::create_anonymous().unwrap();
+        let key = "net/ipv4/conf/lo/arp_notify";
+        let mine = sysctl::read(key).unwrap();
+        let knob = other
+            .run_on_this_thread(&home, || sysctl::open_for_write(key))
+            .unwrap()
+            .unwrap();
+        assert_eq!(knob.key(), key);
+        // Written from home, several times (each write lands at offset 0).
+        for value in ["1", "0", "1"] {
+            knob.write(value).unwrap();
+            assert_eq!(
+                other.run(move || sysctl::read(key)).unwrap().unwrap(),
+                value
+            );
+            assert_eq!(sysctl::read(key).unwrap(), mine, "home is untouched");
+        }
+        let e = sysctl::open_for_write("net/ipv6/conf/nosuchdev0/accept_dad").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NotFound);
+        assert!(e.to_string().contains("nosuchdev0"), "{e}");
+        assert_eq!(
+            sysctl::open_for_write("net/../x").unwrap_err().kind(),
+            ErrorKind::InvalidInput
+        );
+    });
+}
+
 /// An AF_PACKET socket receiving ARP frames on `ifindex` in the calling thread's namespace.
 fn arp_listener(ifindex: u32) -> OwnedFd {
     let proto = i32::from(garp::ETH_P_ARP.to_be());

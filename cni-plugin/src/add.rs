@@ -13,7 +13,8 @@
 //! 4. create the veth pair in one netlink request — host end `veth<hash>` attached to the
 //!    bridge, container end born inside the pod namespace as `CNI_IFNAME`, MTU on both;
 //! 5. configure the pod through a netlink socket opened inside its namespace: `lo` up,
-//!    addresses, link up, routes;
+//!    addresses, IPv6 DAD off (as the reference sets it; `enabledad` keeps it), link up,
+//!    routes;
 //! 6. the MAC is derived from the IPv4 address (`0a:58:<ip>`), so a pod restarted with the
 //!    same IP keeps its MAC and the neighbour entries cached for it stay right. When one may
 //!    be wrong — a MAC requested by the runtime, or the node caching another MAC for the IP —
@@ -60,6 +61,50 @@ struct Rollback {
     host_local_ips: Vec<IpAddr>,
     host_veth: Option<String>,
     masq: Vec<IpAddr>,
+}
+
+/// The pod interface's IPv6 duplicate address detection knobs and the values ADD gives them —
+/// what the reference bridge plugin writes: `accept_dad=0` by default, or with `enabledad`
+/// `enhanced_dad=1` and `accept_dad=1`. The reference turns DAD off because with
+/// `hairpinMode` the bridge reflects the pod's own probe back to it, which a kernel without
+/// enhanced DAD's nonce takes for a duplicate. Matching it keeps what the pod sees the same
+/// after a switch of plugins; it also makes the link-local address usable at once instead of
+/// after the ~1 s probe, and spares every bridge port the probe's flood. IPv6 pod addresses
+/// are added `nodad` either way.
+fn dad_settings(enable_dad: bool) -> &'static [(&'static str, &'static str)] {
+    if enable_dad {
+        &[("enhanced_dad", "1"), ("accept_dad", "1")]
+    } else {
+        &[("accept_dad", "0")]
+    }
+}
+
+/// Opens the knobs of [`dad_settings`] for `ifname`; call inside the pod namespace. A knob
+/// that does not exist (IPv6 disabled at boot) is simply absent.
+fn open_dad_knobs(ifname: &str, enable_dad: bool) -> Vec<(sysctl::OpenSysctl, &'static str)> {
+    dad_settings(enable_dad)
+        .iter()
+        .filter_map(|&(knob, value)| {
+            match sysctl::open_for_write(&format!("net/ipv6/conf/{ifname}/{knob}")) {
+                Ok(open) => Some((open, value)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => {
+                    eprintln!("flannel cni: {e} (continuing without it)");
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
+/// Writes the knobs [`open_dad_knobs`] opened. Like the reference, a failure is logged, not
+/// fatal: DAD only concerns the pod's IPv6 link-local address.
+fn write_dad_knobs(knobs: &[(sysctl::OpenSysctl, &'static str)]) {
+    for (knob, value) in knobs {
+        if let Err(e) = knob.write(value) {
+            eprintln!("flannel cni: {e} (continuing)");
+        }
+    }
 }
 
 /// Runs ADD and returns the result (printed by the caller in the requested version).
@@ -174,8 +219,12 @@ async fn attach(
     // The plugin is a short-lived process on a current-thread runtime: visiting the pod
     // namespace on this very thread (and coming straight back) is safe and spares a thread.
     let home = NetNs::current().map_err(|e| CniError::internal(format!("open own netns: {e}")))?;
-    let pod = Netlink::new_in_here(pod_ns, &home)
-        .map_err(netlink_err("open netlink socket in the pod namespace"))?;
+    // The DAD knobs of the new interface are opened during the same visit (`/proc/sys/net`
+    // binds to the opener's namespace) and written from here.
+    let (pod, dad_knobs) = Netlink::new_in_here_with(pod_ns, &home, || {
+        open_dad_knobs(&inv.ifname, plan.enable_dad)
+    })
+    .map_err(netlink_err("open netlink socket in the pod namespace"))?;
     // The echo of the host end names its peer's index in the pod namespace (IFLA_LINK).
     let pod_index = host_veth.link.ok_or_else(|| {
         CniError::internal(format!("kernel did not report the peer of {host_name}"))
@@ -189,6 +238,8 @@ async fn attach(
             .await
             .map_err(netlink_err("add the pod address"))?;
     }
+    // IPv6 DAD as the reference sets it, before the link-local address is born at `up`.
+    write_dad_knobs(&dad_knobs);
     // Up, with `arp_notify` (the kernel then announces any later MAC change by itself).
     pod.set_up_with_arp_notify(pod_index)
         .await

@@ -95,6 +95,10 @@ pub struct DelegateConf {
     pub force_address: bool,
     /// Per-pod masquerade.
     pub ip_masq: Option<bool>,
+    /// IPv6 duplicate address detection on the pod interface (the reference bridge plugin's
+    /// `enabledad`, default off).
+    #[serde(rename = "enabledad", alias = "enableDad", default)]
+    pub enable_dad: bool,
     /// Forbidden (flannel sets it).
     pub name: Option<serde_json::Value>,
     /// Forbidden (flannel builds it).
@@ -375,6 +379,7 @@ impl NetConf {
             is_default_gateway: self.delegate.is_default_gateway,
             force_address: self.delegate.force_address,
             ip_masq: self.delegate.ip_masq.unwrap_or(!env.ipmasq),
+            enable_dad: self.delegate.enable_dad,
             ipam,
             routes,
             requested_ips: requested,
@@ -435,6 +440,8 @@ pub struct PodNetwork {
     pub force_address: bool,
     /// Per-pod masquerade.
     pub ip_masq: bool,
+    /// IPv6 DAD on the pod interface (`accept_dad`); off unless `enabledad`.
+    pub enable_dad: bool,
     /// Address source.
     pub ipam: IpamPlan,
     /// Routes for the pod (cluster network + configured ones).
@@ -521,6 +528,10 @@ mod tests {
         assert_eq!(p.bridge, "cbr0");
         assert_eq!(p.mtu, Some(1450));
         assert!(p.hairpin && p.is_gateway && p.is_default_gateway);
+        assert!(
+            !p.enable_dad,
+            "DAD is off unless asked for, as with the reference"
+        );
         assert!(!p.ip_masq, "ipMasq is the inverse of FLANNEL_IPMASQ=true");
         assert_eq!(
             p.routes,
@@ -550,13 +561,13 @@ mod tests {
     #[test]
     fn delegate_options_override_defaults() {
         let c = conf(serde_json::json!({"name":"n","cniVersion":"1.0.0","delegate":{"bridge":"br9","mtu":1400,
-            "isGateway":false,"ipMasq":true,"forceAddress":true,"promiscMode":true},
+            "isGateway":false,"ipMasq":true,"forceAddress":true,"promiscMode":true,"enabledad":true},
             "ipam":{"dataDir":"/tmp/x","routes":[{"dst":"192.0.2.0/24"}],
                     "ranges":[[{"subnet":"10.244.1.0/24","rangeStart":"10.244.1.10","rangeEnd":"10.244.1.20"}]]}})).unwrap();
         let p = c.plan(&env(), &CniArgs::default()).unwrap();
         assert_eq!(p.bridge, "br9");
         assert_eq!(p.mtu, Some(1400));
-        assert!(!p.is_gateway && p.ip_masq && p.force_address && p.promisc);
+        assert!(!p.is_gateway && p.ip_masq && p.force_address && p.promisc && p.enable_dad);
         assert_eq!(p.routes.len(), 2, "configured route + cluster network");
         let IpamPlan::HostLocal {
             data_dir,

@@ -205,6 +205,65 @@ fn three_pods_reach_each_other_and_dup_add_leaves_first_intact() {
     assert!(node.reservations("cbr0").is_empty());
 }
 
+/// The pod's IPv6 link-local address on `eth0`, once the kernel has added it (it follows the
+/// carrier event, so it can trail ADD by a few ms): `(address, tentative)`.
+fn pod_link_local(pod: &Netns) -> (String, bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        let out = pod.exec(&[
+            "ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope", "link",
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        if let Some(line) = text.lines().find(|l| l.contains("fe80::")) {
+            let addr = line
+                .split_whitespace()
+                .nth(3)
+                .unwrap_or_default()
+                .to_string();
+            return (addr, line.contains("tentative"));
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no link-local address on eth0 3 s after ADD: {text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+fn pod_sysctl(pod: &Netns, key: &str) -> String {
+    let out = pod.exec(&["cat", &format!("/proc/sys/{key}")]);
+    assert!(out.status.success(), "read {key} in the pod");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn ipv6_dad_on_the_pod_follows_enabledad_like_the_reference() {
+    if !require_root("ipv6_dad_on_the_pod_follows_enabledad_like_the_reference") {
+        return;
+    }
+    let node = Node::new("dad");
+    // Default (flannel's stock delegate): DAD off, so the link-local address is usable at once.
+    let conf = node.conf("1.0.0");
+    let quiet = Netns::new("dq");
+    node.add_ok("dq", &quiet, &conf);
+    assert_eq!(pod_sysctl(&quiet, "net/ipv6/conf/eth0/accept_dad"), "0");
+    let (addr, tentative) = pod_link_local(&quiet);
+    assert!(!tentative, "DAD off: {addr} is not tentative");
+    // `enabledad: true`: DAD on with enhanced DAD (a hairpin echo of the probe is not a
+    // duplicate); the address stays tentative for the probe's ~1 s.
+    let mut dad_conf = conf.clone();
+    dad_conf["delegate"]["enabledad"] = serde_json::json!(true);
+    let probing = Netns::new("dp");
+    node.add_ok("dp", &probing, &dad_conf);
+    assert_eq!(pod_sysctl(&probing, "net/ipv6/conf/eth0/accept_dad"), "1");
+    assert_eq!(pod_sysctl(&probing, "net/ipv6/conf/eth0/enhanced_dad"), "1");
+    let (addr, tentative) = pod_link_local(&probing);
+    assert!(tentative, "DAD on: {addr} starts tentative");
+    node.del_ok("dq", Some(&quiet.path()), &conf);
+    node.del_ok("dp", Some(&probing.path()), &dad_conf);
+    assert!(node.reservations("cbr0").is_empty());
+}
+
 #[test]
 fn del_edge_cases_always_succeed_and_release() {
     if !require_root("del_edge_cases_always_succeed_and_release") {

@@ -522,12 +522,23 @@ impl Netlink {
     /// inside `ns` via [`NetNs::run_on_this_thread`], which switches back to `home` right after
     /// (same restrictions: short-lived, single-threaded processes only).
     pub fn new_in_here(ns: &NetNs, home: &NetNs) -> Result<Netlink> {
+        Self::new_in_here_with(ns, home, || ()).map(|(netlink, ())| netlink)
+    }
+
+    /// [`Netlink::new_in_here`] that also runs `also` inside `ns` during the same visit and
+    /// returns its result — for things that, like the socket, bind to the namespace they are
+    /// opened in (a `/proc/sys/net` knob, say), without paying a second pair of `setns`.
+    pub fn new_in_here_with<T>(
+        ns: &NetNs,
+        home: &NetNs,
+        also: impl FnOnce() -> T,
+    ) -> Result<(Netlink, T)> {
         let op = format!("open netlink socket in {}", ns.path().display());
-        let socket = ns
-            .run_on_this_thread(home, bound_route_socket)
-            .and_then(|r| r)
+        let (socket, extra) = ns
+            .run_on_this_thread(home, || (bound_route_socket(), also()))
             .map_err(|e| NetlinkError::other(&op, e))?;
-        Self::from_socket(&op, socket)
+        let socket = socket.map_err(|e| NetlinkError::other(&op, e))?;
+        Ok((Self::from_socket(&op, socket)?, extra))
     }
 
     /// Drives an already bound route socket (whatever namespace it was made in) from the
