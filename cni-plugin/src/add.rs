@@ -8,8 +8,8 @@
 //!    (container id, ifname), so an existing attachment is one netlink lookup away — which
 //!    also spares host-local the reference plugin's read of every reservation file;
 //!    reserve the addresses (claimed with `O_EXCL`, round robin from `last_reserved_ip`);
-//! 3. ensure the bridge, its gateway address (pinning the bridge MAC the first time) and
-//!    `ip_forward`;
+//! 3. ensure the bridge (refusing IPv6 router advertisements from pods), its gateway address
+//!    (pinning the bridge MAC the first time) and `ip_forward`;
 //! 4. create the veth pair in one netlink request — host end `veth<hash>` attached to the
 //!    bridge, container end born inside the pod namespace as `CNI_IFNAME`, MTU on both;
 //! 5. configure the pod through a netlink socket opened inside its namespace: `lo` up,
@@ -418,6 +418,21 @@ fn first_host(net: IpNetwork) -> IpAddr {
 }
 
 /// Ensures the bridge exists and carries each family's gateway address.
+/// `sysctl -w net.ipv6.conf.<bridge>.accept_ra=0`, as the reference bridge plugin does on
+/// every ADD. The bridge is the node's own interface on the pod link, and every pod's
+/// multicast reaches it: with the kernel default (`accept_ra=1`, IPv6 forwarding off) one
+/// Router Advertisement from any pod gives the node an IPv6 default route through that pod.
+/// Checked on every ADD (one read; written only if it differs), so a bridge made by an
+/// older version or by hand is fixed too. A missing knob (IPv6 disabled at boot) is fine;
+/// any other failure is logged, not fatal, like the reference.
+fn refuse_router_advertisements(bridge: &str) {
+    match sysctl::ensure(&format!("net/ipv6/conf/{bridge}/accept_ra"), "0") {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => eprintln!("flannel cni: {e} (continuing)"),
+    }
+}
+
 async fn ensure_bridge(
     host: &Netlink,
     plan: &PodNetwork,
@@ -427,6 +442,7 @@ async fn ensure_bridge(
         .ensure_bridge(&plan.bridge, plan.mtu)
         .await
         .map_err(netlink_err(&format!("ensure bridge {}", plan.bridge)))?;
+    refuse_router_advertisements(&plan.bridge);
     if plan.promisc && !bridge.promisc {
         host.set_promisc(bridge.index, true)
             .await

@@ -264,6 +264,67 @@ fn ipv6_dad_on_the_pod_follows_enabledad_like_the_reference() {
     assert!(node.reservations("cbr0").is_empty());
 }
 
+/// Sends one ICMPv6 Router Advertisement (router lifetime 1800 s, no options) from `pod`'s
+/// `eth0` to ff02::1 — link scope, so it never leaves the test bridge.
+fn send_router_advertisement(pod: &Netns) {
+    const RA: &str = r#"
+import socket, struct
+idx = socket.if_nametoindex("eth0")
+s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, idx)
+s.sendto(struct.pack("!BBHBBHII", 134, 0, 0, 64, 0, 1800, 0, 0), ("ff02::1", 0, 0, idx))
+"#;
+    let out = pod.exec(&["python3", "-c", RA]);
+    assert!(
+        out.status.success(),
+        "send RA: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn ipv6_default_routes(ns: &Netns) -> String {
+    let out = ns.exec(&["ip", "-6", "route", "show", "default"]);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn a_pod_cannot_become_the_nodes_ipv6_router() {
+    if !require_root("a_pod_cannot_become_the_nodes_ipv6_router") {
+        return;
+    }
+    let node = Node::new("ra");
+    let conf = node.conf("1.0.0");
+    let rogue = Netns::new("rr");
+    let witness = Netns::new("rw");
+    node.add_ok("rr", &rogue, &conf);
+    node.add_ok("rw", &witness, &conf);
+    assert_eq!(
+        node.ns
+            .exec(&["cat", "/proc/sys/net/ipv6/conf/cbr0/accept_ra"])
+            .stdout,
+        b"0\n"
+    );
+    // The RA needs a usable link-local source address (immediate: DAD is off).
+    let (addr, tentative) = pod_link_local(&rogue);
+    assert!(!tentative, "{addr}");
+    pod_link_local(&witness);
+    send_router_advertisement(&rogue);
+    // The witness pod (kernel defaults) takes the advertisement: it did cross the bridge.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while ipv6_default_routes(&witness).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the RA never reached the other pod"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // The node's bridge saw it as well, and ignored it.
+    assert_eq!(ipv6_default_routes(&node.ns), "", "node took a pod's RA");
+    node.del_ok("rr", Some(&rogue.path()), &conf);
+    node.del_ok("rw", Some(&witness.path()), &conf);
+}
+
 #[test]
 fn del_edge_cases_always_succeed_and_release() {
     if !require_root("del_edge_cases_always_succeed_and_release") {
