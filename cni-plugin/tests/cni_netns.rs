@@ -230,9 +230,14 @@ fn pod_link_local(pod: &Netns) -> (String, bool) {
     }
 }
 
-fn pod_sysctl(pod: &Netns, key: &str) -> String {
-    let out = pod.exec(&["cat", &format!("/proc/sys/{key}")]);
-    assert!(out.status.success(), "read {key} in the pod");
+/// A sysctl as seen inside `ns` (`KEY` with slashes, as under `/proc/sys`).
+fn sysctl_in(ns: &Netns, key: &str) -> String {
+    let out = ns.exec(&["cat", &format!("/proc/sys/{key}")]);
+    assert!(
+        out.status.success(),
+        "read {key} in {}",
+        ns.path().display()
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -246,7 +251,7 @@ fn ipv6_dad_on_the_pod_follows_enabledad_like_the_reference() {
     let conf = node.conf("1.0.0");
     let quiet = Netns::new("dq");
     node.add_ok("dq", &quiet, &conf);
-    assert_eq!(pod_sysctl(&quiet, "net/ipv6/conf/eth0/accept_dad"), "0");
+    assert_eq!(sysctl_in(&quiet, "net/ipv6/conf/eth0/accept_dad"), "0");
     let (addr, tentative) = pod_link_local(&quiet);
     assert!(!tentative, "DAD off: {addr} is not tentative");
     // `enabledad: true`: DAD on with enhanced DAD (a hairpin echo of the probe is not a
@@ -255,8 +260,8 @@ fn ipv6_dad_on_the_pod_follows_enabledad_like_the_reference() {
     dad_conf["delegate"]["enabledad"] = serde_json::json!(true);
     let probing = Netns::new("dp");
     node.add_ok("dp", &probing, &dad_conf);
-    assert_eq!(pod_sysctl(&probing, "net/ipv6/conf/eth0/accept_dad"), "1");
-    assert_eq!(pod_sysctl(&probing, "net/ipv6/conf/eth0/enhanced_dad"), "1");
+    assert_eq!(sysctl_in(&probing, "net/ipv6/conf/eth0/accept_dad"), "1");
+    assert_eq!(sysctl_in(&probing, "net/ipv6/conf/eth0/enhanced_dad"), "1");
     let (addr, tentative) = pod_link_local(&probing);
     assert!(tentative, "DAD on: {addr} starts tentative");
     node.del_ok("dq", Some(&quiet.path()), &conf);
@@ -299,12 +304,7 @@ fn a_pod_cannot_become_the_nodes_ipv6_router() {
     let witness = Netns::new("rw");
     node.add_ok("rr", &rogue, &conf);
     node.add_ok("rw", &witness, &conf);
-    assert_eq!(
-        node.ns
-            .exec(&["cat", "/proc/sys/net/ipv6/conf/cbr0/accept_ra"])
-            .stdout,
-        b"0\n"
-    );
+    assert_eq!(sysctl_in(&node.ns, "net/ipv6/conf/cbr0/accept_ra"), "0");
     // The RA needs a usable link-local source address (immediate: DAD is off).
     let (addr, tentative) = pod_link_local(&rogue);
     assert!(!tentative, "{addr}");
