@@ -417,7 +417,6 @@ fn first_host(net: IpNetwork) -> IpAddr {
     }
 }
 
-/// Ensures the bridge exists and carries each family's gateway address.
 /// `sysctl -w net.ipv6.conf.<bridge>.accept_ra=0`, as the reference bridge plugin does on
 /// every ADD. The bridge is the node's own interface on the pod link, and every pod's
 /// multicast reaches it: with the kernel default (`accept_ra=1`, IPv6 forwarding off) one
@@ -433,6 +432,7 @@ fn refuse_router_advertisements(bridge: &str) {
     }
 }
 
+/// Ensures the bridge exists and carries each family's gateway address.
 async fn ensure_bridge(
     host: &Netlink,
     plan: &PodNetwork,
