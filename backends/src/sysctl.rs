@@ -9,9 +9,8 @@
 //! these functions inside [`crate::netns::NetNs::run`]. Nothing here caches: each call is one
 //! `open` + `read`/`write`, cheap enough for the CNI ADD path.
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
 /// The root of the sysctl tree.
@@ -78,48 +77,4 @@ pub fn ensure(key: &str, value: &str) -> io::Result<bool> {
     }
     write(key, value)?;
     Ok(true)
-}
-
-/// A sysctl opened for writing, tied to the network namespace it was opened in.
-///
-/// `/proc/sys/net` is resolved through the opener's namespace at `open` time, so a knob opened
-/// during a short visit to a pod's namespace ([`crate::netns::NetNs::run_on_this_thread`])
-/// keeps writing the pod's knob from any thread afterwards — no second visit needed.
-#[derive(Debug)]
-pub struct OpenSysctl {
-    key: String,
-    file: File,
-}
-
-/// Opens a sysctl for later writes (the open half of `sysctl -w KEY=VALUE`).
-///
-/// Errors name the key; [`io::ErrorKind::NotFound`] means the knob does not exist (an interface
-/// not in this namespace, or IPv6 disabled at boot for `net/ipv6/...`).
-pub fn open_for_write(key: &str) -> io::Result<OpenSysctl> {
-    let path = key_path(key)?;
-    let file = OpenOptions::new().write(true).open(&path).map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!("open sysctl {key} ({}) for writing: {e}", path.display()),
-        )
-    })?;
-    Ok(OpenSysctl {
-        key: key.to_string(),
-        file,
-    })
-}
-
-impl OpenSysctl {
-    /// The key this knob was opened as.
-    pub fn key(&self) -> &str {
-        &self.key
-    }
-
-    /// Writes `value` in one `pwrite(2)` at offset 0, so the knob can be written more than once
-    /// (a write at a later offset would be refused under `kernel.sysctl_writes_strict`).
-    pub fn write(&self, value: &str) -> io::Result<()> {
-        self.file.write_all_at(value.as_bytes(), 0).map_err(|e| {
-            io::Error::new(e.kind(), format!("write sysctl {}={value}: {e}", self.key))
-        })
-    }
 }

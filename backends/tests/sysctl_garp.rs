@@ -81,7 +81,7 @@ fn sysctl_in_a_child_namespace_leaves_the_root_alone() {
 }
 
 #[test]
-fn a_knob_opened_in_another_namespace_writes_there_from_anywhere() {
+fn a_knob_written_during_a_visit_lands_there_and_home_is_untouched() {
     if !prerequisites(&[]) {
         return;
     }
@@ -90,25 +90,28 @@ fn a_knob_opened_in_another_namespace_writes_there_from_anywhere() {
         let other = NetNs::create_anonymous().unwrap();
         let key = "net/ipv4/conf/lo/arp_notify";
         let mine = sysctl::read(key).unwrap();
-        let knob = other
-            .run_on_this_thread(&home, || sysctl::open_for_write(key))
-            .unwrap()
-            .unwrap();
-        assert_eq!(knob.key(), key);
-        // Written from home, several times (each write lands at offset 0).
+        // What ADD does: write the pod's knob while visiting it on this very thread.
         for value in ["1", "0", "1"] {
-            knob.write(value).unwrap();
+            other
+                .run_on_this_thread(&home, || sysctl::write(key, value))
+                .unwrap()
+                .unwrap();
             assert_eq!(
                 other.run(move || sysctl::read(key)).unwrap().unwrap(),
                 value
             );
             assert_eq!(sysctl::read(key).unwrap(), mine, "home is untouched");
         }
-        let e = sysctl::open_for_write("net/ipv6/conf/nosuchdev0/accept_dad").unwrap_err();
+        let e = other
+            .run_on_this_thread(&home, || {
+                sysctl::write("net/ipv6/conf/nosuchdev0/accept_dad", "0")
+            })
+            .unwrap()
+            .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::NotFound);
         assert!(e.to_string().contains("nosuchdev0"), "{e}");
         assert_eq!(
-            sysctl::open_for_write("net/../x").unwrap_err().kind(),
+            sysctl::write("net/../x", "0").unwrap_err().kind(),
             ErrorKind::InvalidInput
         );
     });

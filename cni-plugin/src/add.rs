@@ -79,31 +79,25 @@ fn dad_settings(enable_dad: bool) -> &'static [(&'static str, &'static str)] {
     }
 }
 
-/// Opens the knobs of [`dad_settings`] for `ifname`; call inside the pod namespace. A knob
-/// that does not exist (IPv6 disabled at boot) is simply absent.
-fn open_dad_knobs(ifname: &str, enable_dad: bool) -> Vec<(sysctl::OpenSysctl, &'static str)> {
-    dad_settings(enable_dad)
-        .iter()
-        .filter_map(|&(knob, value)| {
-            match sysctl::open_for_write(&format!("net/ipv6/conf/{ifname}/{knob}")) {
-                Ok(open) => Some((open, value)),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-                Err(e) => {
-                    eprintln!("flannel cni: {e} (continuing without it)");
-                    None
-                }
-            }
-        })
-        .collect()
+/// Sets the knobs of [`dad_settings`] on `ifname`; call inside the pod namespace, before the
+/// interface goes up (its link-local address is born at `up`).
+fn set_pod_dad(ifname: &str, enable_dad: bool) {
+    for (knob, value) in dad_settings(enable_dad) {
+        tolerate_knob_failure(sysctl::write(
+            &format!("net/ipv6/conf/{ifname}/{knob}"),
+            value,
+        ));
+    }
 }
 
-/// Writes the knobs [`open_dad_knobs`] opened. Like the reference, a failure is logged, not
-/// fatal: DAD only concerns the pod's IPv6 link-local address.
-fn write_dad_knobs(knobs: &[(sysctl::OpenSysctl, &'static str)]) {
-    for (knob, value) in knobs {
-        if let Err(e) = knob.write(value) {
-            eprintln!("flannel cni: {e} (continuing)");
-        }
+/// The outcome of one of ADD's IPv6 sysctls (pod DAD, bridge `accept_ra`). As in the
+/// reference, a failure is logged and ADD goes on; a knob that does not exist (IPv6 disabled
+/// at boot) is no failure at all.
+fn tolerate_knob_failure<T>(result: std::io::Result<T>) {
+    match result {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => eprintln!("flannel cni: {e} (continuing)"),
     }
 }
 
@@ -219,12 +213,11 @@ async fn attach(
     // The plugin is a short-lived process on a current-thread runtime: visiting the pod
     // namespace on this very thread (and coming straight back) is safe and spares a thread.
     let home = NetNs::current().map_err(|e| CniError::internal(format!("open own netns: {e}")))?;
-    // The DAD knobs of the new interface are opened during the same visit (`/proc/sys/net`
-    // binds to the opener's namespace) and written from here.
-    let (pod, dad_knobs) = Netlink::new_in_here_with(pod_ns, &home, || {
-        open_dad_knobs(&inv.ifname, plan.enable_dad)
-    })
-    .map_err(netlink_err("open netlink socket in the pod namespace"))?;
+    // The same visit sets IPv6 DAD on the pod interface as the reference does (`/proc/sys/net`
+    // is the visiting thread's namespace), before the link goes up below.
+    let (pod, ()) =
+        Netlink::new_in_here_with(pod_ns, &home, || set_pod_dad(&inv.ifname, plan.enable_dad))
+            .map_err(netlink_err("open netlink socket in the pod namespace"))?;
     // The echo of the host end names its peer's index in the pod namespace (IFLA_LINK).
     let pod_index = host_veth.link.ok_or_else(|| {
         CniError::internal(format!("kernel did not report the peer of {host_name}"))
@@ -238,8 +231,6 @@ async fn attach(
             .await
             .map_err(netlink_err("add the pod address"))?;
     }
-    // IPv6 DAD as the reference sets it, before the link-local address is born at `up`.
-    write_dad_knobs(&dad_knobs);
     // Up, with `arp_notify` (the kernel then announces any later MAC change by itself).
     pod.set_up_with_arp_notify(pod_index)
         .await
@@ -422,14 +413,12 @@ fn first_host(net: IpNetwork) -> IpAddr {
 /// multicast reaches it: with the kernel default (`accept_ra=1`, IPv6 forwarding off) one
 /// Router Advertisement from any pod gives the node an IPv6 default route through that pod.
 /// Checked on every ADD (one read; written only if it differs), so a bridge made by an
-/// older version or by hand is fixed too. A missing knob (IPv6 disabled at boot) is fine;
-/// any other failure is logged, not fatal, like the reference.
+/// older version or by hand is fixed too.
 fn refuse_router_advertisements(bridge: &str) {
-    match sysctl::ensure(&format!("net/ipv6/conf/{bridge}/accept_ra"), "0") {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => eprintln!("flannel cni: {e} (continuing)"),
-    }
+    tolerate_knob_failure(sysctl::ensure(
+        &format!("net/ipv6/conf/{bridge}/accept_ra"),
+        "0",
+    ));
 }
 
 /// Ensures the bridge exists and carries each family's gateway address.
