@@ -205,29 +205,49 @@ fn three_pods_reach_each_other_and_dup_add_leaves_first_intact() {
     assert!(node.reservations("cbr0").is_empty());
 }
 
+/// Polls `probe` every 5 ms until it gives `Ok`, failing the test after `timeout` with
+/// `what` and the probe's last word.
+fn wait_for<T>(
+    what: &str,
+    timeout: std::time::Duration,
+    mut probe: impl FnMut() -> Result<T, String>,
+) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match probe() {
+            Ok(found) => return found,
+            Err(last) => assert!(
+                std::time::Instant::now() < deadline,
+                "{what} not within {timeout:?}: {last}"
+            ),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 /// The pod's IPv6 link-local address on `eth0`, once the kernel has added it (it follows the
 /// carrier event, so it can trail ADD by a few ms): `(address, tentative)`.
 fn pod_link_local(pod: &Netns) -> (String, bool) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
-    loop {
-        let out = pod.exec(&[
-            "ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope", "link",
-        ]);
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        if let Some(line) = text.lines().find(|l| l.contains("fe80::")) {
-            let addr = line
-                .split_whitespace()
-                .nth(3)
-                .unwrap_or_default()
-                .to_string();
-            return (addr, line.contains("tentative"));
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no link-local address on eth0 3 s after ADD: {text}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    wait_for(
+        "a link-local address on eth0",
+        std::time::Duration::from_secs(3),
+        || {
+            let out = pod.exec(&[
+                "ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope", "link",
+            ]);
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            match text.lines().find(|l| l.contains("fe80::")) {
+                Some(line) => Ok((
+                    line.split_whitespace()
+                        .nth(3)
+                        .unwrap_or_default()
+                        .to_string(),
+                    line.contains("tentative"),
+                )),
+                None => Err(text),
+            }
+        },
+    )
 }
 
 /// A sysctl as seen inside `ns` (`KEY` with slashes, as under `/proc/sys`).
@@ -311,14 +331,14 @@ fn a_pod_cannot_become_the_nodes_ipv6_router() {
     pod_link_local(&witness);
     send_router_advertisement(&rogue);
     // The witness pod (kernel defaults) takes the advertisement: it did cross the bridge.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
-    while ipv6_default_routes(&witness).is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the RA never reached the other pod"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    wait_for(
+        "the RA reaching the other pod",
+        std::time::Duration::from_secs(3),
+        || match ipv6_default_routes(&witness) {
+            routes if routes.is_empty() => Err("no IPv6 default route in the witness".into()),
+            _ => Ok(()),
+        },
+    );
     // The node's bridge saw it as well, and ignored it.
     assert_eq!(ipv6_default_routes(&node.ns), "", "node took a pod's RA");
     node.del_ok("rr", Some(&rogue.path()), &conf);
