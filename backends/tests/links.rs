@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use backends::netlink::{Netlink, NetlinkError, VethSpec, del_link_detached};
 use backends::netns::NetNs;
+use backends::sysctl;
 use common::{in_new_netns, ip, ip_in, prerequisites};
 
 #[test]
@@ -24,6 +25,23 @@ fn bridge_create_is_idempotent_and_race_safe() {
         assert!(shown.contains("mtu 1450"), "{shown}");
         assert!(shown.contains("\n    bridge "), "{shown}");
         assert!(shown.contains("<BROADCAST,MULTICAST,UP"), "{shown}");
+
+        // The dump reports the IPv6 `accept_ra` knob as /proc/sys has it.
+        let knob = "net/ipv6/conf/cni0/accept_ra";
+        assert_eq!(
+            br.ipv6_accept_ra,
+            Some(sysctl::read(knob).unwrap().parse().unwrap())
+        );
+        sysctl::write(knob, "0").unwrap();
+        assert_eq!(
+            nl.link("cni0").await.unwrap().unwrap().ipv6_accept_ra,
+            Some(0)
+        );
+        sysctl::write(knob, "2").unwrap();
+        assert_eq!(
+            nl.link("cni0").await.unwrap().unwrap().ipv6_accept_ra,
+            Some(2)
+        );
 
         // Again: same bridge, untouched MTU.
         let again = nl.ensure_bridge("cni0", Some(1500)).await.unwrap();

@@ -341,8 +341,21 @@ fn a_pod_cannot_become_the_nodes_ipv6_router() {
     );
     // The node's bridge saw it as well, and ignored it.
     assert_eq!(ipv6_default_routes(&node.ns), "", "node took a pod's RA");
+    // A bridge with the kernel default (made by hand or by an older version) is fixed by the
+    // next ADD.
+    let out = node.ns.exec(&[
+        "sh",
+        "-c",
+        "echo 1 > /proc/sys/net/ipv6/conf/cbr0/accept_ra",
+    ]);
+    assert!(out.status.success(), "reset accept_ra");
+    assert_eq!(sysctl_in(&node.ns, "net/ipv6/conf/cbr0/accept_ra"), "1");
+    let late = Netns::new("rl");
+    node.add_ok("rl", &late, &conf);
+    assert_eq!(sysctl_in(&node.ns, "net/ipv6/conf/cbr0/accept_ra"), "0");
     node.del_ok("rr", Some(&rogue.path()), &conf);
     node.del_ok("rw", Some(&witness.path()), &conf);
+    node.del_ok("rl", Some(&late.path()), &conf);
 }
 
 #[test]

@@ -153,6 +153,10 @@ pub struct Link {
     /// `IFF_PROMISC` as requested by a user (`ip link set X promisc on`), not the bridge-port
     /// promiscuity counter.
     pub promisc: bool,
+    /// `net.ipv6.conf.<name>.accept_ra` as the link dump reports it (`IFLA_AF_SPEC` >
+    /// `AF_INET6` > `IFLA_INET6_CONF`), so a caller can check the knob without a `/proc/sys`
+    /// lookup; `None` when the device has no IPv6 state (IPv6 disabled at boot).
+    pub ipv6_accept_ra: Option<i32>,
 }
 
 impl Link {
@@ -169,6 +173,7 @@ impl Link {
             admin_up: flags.contains(LinkFlags::Up),
             oper_up: flags.contains(LinkFlags::Running),
             promisc: flags.contains(LinkFlags::Promisc),
+            ipv6_accept_ra: None,
         };
         for attr in m.attributes {
             match attr {
@@ -181,6 +186,17 @@ impl Link {
                     for info in infos {
                         if let LinkInfo::Kind(k) = info {
                             link.kind = Some(k.to_string());
+                        }
+                    }
+                }
+                LinkAttribute::AfSpecUnspec(families) => {
+                    for family in families {
+                        if let AfSpecUnspec::Inet6(inet6) = family {
+                            for a in inet6 {
+                                if let AfSpecInet6::DevConf(conf) = a {
+                                    link.ipv6_accept_ra = Some(conf.accept_ra);
+                                }
+                            }
                         }
                     }
                 }
