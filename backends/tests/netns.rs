@@ -128,6 +128,26 @@ fn new_in_programs_the_other_namespace_from_here() {
         );
         // This thread never left its namespace.
         assert!(!other.is_same_as_current().unwrap());
+
+        // Each socket names the namespace it was made in, whichever thread asks.
+        assert!(local.netns().unwrap().is_same_as_current().unwrap());
+        let theirs = remote.netns().unwrap();
+        assert!(!theirs.is_same_as_current().unwrap());
+        let probe = other.try_clone().unwrap();
+        assert!(
+            theirs
+                .run(move || probe.is_same_as_current().unwrap())
+                .unwrap()
+        );
+        // After the last handle is gone the namespace handle still works (it holds its own
+        // descriptor, not the socket's).
+        drop(remote);
+        let probe = other.try_clone().unwrap();
+        assert!(
+            theirs
+                .run(move || probe.is_same_as_current().unwrap())
+                .unwrap()
+        );
     });
 }
 

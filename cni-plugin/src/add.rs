@@ -212,7 +212,9 @@ async fn attach(
     // 5. the pod side, through a socket bound to the pod namespace
     // The plugin is a short-lived process on a current-thread runtime: visiting the pod
     // namespace on this very thread (and coming straight back) is safe and spares a thread.
-    let home = NetNs::current().map_err(|e| CniError::internal(format!("open own netns: {e}")))?;
+    let home = host
+        .netns()
+        .map_err(|e| CniError::internal(format!("open own netns: {e}")))?;
     // The same visit sets IPv6 DAD on the pod interface as the reference does (`/proc/sys/net`
     // is the visiting thread's namespace), before the link goes up below.
     let (pod, ()) =

@@ -30,7 +30,8 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::sync::Arc;
 
 use futures::StreamExt;
 use ipnetwork::IpNetwork;
@@ -503,6 +504,9 @@ fn skip_stats() -> LinkAttribute {
 #[derive(Clone, Debug)]
 pub struct Netlink {
     handle: rtnetlink::Handle,
+    /// A duplicate of the socket's descriptor, for [`Netlink::netns`]: the connection task
+    /// owns the socket, and a duplicate cannot be closed (and its number reused) under us.
+    socket: Arc<OwnedFd>,
 }
 
 impl Netlink {
@@ -513,11 +517,22 @@ impl Netlink {
     /// Errors when called outside a tokio runtime. Panics, like tokio itself, if the runtime was
     /// built without IO (`enable_io`/`enable_all`).
     pub fn new() -> Result<Netlink> {
-        let rt = runtime("open netlink socket")?;
-        let (conn, handle, _) = rtnetlink::new_connection()
-            .map_err(|e| NetlinkError::other("open netlink socket", e))?;
+        let op = "open netlink socket";
+        let rt = runtime(op)?;
+        let (mut conn, handle, _) =
+            rtnetlink::new_connection().map_err(|e| NetlinkError::other(op, e))?;
+        let raw = conn.socket_mut().as_raw_fd();
+        // SAFETY: `raw` is the connection's open socket, and `conn` (which owns it) outlives
+        // this borrow.
+        let socket = duplicate(op, unsafe { BorrowedFd::borrow_raw(raw) })?;
         rt.spawn(conn);
-        Ok(Netlink { handle })
+        Ok(Netlink { handle, socket })
+    }
+
+    /// The network namespace this socket works in (`ip netns identify` of the socket), from
+    /// the socket itself ([`NetNs::of_socket`]) rather than a `/proc` path.
+    pub fn netns(&self) -> io::Result<NetNs> {
+        NetNs::of_socket(self.socket.as_fd())
     }
 
     /// Opens a socket inside `ns`, without moving any thread of the caller: the socket is created
@@ -561,6 +576,7 @@ impl Netlink {
     /// current tokio runtime.
     fn from_socket(op: &str, socket: netlink_sys::Socket) -> Result<Netlink> {
         let rt = runtime(op)?;
+        let duplicate = duplicate(op, socket.as_fd())?;
         let raw = socket.into_raw_fd();
         // SAFETY: `raw` is an open netlink socket whose ownership we just released from `socket`;
         // the TokioSocket takes it over (and closes it on drop). We are inside a runtime context
@@ -568,7 +584,10 @@ impl Netlink {
         let socket = unsafe { netlink_sys::TokioSocket::from_raw_fd(raw) };
         let (conn, handle, _) = rtnetlink::from_socket(socket);
         rt.spawn(conn);
-        Ok(Netlink { handle })
+        Ok(Netlink {
+            handle,
+            socket: duplicate,
+        })
     }
 
     /// Sends one request and collects the reply messages (dump parts, echoes) until the final
@@ -1133,6 +1152,14 @@ fn bound_route_socket() -> io::Result<netlink_sys::Socket> {
     let mut s = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE)?;
     s.bind_auto()?;
     Ok(s)
+}
+
+/// `fcntl(F_DUPFD_CLOEXEC)` of a socket, shared by a handle's clones.
+fn duplicate(op: &str, socket: BorrowedFd<'_>) -> Result<Arc<OwnedFd>> {
+    socket
+        .try_clone_to_owned()
+        .map(Arc::new)
+        .map_err(|e| NetlinkError::other(op, e))
 }
 
 /// The runtime to spawn connection tasks on.
