@@ -30,7 +30,7 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::sync::Arc;
 
 use futures::StreamExt;
@@ -518,15 +518,8 @@ impl Netlink {
     /// built without IO (`enable_io`/`enable_all`).
     pub fn new() -> Result<Netlink> {
         let op = "open netlink socket";
-        let rt = runtime(op)?;
-        let (mut conn, handle, _) =
-            rtnetlink::new_connection().map_err(|e| NetlinkError::other(op, e))?;
-        let raw = conn.socket_mut().as_raw_fd();
-        // SAFETY: `raw` is the connection's open socket, and `conn` (which owns it) outlives
-        // this borrow.
-        let socket = duplicate(op, unsafe { BorrowedFd::borrow_raw(raw) })?;
-        rt.spawn(conn);
-        Ok(Netlink { handle, socket })
+        let socket = bound_route_socket().map_err(|e| NetlinkError::other(op, e))?;
+        Self::from_socket(op, socket)
     }
 
     /// The network namespace this socket works in (`ip netns identify` of the socket), from
@@ -576,7 +569,12 @@ impl Netlink {
     /// current tokio runtime.
     fn from_socket(op: &str, socket: netlink_sys::Socket) -> Result<Netlink> {
         let rt = runtime(op)?;
-        let duplicate = duplicate(op, socket.as_fd())?;
+        // Our own descriptor of the socket, for `netns` (the connection task owns the socket).
+        let duplicate = socket
+            .as_fd()
+            .try_clone_to_owned()
+            .map(Arc::new)
+            .map_err(|e| NetlinkError::other(op, e))?;
         let raw = socket.into_raw_fd();
         // SAFETY: `raw` is an open netlink socket whose ownership we just released from `socket`;
         // the TokioSocket takes it over (and closes it on drop). We are inside a runtime context
@@ -1152,14 +1150,6 @@ fn bound_route_socket() -> io::Result<netlink_sys::Socket> {
     let mut s = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE)?;
     s.bind_auto()?;
     Ok(s)
-}
-
-/// `fcntl(F_DUPFD_CLOEXEC)` of a socket, shared by a handle's clones.
-fn duplicate(op: &str, socket: BorrowedFd<'_>) -> Result<Arc<OwnedFd>> {
-    socket
-        .try_clone_to_owned()
-        .map(Arc::new)
-        .map_err(|e| NetlinkError::other(op, e))
 }
 
 /// The runtime to spawn connection tasks on.
