@@ -191,21 +191,28 @@ impl Link {
                     }
                 }
                 LinkAttribute::AfSpecUnspec(families) => {
-                    for family in families {
-                        if let AfSpecUnspec::Inet6(inet6) = family {
-                            for a in inet6 {
-                                if let AfSpecInet6::DevConf(conf) = a {
-                                    link.ipv6_accept_ra = Some(conf.accept_ra);
-                                }
-                            }
-                        }
-                    }
+                    link.ipv6_accept_ra = ipv6_accept_ra(&families);
                 }
                 _ => {}
             }
         }
         link
     }
+}
+
+/// `accept_ra` from a link's per-family data (`IFLA_AF_SPEC` > `AF_INET6` > `IFLA_INET6_CONF`).
+fn ipv6_accept_ra(families: &[AfSpecUnspec]) -> Option<i32> {
+    families
+        .iter()
+        .filter_map(|family| match family {
+            AfSpecUnspec::Inet6(inet6) => Some(inet6),
+            _ => None,
+        })
+        .flatten()
+        .find_map(|a| match a {
+            AfSpecInet6::DevConf(conf) => Some(conf.accept_ra),
+            _ => None,
+        })
 }
 
 /// IP version of a dump.
