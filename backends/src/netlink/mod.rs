@@ -499,6 +499,13 @@ fn single_queue() -> [LinkAttribute; 2] {
     [LinkAttribute::NumTxQueues(1), LinkAttribute::NumRxQueues(1)]
 }
 
+/// `addrgenmode none`: the link gets no IPv6 link-local address (so sends no DAD, RS or MLD).
+fn no_ipv6_address_generation() -> LinkAttribute {
+    LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![AfSpecInet6::AddrGenMode(
+        In6AddrGenMode::None,
+    )])])
+}
+
 /// Requests the kernel to leave statistics out of link replies (`RTEXT_FILTER_SKIP_STATS`):
 /// we never read them and they are most of a link message.
 fn skip_stats() -> LinkAttribute {
@@ -876,10 +883,7 @@ impl Netlink {
     /// every port. Set it before the link gets carrier (address generation starts then).
     pub async fn set_ipv6_addr_gen_none(&self, index: u32) -> Result<()> {
         let mut msg = LinkUnspec::new_with_index(index).build();
-        msg.attributes
-            .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(
-                vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)],
-            )]));
+        msg.attributes.push(no_ipv6_address_generation());
         self.ack(
             &format!("ip link set #{index} addrgenmode none"),
             RouteNetlinkMessage::NewLink(msg),
@@ -900,10 +904,7 @@ impl Netlink {
         let mut msg = LinkBridgePort::new(index).hairpin(hairpin).build();
         msg.header.flags |= LinkFlags::Up;
         msg.header.change_mask |= LinkFlags::Up;
-        msg.attributes
-            .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(
-                vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)],
-            )]));
+        msg.attributes.push(no_ipv6_address_generation());
         let op = format!(
             "ip link set #{index} up addrgenmode none type bridge_slave hairpin {}",
             if hairpin { "on" } else { "off" }
