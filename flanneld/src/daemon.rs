@@ -24,7 +24,6 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -38,11 +37,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Opts;
+use crate::healthz::Health;
 use crate::iface::{self, IfaceSelector, SelectedInterface};
 use crate::network_config::{BackendConfig, NetworkConfig};
+use crate::subnet::manager::log_store_error;
 use crate::subnet::{
-    EtcdConfig, EtcdLeaseStore, LeaseStore, ManagerConfig, ManagerError, OwnLeaseEvent,
-    SubnetManager, WatchUpdate,
+    EtcdConfig, EtcdLeaseStore, LeaseStore, ManagerConfig, ManagerError, OwnLeaseEvent, StoreError,
+    StoreMetrics, SubnetManager, WatchUpdate,
 };
 
 /// How often the whole kernel state is re-checked even without any event (flannel's
@@ -63,8 +64,8 @@ pub async fn run(opts: Opts) -> Result<()> {
 
 /// Runs flanneld until `cancel` fires (the testable entry point).
 pub async fn run_until(opts: Opts, cancel: CancellationToken) -> Result<()> {
-    let ready = Arc::new(AtomicBool::new(false));
-    let metrics = crate::healthz::MetricsSource::default();
+    let store_metrics = Arc::new(StoreMetrics::default());
+    let health = Arc::new(Health::new(store_metrics.clone()));
     if opts.healthz_port != 0 {
         let addr = SocketAddr::new(opts.healthz_ip, opts.healthz_port);
         let listener = crate::healthz::bind(addr)
@@ -73,17 +74,16 @@ pub async fn run_until(opts: Opts, cancel: CancellationToken) -> Result<()> {
         tracing::info!(%addr, "serving /healthz and /readyz");
         tokio::spawn(crate::healthz::serve(
             listener,
-            ready.clone(),
-            metrics.clone(),
+            health.clone(),
             cancel.clone(),
         ));
     }
 
-    let Some(store) = connect_store(&opts, &cancel).await? else {
+    let Some(store) = connect_store(&opts, &health, &cancel).await? else {
         return Ok(());
     };
     let store = Arc::new(store);
-    let Some(network) = wait_for_network_config(store.as_ref(), &cancel).await? else {
+    let Some(network) = wait_for_network_config(store.as_ref(), &health, &cancel).await? else {
         return Ok(());
     };
     tracing::info!(
@@ -112,7 +112,7 @@ pub async fn run_until(opts: Opts, cancel: CancellationToken) -> Result<()> {
         .await
         .context("set up the backend")?;
 
-    let _ = metrics.set(overlay.metrics_fn());
+    health.set_backend_metrics(overlay.metrics_fn());
 
     let previous = match SubnetEnv::load(&opts.subnet_file) {
         Ok(env) => env.subnet_network(),
@@ -126,13 +126,18 @@ pub async fn run_until(opts: Opts, cancel: CancellationToken) -> Result<()> {
     let mut attrs = LeaseAttrs::new(ext.public_ip, overlay.backend_type());
     attrs.backend_data = overlay.backend_data();
 
-    let manager = Arc::new(SubnetManager::new(
-        store.clone(),
-        network.clone(),
-        ManagerConfig::new(opts.subnet_lease_ttl, opts.renew_margin()),
-    ));
+    let manager = Arc::new(
+        SubnetManager::new(
+            store.clone(),
+            network.clone(),
+            ManagerConfig::new(opts.subnet_lease_ttl, opts.renew_margin()),
+        )
+        .with_metrics(store_metrics.clone()),
+    );
     let acquire_started = std::time::Instant::now();
-    let Some(mut own) = acquire_with_retry(&manager, &attrs, previous, &cancel).await else {
+    health.waiting_for("acquiring a subnet lease");
+    let Some(mut own) = acquire_with_retry(&manager, &attrs, previous, &health, &cancel).await
+    else {
         return Ok(());
     };
     tracing::info!(
@@ -182,7 +187,7 @@ pub async fn run_until(opts: Opts, cancel: CancellationToken) -> Result<()> {
         .await
         .context("install masquerade/forward rules")?;
     write_subnet_env(&opts, &network, &own, overlay.mtu())?;
-    ready.store(true, Ordering::SeqCst);
+    health.set_ready();
     tracing::info!(file = %opts.subnet_file.display(), "ready: subnet file written");
 
     let mut reconcile_tick = tokio::time::interval(RECONCILE_PERIOD);
@@ -203,7 +208,7 @@ pub async fn run_until(opts: Opts, cancel: CancellationToken) -> Result<()> {
             }
             Some(event) = own_rx.recv() => match event {
                 OwnLeaseEvent::Lost(_) => {
-                    ready.store(false, Ordering::SeqCst);
+                    health.set_not_ready(format!("own lease {} lost; re-acquiring", own.subnet));
                     tracing::warn!(subnet = %own.subnet, "own lease lost; re-acquiring");
                 }
                 OwnLeaseEvent::Reacquired(lease) => {
@@ -222,7 +227,7 @@ pub async fn run_until(opts: Opts, cancel: CancellationToken) -> Result<()> {
                     if let Err(e) = write_subnet_env(&opts, &network, &own, overlay.mtu()) {
                         tracing::error!(error = %e, "writing the subnet file");
                     }
-                    ready.store(true, Ordering::SeqCst);
+                    health.set_ready();
                 }
             },
             Some(change) = monitor.recv() => {
@@ -281,7 +286,8 @@ async fn sleep_or_cancel(d: Duration, cancel: &CancellationToken) -> bool {
     }
 }
 
-fn etcd_config(opts: &Opts) -> EtcdConfig {
+/// The etcd client settings from the flags.
+pub fn etcd_config(opts: &Opts) -> EtcdConfig {
     EtcdConfig {
         endpoints: opts.etcd_endpoints.clone(),
         prefix: opts.etcd_prefix.clone(),
@@ -294,16 +300,32 @@ fn etcd_config(opts: &Opts) -> EtcdConfig {
     }
 }
 
-async fn connect_store(opts: &Opts, cancel: &CancellationToken) -> Result<Option<EtcdLeaseStore>> {
+/// Connects to etcd, retrying with backoff until it works or `cancel` fires. Settings that
+/// no retry can fix (a malformed endpoint, a password without user) end the daemon; a TLS
+/// file that is missing or expired, a wrong password or an unreachable etcd are logged as
+/// one line naming the cause and retried (a file may be provisioned or rotated later).
+async fn connect_store(
+    opts: &Opts,
+    health: &Health,
+    cancel: &CancellationToken,
+) -> Result<Option<EtcdLeaseStore>> {
     let cfg = etcd_config(opts);
+    let tls = cfg
+        .endpoints
+        .iter()
+        .any(|e| e.trim().to_ascii_lowercase().starts_with("https://"));
+    tracing::info!(endpoints = %cfg.endpoints.join(","), tls,
+        client_cert = cfg.cert_file.is_some(), user = ?cfg.username, "connecting to etcd");
     let mut delay = RETRY_MIN;
     loop {
-        match EtcdLeaseStore::connect(cfg.clone()).await {
+        match EtcdLeaseStore::connect_with_metrics(cfg.clone(), health.store_metrics().clone())
+            .await
+        {
             Ok(store) => return Ok(Some(store)),
-            Err(crate::subnet::StoreError::Unsupported(what)) => bail!("etcd: {what}"),
+            Err(StoreError::Config(what)) => bail!("etcd: {what}"),
             Err(e) => {
-                tracing::warn!(endpoints = ?opts.etcd_endpoints, error = %e,
-                    "cannot reach etcd; retrying in {delay:?}");
+                health.waiting_for(format!("waiting for etcd: {e}"));
+                log_store_error(&e, delay, "connecting to etcd");
             }
         }
         if !sleep_or_cancel(delay, cancel).await {
@@ -315,6 +337,7 @@ async fn connect_store(opts: &Opts, cancel: &CancellationToken) -> Result<Option
 
 async fn wait_for_network_config<S: LeaseStore>(
     store: &S,
+    health: &Health,
     cancel: &CancellationToken,
 ) -> Result<Option<NetworkConfig>> {
     let mut delay = RETRY_MIN;
@@ -322,13 +345,23 @@ async fn wait_for_network_config<S: LeaseStore>(
         match store.network_config().await {
             Ok(Some(json)) => match NetworkConfig::parse(&json) {
                 Ok(cfg) => return Ok(Some(cfg)),
-                Err(e) => tracing::error!(key = %store.config_location(), error = %e,
-                    "invalid network config; fix it, re-reading in {delay:?}"),
+                Err(e) => {
+                    health.waiting_for(format!("invalid network config: {e}"));
+                    tracing::error!(key = %store.config_location(), error = %e,
+                        "invalid network config; fix it, re-reading in {delay:?}")
+                }
             },
-            Ok(None) => tracing::warn!(key = %store.config_location(),
-                "network config not found; waiting for it, retrying in {delay:?}"),
+            Ok(None) => {
+                health.waiting_for(format!(
+                    "waiting for the network config at {}",
+                    store.config_location()
+                ));
+                tracing::warn!(key = %store.config_location(),
+                    "network config not found; waiting for it, retrying in {delay:?}")
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "reading the network config; retrying in {delay:?}")
+                health.waiting_for(format!("waiting for etcd: {e}"));
+                log_store_error(&e, delay, "reading the network config");
             }
         }
         if !sleep_or_cancel(delay, cancel).await {
@@ -342,6 +375,7 @@ async fn acquire_with_retry<S: LeaseStore>(
     manager: &SubnetManager<S>,
     attrs: &LeaseAttrs,
     previous: Option<Ipv4Network>,
+    health: &Health,
     cancel: &CancellationToken,
 ) -> Option<Lease> {
     let mut delay = RETRY_MIN;
@@ -349,9 +383,17 @@ async fn acquire_with_retry<S: LeaseStore>(
         match manager.acquire(attrs, previous).await {
             Ok(lease) => return Some(lease),
             Err(e @ ManagerError::Exhausted { .. }) => {
+                health.waiting_for(format!("acquiring a subnet lease: {e}"));
                 tracing::error!(error = %e, "no free subnet; retrying in {delay:?}")
             }
-            Err(e) => tracing::warn!(error = %e, "acquiring a subnet lease; retrying in {delay:?}"),
+            Err(ManagerError::Store(e)) => {
+                health.waiting_for(format!("acquiring a subnet lease: {e}"));
+                log_store_error(&e, delay, "acquiring a subnet lease");
+            }
+            Err(e) => {
+                health.waiting_for(format!("acquiring a subnet lease: {e}"));
+                tracing::warn!(error = %e, "acquiring a subnet lease; retrying in {delay:?}")
+            }
         }
         if !sleep_or_cancel(delay, cancel).await {
             return None;

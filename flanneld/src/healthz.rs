@@ -1,33 +1,122 @@
-//! # healthz — `/healthz` and `/readyz` on `--healthz-ip:--healthz-port`
+//! # healthz — `/healthz`, `/readyz` and `/metrics` on `--healthz-ip:--healthz-port`
 //!
-//! `/healthz` answers 200 while the process runs. `/readyz` answers 200 only once the daemon
-//! has written subnet.env with the backend and the rules in place, 503 before (and again when
-//! the own lease is lost until it is re-acquired). `/metrics` prints the backend's counters in
-//! Prometheus text format (e.g. the udp backend's dropped datagrams), once a backend is up. A minimal HTTP/1.0 responder — one request
-//! per connection, no keep-alive — so that the daemon needs no HTTP stack.
+//! * `/healthz` answers 200 while the process runs — also while etcd is unreachable: the data
+//!   plane keeps forwarding with the last known state, so restarting flanneld would not help.
+//! * `/readyz` answers 200 once the daemon has written subnet.env with the backend and the
+//!   rules in place; before that (and again while the own lease is lost) 503 with the reason,
+//!   e.g. `not ready: waiting for etcd: TLS: ...` or `not ready: re-acquiring the lease`.
+//! * `/metrics` prints the control plane's counters ([`StoreMetrics`]: etcd errors by kind,
+//!   watch restarts, re-lists, renewals, re-acquisitions, seconds since the last renewal) and,
+//!   once a backend is up, the backend's (e.g. the udp backend's dropped datagrams), in the
+//!   Prometheus text format.
+//!
+//! A minimal HTTP/1.0 responder — one request per connection, no keep-alive — so that the
+//! daemon needs no HTTP stack.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// Renders the backend's counters (Prometheus text format), set once the backend exists.
-pub type MetricsSource = Arc<OnceLock<Box<dyn Fn() -> String + Send + Sync>>>;
+use crate::subnet::StoreMetrics;
+
+/// Renders a backend's counters (Prometheus text format).
+pub type BackendMetrics = Box<dyn Fn() -> String + Send + Sync>;
+
+/// What the health endpoints report, shared between the daemon and the server.
+#[derive(Default)]
+pub struct Health {
+    ready: AtomicBool,
+    reason: Mutex<String>,
+    backend: OnceLock<BackendMetrics>,
+    store: Arc<StoreMetrics>,
+}
+
+impl std::fmt::Debug for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Health")
+            .field("ready", &self.is_ready())
+            .field("reason", &self.reason())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Health {
+    /// Not ready yet ("starting"), reporting `store`'s counters.
+    pub fn new(store: Arc<StoreMetrics>) -> Self {
+        Self {
+            reason: Mutex::new("starting".into()),
+            store,
+            ..Self::default()
+        }
+    }
+
+    /// The control-plane counters.
+    pub fn store_metrics(&self) -> &Arc<StoreMetrics> {
+        &self.store
+    }
+
+    /// Marks the node ready.
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::SeqCst);
+    }
+
+    /// Marks the node not ready, saying why (shown by `/readyz`). Only the last reason is
+    /// kept; it is replaced as the daemon moves on.
+    pub fn set_not_ready(&self, reason: impl Into<String>) {
+        *self.reason.lock().unwrap_or_else(|p| p.into_inner()) = reason.into();
+        self.ready.store(false, Ordering::SeqCst);
+    }
+
+    /// Updates the reason without changing readiness (while still starting).
+    pub fn waiting_for(&self, reason: impl Into<String>) {
+        if !self.is_ready() {
+            *self.reason.lock().unwrap_or_else(|p| p.into_inner()) = reason.into();
+        }
+    }
+
+    /// Whether the node is ready.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    /// Why the node is not ready.
+    pub fn reason(&self) -> String {
+        self.reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Sets the backend's metrics (once).
+    pub fn set_backend_metrics(&self, f: BackendMetrics) {
+        let _ = self.backend.set(f);
+    }
+
+    /// The `/metrics` page.
+    pub fn render_metrics(&self) -> String {
+        let mut out = self.store.render();
+        if let Some(render) = self.backend.get() {
+            out.push_str(&render());
+        }
+        out
+    }
+}
 
 /// The status line and body for a request path.
-pub fn respond(path: &str, ready: bool, metrics: &MetricsSource) -> (&'static str, String) {
+pub fn respond(path: &str, health: &Health) -> (&'static str, String) {
     match path {
         "/healthz" => ("200 OK", "ok\n".into()),
-        "/readyz" if ready => ("200 OK", "ready\n".into()),
-        "/readyz" => ("503 Service Unavailable", "not ready\n".into()),
-        "/metrics" => match metrics.get() {
-            Some(render) => ("200 OK", render()),
-            None => ("503 Service Unavailable", "backend not set up yet\n".into()),
-        },
+        "/readyz" if health.is_ready() => ("200 OK", "ready\n".into()),
+        "/readyz" => (
+            "503 Service Unavailable",
+            format!("not ready: {}\n", health.reason()),
+        ),
+        "/metrics" => ("200 OK", health.render_metrics()),
         _ => ("404 Not Found", "not found\n".into()),
     }
 }
@@ -38,12 +127,7 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Serves health checks on `listener` until `cancel` fires.
-pub async fn serve(
-    listener: TcpListener,
-    ready: Arc<AtomicBool>,
-    metrics: MetricsSource,
-    cancel: CancellationToken,
-) {
+pub async fn serve(listener: TcpListener, health: Arc<Health>, cancel: CancellationToken) {
     loop {
         let mut sock = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -56,8 +140,7 @@ pub async fn serve(
                 }
             },
         };
-        let ready = ready.clone();
-        let metrics = metrics.clone();
+        let health = health.clone();
         tokio::spawn(async move {
             let mut buf = [0u8; 1024];
             let n = match tokio::time::timeout(Duration::from_secs(2), sock.read(&mut buf)).await {
@@ -66,7 +149,7 @@ pub async fn serve(
             };
             let request = String::from_utf8_lossy(&buf[..n]);
             let path = request.split_whitespace().nth(1).unwrap_or("");
-            let (status, body) = respond(path, ready.load(Ordering::SeqCst), &metrics);
+            let (status, body) = respond(path, &health);
             let response = format!(
                 "HTTP/1.0 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\
                  Connection: close\r\n\r\n{body}",
@@ -82,17 +165,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn readyz_follows_the_flag_and_metrics_the_backend() {
-        let m = MetricsSource::default();
-        assert_eq!(respond("/healthz", false, &m).0, "200 OK");
-        assert_eq!(respond("/readyz", false, &m).0, "503 Service Unavailable");
-        assert_eq!(respond("/readyz", true, &m).0, "200 OK");
-        assert_eq!(respond("/other", true, &m).0, "404 Not Found");
-        assert_eq!(respond("/metrics", true, &m).0, "503 Service Unavailable");
-        let _ = m.set(Box::new(|| "flannel_udp_rx_dropped_total 3\n".to_string()));
+    fn readyz_says_why_and_metrics_show_store_and_backend() {
+        let h = Health::new(Arc::default());
+        assert_eq!(respond("/healthz", &h).0, "200 OK");
         assert_eq!(
-            respond("/metrics", true, &m),
-            ("200 OK", "flannel_udp_rx_dropped_total 3\n".to_string())
+            respond("/readyz", &h),
+            ("503 Service Unavailable", "not ready: starting\n".into())
+        );
+        h.waiting_for("waiting for etcd: no etcd member answered");
+        assert!(respond("/readyz", &h).1.contains("waiting for etcd"));
+        h.set_ready();
+        assert_eq!(respond("/readyz", &h).0, "200 OK");
+        h.waiting_for("ignored once ready");
+        assert_eq!(respond("/readyz", &h).0, "200 OK");
+        h.set_not_ready("own lease lost; re-acquiring");
+        assert_eq!(
+            respond("/readyz", &h).1,
+            "not ready: own lease lost; re-acquiring\n"
+        );
+        assert_eq!(respond("/other", &h).0, "404 Not Found");
+        h.store_metrics().error("unreachable");
+        let (status, body) = respond("/metrics", &h);
+        assert_eq!(status, "200 OK");
+        assert!(body.contains("flannel_etcd_request_errors_total{kind=\"unreachable\"} 1"));
+        h.set_backend_metrics(Box::new(|| "flannel_udp_rx_dropped_total 3\n".to_string()));
+        assert!(
+            respond("/metrics", &h)
+                .1
+                .ends_with("flannel_udp_rx_dropped_total 3\n")
         );
     }
 }

@@ -337,22 +337,33 @@ async fn watch_maps_events_and_compaction() {
 }
 
 #[tokio::test]
-async fn tls_settings_are_refused_clearly() {
-    let cfg = EtcdConfig {
-        endpoints: vec!["http://127.0.0.1:1".into()],
-        ca_file: Some("/etc/ssl/ca.pem".into()),
+async fn malformed_settings_are_config_errors_and_missing_files_name_the_path() {
+    let mixed = EtcdConfig {
+        endpoints: vec!["http://127.0.0.1:1".into(), "https://127.0.0.1:2".into()],
         ..EtcdConfig::default()
     };
-    match EtcdLeaseStore::connect(&cfg).await {
-        Err(StoreError::Unsupported(m)) => assert!(m.contains("--etcd-cafile"), "{m}"),
-        other => panic!("expected Unsupported, got {other:?}"),
+    match EtcdLeaseStore::connect(&mixed).await {
+        Err(StoreError::Config(m)) => assert!(m.contains("mixes http:// and https://"), "{m}"),
+        other => panic!("expected Config, got {other:?}"),
     }
-    let cfg = EtcdConfig {
-        endpoints: vec!["https://127.0.0.1:1".into()],
+    let scheme = EtcdConfig {
+        endpoints: vec!["ftp://127.0.0.1:1".into()],
         ..EtcdConfig::default()
     };
     assert!(matches!(
-        EtcdLeaseStore::connect(&cfg).await,
-        Err(StoreError::Unsupported(_))
+        EtcdLeaseStore::connect(&scheme).await,
+        Err(StoreError::Config(_))
     ));
+    let missing_ca = EtcdConfig {
+        endpoints: vec!["https://127.0.0.1:1".into()],
+        ca_file: Some("/nonexistent/flannel-ca.pem".into()),
+        ..EtcdConfig::default()
+    };
+    match EtcdLeaseStore::connect(&missing_ca).await {
+        Err(e @ StoreError::TlsFile(_)) => assert_eq!(
+            e.to_string(),
+            "etcd: --etcd-cafile /nonexistent/flannel-ca.pem: cannot read it: no such file"
+        ),
+        other => panic!("expected TlsFile, got {other:?}"),
+    }
 }

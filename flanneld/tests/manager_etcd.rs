@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use flanneld::network_config::NetworkConfig;
 use flanneld::subnet::{
     CreateOutcome, EtcdConfig, EtcdLeaseStore, KeepAliveOutcome, LeaseStore, Listing,
-    ManagerConfig, OwnLeaseEvent, Revision, StoreError, SubnetManager, UpdateOutcome, WatchStream,
-    WatchUpdate,
+    ManagerConfig, OwnLeaseEvent, Revision, StoreError, StorePosition, SubnetManager,
+    UpdateOutcome, WatchStream, WatchUpdate,
 };
 use flanneld::testing::etcd::EtcdServer;
 use ipam::lease::{Lease, LeaseAttrs, LeaseEvent, LeaseWatcher, SubnetId};
@@ -291,6 +291,9 @@ impl LeaseStore for CompactBeforeWatch {
     async fn keep_alive(&self, id: i64) -> Result<KeepAliveOutcome, StoreError> {
         self.inner.keep_alive(id).await
     }
+    async fn position(&self) -> Result<StorePosition, StoreError> {
+        self.inner.position().await
+    }
     async fn delete(&self, l: &Lease) -> Result<bool, StoreError> {
         self.inner.delete(l).await
     }
@@ -305,11 +308,12 @@ impl LeaseStore for CompactBeforeWatch {
                 peer.to_json(),
                 None,
             )
-            .await?;
-            let put = c.put("unrelated-key", "x", None).await?;
+            .await
+            .expect("put");
+            let put = c.put("unrelated-key", "x", None).await.expect("put");
             let head = put.header().map(|h| h.revision()).unwrap_or(0);
             assert!(head > from);
-            c.compact(head, None).await?;
+            c.compact(head, None).await.expect("compact");
         }
         self.inner.watch(from).await
     }

@@ -118,6 +118,10 @@ impl<S: LeaseStore> LeaseStore for CountingStore<S> {
         self.inner.network_config().await
     }
 
+    async fn position(&self) -> Result<super::StorePosition, StoreError> {
+        self.inner.position().await
+    }
+
     async fn list(&self) -> Result<Listing, StoreError> {
         bump(&self.counters.list);
         self.inner.list().await

@@ -24,13 +24,22 @@
 //! Unary calls are bounded by [`EtcdConfig::request_timeout`]; streams are not (a watch lives
 //! as long as the connection, whose health HTTP/2 keep-alive pings check).
 //!
-//! TLS is not available: the workspace builds etcd-client without its `tls` feature (it would
-//! add a C toolchain dependency through ring). [`EtcdLeaseStore::connect`] refuses TLS settings
-//! with [`StoreError::Unsupported`] instead of silently talking plain text.
+//! **TLS and auth.** `https://` endpoints use rustls; `--etcd-cafile` replaces the system roots
+//! and `--etcd-certfile/--etcd-keyfile` present a client certificate ([`super::etcd_tls`]
+//! checks the files first). `--etcd-username/--etcd-password` authenticate once at connect
+//! and again whenever etcd says the token expired. Every failure becomes a
+//! [`StoreError::Etcd`] whose message names the cause and what to fix
+//! ([`super::etcd_error`]) and is counted by kind in [`StoreMetrics`].
+//!
+//! **Several endpoints.** The client balances over all of them; a member that stops answering
+//! is skipped by the balancer, and a broken watch is re-opened by the manager on whichever
+//! member answers. [`LeaseStore::position`] reads the revision and cluster ID, so that the
+//! manager can tell a restored etcd from a reconnect.
 
 use std::borrow::Borrow;
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use etcd_client::{
@@ -41,9 +50,12 @@ use etcd_client::{
 use futures::StreamExt;
 use ipam::lease::{Lease, SubnetId, subnet_key};
 
+use super::etcd_error::{EtcdContext, EtcdErrorKind, chain_text, classify};
+use super::etcd_tls::{TlsFiles, TlsMaterial, probe_handshake};
 use super::{
     CreateOutcome, Decoded, KeepAliveOutcome, LeaseStore, Listing, Revision, StoreError,
-    UpdateOutcome, WatchBatch, WatchEvent, WatchStream, decode, listing_from,
+    StoreMetrics, StorePosition, UpdateOutcome, WatchBatch, WatchEvent, WatchStream, decode,
+    listing_from,
 };
 
 /// flannel's default `--etcd-prefix`.
@@ -63,11 +75,11 @@ pub struct EtcdConfig {
     pub username: Option<String>,
     /// Basic-auth password (`--etcd-password`).
     pub password: Option<String>,
-    /// CA bundle (`--etcd-cafile`). TLS is unsupported in this build.
+    /// CA bundle that verifies the servers (`--etcd-cafile`); system roots when unset.
     pub ca_file: Option<PathBuf>,
-    /// Client certificate (`--etcd-certfile`). TLS is unsupported in this build.
+    /// Client certificate for mutual TLS (`--etcd-certfile`).
     pub cert_file: Option<PathBuf>,
-    /// Client key (`--etcd-keyfile`). TLS is unsupported in this build.
+    /// Key of the client certificate (`--etcd-keyfile`).
     pub key_file: Option<PathBuf>,
     /// Bound on each unary request (get, txn, grant, ...).
     pub request_timeout: Duration,
@@ -94,10 +106,103 @@ impl Default for EtcdConfig {
     }
 }
 
+impl EtcdConfig {
+    /// What error messages name.
+    pub fn context(&self) -> EtcdContext {
+        EtcdContext {
+            endpoints: self.endpoints.join(","),
+            ca_file: self.ca_file.clone(),
+            cert_file: self.cert_file.clone(),
+            username: self.username.clone(),
+            prefix: self.prefix.trim_end_matches('/').to_string(),
+        }
+    }
+
+    fn tls_files(&self) -> TlsFiles {
+        TlsFiles {
+            ca_file: self.ca_file.clone(),
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+        }
+    }
+}
+
+/// Turns a client error into a [`StoreError::Etcd`] with an explanation, counting it.
+fn etcd_error(ctx: &EtcdContext, metrics: &StoreMetrics, e: etcd_client::Error) -> StoreError {
+    let kind = classify(&e);
+    metrics.error(kind.label());
+    StoreError::Etcd {
+        kind,
+        message: ctx.explain(kind, &chain_text(&e)),
+        source: e,
+    }
+}
+
+/// How long the handshake probe of [`refine`] may take per endpoint.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Over TLS, gRPC reports a server that rejects our client certificate after a TLS 1.3
+/// handshake as a bare "connection closed", which reads like an outage. When a request fails
+/// that way, each endpoint gets one TLS handshake of our own ([`probe_handshake`]); if one
+/// of them names a TLS cause, the error is re-filed under it and names that endpoint.
+async fn refine(
+    e: StoreError,
+    ctx: &EtcdContext,
+    endpoints: &[String],
+    tls: Option<&TlsMaterial>,
+) -> StoreError {
+    let (Some(tls), StoreError::Etcd { kind, source, .. }) = (tls, &e) else {
+        return e;
+    };
+    if !matches!(kind, EtcdErrorKind::Unreachable | EtcdErrorKind::Other) {
+        return e;
+    }
+    for ep in endpoints {
+        let Some((host, port)) = host_port(ep) else {
+            continue;
+        };
+        let Err(why) = probe_handshake(&host, port, tls, PROBE_TIMEOUT).await else {
+            continue;
+        };
+        let refined = super::etcd_error::classify_text(&why);
+        if refined == EtcdErrorKind::Unreachable || refined == EtcdErrorKind::Other {
+            continue;
+        }
+        let ep_ctx = EtcdContext {
+            endpoints: ep.clone(),
+            ..ctx.clone()
+        };
+        let raw = format!("{why}; the request failed with: {}", chain_text(source));
+        let StoreError::Etcd { source, .. } = e else {
+            unreachable!("matched above")
+        };
+        return StoreError::Etcd {
+            kind: refined,
+            message: ep_ctx.explain(refined, &raw),
+            source,
+        };
+    }
+    e
+}
+
+/// `https://host:port/...` → (`host`, `port`); IPv6 hosts lose their brackets.
+fn host_port(endpoint: &str) -> Option<(String, u16)> {
+    let rest = endpoint.split_once("://")?.1;
+    let authority = rest.split('/').next()?;
+    let (host, port) = authority.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Some((host.to_string(), port.parse().ok()?))
+}
+
 /// The etcd v3 [`LeaseStore`] (see the module docs).
 pub struct EtcdLeaseStore {
     client: Client,
     prefix: String,
+    ctx: EtcdContext,
+    endpoints: Vec<String>,
+    /// The TLS files' contents, for [`refine`]'s handshake probe (`None` over http).
+    tls: Option<TlsMaterial>,
+    metrics: Arc<StoreMetrics>,
     request_timeout: Duration,
     /// The open keep-alive stream, for the lease it belongs to.
     keeper: tokio::sync::Mutex<Option<(i64, LeaseKeeper, LeaseKeepAliveStream)>>,
@@ -111,78 +216,121 @@ impl std::fmt::Debug for EtcdLeaseStore {
     }
 }
 
-/// Whether an etcd error says "this lease does not exist (any more)": etcd answers
-/// `NotFound` / "etcdserver: requested lease not found", and etcd-client's keep-alive
-/// opener reports "lease not found" itself.
-fn is_lease_not_found(e: &etcd_client::Error) -> bool {
-    match e {
-        etcd_client::Error::GRpcStatus(s) => {
-            format!("{:?}", s.code()) == "NotFound" || s.message().contains("lease not found")
+/// Whether an error says "this lease does not exist (any more)": etcd answers
+/// "etcdserver: requested lease not found", and etcd-client's keep-alive opener reports
+/// "lease not found" itself.
+fn is_lease_not_found(e: &StoreError) -> bool {
+    matches!(
+        e,
+        StoreError::Etcd {
+            kind: EtcdErrorKind::LeaseNotFound,
+            ..
         }
-        etcd_client::Error::LeaseKeepAliveError(m) => m.contains("lease not found"),
-        _ => false,
-    }
+    )
 }
 
 impl EtcdLeaseStore {
-    /// Connects to etcd. The connection itself is lazy: this succeeds while etcd is down and
-    /// calls fail (and are retried by the manager) until it is reachable.
+    /// Connects to etcd. Without a user name the connection is lazy: this succeeds while etcd
+    /// is down and calls fail (and are retried by the manager) until it is reachable; with
+    /// one, etcd-client authenticates at once, so a wrong password fails here.
     ///
-    /// Errors: [`StoreError::Unsupported`] for TLS settings or `https://` endpoints,
-    /// [`StoreError::Protocol`] for an empty endpoint list or a password without user name.
+    /// Errors: [`StoreError::Config`] for settings no retry can fix (no endpoints, a scheme
+    /// other than http/https, a password without user name), [`StoreError::TlsFile`] for a
+    /// TLS file that is missing, malformed or expired, [`StoreError::Etcd`] when
+    /// authenticating fails.
     pub async fn connect(cfg: impl Borrow<EtcdConfig>) -> Result<Self, StoreError> {
+        Self::connect_with_metrics(cfg, Arc::default()).await
+    }
+
+    /// [`connect`](Self::connect), counting failures into `metrics`.
+    pub async fn connect_with_metrics(
+        cfg: impl Borrow<EtcdConfig>,
+        metrics: Arc<StoreMetrics>,
+    ) -> Result<Self, StoreError> {
         let cfg: &EtcdConfig = cfg.borrow();
-        let tls_flags: Vec<&str> = [
-            ("--etcd-cafile", cfg.ca_file.is_some()),
-            ("--etcd-certfile", cfg.cert_file.is_some()),
-            ("--etcd-keyfile", cfg.key_file.is_some()),
-        ]
-        .into_iter()
-        .filter_map(|(n, set)| set.then_some(n))
-        .collect();
-        if !tls_flags.is_empty() {
-            return Err(StoreError::Unsupported(format!(
-                "{} given, but this flanneld is built without etcd TLS support \
-                 (etcd-client's `tls` feature is off); use http:// endpoints",
-                tls_flags.join(", ")
-            )));
-        }
-        if let Some(ep) = cfg
-            .endpoints
-            .iter()
-            .find(|e| e.trim().to_ascii_lowercase().starts_with("https://"))
-        {
-            return Err(StoreError::Unsupported(format!(
-                "etcd endpoint {ep:?} needs TLS, which this flanneld is built without; use http://"
-            )));
-        }
         if cfg.endpoints.is_empty() {
-            return Err(StoreError::Protocol {
-                op: "connect",
-                message: "no etcd endpoints given (--etcd-endpoints)".into(),
-            });
+            return Err(StoreError::Config(
+                "no etcd endpoints given (--etcd-endpoints)".into(),
+            ));
+        }
+        let mut https = 0;
+        for ep in &cfg.endpoints {
+            let lower = ep.trim().to_ascii_lowercase();
+            if lower.starts_with("https://") {
+                https += 1;
+            } else if !lower.starts_with("http://") {
+                return Err(StoreError::Config(format!(
+                    "--etcd-endpoints: {ep:?} must start with http:// or https://"
+                )));
+            }
+        }
+        if https != 0 && https != cfg.endpoints.len() {
+            return Err(StoreError::Config(format!(
+                "--etcd-endpoints mixes http:// and https:// ({}); use one scheme",
+                cfg.endpoints.join(",")
+            )));
+        }
+        let tls = cfg.tls_files();
+        if https == 0 && tls.any() {
+            tracing::warn!(
+                endpoints = %cfg.endpoints.join(","),
+                "--etcd-cafile/--etcd-certfile/--etcd-keyfile are ignored for http:// endpoints; \
+                 use https:// to talk TLS"
+            );
         }
         let mut opts = ConnectOptions::new()
             .with_connect_timeout(cfg.connect_timeout)
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
             .with_keep_alive_while_idle(true);
+        let mut material = None;
+        if https > 0 {
+            let loaded = tls.load(SystemTime::now()).inspect_err(|e| {
+                metrics.error(e.kind);
+            })?;
+            opts = opts.with_tls(loaded.options);
+            material = Some(loaded.material);
+        }
         match (&cfg.username, &cfg.password) {
             (Some(u), p) => opts = opts.with_user(u.clone(), p.clone().unwrap_or_default()),
             (None, Some(_)) => {
-                return Err(StoreError::Protocol {
-                    op: "connect",
-                    message: "--etcd-password given without --etcd-username".into(),
-                });
+                return Err(StoreError::Config(
+                    "--etcd-password given without --etcd-username".into(),
+                ));
             }
             (None, None) => {}
         }
-        let client = Client::connect(&cfg.endpoints, Some(opts)).await?;
+        let ctx = cfg.context();
+        let endpoints: Vec<String> = cfg.endpoints.iter().map(|e| e.trim().to_string()).collect();
+        let connect = Client::connect(&endpoints, Some(opts));
+        let client = match tokio::time::timeout(cfg.request_timeout, connect).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                let e = etcd_error(&ctx, &metrics, e);
+                return Err(refine(e, &ctx, &endpoints, material.as_ref()).await);
+            }
+            Err(_) => {
+                metrics.error(EtcdErrorKind::Timeout.label());
+                return Err(StoreError::Timeout {
+                    op: "connect (authenticate)",
+                    after: cfg.request_timeout,
+                });
+            }
+        };
         Ok(Self {
             client,
             prefix: cfg.prefix.trim_end_matches('/').to_string(),
+            ctx,
+            endpoints,
+            tls: material,
+            metrics,
             request_timeout: cfg.request_timeout,
             keeper: tokio::sync::Mutex::new(None),
         })
+    }
+
+    /// The counters this store reports failures to.
+    pub fn metrics(&self) -> &Arc<StoreMetrics> {
+        &self.metrics
     }
 
     /// A clone of the underlying client (tests and tools).
@@ -215,12 +363,23 @@ impl EtcdLeaseStore {
         fut: impl Future<Output = Result<T, etcd_client::Error>>,
     ) -> Result<T, StoreError> {
         match tokio::time::timeout(self.request_timeout, fut).await {
-            Ok(r) => Ok(r?),
-            Err(_) => Err(StoreError::Timeout {
-                op,
-                after: self.request_timeout,
-            }),
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => {
+                let e = self.error(e);
+                Err(refine(e, &self.ctx, &self.endpoints, self.tls.as_ref()).await)
+            }
+            Err(_) => {
+                self.metrics.error(EtcdErrorKind::Timeout.label());
+                Err(StoreError::Timeout {
+                    op,
+                    after: self.request_timeout,
+                })
+            }
         }
+    }
+
+    fn error(&self, e: etcd_client::Error) -> StoreError {
+        etcd_error(&self.ctx, &self.metrics, e)
     }
 
     fn mapper(&self) -> Mapper {
@@ -248,7 +407,7 @@ impl EtcdLeaseStore {
         let mut c = self.client.clone();
         match self.timed("lease revoke", c.lease_revoke(id)).await {
             Ok(_) => {}
-            Err(StoreError::Etcd(e)) if is_lease_not_found(&e) => {}
+            Err(e) if is_lease_not_found(&e) => {}
             Err(e) => {
                 tracing::warn!(lease = id, error = %e, "could not revoke etcd lease; it will expire")
             }
@@ -297,6 +456,25 @@ impl LeaseStore for EtcdLeaseStore {
                     message: format!("{key} is not UTF-8: {e}"),
                 }),
         }
+    }
+
+    async fn position(&self) -> Result<StorePosition, StoreError> {
+        let mut c = self.client.clone();
+        let key = self.config_location();
+        let resp = self
+            .timed(
+                "read revision",
+                c.get(key.as_str(), Some(GetOptions::new().with_count_only())),
+            )
+            .await?;
+        let header = resp.header().ok_or_else(|| StoreError::Protocol {
+            op: "read revision",
+            message: "etcd answered without a response header".into(),
+        })?;
+        Ok(StorePosition {
+            revision: header.revision(),
+            cluster_id: header.cluster_id(),
+        })
     }
 
     async fn list(&self) -> Result<Listing, StoreError> {
@@ -461,7 +639,7 @@ impl LeaseStore for EtcdLeaseStore {
             .await
         {
             Ok(pair) => pair,
-            Err(StoreError::Etcd(e)) if is_lease_not_found(&e) => {
+            Err(e) if is_lease_not_found(&e) => {
                 return Ok(KeepAliveOutcome::Lost);
             }
             Err(e) => return Err(e),
@@ -520,52 +698,53 @@ impl LeaseStore for EtcdLeaseStore {
             .timed("watch subnets", c.watch(prefix.as_str(), Some(opts)))
             .await?;
         let this = self.mapper();
-        let stream = futures::stream::unfold(Some((ws, this)), |state| async move {
-            let (mut ws, this) = state?;
-            loop {
-                let resp = match ws.message().await {
-                    Ok(Some(r)) => r,
-                    Ok(None) => {
-                        let err = StoreError::WatchInterrupted("etcd closed the watch".into());
-                        return Some((Err(err), None));
-                    }
-                    Err(e) => {
-                        let err = StoreError::WatchInterrupted(e.to_string());
-                        return Some((Err(err), None));
-                    }
-                };
-                if resp.compact_revision() != 0 {
-                    let batch = WatchBatch::Compacted {
-                        compact_revision: resp.compact_revision(),
+        let (ctx, metrics) = (self.ctx.clone(), self.metrics.clone());
+        let stream = futures::stream::unfold(Some((ws, this)), move |state| {
+            let (ctx, metrics) = (ctx.clone(), metrics.clone());
+            async move {
+                let (mut ws, this) = state?;
+                loop {
+                    let resp = match ws.message().await {
+                        Ok(Some(r)) => r,
+                        Ok(None) => {
+                            let err = StoreError::WatchInterrupted("etcd closed the watch".into());
+                            return Some((Err(err), None));
+                        }
+                        Err(e) => return Some((Err(etcd_error(&ctx, &metrics, e)), None)),
                     };
-                    return Some((Ok(batch), None));
-                }
-                if resp.canceled() {
-                    let err = StoreError::WatchInterrupted(format!(
-                        "etcd cancelled the watch: {}",
-                        resp.cancel_reason()
+                    if resp.compact_revision() != 0 {
+                        let batch = WatchBatch::Compacted {
+                            compact_revision: resp.compact_revision(),
+                        };
+                        return Some((Ok(batch), None));
+                    }
+                    if resp.canceled() {
+                        let err = StoreError::WatchInterrupted(format!(
+                            "etcd cancelled the watch: {}",
+                            resp.cancel_reason()
+                        ));
+                        return Some((Err(err), None));
+                    }
+                    if resp.events().is_empty() {
+                        continue; // created / progress notification
+                    }
+                    let events: Vec<WatchEvent> =
+                        resp.events().iter().filter_map(|e| this.map(e)).collect();
+                    let revision = resp
+                        .events()
+                        .iter()
+                        .filter_map(|e| e.kv().map(|kv| kv.mod_revision()))
+                        .max()
+                        .or_else(|| resp.header().map(|h| h.revision()))
+                        .unwrap_or(0);
+                    if events.is_empty() {
+                        continue;
+                    }
+                    return Some((
+                        Ok(WatchBatch::Events { events, revision }),
+                        Some((ws, this)),
                     ));
-                    return Some((Err(err), None));
                 }
-                if resp.events().is_empty() {
-                    continue; // created / progress notification
-                }
-                let events: Vec<WatchEvent> =
-                    resp.events().iter().filter_map(|e| this.map(e)).collect();
-                let revision = resp
-                    .events()
-                    .iter()
-                    .filter_map(|e| e.kv().map(|kv| kv.mod_revision()))
-                    .max()
-                    .or_else(|| resp.header().map(|h| h.revision()))
-                    .unwrap_or(0);
-                if events.is_empty() {
-                    continue;
-                }
-                return Some((
-                    Ok(WatchBatch::Events { events, revision }),
-                    Some((ws, this)),
-                ));
             }
         });
         Ok(stream.boxed())

@@ -19,7 +19,11 @@
 //!   from the snapshot's revision + 1. A broken stream (etcd restarted, connection lost) is
 //!   resumed, with backoff, from the revision after the last event delivered — no re-list;
 //!   only when that history was compacted away does it re-list and send a new snapshot (the
-//!   consumer diffs it with `ipam::lease::LeaseWatcher::reset`). It also tells
+//!   consumer diffs it with `ipam::lease::LeaseWatcher::reset`). Before resuming it reads the
+//!   store's [`StorePosition`]: a revision below the last one delivered or another cluster
+//!   ID means etcd was **restored from a snapshot** (or replaced), and a watch from the old
+//!   revision would wait forever for revisions that will not come, so it re-lists instead;
+//!   so it does when etcd answers that the revision is compacted or in the future. It also tells
 //!   the keeper at once when an event touches our own key, so a deleted lease is re-acquired
 //!   within a second rather than at the next renewal: run both loops.
 //! * **Release** deletes our key on a graceful shutdown if it is still ours — never a
@@ -37,8 +41,8 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    CreateOutcome, KeepAliveOutcome, LeaseStore, Listing, StoreError, UpdateOutcome, WatchBatch,
-    WatchEvent,
+    CreateOutcome, KeepAliveOutcome, LeaseStore, Listing, StoreError, StoreMetrics, StorePosition,
+    UpdateOutcome, WatchBatch, WatchEvent,
 };
 use crate::network_config::NetworkConfig;
 
@@ -268,6 +272,8 @@ pub struct SubnetManager<S> {
     own: Mutex<Option<Lease>>,
     /// Poked by the watch loop when an event touches our key.
     own_changed: Notify,
+    /// Renewal, re-acquisition, watch and re-list counters for `/metrics`.
+    metrics: Arc<StoreMetrics>,
 }
 
 impl<S: LeaseStore> SubnetManager<S> {
@@ -280,7 +286,20 @@ impl<S: LeaseStore> SubnetManager<S> {
             rng: Mutex::new(SmallRng::from_entropy()),
             own: Mutex::new(None),
             own_changed: Notify::new(),
+            metrics: Arc::default(),
         }
+    }
+
+    /// Reports renewals, re-acquisitions, watch restarts and re-lists to `metrics` (share it
+    /// with the store to get its error counts on the same page).
+    pub fn with_metrics(mut self, metrics: Arc<StoreMetrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// The counters this manager reports to.
+    pub fn metrics(&self) -> &Arc<StoreMetrics> {
+        &self.metrics
     }
 
     /// Replaces the random source with a seeded one (deterministic tests).
@@ -329,6 +348,7 @@ impl<S: LeaseStore> SubnetManager<S> {
             let listing = self.store.list().await?;
             if let Some(lease) = self.try_acquire(&listing, attrs, previous).await? {
                 tracing::info!(subnet = %lease.subnet, leased = lease.leased, round, "acquired subnet lease");
+                self.metrics.touch_renewal();
                 self.set_own(Some(lease.clone()));
                 return Ok(lease);
             }
@@ -500,6 +520,7 @@ impl<S: LeaseStore> SubnetManager<S> {
                     Ok(KeepAliveOutcome::Alive { ttl }) => {
                         lease.expiration = SystemTime::now().checked_add(ttl);
                         self.set_own(Some(lease.clone()));
+                        self.metrics.renewed();
                         tracing::debug!(subnet = %lease.subnet, ?ttl, "renewed subnet lease");
                     }
                     Ok(KeepAliveOutcome::Lost) => {
@@ -537,6 +558,7 @@ impl<S: LeaseStore> SubnetManager<S> {
                 match self.reacquire(&lease, &mut shutdown, &mut backoff).await {
                     Some(new) => {
                         lease = new;
+                        self.metrics.reacquired();
                         let _ = tx.send(OwnLeaseEvent::Reacquired(lease.clone())).await;
                     }
                     None => return lease,
@@ -602,34 +624,77 @@ impl<S: LeaseStore> SubnetManager<S> {
 
     /// Streams the subnet directory to `tx` until shutdown or until `tx` is closed (see the
     /// module docs). Never returns on store errors: it backs off (100 ms doubling to 5 s by
-    /// default) and resumes the watch where it broke, re-listing only after a compaction.
+    /// default) and resumes the watch where it broke, re-listing only after a compaction or
+    /// a restore.
     pub async fn run_watch(&self, tx: mpsc::Sender<WatchUpdate>, shutdown: impl Into<Shutdown>) {
         let mut shutdown = shutdown.into();
         let mut backoff = Backoff::new(&self.cfg);
         // `Some(rev)`: a watch broke after delivering everything up to `rev - 1`; resume from
         // `rev` without re-listing (history still holds the gap). `None`: take a new snapshot
-        // first (start-up, or the gap was compacted away).
+        // first (start-up, compaction, restore).
         let mut resume: Option<super::Revision> = None;
+        // The cluster the last listing came from.
+        let mut cluster: Option<u64> = None;
+        let mut listed_before = false;
         loop {
             let from = match resume {
-                Some(rev) => rev,
-                None => {
-                    let listing = tokio::select! {
+                Some(rev) => {
+                    // Is the history we hold still etcd's? (see the module docs)
+                    let pos = tokio::select! {
                         biased;
                         _ = shutdown.requested() => return,
-                        r = self.store.list() => r,
+                        p = self.store.position() => p,
                     };
-                    let listing = match listing {
+                    match pos {
+                        Ok(pos) if restored(pos, rev, cluster) => {
+                            self.metrics.restore_detected();
+                            tracing::warn!(
+                                revision = pos.revision, last_seen = rev - 1,
+                                cluster_id = format!("{:x}", pos.cluster_id),
+                                previous_cluster_id = ?cluster.map(|c| format!("{c:x}")),
+                                "etcd went back in revision or changed cluster ID (restored \
+                                 from a snapshot?); re-listing every lease"
+                            );
+                            resume = None;
+                            continue;
+                        }
+                        Ok(_) => rev,
+                        Err(e) => {
+                            let d = backoff.next();
+                            log_store_error(
+                                &e,
+                                d,
+                                "reading the etcd revision before resuming the watch",
+                            );
+                            if shutdown.sleep(d).await {
+                                return;
+                            }
+                            continue;
+                        }
+                    }
+                }
+                None => {
+                    let listed = tokio::select! {
+                        biased;
+                        _ = shutdown.requested() => return,
+                        r = self.list_with_position() => r,
+                    };
+                    let (listing, pos) = match listed {
                         Ok(l) => l,
                         Err(e) => {
                             let d = backoff.next();
-                            tracing::warn!(error = %e, retry_in = ?d, "listing subnet leases failed");
+                            log_store_error(&e, d, "listing subnet leases");
                             if shutdown.sleep(d).await {
                                 return;
                             }
                             continue;
                         }
                     };
+                    if listed_before {
+                        self.metrics.relist();
+                    }
+                    listed_before = true;
+                    cluster = Some(pos.cluster_id);
                     self.check_own_snapshot(&listing);
                     let from = listing.revision + 1;
                     if tx
@@ -646,8 +711,13 @@ impl<S: LeaseStore> SubnetManager<S> {
             let mut stream = match self.store.watch(from).await {
                 Ok(s) => s,
                 Err(e) => {
+                    if e.history_lost() {
+                        tracing::warn!(error = %e, from, "etcd no longer has the revision to resume from; re-listing");
+                        resume = None;
+                        continue;
+                    }
                     let d = backoff.next();
-                    tracing::warn!(error = %e, retry_in = ?d, from, "starting the subnet watch failed");
+                    log_store_error(&e, d, "starting the subnet watch");
                     if shutdown.sleep(d).await {
                         return;
                     }
@@ -679,11 +749,17 @@ impl<S: LeaseStore> SubnetManager<S> {
                         resume = None;
                         break None;
                     }
+                    Some(Err(e)) if e.history_lost() => {
+                        tracing::warn!(error = %e, "etcd no longer has the watched revisions; re-listing");
+                        resume = None;
+                        break None;
+                    }
                     Some(Err(e)) => break Some(e.to_string()),
                     None => break Some("the watch stream ended".to_string()),
                 }
             };
             if let Some(why) = why {
+                self.metrics.watch_restart();
                 if started.elapsed() > Duration::from_secs(5) {
                     backoff.reset();
                 }
@@ -695,6 +771,29 @@ impl<S: LeaseStore> SubnetManager<S> {
                 }
             }
         }
+    }
+
+    /// The store position (for its cluster ID), then a listing.
+    async fn list_with_position(&self) -> Result<(Listing, StorePosition), StoreError> {
+        let pos = self.store.position().await?;
+        let listing = self.store.list().await?;
+        Ok((listing, pos))
+    }
+}
+
+/// Whether `pos` shows a store that is not the one whose history we hold: its revision is
+/// below the last one we delivered (`resume_from - 1`), or another cluster answers.
+fn restored(pos: StorePosition, resume_from: super::Revision, cluster: Option<u64>) -> bool {
+    pos.revision < resume_from - 1 || cluster.is_some_and(|c| c != pos.cluster_id)
+}
+
+/// Logs a store failure: as an error when only an operator can fix it (certificates,
+/// password, role), as a warning otherwise (etcd unreachable, a timeout).
+pub fn log_store_error(e: &StoreError, retry_in: Duration, doing: &str) {
+    if e.needs_operator() {
+        tracing::error!("{doing}: {e}; retrying in {retry_in:?}");
+    } else {
+        tracing::warn!("{doing}: {e}; retrying in {retry_in:?}");
     }
 }
 
@@ -925,6 +1024,9 @@ mod tests {
         }
         async fn keep_alive(&self, id: i64) -> Result<KeepAliveOutcome, StoreError> {
             self.inner.keep_alive(id).await
+        }
+        async fn position(&self) -> Result<StorePosition, StoreError> {
+            self.inner.position().await
         }
         async fn delete(&self, lease: &Lease) -> Result<bool, StoreError> {
             self.inner.delete(lease).await
@@ -1165,6 +1267,91 @@ mod tests {
         assert_eq!(l.subnet, lease.subnet);
         stop.send(true).unwrap();
         keeper.await.unwrap();
+    }
+
+    /// Drains `rx` until a snapshot arrives (events before it are skipped).
+    async fn next_snapshot(rx: &mut mpsc::Receiver<WatchUpdate>) -> Vec<Lease> {
+        loop {
+            if let WatchUpdate::Snapshot(s) = recv(rx, Duration::from_secs(3)).await {
+                return s;
+            }
+        }
+    }
+
+    fn subnets(leases: &[Lease]) -> Vec<String> {
+        let mut v: Vec<String> = leases.iter().map(|l| l.subnet.to_string()).collect();
+        v.sort();
+        v
+    }
+
+    #[tokio::test]
+    async fn a_restore_that_moves_the_revision_back_is_relisted_not_awaited() {
+        let st = Arc::new(MemoryLeaseStore::new());
+        leased(&st, "10.244.2.0/24", "198.18.0.2").await;
+        let m = Arc::new(manager(st.clone(), NET16));
+        let (tx, mut rx) = mpsc::channel(64);
+        let (stop, shutdown) = watch::channel(false);
+        let task = tokio::spawn({
+            let m = m.clone();
+            async move { m.run_watch(tx, shutdown).await }
+        });
+        assert_eq!(subnets(&next_snapshot(&mut rx).await), ["10.244.2.0/24"]);
+        let snap = st.snapshot();
+        // Changes after the snapshot: two leases the restored etcd will not have.
+        leased(&st, "10.244.3.0/24", "198.18.0.3").await;
+        leased(&st, "10.244.4.0/24", "198.18.0.4").await;
+        for _ in 0..2 {
+            assert!(matches!(
+                recv(&mut rx, Duration::from_secs(2)).await,
+                WatchUpdate::Events(_)
+            ));
+        }
+        // Restored (same cluster ID), then one write: the revision is still below the last
+        // one delivered, so a resumed watch would wait forever.
+        st.restore(&snap, false);
+        leased(&st, "10.244.5.0/24", "198.18.0.5").await;
+        assert_eq!(
+            subnets(&next_snapshot(&mut rx).await),
+            ["10.244.2.0/24", "10.244.5.0/24"]
+        );
+        let counts = m.metrics().counts();
+        assert_eq!(counts.restores_detected, 1);
+        assert_eq!(counts.relists, 1);
+        assert!(counts.watch_restarts >= 1);
+        // The watch works on the restored store.
+        leased(&st, "10.244.6.0/24", "198.18.0.6").await;
+        let WatchUpdate::Events(ev) = recv(&mut rx, Duration::from_secs(2)).await else {
+            panic!("expected events after the re-list")
+        };
+        assert!(matches!(&ev[..], [LeaseEvent::Added(l)] if l.subnet == net("10.244.6.0/24")));
+        stop.send(true).unwrap();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_new_cluster_id_is_relisted_even_when_the_revision_is_ahead() {
+        let st = Arc::new(MemoryLeaseStore::new());
+        leased(&st, "10.244.2.0/24", "198.18.0.2").await;
+        let snap = st.snapshot();
+        let m = Arc::new(manager(st.clone(), NET16));
+        let (tx, mut rx) = mpsc::channel(64);
+        let (stop, shutdown) = watch::channel(false);
+        let task = tokio::spawn({
+            let m = m.clone();
+            async move { m.run_watch(tx, shutdown).await }
+        });
+        next_snapshot(&mut rx).await;
+        // Another cluster whose history has moved well past ours.
+        st.restore(&snap, true);
+        st.delete_key(&(net("10.244.2.0/24"), None));
+        for i in 10..20 {
+            leased(&st, &format!("10.244.{i}.0/24"), &format!("198.18.0.{i}")).await;
+        }
+        let relisted = next_snapshot(&mut rx).await;
+        assert_eq!(relisted.len(), 10, "{:?}", subnets(&relisted));
+        assert_eq!(m.metrics().counts().restores_detected, 1);
+        stop.send(true).unwrap();
+        task.await.unwrap();
     }
 
     #[tokio::test]

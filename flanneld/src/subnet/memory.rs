@@ -66,6 +66,16 @@ struct State {
     history: Vec<(Revision, Vec<WatchEvent>)>,
     now: Duration,
     next_lease: i64,
+    /// Changes on [`MemoryLeaseStore::restore`], like etcd's cluster ID after a restore.
+    cluster_id: u64,
+}
+
+/// A copy of the store's data at one revision (see [`MemoryLeaseStore::snapshot`]).
+#[derive(Debug, Clone)]
+pub struct MemorySnapshot {
+    keys: BTreeMap<String, Entry>,
+    leases: HashMap<i64, TtlLease>,
+    revision: Revision,
 }
 
 /// An in-memory [`LeaseStore`] with a manual clock (see the module docs).
@@ -104,6 +114,7 @@ impl MemoryLeaseStore {
             prefix: prefix.trim_end_matches('/').to_string(),
             state: Mutex::new(State {
                 next_lease: 0x1000,
+                cluster_id: 1,
                 ..State::default()
             }),
             tx,
@@ -270,6 +281,32 @@ impl MemoryLeaseStore {
         let _ = self.tx.send(Msg::Compacted(c));
     }
 
+    /// The keys and TTL leases now, as `etcdctl snapshot save` would keep them.
+    pub fn snapshot(&self) -> MemorySnapshot {
+        let st = self.lock();
+        MemorySnapshot {
+            keys: st.keys.clone(),
+            leases: st.leases.clone(),
+            revision: st.revision,
+        }
+    }
+
+    /// Replaces the data with `snap`, as `etcdctl snapshot restore` plus a restart does: the
+    /// revision goes back to the snapshot's, history after it is gone, leases granted since
+    /// are unknown, the cluster ID changes when `new_cluster_id` (a restore with a new
+    /// cluster token), and every open watch breaks.
+    pub fn restore(&self, snap: &MemorySnapshot, new_cluster_id: bool) {
+        let mut st = self.lock();
+        st.keys = snap.keys.clone();
+        st.leases = snap.leases.clone();
+        st.revision = snap.revision;
+        st.history.retain(|(r, _)| *r <= snap.revision);
+        if new_cluster_id {
+            st.cluster_id += 1;
+        }
+        let _ = self.tx.send(Msg::Break);
+    }
+
     /// Ends every open watch stream with an error, as a lost connection would.
     pub fn break_watches(&self) {
         let _st = self.lock();
@@ -326,6 +363,15 @@ impl LeaseStore for MemoryLeaseStore {
     async fn network_config(&self) -> Result<Option<String>, StoreError> {
         self.check_fail("network_config")?;
         Ok(self.lock().config.clone())
+    }
+
+    async fn position(&self) -> Result<super::StorePosition, StoreError> {
+        self.check_fail("position")?;
+        let st = self.lock();
+        Ok(super::StorePosition {
+            revision: st.revision,
+            cluster_id: st.cluster_id,
+        })
     }
 
     async fn list(&self) -> Result<Listing, StoreError> {

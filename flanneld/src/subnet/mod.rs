@@ -26,15 +26,20 @@ use ipam::lease::{Lease, LeaseAttrs, LeaseError, SubnetId, parse_subnet_key};
 
 pub mod counting;
 pub mod etcd;
+pub mod etcd_error;
+pub mod etcd_tls;
 pub mod manager;
 pub mod memory;
+pub mod metrics;
 
 pub use counting::{CallCounts, CountingStore};
 pub use etcd::{EtcdConfig, EtcdLeaseStore};
+pub use etcd_error::{EtcdContext, EtcdErrorKind};
 pub use manager::{
     ManagerConfig, ManagerError, OwnLeaseEvent, Shutdown, SubnetManager, WatchUpdate, renew_delay,
 };
 pub use memory::MemoryLeaseStore;
+pub use metrics::{StoreCounts, StoreMetrics};
 
 /// An etcd (or memory store) revision.
 pub type Revision = i64;
@@ -42,9 +47,26 @@ pub type Revision = i64;
 /// Errors from a [`LeaseStore`].
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The etcd client failed (connection, gRPC status, ...).
+    /// The etcd client failed (connection, TLS, auth, gRPC status, ...). `message` is one
+    /// line naming the cause and the endpoint, file or flag to fix
+    /// ([`EtcdContext::explain`]).
+    #[error("etcd: {message}")]
+    Etcd {
+        /// The cause.
+        kind: EtcdErrorKind,
+        /// The explanation, with the raw error chain at its end.
+        message: String,
+        /// The client's error.
+        #[source]
+        source: etcd_client::Error,
+    },
+    /// A TLS file (`--etcd-cafile/certfile/keyfile`) is missing, unreadable, malformed or
+    /// expired. Retried: the file may be provisioned or rotated later.
     #[error("etcd: {0}")]
-    Etcd(#[from] etcd_client::Error),
+    TlsFile(#[from] etcd_tls::EtcdFileError),
+    /// The etcd settings are contradictory or malformed (no retry can fix them).
+    #[error("etcd: {0}")]
+    Config(String),
     /// The store answered something we cannot use.
     #[error("{op}: {message}")]
     Protocol {
@@ -56,9 +78,6 @@ pub enum StoreError {
     /// A watch stream broke (connection lost, lagged, closed by the server).
     #[error("watch interrupted: {0}")]
     WatchInterrupted(String),
-    /// A feature the store cannot provide in this build.
-    #[error("unsupported: {0}")]
-    Unsupported(String),
     /// A request got no answer in time.
     #[error("{op}: no answer from the store within {after:?}")]
     Timeout {
@@ -67,6 +86,53 @@ pub enum StoreError {
         /// The bound that was exceeded.
         after: Duration,
     },
+}
+
+impl StoreError {
+    /// The metric label of this failure.
+    pub fn kind_label(&self) -> &'static str {
+        match self {
+            StoreError::Etcd { kind, .. } => kind.label(),
+            StoreError::TlsFile(f) => f.kind,
+            StoreError::Config(_) => "config",
+            StoreError::Protocol { .. } => "protocol",
+            StoreError::WatchInterrupted(_) => "watch_interrupted",
+            StoreError::Timeout { .. } => "timeout",
+        }
+    }
+
+    /// Whether only an operator can fix this (certificates, password, role): the daemon
+    /// logs it as an error instead of a warning, and keeps retrying.
+    pub fn needs_operator(&self) -> bool {
+        match self {
+            StoreError::Etcd { kind, .. } => kind.needs_operator(),
+            StoreError::TlsFile(_) | StoreError::Config(_) => true,
+            _ => false,
+        }
+    }
+
+    /// Whether the store says the requested revision is gone or not there yet: the history
+    /// we hold no longer matches it, so the caller must re-list.
+    pub fn history_lost(&self) -> bool {
+        let lost = |k| matches!(k, EtcdErrorKind::Compacted | EtcdErrorKind::FutureRevision);
+        match self {
+            StoreError::Etcd { kind, .. } => lost(*kind),
+            // A watch cancelled by the server carries etcd's reason as text.
+            StoreError::WatchInterrupted(why) => lost(etcd_error::classify_text(why)),
+            _ => false,
+        }
+    }
+}
+
+/// Where the store is: its current revision and the identity of the cluster that answered.
+/// A revision lower than one already seen, or another cluster ID, means the store was
+/// restored from a snapshot (or replaced): every revision-based assumption is void.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StorePosition {
+    /// The store's current revision.
+    pub revision: Revision,
+    /// etcd's cluster ID (a fixed value for the memory store until it is "restored").
+    pub cluster_id: u64,
 }
 
 /// The result of one listing of `<prefix>/subnets/`.
@@ -223,6 +289,10 @@ pub trait LeaseStore: Send + Sync + 'static {
     /// Watches `<prefix>/subnets/` from revision `from` (inclusive).
     fn watch(&self, from: Revision)
     -> impl Future<Output = Result<WatchStream, StoreError>> + Send;
+
+    /// The store's current revision and cluster identity, in one cheap request (no keys
+    /// are transferred). The watch loop compares it with what it has seen before resuming.
+    fn position(&self) -> impl Future<Output = Result<StorePosition, StoreError>> + Send;
 }
 
 /// A decoded key/value, or why it did not decode.

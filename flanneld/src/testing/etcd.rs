@@ -7,6 +7,10 @@
 //! member on the same ports and data directory, to test reconnection; `Drop` kills the child
 //! by its PID and reaps it. Nothing else on the machine is touched. etcd's output goes to
 //! `etcd.log` in the data directory's parent, whose tail is included in start errors.
+//!
+//! [`EtcdServer::start_tls`] runs the same member with `https://` client URLs, a server
+//! certificate and `--client-cert-auth` against a CA (see [`super::pki`]), as production etcd
+//! runs; the harness itself connects with a client certificate of that CA.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -80,6 +84,18 @@ fn log_tail(path: &Path) -> String {
     s
 }
 
+/// The TLS side of a test member: its server certificate, the CA it trusts for clients,
+/// and a client certificate of that CA for the harness's own probe.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    /// The member's certificate (must carry `IP:127.0.0.1`).
+    pub server: super::pki::CertPair,
+    /// The CA that signs the server and the accepted client certificates.
+    pub ca: PathBuf,
+    /// A client certificate the harness connects with.
+    pub client: super::pki::CertPair,
+}
+
 /// A running single-member etcd on loopback (see the module docs).
 #[derive(Debug)]
 pub struct EtcdServer {
@@ -88,12 +104,22 @@ pub struct EtcdServer {
     client_port: u16,
     peer_port: u16,
     child: Option<Child>,
+    tls: Option<ServerTls>,
 }
 
 impl EtcdServer {
     /// Starts etcd and waits until it is healthy. Retries with other ports if etcd fails to
     /// come up (a port probed free may be taken by someone else meanwhile).
     pub async fn start() -> Result<Self, EtcdServerError> {
+        Self::start_with(None).await
+    }
+
+    /// Like [`start`](Self::start), but serving `https://` with client-certificate auth.
+    pub async fn start_tls(tls: ServerTls) -> Result<Self, EtcdServerError> {
+        Self::start_with(Some(tls)).await
+    }
+
+    async fn start_with(tls: Option<ServerTls>) -> Result<Self, EtcdServerError> {
         let binary = etcd_binary().ok_or_else(|| {
             let mut looked: Vec<String> = ETCD_PATHS.iter().map(|s| s.to_string()).collect();
             looked.insert(0, "$ETCD_BIN".into());
@@ -114,6 +140,7 @@ impl EtcdServer {
                 client_port: free_port()?,
                 peer_port: free_port()?,
                 child: None,
+                tls: tls.clone(),
             };
             match server.spawn_and_wait().await {
                 Ok(()) => return Ok(server),
@@ -160,9 +187,19 @@ impl EtcdServer {
             what: "duplicating the etcd.log handle".into(),
             source,
         })?;
-        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let client = self.endpoint();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let child = Command::new(&self.binary)
+        let mut cmd = Command::new(&self.binary);
+        if let Some(tls) = &self.tls {
+            cmd.arg("--cert-file")
+                .arg(&tls.server.cert)
+                .arg("--key-file")
+                .arg(&tls.server.key)
+                .arg("--client-cert-auth")
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca);
+        }
+        let child = cmd
             .arg("--name")
             .arg("test")
             .arg("--data-dir")
@@ -215,8 +252,26 @@ impl EtcdServer {
         })
     }
 
+    /// Client options that pass this member's TLS (none for plain http).
+    pub fn client_options(&self) -> etcd_client::ConnectOptions {
+        let mut opts = etcd_client::ConnectOptions::new();
+        if let Some(tls) = &self.tls {
+            let read = |p: &Path| std::fs::read(p).unwrap_or_default();
+            opts = opts.with_tls(
+                etcd_client::TlsOptions::new()
+                    .ca_certificate(etcd_client::Certificate::from_pem(read(&tls.ca)))
+                    .identity(etcd_client::Identity::from_pem(
+                        read(&tls.client.cert),
+                        read(&tls.client.key),
+                    )),
+            );
+        }
+        opts
+    }
+
     async fn probe(&self) -> Result<(), String> {
-        let opts = etcd_client::ConnectOptions::new()
+        let opts = self
+            .client_options()
             .with_connect_timeout(Duration::from_millis(500))
             .with_timeout(Duration::from_secs(1));
         let mut c = etcd_client::Client::connect([self.endpoint()], Some(opts))
@@ -228,9 +283,10 @@ impl EtcdServer {
             .map_err(|e| e.to_string())
     }
 
-    /// The client URL, e.g. `http://127.0.0.1:40123`.
+    /// The client URL, e.g. `http://127.0.0.1:40123` (`https://` with TLS).
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
     /// The PID of the running etcd, if any.
@@ -240,7 +296,7 @@ impl EtcdServer {
 
     /// A connected client (tests).
     pub async fn client(&self) -> Result<etcd_client::Client, etcd_client::Error> {
-        etcd_client::Client::connect([self.endpoint()], None).await
+        etcd_client::Client::connect([self.endpoint()], Some(self.client_options())).await
     }
 
     fn kill(&mut self) {

@@ -6,6 +6,7 @@
 //! `CI=true`, where a missing prerequisite is a failure.
 
 pub mod etcd;
+pub mod pki;
 
 /// Whether the environment says we run in CI (`CI=true`).
 pub fn in_ci() -> bool {
