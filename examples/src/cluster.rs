@@ -88,6 +88,9 @@ pub struct ClusterSpec {
     pub bins: Binaries,
     /// Start flanneld on every node right away (and wait for subnet.env).
     pub start_daemons: bool,
+    /// 0: one plain-http etcd on 198.18.0.254. N: an N-member etcd cluster with TLS and
+    /// client certificates ([`crate::etcd_tls::TlsEtcd`]), which flanneld uses over mTLS.
+    pub etcd_tls_members: usize,
 }
 
 impl ClusterSpec {
@@ -102,6 +105,7 @@ impl ClusterSpec {
             config_extra: serde_json::json!({}),
             bins: Binaries::from_target("debug"),
             start_daemons: true,
+            etcd_tls_members: 0,
         }
     }
 }
@@ -171,6 +175,7 @@ pub struct Cluster {
     pub pods: Vec<Pod>,
     workdir: tempfile::TempDir,
     etcd: Option<Child>,
+    tls_etcd: Option<crate::etcd_tls::TlsEtcd>,
     namespaces: Vec<String>,
 }
 
@@ -266,6 +271,7 @@ impl Cluster {
             pods: Vec::new(),
             workdir,
             etcd: None,
+            tls_etcd: None,
             namespaces: Vec::new(),
         };
         let ul = c.ul();
@@ -281,7 +287,17 @@ impl Cluster {
             "br0",
         ])?;
         ip(&["-n", &ul, "link", "set", "br0", "up"])?;
-        c.start_etcd()?;
+        if spec.etcd_tls_members > 0 {
+            let etcd = crate::etcd_tls::TlsEtcd::start(
+                &ul,
+                "br0",
+                c.workdir.path(),
+                spec.etcd_tls_members,
+            )?;
+            c.tls_etcd = Some(etcd);
+        } else {
+            c.start_etcd()?;
+        }
         let mut backend = serde_json::json!({"Type": spec.backend.type_name()});
         if let (Some(b), Some(extra)) = (backend.as_object_mut(), spec.backend_extra.as_object()) {
             for (k, v) in extra {
@@ -350,9 +366,29 @@ impl Cluster {
         Ok(())
     }
 
-    /// The client URL of etcd.
+    /// The client URL(s) of etcd.
     pub fn etcd_endpoint(&self) -> String {
-        format!("http://{ETCD_IP}:2379")
+        match &self.tls_etcd {
+            Some(t) => t.endpoints(),
+            None => format!("http://{ETCD_IP}:2379"),
+        }
+    }
+
+    /// The TLS etcd cluster, when the spec asked for one.
+    pub fn tls_etcd(&mut self) -> Option<&mut crate::etcd_tls::TlsEtcd> {
+        self.tls_etcd.as_mut()
+    }
+
+    /// `etcdctl` against the cluster's etcd from the underlay namespace (TLS flags included).
+    fn etcdctl_command(&self) -> Command {
+        if let Some(t) = &self.tls_etcd {
+            return t.etcdctl_command(None);
+        }
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ul(), "etcdctl", "--endpoints"])
+            .arg(format!("http://{ETCD_IP}:2379"))
+            .env("ETCDCTL_API", "3");
+        cmd
     }
 
     /// Starts etcd inside the underlay namespace (data kept across stop/start).
@@ -395,11 +431,12 @@ impl Cluster {
         Ok(())
     }
 
-    /// Stops etcd (by its PID).
+    /// Stops etcd (by its PID; every member of a TLS cluster).
     pub fn stop_etcd(&mut self) {
         if let Some(mut c) = self.etcd.take() {
             kill_child(&mut c);
         }
+        self.tls_etcd = None;
     }
 
     fn read_file(&self, rel: &str) -> String {
@@ -408,17 +445,7 @@ impl Cluster {
 
     /// Runs `etcdctl` (v3 API) against the cluster's etcd, from the underlay namespace.
     pub fn etcdctl(&self, args: &[&str]) -> Result<String, String> {
-        let out = run(Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.ul(),
-                "etcdctl",
-                "--endpoints",
-                &format!("http://{ETCD_IP}:2379"),
-            ])
-            .args(args)
-            .env("ETCDCTL_API", "3"));
+        let out = run(self.etcdctl_command().args(args));
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         } else {
@@ -431,14 +458,29 @@ impl Cluster {
 
     /// Starts flanneld on node `i` (args: the spec's plus `extra`).
     pub fn start_flanneld_with(&mut self, i: usize, extra: &[&str]) -> Result<(), String> {
-        let endpoint = self.etcd_endpoint();
+        let etcd_args = match &self.tls_etcd {
+            Some(t) => t.flanneld_args(),
+            None => vec!["--etcd-endpoints".to_string(), self.etcd_endpoint()],
+        };
+        self.start_flanneld_etcd(i, &etcd_args, extra)
+    }
+
+    /// Starts flanneld on node `i` with `etcd_args` instead of the cluster's etcd flags
+    /// (e.g. another client certificate), then the spec's flags and `extra`.
+    pub fn start_flanneld_etcd(
+        &mut self,
+        i: usize,
+        etcd_args: &[String],
+        extra: &[&str],
+    ) -> Result<(), String> {
         let node = &mut self.nodes[i];
         node.restarts += 1;
         let log = std::fs::File::create(node.log_file()).map_err(|e| e.to_string())?;
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &node.ns])
             .arg(&self.spec.bins.flanneld)
-            .args(["--etcd-endpoints", &endpoint, "--iface", "eth0"])
+            .args(etcd_args)
+            .args(["--iface", "eth0"])
             .arg("--subnet-file")
             .arg(node.subnet_file());
         if self.spec.ip_masq {
@@ -531,11 +573,9 @@ impl Cluster {
                 script.push_str(&format!("put {k} \"{quoted}\"\n"));
             }
             script.push_str("\n\n");
-            let mut child = Command::new("ip")
-                .args(["netns", "exec", &self.ul(), "etcdctl", "--endpoints"])
-                .arg(format!("http://{ETCD_IP}:2379"))
+            let mut child = self
+                .etcdctl_command()
                 .arg("txn")
-                .env("ETCDCTL_API", "3")
                 .stdin(Stdio::piped())
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())

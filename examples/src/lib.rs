@@ -9,6 +9,9 @@
 //!    └─ veth ── <p>-n3  eth0 198.18.0.3/16  flanneld ── cbr0 ── pods
 //! ```
 //!
+//! With [`cluster::ClusterSpec::etcd_tls_members`] set, etcd is instead a production-shaped
+//! TLS cluster of that many members on 198.18.0.201.. ([`etcd_tls::TlsEtcd`]).
+//!
 //! Nodes reach each other only over the underlay bridge; nothing has a path to the
 //! machine's real network. Pods are attached by the real `flannel` CNI binary run inside
 //! their node's namespace, exactly as a runtime would. Every process is started by the
@@ -17,3 +20,4 @@
 
 pub mod cleanup;
 pub mod cluster;
+pub mod etcd_tls;
