@@ -187,15 +187,22 @@ impl TlsEtcd {
                 .join(",")
         });
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.ns, "etcdctl", "--endpoints", &endpoints])
-            .arg("--cacert")
-            .arg(&self.ca)
-            .arg("--cert")
-            .arg(&self.client.cert)
-            .arg("--key")
-            .arg(&self.client.key)
-            .args(["--dial-timeout", "2s", "--command-timeout", "5s"])
-            .env("ETCDCTL_API", "3");
+        cmd.args([
+            "netns",
+            "exec",
+            &self.ns,
+            "etcdctl",
+            "--endpoints",
+            &endpoints,
+        ])
+        .arg("--cacert")
+        .arg(&self.ca)
+        .arg("--cert")
+        .arg(&self.client.cert)
+        .arg("--key")
+        .arg(&self.client.key)
+        .args(["--dial-timeout", "2s", "--command-timeout", "5s"])
+        .env("ETCDCTL_API", "3");
         cmd
     }
 
@@ -217,8 +224,10 @@ impl TlsEtcd {
     }
 
     fn data_dir(&self, k: usize) -> PathBuf {
-        self.dir
-            .join(format!("etcd-{}-g{}", self.members[k].name, self.generation))
+        self.dir.join(format!(
+            "etcd-{}-g{}",
+            self.members[k].name, self.generation
+        ))
     }
 
     fn initial_cluster(&self) -> String {
@@ -307,7 +316,10 @@ impl TlsEtcd {
         if ok {
             Ok(())
         } else {
-            Err(format!("etcd members not healthy: {last}\n{}", self.log_tail()))
+            Err(format!(
+                "etcd members not healthy: {last}\n{}",
+                self.log_tail()
+            ))
         }
     }
 
@@ -315,9 +327,8 @@ impl TlsEtcd {
     pub fn log_tail(&self) -> String {
         let mut out = String::new();
         for m in &self.members {
-            let text =
-                std::fs::read_to_string(self.dir.join(format!("etcd-{}.log", m.name)))
-                    .unwrap_or_default();
+            let text = std::fs::read_to_string(self.dir.join(format!("etcd-{}.log", m.name)))
+                .unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
             let tail = lines[lines.len().saturating_sub(8)..].join("\n");
             out.push_str(&format!("--- etcd {} ---\n{tail}\n", m.name));
@@ -382,7 +393,12 @@ impl TlsEtcd {
                 .arg("snapshot")
                 .arg("restore")
                 .arg(snapshot)
-                .args(["--name", &m.name, "--initial-cluster", &self.initial_cluster()])
+                .args([
+                    "--name",
+                    &m.name,
+                    "--initial-cluster",
+                    &self.initial_cluster(),
+                ])
                 .args(["--initial-cluster-token", &self.token])
                 .arg("--initial-advertise-peer-urls")
                 .arg(format!("https://{}:{PEER_PORT}", m.ip))

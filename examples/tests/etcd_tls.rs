@@ -56,7 +56,9 @@ struct Pinger {
 impl Pinger {
     fn start(from: &Pod, to: Ipv4Addr, count: u32) -> Pinger {
         let child = Command::new("ip")
-            .args(["netns", "exec", &from.ns, "ping", "-q", "-W", "1", "-i", "0.05"])
+            .args([
+                "netns", "exec", &from.ns, "ping", "-q", "-W", "1", "-i", "0.05",
+            ])
             .arg("-c")
             .arg(count.to_string())
             .arg(to.to_string())
@@ -92,7 +94,12 @@ fn assert_no_loss(pingers: Vec<Pinger>, when: &str) {
     for p in pingers {
         let (sent, received, what) = p.finish();
         assert!(sent > 0, "{when}: no ping sent for {what}");
-        assert_eq!(received, sent, "{when}: ping {what} lost {} of {sent}", sent - received);
+        assert_eq!(
+            received,
+            sent,
+            "{when}: ping {what} lost {} of {sent}",
+            sent - received
+        );
         eprintln!("{when}: ping {what}: {received}/{sent}");
     }
 }
@@ -142,9 +149,7 @@ fn survives_leader_kill_member_loss_quorum_loss_and_revoke() {
         return;
     }
     let mut c = start(4, 3);
-    let pods: Vec<Pod> = (0..3)
-        .map(|i| c.add_pod(i, "p").expect("ADD"))
-        .collect();
+    let pods: Vec<Pod> = (0..3).map(|i| c.add_pod(i, "p").expect("ADD")).collect();
     assert_full_mesh(&c, &pods, false);
     let subnets: Vec<String> = (0..3).map(|i| subnet(&c, i)).collect();
 
@@ -253,9 +258,7 @@ fn snapshot_restore_converges_and_a_foreign_client_cert_is_refused() {
         return;
     }
     let mut c = start(4, 3);
-    let pods: Vec<Pod> = (0..3)
-        .map(|i| c.add_pod(i, "p").expect("ADD"))
-        .collect();
+    let pods: Vec<Pod> = (0..3).map(|i| c.add_pod(i, "p").expect("ADD")).collect();
     let subnets: Vec<String> = (0..3).map(|i| subnet(&c, i)).collect();
     let synthetic = |ip: &str, mac: &str| {
         serde_json::json!({"PublicIP": ip, "BackendType": "vxlan",
@@ -271,10 +274,15 @@ fn snapshot_restore_converges_and_a_foreign_client_cert_is_refused() {
     ])
     .expect("put kept");
     for i in 0..3 {
-        assert!(wait_until(Duration::from_secs(10), || has_route(&c, i, kept)));
+        assert!(wait_until(Duration::from_secs(10), || has_route(
+            &c, i, kept
+        )));
     }
     let snapshot = c.workdir().join("etcd.snapshot");
-    c.tls_etcd().unwrap().snapshot_save(&snapshot).expect("snapshot");
+    c.tls_etcd()
+        .unwrap()
+        .snapshot_save(&snapshot)
+        .expect("snapshot");
 
     // After the snapshot: `kept` deleted, `gone` added, node 2's lease revoked (it
     // re-acquires under a lease ID the snapshot does not know).

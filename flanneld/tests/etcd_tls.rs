@@ -88,7 +88,11 @@ async fn first_error(cfg: EtcdConfig) -> StoreError {
         started.elapsed()
     );
     match result {
-        Err(e) => e,
+        Err(e) => {
+            // What the operator reads (the README quotes these lines).
+            eprintln!("operator sees: {e}");
+            e
+        }
         Ok(()) => panic!("expected a failure with {cfg:?}"),
     }
 }

@@ -294,6 +294,9 @@ impl LeaseStore for CompactBeforeWatch {
     async fn position(&self) -> Result<StorePosition, StoreError> {
         self.inner.position().await
     }
+    async fn position_linearizable(&self) -> Result<StorePosition, StoreError> {
+        self.inner.position_linearizable().await
+    }
     async fn delete(&self, l: &Lease) -> Result<bool, StoreError> {
         self.inner.delete(l).await
     }

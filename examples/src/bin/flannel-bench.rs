@@ -6,6 +6,9 @@
 //! flannel-bench scale       [--backend B] [--leases N]   N synthetic leases -> all programmed; RSS
 //! flannel-bench acquire     [--leases N]                 acquire time with N existing leases
 //! flannel-bench throughput  [--backend B] [--dur S] [--reps R]   pod-to-pod TCP (iperf3)
+//! flannel-bench failover    [--rounds N]                 3-member TLS etcd: leader SIGKILLed ->
+//!                                                         a lease written after it programmed on
+//!                                                         all 3 nodes; lowest lease TTL left
 //! ```
 //!
 //! Release binaries are used when built (`cargo build --release`), debug ones otherwise.
@@ -19,7 +22,7 @@ use flannel_examples::cluster::{Backend, Binaries, Cluster, ClusterSpec, wait_un
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: flannel-bench convergence|scale|acquire|throughput [--backend vxlan|host-gw] \
+        "usage: flannel-bench convergence|scale|acquire|throughput|failover [--backend vxlan|host-gw] \
          [--rounds N] [--leases N] [--dur S] [--reps R]"
     );
     ExitCode::from(2)
@@ -238,6 +241,115 @@ fn convergence(a: &Args) -> Result<(), String> {
         "RESULT etcd_put_roundtrip_median {:.2} ms",
         median(&mut put_ms)
     );
+    Ok(())
+}
+
+/// Seconds left on the etcd lease behind node `i`'s key (`None` when unreadable).
+fn lease_ttl_left(c: &Cluster, i: usize) -> Option<i64> {
+    let key = Cluster::lease_key(&c.node_subnet(i)?);
+    let id = c.etcd_key_lease(&key)?;
+    let out = c
+        .etcdctl(&["lease", "timetolive", &format!("{id:x}"), "-w", "json"])
+        .ok()?;
+    serde_json::from_str::<serde_json::Value>(&out).ok()?["ttl"].as_i64()
+}
+
+/// The leader of a 3-member TLS etcd is SIGKILLed; a lease is written as soon as the rest
+/// accept writes; the time from the kill until it is programmed on all 3 nodes, per round.
+/// flanneld runs with a 20 s lease TTL (renewed every ~6.7 s); the lowest TTL left seen on
+/// any node's lease after each round shows how close a renewal gap came to expiry.
+fn failover(a: &Args) -> Result<(), String> {
+    let mut s = spec(3, Backend::Vxlan);
+    s.etcd_tls_members = 3;
+    s.flanneld_args = vec!["--subnet-lease-ttl".into(), "20s".into()];
+    let mut c = Cluster::start(s)?;
+    let probe = RouteProbe::new(&c)?;
+    let mut ms = Vec::new();
+    let mut write_ms = Vec::new();
+    let mut after_write_ms: Vec<f64> = Vec::new();
+    let mut min_ttl = i64::MAX;
+    for r in 0..a.rounds {
+        let etcd = c.tls_etcd().ok_or("no TLS etcd")?;
+        let mut leader = None;
+        wait_until(Duration::from_secs(20), || {
+            leader = etcd.leader();
+            leader.is_some()
+        });
+        let leader = leader.ok_or("no etcd leader")?;
+        let dst = format!("10.244.{}.0/24", 100 + r);
+        let value = lease_value(Backend::Vxlan, &format!("198.18.1.{}", r + 1), r);
+        let t0 = Instant::now();
+        etcd.kill_member(leader);
+        // A put that reaches a member still following the dead leader hangs until etcd's own
+        // request timeout (~5 s); a short client timeout and a retry measure the election
+        // instead of that timeout.
+        loop {
+            match c.etcdctl(&[
+                "--command-timeout=300ms",
+                "put",
+                &Cluster::lease_key(&dst),
+                &value,
+            ]) {
+                Ok(_) => break,
+                Err(e) if t0.elapsed() > Duration::from_secs(30) => return Err(e),
+                Err(_) => {}
+            }
+        }
+        let written = t0.elapsed().as_secs_f64() * 1e3;
+        write_ms.push(written);
+        let mut pending: Vec<usize> = (0..3).collect();
+        while !pending.is_empty() {
+            pending.retain(|&i| !probe.has_route(i, &dst));
+            if t0.elapsed() > Duration::from_secs(60) {
+                return Err(format!("lease {dst} not programmed on nodes {pending:?}"));
+            }
+            if !pending.is_empty() {
+                std::thread::sleep(Duration::from_micros(500));
+            }
+        }
+        let took = t0.elapsed().as_secs_f64() * 1e3;
+        ms.push(took);
+        after_write_ms.push(took - written);
+        println!(
+            "round {r}: killed member {}: write accepted after {written:.1} ms, programmed \
+             everywhere after {took:.1} ms",
+            leader + 1
+        );
+        let etcd = c.tls_etcd().ok_or("no TLS etcd")?;
+        etcd.start_member(leader)?;
+        etcd.wait_healthy(Duration::from_secs(30))?;
+        for i in 0..3 {
+            if let Some(t) = lease_ttl_left(&c, i) {
+                min_ttl = min_ttl.min(t);
+            }
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let max = ms.iter().cloned().fold(0.0, f64::max);
+    println!(
+        "RESULT failover_programmed_median {:.1} ms",
+        median(&mut ms)
+    );
+    println!("RESULT failover_programmed_max {max:.1} ms");
+    println!(
+        "RESULT failover_write_accepted_median {:.1} ms",
+        median(&mut write_ms)
+    );
+    let max_after = after_write_ms.iter().cloned().fold(0.0, f64::max);
+    println!(
+        "RESULT failover_programmed_after_write_median {:.1} ms",
+        median(&mut after_write_ms)
+    );
+    println!("RESULT failover_programmed_after_write_max {max_after:.1} ms");
+    println!("RESULT failover_min_lease_ttl_left {min_ttl} s (TTL 20 s)");
+    for i in 0..3 {
+        let log = c.flanneld_log(i);
+        println!(
+            "RESULT failover_node{}_renewal_failures {} lines",
+            i + 1,
+            log.matches("renewing the subnet lease failed").count()
+        );
+    }
     Ok(())
 }
 
@@ -472,6 +584,7 @@ fn main() -> ExitCode {
         "scale" => scale(&a),
         "acquire" => acquire(&a),
         "throughput" => throughput(&a),
+        "failover" => failover(&a),
         _ => return usage(),
     };
     match result {

@@ -121,6 +121,9 @@ impl<S: LeaseStore> LeaseStore for CountingStore<S> {
     async fn position(&self) -> Result<super::StorePosition, StoreError> {
         self.inner.position().await
     }
+    async fn position_linearizable(&self) -> Result<super::StorePosition, StoreError> {
+        self.inner.position_linearizable().await
+    }
 
     async fn list(&self) -> Result<Listing, StoreError> {
         bump(&self.counters.list);

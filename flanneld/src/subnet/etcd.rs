@@ -378,6 +378,22 @@ impl EtcdLeaseStore {
         }
     }
 
+    async fn read_position(&self, opts: GetOptions) -> Result<StorePosition, StoreError> {
+        let mut c = self.client.clone();
+        let key = self.config_location();
+        let resp = self
+            .timed("read revision", c.get(key.as_str(), Some(opts)))
+            .await?;
+        let header = resp.header().ok_or_else(|| StoreError::Protocol {
+            op: "read revision",
+            message: "etcd answered without a response header".into(),
+        })?;
+        Ok(StorePosition {
+            revision: header.revision(),
+            cluster_id: header.cluster_id(),
+        })
+    }
+
     fn error(&self, e: etcd_client::Error) -> StoreError {
         etcd_error(&self.ctx, &self.metrics, e)
     }
@@ -459,22 +475,17 @@ impl LeaseStore for EtcdLeaseStore {
     }
 
     async fn position(&self) -> Result<StorePosition, StoreError> {
-        let mut c = self.client.clone();
-        let key = self.config_location();
-        let resp = self
-            .timed(
-                "read revision",
-                c.get(key.as_str(), Some(GetOptions::new().with_count_only())),
-            )
-            .await?;
-        let header = resp.header().ok_or_else(|| StoreError::Protocol {
-            op: "read revision",
-            message: "etcd answered without a response header".into(),
-        })?;
-        Ok(StorePosition {
-            revision: header.revision(),
-            cluster_id: header.cluster_id(),
-        })
+        // Serializable: any live member answers at once, also during a leader election (a
+        // linearizable read would fail until a new leader exists, and the watch resume
+        // behind it would back off for seconds). A member that lags shows a slightly lower
+        // revision; the manager confirms a suspected restore with `position_linearizable`.
+        self.read_position(GetOptions::new().with_count_only().with_serializable())
+            .await
+    }
+
+    async fn position_linearizable(&self) -> Result<StorePosition, StoreError> {
+        self.read_position(GetOptions::new().with_count_only())
+            .await
     }
 
     async fn list(&self) -> Result<Listing, StoreError> {

@@ -155,12 +155,17 @@ pub fn classify_text(text: &str) -> EtcdErrorKind {
     if has(&["required revision is a future revision"]) {
         return EtcdErrorKind::FutureRevision;
     }
+    // A member that died mid-stream: its TLS session ends without close_notify. That is an
+    // outage, not a TLS misconfiguration.
+    if has(&["close_notify", "unexpectedeof", "unexpected eof"]) {
+        return EtcdErrorKind::Unreachable;
+    }
     if has(&[
-        "tls",
         "handshake",
         "corrupt message",
         "invalidcontenttype",
         "invalid content type",
+        "tls alert",
     ]) {
         return EtcdErrorKind::TlsOther;
     }
@@ -301,6 +306,10 @@ mod tests {
             ),
             (
                 "transport error: tcp connect error: Connection refused (os error 111)",
+                Unreachable,
+            ),
+            (
+                "h2 protocol error: error reading a body from connection: peer closed connection without sending TLS close_notify",
                 Unreachable,
             ),
             ("something else entirely", Other),

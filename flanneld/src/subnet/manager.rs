@@ -645,6 +645,13 @@ impl<S: LeaseStore> SubnetManager<S> {
                         _ = shutdown.requested() => return,
                         p = self.store.position() => p,
                     };
+                    // A lagging member answers a lower revision too: confirm with the leader.
+                    let pos = match pos {
+                        Ok(p) if restored(p, rev, cluster) => {
+                            self.store.position_linearizable().await
+                        }
+                        other => other,
+                    };
                     match pos {
                         Ok(pos) if restored(pos, rev, cluster) => {
                             self.metrics.restore_detected();
@@ -1027,6 +1034,9 @@ mod tests {
         }
         async fn position(&self) -> Result<StorePosition, StoreError> {
             self.inner.position().await
+        }
+        async fn position_linearizable(&self) -> Result<StorePosition, StoreError> {
+            self.inner.position_linearizable().await
         }
         async fn delete(&self, lease: &Lease) -> Result<bool, StoreError> {
             self.inner.delete(lease).await

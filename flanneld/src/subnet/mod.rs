@@ -293,6 +293,14 @@ pub trait LeaseStore: Send + Sync + 'static {
     /// The store's current revision and cluster identity, in one cheap request (no keys
     /// are transferred). The watch loop compares it with what it has seen before resuming.
     fn position(&self) -> impl Future<Output = Result<StorePosition, StoreError>> + Send;
+
+    /// Like [`position`](Self::position), but as of the cluster's latest committed revision
+    /// (etcd: a linearizable read through the leader), to confirm a suspected restore.
+    fn position_linearizable(
+        &self,
+    ) -> impl Future<Output = Result<StorePosition, StoreError>> + Send {
+        self.position()
+    }
 }
 
 /// A decoded key/value, or why it did not decode.
