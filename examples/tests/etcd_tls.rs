@@ -340,14 +340,14 @@ fn snapshot_restore_converges_and_a_foreign_client_cert_is_refused() {
     assert_full_mesh(&c, &pods, false);
 
     // A client certificate from another CA: refused clearly, no subnet.env, retried.
-    let rogue = {
+    let (rogue, rogue_cert, good_cert) = {
         let etcd = c.tls_etcd().unwrap();
         etcd.pki().ca("rogue-ca").expect("rogue ca");
         let cert = etcd
             .pki()
             .leaf("rogue-ca", "rogue-client", &[], 2)
             .expect("rogue cert");
-        etcd.flanneld_args_with(&cert)
+        (etcd.flanneld_args_with(&cert), cert, etcd.client().clone())
     };
     c.start_flanneld_etcd(3, &rogue, &[]).expect("start node 4");
     let refused = "rejected the client certificate --etcd-certfile";
@@ -367,4 +367,12 @@ fn snapshot_restore_converges_and_a_foreign_client_cert_is_refused() {
         .unwrap_or_default()
         .to_string();
     eprintln!("the operator sees: {line}");
+
+    // The operator installs a certificate of the right CA at the same paths: picked up
+    // without a restart.
+    std::fs::copy(&good_cert.cert, &rogue_cert.cert).expect("replace cert");
+    std::fs::copy(&good_cert.key, &rogue_cert.key).expect("replace key");
+    c.wait_subnet_env(3, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("fixed certificate not picked up: {e}"));
+    all_alive(&mut c, &[3]);
 }

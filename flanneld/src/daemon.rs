@@ -79,12 +79,18 @@ pub async fn run_until(opts: Opts, cancel: CancellationToken) -> Result<()> {
         ));
     }
 
-    let Some(store) = connect_store(&opts, &health, &cancel).await? else {
-        return Ok(());
-    };
-    let store = Arc::new(store);
-    let Some(network) = wait_for_network_config(store.as_ref(), &health, &cancel).await? else {
-        return Ok(());
+    // A failure only an operator can fix (a certificate, a password) re-creates the client,
+    // so that fixed files are read again; the retry delay carries over.
+    let mut delay = RETRY_MIN;
+    let (store, network) = loop {
+        let Some(store) = connect_store(&opts, &health, &mut delay, &cancel).await? else {
+            return Ok(());
+        };
+        match wait_for_network_config(&store, &health, &mut delay, &cancel).await {
+            ConfigWait::Loaded(network) => break (Arc::new(store), network),
+            ConfigWait::Reconnect => continue,
+            ConfigWait::Cancelled => return Ok(()),
+        }
     };
     tracing::info!(
         network = %network.ipv4.network,
@@ -307,6 +313,7 @@ pub fn etcd_config(opts: &Opts) -> EtcdConfig {
 async fn connect_store(
     opts: &Opts,
     health: &Health,
+    delay: &mut Duration,
     cancel: &CancellationToken,
 ) -> Result<Option<EtcdLeaseStore>> {
     let cfg = etcd_config(opts);
@@ -316,7 +323,6 @@ async fn connect_store(
         .any(|e| e.trim().to_ascii_lowercase().starts_with("https://"));
     tracing::info!(endpoints = %cfg.endpoints.join(","), tls,
         client_cert = cfg.cert_file.is_some(), user = ?cfg.username, "connecting to etcd");
-    let mut delay = RETRY_MIN;
     loop {
         match EtcdLeaseStore::connect_with_metrics(cfg.clone(), health.store_metrics().clone())
             .await
@@ -325,26 +331,38 @@ async fn connect_store(
             Err(StoreError::Config(what)) => bail!("etcd: {what}"),
             Err(e) => {
                 health.waiting_for(format!("waiting for etcd: {e}"));
-                log_store_error(&e, delay, "connecting to etcd");
+                log_store_error(&e, *delay, "connecting to etcd");
             }
         }
-        if !sleep_or_cancel(delay, cancel).await {
+        if !sleep_or_cancel(*delay, cancel).await {
             return Ok(None);
         }
-        delay = backoff(delay);
+        *delay = backoff(*delay);
     }
+}
+
+/// How [`wait_for_network_config`] ended.
+enum ConfigWait {
+    Loaded(NetworkConfig),
+    /// A failure only an operator can fix: connect again (re-reading the TLS files).
+    Reconnect,
+    Cancelled,
 }
 
 async fn wait_for_network_config<S: LeaseStore>(
     store: &S,
     health: &Health,
+    delay: &mut Duration,
     cancel: &CancellationToken,
-) -> Result<Option<NetworkConfig>> {
-    let mut delay = RETRY_MIN;
+) -> ConfigWait {
     loop {
+        let mut reconnect = false;
         match store.network_config().await {
             Ok(Some(json)) => match NetworkConfig::parse(&json) {
-                Ok(cfg) => return Ok(Some(cfg)),
+                Ok(cfg) => {
+                    *delay = RETRY_MIN;
+                    return ConfigWait::Loaded(cfg);
+                }
                 Err(e) => {
                     health.waiting_for(format!("invalid network config: {e}"));
                     tracing::error!(key = %store.config_location(), error = %e,
@@ -361,13 +379,17 @@ async fn wait_for_network_config<S: LeaseStore>(
             }
             Err(e) => {
                 health.waiting_for(format!("waiting for etcd: {e}"));
-                log_store_error(&e, delay, "reading the network config");
+                log_store_error(&e, *delay, "reading the network config");
+                reconnect = e.needs_operator();
             }
         }
-        if !sleep_or_cancel(delay, cancel).await {
-            return Ok(None);
+        if !sleep_or_cancel(*delay, cancel).await {
+            return ConfigWait::Cancelled;
         }
-        delay = backoff(delay);
+        *delay = backoff(*delay);
+        if reconnect {
+            return ConfigWait::Reconnect;
+        }
     }
 }
 
