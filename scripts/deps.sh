@@ -6,9 +6,9 @@
 #   scripts/deps.sh --musl-target  only the Rust musl target (status 0 when installed)
 set -euo pipefail
 
-PKGS=(iproute2 iputils-ping jq nftables protobuf-compiler etcd-server etcd-client ethtool python3 openssl
+PKGS=(iproute2 iputils-ping jq nftables protobuf-compiler etcd-server etcd-client ethtool python3 openssl iptables
       containernetworking-plugins iperf3 procps util-linux gcc)
-TOOLS=(ip ping jq nft protoc etcd etcdctl iperf3 unshare nsenter cc openssl)
+TOOLS=(ip ping jq nft protoc etcd etcdctl iperf3 unshare nsenter cc openssl iptables-legacy iptables-nft)
 REF_PLUGINS=(/usr/lib/cni/bridge /usr/lib/cni/host-local)
 
 missing() {

@@ -13,10 +13,13 @@
 //!   carrier events.
 //! * [`masq`] owns flanneld's node table (`ip flannel-rs`): masquerade and forward rules.
 //! * [`nft`] applies nftables rule sets as single atomic transactions.
+//! * [`iptables`] keeps our accept jump in the operator's `filter FORWARD` (legacy and nft),
+//!   for hosts whose FORWARD policy drops.
 //! * `udp` (cargo feature `udp`) is the userspace udp backend: TUN + UDP datapath threads.
 
 pub mod ethtool;
 pub mod garp;
+pub mod iptables;
 pub mod masq;
 pub mod netlink;
 pub mod netns;

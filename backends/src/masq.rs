@@ -58,6 +58,9 @@ pub struct MasqSpec {
     pub network: Ipv4Network,
     /// This node's lease subnet.
     pub subnet: Ipv4Network,
+    /// `masquerade fully-random` (flannel's default); `false` for
+    /// `--ip-masq-fully-random-disable`.
+    pub fully_random: bool,
     /// Install the masquerade chain (`--ip-masq`).
     pub masquerade: bool,
     /// Install the forward accept chain (`--iptables-forward-rules`).
@@ -82,6 +85,11 @@ impl MasqSpec {
             return s;
         }
         s.push_str(&format!("table ip {NODE_TABLE} {{\n"));
+        let random = if self.fully_random {
+            " fully-random"
+        } else {
+            ""
+        };
         if self.masquerade {
             s.push_str(&format!(
                 "  chain postrtg {{\n\
@@ -90,8 +98,8 @@ impl MasqSpec {
                  \x20   ip saddr {pod} ip daddr {net} return\n\
                  \x20   ip saddr {net} ip daddr {pod} return\n\
                  \x20   ip saddr != {net} ip daddr {pod} return\n\
-                 \x20   ip saddr {net} ip daddr != 224.0.0.0/4 masquerade fully-random\n\
-                 \x20   ip saddr != {net} ip daddr {net} masquerade fully-random\n\
+                 \x20   ip saddr {net} ip daddr != 224.0.0.0/4 masquerade{random}\n\
+                 \x20   ip saddr != {net} ip daddr {net} masquerade{random}\n\
                  \x20 }}\n"
             ));
         }
@@ -189,7 +197,18 @@ mod tests {
             subnet: "10.244.3.0/24".parse().unwrap(),
             masquerade,
             forward,
+            fully_random: true,
         }
+    }
+
+    #[test]
+    fn fully_random_can_be_disabled() {
+        let mut sp = spec(true, false);
+        assert_eq!(sp.script().matches("masquerade fully-random").count(), 2);
+        sp.fully_random = false;
+        let s = sp.script();
+        assert!(!s.contains("fully-random"), "{s}");
+        assert_eq!(s.matches("masquerade\n").count(), 2, "{s}");
     }
 
     #[test]

@@ -215,6 +215,7 @@ fn node_masq_table_exact_drift_repair_and_remove() {
             subnet: "10.244.7.0/24".parse().unwrap(),
             masquerade: true,
             forward: true,
+            fully_random: true,
         };
         let mut m = NodeMasq::new();
         assert_eq!(m.ensure(spec).unwrap(), EnsureOutcome::Installed);

@@ -13,8 +13,13 @@
 //! `--release-lease-on-shutdown` (flannel never deletes its lease, which is what makes
 //! restarts hitless but leaks subnets when nodes are retired).
 //!
-//! Kubernetes mode (`--kube-subnet-mgr` and friends) is not implemented and therefore not
-//! accepted: an unknown flag fails loudly instead of being silently ignored.
+//! Every flag of flannel's `main.go` (v0.28) is accepted, with Go's flag syntax: one or two
+//! dashes, `=value` or a separate value (booleans only `-flag` or `-flag=false`), and a flag
+//! given twice keeps the last value (list flags such as `--iface` accumulate). What applies
+//! to etcd mode is implemented (`--ip-masq-fully-random-disable`, `-v` mapped onto the log
+//! level); Kubernetes mode is not: `--kube-subnet-mgr` (or `FLANNELD_KUBE_SUBNET_MGR=true`)
+//! makes flanneld exit with a message saying so, and the other kube-mode and klog flags are
+//! accepted and ignored so that existing units and DaemonSets start.
 
 use std::ffi::OsString;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -40,6 +45,7 @@ pub const MIN_SUBNET_LEASE_TTL: Duration = Duration::from_secs(5);
 #[command(
     name = "flanneld",
     version,
+    args_override_self = true,
     about = "flannel-compatible overlay network daemon (etcd mode)",
     long_about = "flannel-compatible overlay network daemon (etcd mode).\n\n\
                   Every flag can also be set through the environment as FLANNELD_<FLAG>, \
@@ -152,7 +158,160 @@ pub struct Opts {
     #[arg(long, env = "FLANNELD_IPTABLES_RESYNC", default_value_t = 5,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub iptables_resync: u64,
+
+    /// Masquerade without fully randomised source ports (drops `fully-random`).
+    #[arg(long, env = "FLANNELD_IP_MASQ_FULLY_RANDOM_DISABLE", default_value = "false",
+          num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          value_parser = BoolishValueParser::new())]
+    pub ip_masq_fully_random_disable: bool,
+
+    /// Keep a blackhole route for this node's subnet (for setups without a bridge).
+    /// Not implemented in this build: accepted, and a warning is logged.
+    #[arg(long, env = "FLANNELD_IP_BLACKHOLE_ROUTE", default_value = "false",
+          num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          value_parser = BoolishValueParser::new())]
+    pub ip_blackhole_route: bool,
+
+    /// Log verbosity, as klog's `-v` in flannel: when FLANNELD_LOG and RUST_LOG are unset,
+    /// 0-2 log at info, 3-5 at debug, 6 and more at trace.
+    #[arg(long = "v", env = "FLANNELD_V", value_name = "LEVEL")]
+    pub verbosity: Option<u8>,
+
+    /// flannel's Kubernetes subnet manager. This build runs the etcd subnet manager only:
+    /// with this flag (or FLANNELD_KUBE_SUBNET_MGR=true) flanneld exits with a message.
+    #[arg(long, env = "FLANNELD_KUBE_SUBNET_MGR", default_value = "false",
+          num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          value_parser = BoolishValueParser::new())]
+    pub kube_subnet_mgr: bool,
+
+    /// (flannel-rs) Remove what flanneld created on this node — vxlan/TUN devices, routes
+    /// with protocol 150, the nftables table, our iptables FORWARD rules, the subnet file —
+    /// and exit. The etcd lease is kept. Run with flanneld stopped.
+    #[arg(long, default_value = "false", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub cleanup: bool,
+
+    /// flannel's flags for Kubernetes mode and klog, accepted and ignored (see
+    /// [`IGNORED_FLAGS`]).
+    #[command(flatten)]
+    pub ignored: IgnoredFlags,
 }
+
+/// flannel flags that have no meaning in etcd mode or for our logger. They are parsed (so
+/// existing command lines work) and reported once at start-up when given.
+#[derive(Debug, Clone, Default, clap::Args, PartialEq)]
+pub struct IgnoredFlags {
+    #[arg(long, env = "FLANNELD_KUBE_API_URL", hide = true)]
+    kube_api_url: Option<String>,
+    #[arg(long, env = "FLANNELD_KUBECONFIG_FILE", hide = true)]
+    kubeconfig_file: Option<String>,
+    #[arg(long, env = "FLANNELD_KUBE_ANNOTATION_PREFIX", hide = true)]
+    kube_annotation_prefix: Option<String>,
+    #[arg(long, env = "FLANNELD_NET_CONFIG_PATH", hide = true)]
+    net_config_path: Option<String>,
+    #[arg(long, env = "FLANNELD_SET_NODE_NETWORK_UNAVAILABLE", hide = true, num_args = 0..=1,
+          require_equals = true, default_missing_value = "true")]
+    set_node_network_unavailable: Option<String>,
+    #[arg(long, env = "FLANNELD_USE_MULTI_CLUSTER_CIDR", hide = true, num_args = 0..=1,
+          require_equals = true, default_missing_value = "true")]
+    use_multi_cluster_cidr: Option<String>,
+    #[arg(long, env = "FLANNELD_CHARON_EXECUTABLE_PATH", hide = true)]
+    charon_executable_path: Option<String>,
+    #[arg(long, env = "FLANNELD_CHARON_VICIURL", hide = true)]
+    charon_viciurl: Option<String>,
+    #[arg(long = "vmodule", hide = true)]
+    vmodule: Option<String>,
+    #[arg(long = "log_backtrace_at", hide = true)]
+    log_backtrace_at: Option<String>,
+    #[arg(long = "log_dir", hide = true)]
+    log_dir: Option<String>,
+    #[arg(long = "log_file", hide = true)]
+    log_file: Option<String>,
+    #[arg(long = "log_file_max_size", hide = true)]
+    log_file_max_size: Option<String>,
+    #[arg(long = "stderrthreshold", hide = true)]
+    stderrthreshold: Option<String>,
+    #[arg(long = "logtostderr", hide = true, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true")]
+    logtostderr: Option<String>,
+    #[arg(long = "alsologtostderr", hide = true, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true")]
+    alsologtostderr: Option<String>,
+    #[arg(long = "skip_headers", hide = true, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true")]
+    skip_headers: Option<String>,
+    #[arg(long = "skip_log_headers", hide = true, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true")]
+    skip_log_headers: Option<String>,
+    #[arg(long = "add_dir_header", hide = true, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true")]
+    add_dir_header: Option<String>,
+    #[arg(long = "one_output", hide = true, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true")]
+    one_output: Option<String>,
+}
+
+/// The names of [`IgnoredFlags`], as flannel spells them.
+pub const IGNORED_FLAGS: &[&str] = &[
+    "kube-api-url",
+    "kubeconfig-file",
+    "kube-annotation-prefix",
+    "net-config-path",
+    "set-node-network-unavailable",
+    "use-multi-cluster-cidr",
+    "charon-executable-path",
+    "charon-viciurl",
+    "vmodule",
+    "log_backtrace_at",
+    "log_dir",
+    "log_file",
+    "log_file_max_size",
+    "stderrthreshold",
+    "logtostderr",
+    "alsologtostderr",
+    "skip_headers",
+    "skip_log_headers",
+    "add_dir_header",
+    "one_output",
+];
+
+impl IgnoredFlags {
+    /// The ignored flags that were given, as `name=value`.
+    pub fn given(&self) -> Vec<String> {
+        let all = [
+            &self.kube_api_url,
+            &self.kubeconfig_file,
+            &self.kube_annotation_prefix,
+            &self.net_config_path,
+            &self.set_node_network_unavailable,
+            &self.use_multi_cluster_cidr,
+            &self.charon_executable_path,
+            &self.charon_viciurl,
+            &self.vmodule,
+            &self.log_backtrace_at,
+            &self.log_dir,
+            &self.log_file,
+            &self.log_file_max_size,
+            &self.stderrthreshold,
+            &self.logtostderr,
+            &self.alsologtostderr,
+            &self.skip_headers,
+            &self.skip_log_headers,
+            &self.add_dir_header,
+            &self.one_output,
+        ];
+        IGNORED_FLAGS
+            .iter()
+            .zip(all)
+            .filter_map(|(name, v)| v.as_ref().map(|v| format!("{name}={v}")))
+            .collect()
+    }
+}
+
+/// The message for `--kube-subnet-mgr`.
+pub const KUBE_SUBNET_MGR_UNSUPPORTED: &str = "--kube-subnet-mgr (FLANNELD_KUBE_SUBNET_MGR) is \
+     set, but this flanneld runs the etcd subnet manager only: remove the flag and give \
+     --etcd-endpoints (the Kubernetes subnet manager is not implemented)";
 
 impl Opts {
     /// Parses `args` (the first item is the program name) after rewriting Go-style
@@ -163,6 +322,15 @@ impl Opts {
         T: Into<OsString>,
     {
         Self::try_parse_from(normalize_go_flags(args))
+    }
+
+    /// The tracing filter `-v` stands for (see [`Opts::verbosity`]).
+    pub fn log_filter_from_verbosity(&self) -> Option<&'static str> {
+        self.verbosity.map(|v| match v {
+            0..=2 => "info",
+            3..=5 => "debug",
+            _ => "trace",
+        })
     }
 
     /// The renewal margin as a duration.
@@ -286,6 +454,106 @@ mod tests {
         }
     }
 
+    /// Every flag of flannel's main.go (v0.28) and klog, as units and DaemonSets pass them.
+    #[test]
+    fn every_flannel_flag_parses_with_go_syntax() {
+        assert_clean_env();
+        let all = [
+            "-etcd-endpoints=http://10.0.0.1:2379",
+            "--etcd-prefix",
+            "/x/network",
+            "-etcd-keyfile=/k.pem",
+            "-etcd-certfile",
+            "/c.pem",
+            "--etcd-cafile=/ca.pem",
+            "-etcd-username=flannel",
+            "-etcd-password=pw",
+            "-iface=eth0",
+            "--iface",
+            "eth1",
+            "-iface-regex=^en",
+            "-iface-can-reach=198.18.0.1",
+            "-subnet-file=/run/flannel/subnet.env",
+            "-public-ip=198.18.0.5",
+            "-public-ipv6=fd00::5",
+            "-subnet-lease-renew-margin=30",
+            "-ip-masq",
+            "--ip-masq-fully-random-disable",
+            "-iptables-resync=10",
+            "-iptables-forward-rules=false",
+            "--ip-blackhole-route",
+            "-healthz-ip=127.0.0.1",
+            "-healthz-port=9100",
+            "--net-config-path=/etc/kube-flannel/net-conf.json",
+            "-kube-api-url=https://10.0.0.1:6443",
+            "-kubeconfig-file",
+            "/etc/kubeconfig",
+            "-kube-annotation-prefix=flannel.alpha.coreos.com",
+            "-set-node-network-unavailable=false",
+            "-use-multi-cluster-cidr",
+            "-charon-executable-path=/usr/lib/ipsec/charon",
+            "-charon-viciurl=unix:///var/run/charon.vici",
+            "-v=2",
+            "-vmodule=main=4",
+            "-log_backtrace_at=main.go:1",
+            "-logtostderr",
+            "-alsologtostderr=false",
+            "-stderrthreshold=2",
+            "-log_dir=/tmp",
+            "-log_file=/tmp/f.log",
+            "-log_file_max_size=100",
+            "-skip_headers",
+            "-skip_log_headers",
+            "-add_dir_header",
+            "-one_output",
+        ];
+        let o = parse(&all).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(o.etcd_prefix, "/x/network");
+        assert_eq!(o.etcd_certfile, Some(PathBuf::from("/c.pem")));
+        assert_eq!(o.iface, vec!["eth0", "eth1"]);
+        assert!(o.ip_masq && o.ip_masq_fully_random_disable && o.ip_blackhole_route);
+        assert!(!o.iptables_forward_rules);
+        assert_eq!(o.iptables_resync, 10);
+        assert_eq!(o.verbosity, Some(2));
+        assert!(!o.kube_subnet_mgr);
+        let ignored = o.ignored.given();
+        assert_eq!(ignored.len(), IGNORED_FLAGS.len(), "{ignored:?}");
+        assert!(ignored.contains(&"kubeconfig-file=/etc/kubeconfig".to_string()));
+    }
+
+    #[test]
+    fn repeated_flags_keep_the_last_value_and_v_maps_to_a_level() {
+        assert_clean_env();
+        let o = parse(&[
+            "--etcd-prefix=/a",
+            "-etcd-prefix=/b",
+            "--v",
+            "4",
+            "-v=7",
+            "--ip-masq=false",
+            "-ip-masq",
+        ])
+        .unwrap();
+        assert_eq!(o.etcd_prefix, "/b");
+        assert_eq!(o.verbosity, Some(7));
+        assert_eq!(o.log_filter_from_verbosity(), Some("trace"));
+        assert!(o.ip_masq);
+        for (v, want) in [("0", "info"), ("2", "info"), ("3", "debug"), ("5", "debug")] {
+            let o = parse(&["-v", v]).unwrap();
+            assert_eq!(o.log_filter_from_verbosity(), Some(want), "-v {v}");
+        }
+        assert_eq!(parse(&[]).unwrap().log_filter_from_verbosity(), None);
+    }
+
+    #[test]
+    fn kube_subnet_mgr_is_recognised_for_its_clear_refusal() {
+        assert_clean_env();
+        assert!(parse(&["--kube-subnet-mgr"]).unwrap().kube_subnet_mgr);
+        assert!(parse(&["-kube-subnet-mgr=true"]).unwrap().kube_subnet_mgr);
+        assert!(KUBE_SUBNET_MGR_UNSUPPORTED.contains("etcd subnet manager only"));
+        assert!(parse(&["--no-such-flag"]).is_err());
+    }
+
     #[test]
     fn defaults_match_flannel() {
         assert_clean_env();
@@ -359,7 +627,7 @@ mod tests {
             &["--public-ip=not-an-ip"],
             &["--ip-masq=maybe"],
             &["--iptables-resync=0"],
-            &["--kube-subnet-mgr"],
+            &["--v=high"],
         ] {
             assert!(parse(args).is_err(), "{args:?} should fail");
         }
@@ -371,7 +639,12 @@ mod tests {
         let mut n = 0;
         for arg in cmd.get_arguments() {
             let Some(long) = arg.get_long() else { continue };
-            if long == "help" || long == "version" {
+            // klog's flags are not flannel's (no FLANNELD_ variable); `--cleanup` is a command,
+            // not a setting, and must not be switched on by a leftover environment file.
+            let klog = long.contains('_')
+                || ["vmodule", "stderrthreshold", "logtostderr", "alsologtostderr"]
+                    .contains(&long);
+            if long == "help" || long == "version" || long == "cleanup" || klog {
                 continue;
             }
             let want = format!("FLANNELD_{}", long.to_uppercase().replace('-', "_"));

@@ -64,6 +64,20 @@ pub async fn run(opts: Opts) -> Result<()> {
 
 /// Runs flanneld until `cancel` fires (the testable entry point).
 pub async fn run_until(opts: Opts, cancel: CancellationToken) -> Result<()> {
+    if opts.kube_subnet_mgr {
+        bail!("{}", crate::config::KUBE_SUBNET_MGR_UNSUPPORTED);
+    }
+    let ignored = opts.ignored.given();
+    if !ignored.is_empty() {
+        tracing::warn!(flags = %ignored.join(" "),
+            "ignoring flannel flags that have no effect in etcd mode");
+    }
+    if opts.ip_blackhole_route {
+        tracing::warn!(
+            "--ip-blackhole-route is not implemented in this build; no blackhole \
+            route is installed for this node's subnet"
+        );
+    }
     let store_metrics = Arc::new(StoreMetrics::default());
     let health = Arc::new(Health::new(store_metrics.clone()));
     if opts.healthz_port != 0 {
@@ -188,6 +202,7 @@ pub async fn run_until(opts: Opts, cancel: CancellationToken) -> Result<()> {
         subnet: own.subnet,
         masquerade: opts.ip_masq,
         forward: opts.iptables_forward_rules,
+        fully_random: !opts.ip_masq_fully_random_disable,
     };
     ensure_masq(&mut masq, masq_spec(&own))
         .await
@@ -515,15 +530,36 @@ async fn ensure_masq(masq: &mut NodeMasq, spec: MasqSpec) -> Result<()> {
     if spec.is_empty() && masq.spec().is_none() {
         return Ok(());
     }
-    // nft is a child process: keep it off the async worker.
+    // nft and iptables are child processes: keep them off the async worker.
     let mut owned = std::mem::take(masq);
-    let (owned, result) = tokio::task::spawn_blocking(move || {
+    let (owned, result, forward) = tokio::task::spawn_blocking(move || {
         let r = owned.ensure(spec);
-        (owned, r)
+        // The operator's iptables FORWARD chain may drop what our table accepts.
+        let f = spec
+            .forward
+            .then(|| backends::iptables::ForwardRules::ensure(spec.network));
+        (owned, r, f)
     })
     .await
     .context("masquerade task panicked")?;
     *masq = owned;
+    match forward {
+        Some(Ok(outcomes)) => {
+            for (flavor, outcome) in outcomes {
+                if outcome == backends::iptables::FlavorOutcome::Installed {
+                    tracing::info!(
+                        iptables = flavor.iptables(),
+                        chain = backends::iptables::FWD_CHAIN,
+                        "pod network accepted in the host's filter FORWARD chain (first rule)"
+                    );
+                }
+            }
+        }
+        Some(Err(e)) => tracing::error!(error = %e,
+            "cannot accept pod traffic in the host's iptables FORWARD chain; a DROP policy \
+             there drops pod traffic"),
+        None => {}
+    }
     match result? {
         backends::masq::EnsureOutcome::Installed => {
             tracing::info!(

@@ -13,9 +13,14 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             // FLANNELD_LOG (or RUST_LOG) takes tracing's filter syntax, e.g. `debug`.
+            // Without either, flannel's `-v` picks the level.
             tracing_subscriber::EnvFilter::try_from_env("FLANNELD_LOG")
                 .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| {
+                    tracing_subscriber::EnvFilter::new(
+                        opts.log_filter_from_verbosity().unwrap_or("info"),
+                    )
+                }),
         )
         .init();
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -28,7 +33,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(flanneld::daemon::run(opts)) {
+    let result = if opts.cleanup {
+        runtime.block_on(async {
+            let removed = flanneld::cleanup::run(&opts).await?;
+            tracing::info!(?removed, "node state removed; the etcd lease is kept");
+            Ok(())
+        })
+    } else {
+        runtime.block_on(flanneld::daemon::run(opts))
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

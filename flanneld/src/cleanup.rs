@@ -1,0 +1,128 @@
+//! # cleanup — `flanneld --cleanup`: remove what flanneld created on this node
+//!
+//! For `scripts/uninstall.sh`, for a node leaving the cluster, and for switching back to
+//! flannel. Run with flanneld stopped; everything here is idempotent and each step carries on
+//! when another failed (the errors are reported together at the end):
+//!
+//! * devices: `flannel.<VNI>` (vxlan) and `flannel0` (udp TUN) — `ip link del`;
+//! * routes flanneld installed, recognised by their protocol 150 — `ip route del ... proto 150`;
+//! * the nftables table `ip flannel-rs` — `nft delete table ip flannel-rs`;
+//! * our jump and chain in the operator's iptables `filter FORWARD` (legacy and nft),
+//!   leaving every other rule as it was;
+//! * `--subnet-file`.
+//!
+//! The etcd lease is kept (the node keeps its subnet if it comes back); delete it with
+//! `etcdctl del` if the node is retired. The CNI bridge and pods belong to the CNI plugin
+//! and stay.
+
+use anyhow::{Context, Result};
+use backends::netlink::{IpFamily, Netlink};
+use backends::overlay::ROUTE_PROTOCOL;
+
+use crate::config::Opts;
+
+/// What [`run`] removed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Removed {
+    /// Device names.
+    pub devices: Vec<String>,
+    /// Routes, as `dst`.
+    pub routes: Vec<String>,
+    /// Whether the nftables table existed.
+    pub nft_table: bool,
+    /// Whether the subnet file existed.
+    pub subnet_file: bool,
+}
+
+/// Whether a device of this name and kind is one flanneld creates.
+pub fn is_our_device(name: &str, kind: Option<&str>) -> bool {
+    match kind {
+        Some("vxlan") => name
+            .strip_prefix("flannel.")
+            .is_some_and(|vni| !vni.is_empty() && vni.bytes().all(|b| b.is_ascii_digit())),
+        Some("tun") => name == "flannel0",
+        _ => false,
+    }
+}
+
+/// Removes flanneld's node state (see the module docs).
+pub async fn run(opts: &Opts) -> Result<Removed> {
+    let mut removed = Removed::default();
+    let mut errors: Vec<String> = Vec::new();
+    let nl = Netlink::new().context("open netlink socket")?;
+    match nl.routes(IpFamily::V4).await {
+        Ok(routes) => {
+            for r in routes.iter().filter(|r| r.protocol == ROUTE_PROTOCOL) {
+                match nl.del_route(r).await {
+                    Ok(()) => removed.routes.push(r.dst.to_string()),
+                    Err(e) => errors.push(format!("route {}: {e}", r.dst)),
+                }
+            }
+        }
+        Err(e) => errors.push(format!("listing routes: {e}")),
+    }
+    match nl.links().await {
+        Ok(links) => {
+            for l in links
+                .iter()
+                .filter(|l| is_our_device(&l.name, l.kind.as_deref()))
+            {
+                match nl.del_link_index(l.index).await {
+                    Ok(_) => removed.devices.push(l.name.clone()),
+                    Err(e) => errors.push(format!("device {}: {e}", l.name)),
+                }
+            }
+        }
+        Err(e) => errors.push(format!("listing devices: {e}")),
+    }
+    let blocking = tokio::task::spawn_blocking(|| {
+        let mut errs = Vec::new();
+        let had_table = matches!(backends::masq::list_table(), Ok(Some(_)));
+        if had_table && let Err(e) = backends::masq::NodeMasq::new().remove() {
+            errs.push(format!(
+                "nftables table {}: {e}",
+                backends::masq::NODE_TABLE
+            ));
+        }
+        if let Err(e) = backends::iptables::ForwardRules::remove() {
+            errs.push(format!("iptables FORWARD rules: {e}"));
+        }
+        (had_table, errs)
+    })
+    .await
+    .context("cleanup task panicked")?;
+    removed.nft_table = blocking.0;
+    errors.extend(blocking.1);
+    match std::fs::remove_file(&opts.subnet_file) {
+        Ok(()) => removed.subnet_file = true,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => errors.push(format!("{}: {e}", opts.subnet_file.display())),
+    }
+    if errors.is_empty() {
+        Ok(removed)
+    } else {
+        anyhow::bail!(
+            "cleanup incomplete ({} removed devices, {} routes): {}",
+            removed.devices.len(),
+            removed.routes.len(),
+            errors.join("; ")
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_our_device_names_and_kinds() {
+        assert!(is_our_device("flannel.1", Some("vxlan")));
+        assert!(is_our_device("flannel.4096", Some("vxlan")));
+        assert!(is_our_device("flannel0", Some("tun")));
+        assert!(!is_our_device("flannel.1", Some("bridge")));
+        assert!(!is_our_device("flannel.x", Some("vxlan")));
+        assert!(!is_our_device("flannel.", Some("vxlan")));
+        assert!(!is_our_device("cni0", Some("bridge")));
+        assert!(!is_our_device("eth0", None));
+    }
+}
