@@ -550,6 +550,11 @@ impl Cluster {
         }
     }
 
+    /// The flanneld binary the nodes run.
+    pub fn flanneld_binary(&self) -> &Path {
+        &self.spec.bins.flanneld
+    }
+
     /// Runs a command inside the underlay namespace.
     pub fn underlay_exec(&self, args: &[&str]) -> Output {
         run(Command::new("ip")

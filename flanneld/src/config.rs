@@ -642,8 +642,13 @@ mod tests {
             // klog's flags are not flannel's (no FLANNELD_ variable); `--cleanup` is a command,
             // not a setting, and must not be switched on by a leftover environment file.
             let klog = long.contains('_')
-                || ["vmodule", "stderrthreshold", "logtostderr", "alsologtostderr"]
-                    .contains(&long);
+                || [
+                    "vmodule",
+                    "stderrthreshold",
+                    "logtostderr",
+                    "alsologtostderr",
+                ]
+                .contains(&long);
             if long == "help" || long == "version" || long == "cleanup" || klog {
                 continue;
             }
