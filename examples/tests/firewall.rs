@@ -153,7 +153,7 @@ fn scenario(flavor: &str, backend: Backend) {
     }
 
     // Uninstall: our rules go, the operator's stay exactly as they were.
-    for i in 0..3 {
+    for (i, operator_before) in before.iter().enumerate() {
         c.stop_flanneld(i);
         let out = c.node_exec(
             i,
@@ -176,7 +176,12 @@ fn scenario(flavor: &str, backend: Backend) {
             "node {}:\n{after}",
             i + 1
         );
-        assert_eq!(operator_rules(&c, i, flavor), before[i], "node {}", i + 1);
+        assert_eq!(
+            &operator_rules(&c, i, flavor),
+            operator_before,
+            "node {}",
+            i + 1
+        );
         assert!(!c.nodes[i].subnet_file().exists());
         let proto150 = sh(&c, i, &["ip", "route", "show", "proto", "150"]);
         assert!(proto150.trim().is_empty(), "node {}: {proto150}", i + 1);
