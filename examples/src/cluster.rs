@@ -473,6 +473,30 @@ impl Cluster {
         etcd_args: &[String],
         extra: &[&str],
     ) -> Result<(), String> {
+        self.start_flanneld_full(i, etcd_args, extra, &[])
+    }
+
+    /// Starts flanneld on node `i` with the cluster's etcd flags, `extra` flags and `env`.
+    pub fn start_flanneld_env(
+        &mut self,
+        i: usize,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<(), String> {
+        let etcd_args = match &self.tls_etcd {
+            Some(t) => t.flanneld_args(),
+            None => vec!["--etcd-endpoints".to_string(), self.etcd_endpoint()],
+        };
+        self.start_flanneld_full(i, &etcd_args, extra, env)
+    }
+
+    fn start_flanneld_full(
+        &mut self,
+        i: usize,
+        etcd_args: &[String],
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<(), String> {
         let node = &mut self.nodes[i];
         node.restarts += 1;
         let log = std::fs::File::create(node.log_file()).map_err(|e| e.to_string())?;
@@ -487,6 +511,7 @@ impl Cluster {
             cmd.arg("--ip-masq");
         }
         cmd.args(&self.spec.flanneld_args).args(extra);
+        cmd.envs(env.iter().copied());
         cmd.env(
             "RUST_LOG",
             std::env::var("FLANNELD_TEST_LOG").unwrap_or_else(|_| "info".into()),

@@ -79,7 +79,11 @@ pub async fn run_until(opts: Opts, cancel: CancellationToken) -> Result<()> {
         );
     }
     let store_metrics = Arc::new(StoreMetrics::default());
-    let health = Arc::new(Health::new(store_metrics.clone()));
+    let notifier = crate::notify::Notifier::from_env().map(Arc::new);
+    if let Some(n) = &notifier {
+        crate::notify::spawn_watchdog(n.clone(), cancel.clone());
+    }
+    let health = Arc::new(Health::new(store_metrics.clone()).with_notifier(notifier.clone()));
     if opts.healthz_port != 0 {
         let addr = SocketAddr::new(opts.healthz_ip, opts.healthz_port);
         let listener = crate::healthz::bind(addr)
@@ -208,7 +212,11 @@ pub async fn run_until(opts: Opts, cancel: CancellationToken) -> Result<()> {
         .await
         .context("install masquerade/forward rules")?;
     write_subnet_env(&opts, &network, &own, overlay.mtu())?;
-    health.set_ready();
+    health.set_ready(&format!(
+        "ready: subnet {} written to {}",
+        own.subnet,
+        opts.subnet_file.display()
+    ));
     tracing::info!(file = %opts.subnet_file.display(), "ready: subnet file written");
 
     let mut reconcile_tick = tokio::time::interval(RECONCILE_PERIOD);
@@ -248,7 +256,7 @@ pub async fn run_until(opts: Opts, cancel: CancellationToken) -> Result<()> {
                     if let Err(e) = write_subnet_env(&opts, &network, &own, overlay.mtu()) {
                         tracing::error!(error = %e, "writing the subnet file");
                     }
-                    health.set_ready();
+                    health.set_ready(&format!("ready: subnet {}", own.subnet));
                 }
             },
             Some(change) = monitor.recv() => {
@@ -276,6 +284,9 @@ pub async fn run_until(opts: Opts, cancel: CancellationToken) -> Result<()> {
             Ok(_) => tracing::info!(subnet = %own.subnet, "released own lease on shutdown"),
             Err(e) => tracing::warn!(error = %e, "could not release own lease"),
         }
+    }
+    if let Some(n) = &notifier {
+        n.stopping();
     }
     tracing::info!("shutting down; kernel state and lease kept");
     Ok(())

@@ -34,6 +34,8 @@ pub struct Health {
     reason: Mutex<String>,
     backend: OnceLock<BackendMetrics>,
     store: Arc<StoreMetrics>,
+    /// systemd's notification socket: readiness and status lines go there too.
+    notifier: Option<Arc<crate::notify::Notifier>>,
 }
 
 impl std::fmt::Debug for Health {
@@ -55,27 +57,47 @@ impl Health {
         }
     }
 
+    /// Also reports readiness (`READY=1`) and reasons (`STATUS=`) to systemd.
+    pub fn with_notifier(mut self, notifier: Option<Arc<crate::notify::Notifier>>) -> Self {
+        if let Some(n) = &notifier {
+            n.status("starting");
+        }
+        self.notifier = notifier;
+        self
+    }
+
     /// The control-plane counters.
     pub fn store_metrics(&self) -> &Arc<StoreMetrics> {
         &self.store
     }
 
-    /// Marks the node ready.
-    pub fn set_ready(&self) {
+    /// Marks the node ready (`status` is what systemd shows, e.g. the subnet).
+    pub fn set_ready(&self, status: &str) {
         self.ready.store(true, Ordering::SeqCst);
+        if let Some(n) = &self.notifier {
+            n.ready(status);
+        }
     }
 
     /// Marks the node not ready, saying why (shown by `/readyz`). Only the last reason is
     /// kept; it is replaced as the daemon moves on.
     pub fn set_not_ready(&self, reason: impl Into<String>) {
-        *self.reason.lock().unwrap_or_else(|p| p.into_inner()) = reason.into();
+        let reason = reason.into();
+        if let Some(n) = &self.notifier {
+            n.status(&format!("not ready: {reason}"));
+        }
+        *self.reason.lock().unwrap_or_else(|p| p.into_inner()) = reason;
         self.ready.store(false, Ordering::SeqCst);
     }
 
     /// Updates the reason without changing readiness (while still starting).
     pub fn waiting_for(&self, reason: impl Into<String>) {
         if !self.is_ready() {
-            *self.reason.lock().unwrap_or_else(|p| p.into_inner()) = reason.into();
+            let reason = reason.into();
+            if let Some(n) = &self.notifier {
+                n.status(&reason);
+            }
+            *self.reason.lock().unwrap_or_else(|p| p.into_inner()) = reason;
         }
     }
 
@@ -174,7 +196,7 @@ mod tests {
         );
         h.waiting_for("waiting for etcd: no etcd member answered");
         assert!(respond("/readyz", &h).1.contains("waiting for etcd"));
-        h.set_ready();
+        h.set_ready("ready");
         assert_eq!(respond("/readyz", &h).0, "200 OK");
         h.waiting_for("ignored once ready");
         assert_eq!(respond("/readyz", &h).0, "200 OK");

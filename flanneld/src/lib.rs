@@ -15,5 +15,6 @@ pub mod daemon;
 pub mod healthz;
 pub mod iface;
 pub mod network_config;
+pub mod notify;
 pub mod subnet;
 pub mod testing;
