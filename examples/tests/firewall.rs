@@ -153,17 +153,22 @@ fn scenario(flavor: &str, backend: Backend) {
     }
 
     // Uninstall: our rules go, the operator's stay exactly as they were.
+    let subnets: Vec<Option<String>> = (0..3).map(|i| c.node_subnet(i)).collect();
     for (i, operator_before) in before.iter().enumerate() {
         c.stop_flanneld(i);
-        let out = c.node_exec(
-            i,
-            &[
-                c.flanneld_binary().to_str().unwrap(),
-                "--cleanup",
-                "--subnet-file",
-                c.nodes[i].subnet_file().to_str().unwrap(),
-            ],
-        );
+        let endpoint = c.etcd_endpoint();
+        let subnet_file = c.nodes[i].subnet_file();
+        let mut args = vec![
+            c.flanneld_binary().to_str().unwrap(),
+            "--cleanup",
+            "--subnet-file",
+            subnet_file.to_str().unwrap(),
+        ];
+        // Node 1 is retired: its lease goes too.
+        if i == 0 {
+            args.extend(["--etcd-endpoints", &endpoint, "--release-lease-on-shutdown"]);
+        }
+        let out = c.node_exec(i, &args);
         assert!(
             out.status.success(),
             "cleanup on node {}: {}",
@@ -198,6 +203,17 @@ fn scenario(flavor: &str, backend: Backend) {
             i + 1
         );
     }
+    let s1 = subnets[0].as_deref().expect("node 1 subnet");
+    assert_eq!(
+        c.etcd_get(&Cluster::lease_key(s1)),
+        None,
+        "node 1's lease kept"
+    );
+    let s2 = subnets[1].as_deref().expect("node 2 subnet");
+    assert!(
+        c.etcd_get(&Cluster::lease_key(s2)).is_some(),
+        "node 2's lease lost"
+    );
 }
 
 #[test]

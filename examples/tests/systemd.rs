@@ -98,8 +98,14 @@ fn ready_only_after_subnet_env_with_status_and_watchdog() {
     let got = received.lock().unwrap();
     let ready: Vec<&(String, bool)> = got.iter().filter(|(m, _)| m.contains("READY=1")).collect();
     assert_eq!(ready.len(), 1, "{got:?}");
-    assert!(ready[0].1, "READY=1 arrived before subnet.env existed: {got:?}");
-    assert!(ready[0].0.contains("STATUS=ready: subnet 10.244."), "{got:?}");
+    assert!(
+        ready[0].1,
+        "READY=1 arrived before subnet.env existed: {got:?}"
+    );
+    assert!(
+        ready[0].0.contains("STATUS=ready: subnet 10.244."),
+        "{got:?}"
+    );
     let pings = got.iter().filter(|(m, _)| m == "WATCHDOG=1").count();
     assert!(pings >= 5, "only {pings} watchdog pings: {got:?}");
 }

@@ -11,9 +11,10 @@
 //!   leaving every other rule as it was;
 //! * `--subnet-file`.
 //!
-//! The etcd lease is kept (the node keeps its subnet if it comes back); delete it with
-//! `etcdctl del` if the node is retired. The CNI bridge and pods belong to the CNI plugin
-//! and stay.
+//! The etcd lease is kept (the node keeps its subnet if it comes back), unless
+//! `--release-lease-on-shutdown` is given too: then the lease of the subnet in subnet.env is
+//! deleted if it still carries one of this node's addresses (never a reservation). The CNI
+//! bridge and pods belong to the CNI plugin and stay.
 
 use anyhow::{Context, Result};
 use backends::netlink::{IpFamily, Netlink};
@@ -32,6 +33,35 @@ pub struct Removed {
     pub nft_table: bool,
     /// Whether the subnet file existed.
     pub subnet_file: bool,
+    /// The lease deleted from etcd (with `--release-lease-on-shutdown`).
+    pub released: Option<String>,
+}
+
+/// Deletes this node's lease: the subnet in subnet.env, if its key still carries one of
+/// `local` addresses and is a lease (not a reservation).
+async fn release_lease(opts: &Opts, local: &[std::net::IpAddr]) -> Result<Option<String>> {
+    use crate::subnet::{EtcdLeaseStore, LeaseStore};
+    let env = match ipam::subnet_env::SubnetEnv::load(&opts.subnet_file) {
+        Ok(env) => env,
+        Err(e) if e.is_not_found() => return Ok(None),
+        Err(e) => return Err(anyhow::anyhow!("{}: {e}", opts.subnet_file.display())),
+    };
+    let Some(subnet) = env.subnet_network() else {
+        return Ok(None);
+    };
+    let store = EtcdLeaseStore::connect(crate::daemon::etcd_config(opts)).await?;
+    let Some(lease) = store.get(&(subnet, None)).await? else {
+        return Ok(None);
+    };
+    if !lease.leased || !local.contains(&std::net::IpAddr::V4(lease.attrs.public_ip)) {
+        tracing::warn!(key = %store.key_of(&lease.id()), public_ip = %lease.attrs.public_ip,
+            leased = lease.leased, "not releasing: the key is a reservation or another node's");
+        return Ok(None);
+    }
+    Ok(store
+        .delete(&lease)
+        .await?
+        .then(|| store.key_of(&lease.id())))
 }
 
 /// Whether a device of this name and kind is one flanneld creates.
@@ -50,6 +80,18 @@ pub async fn run(opts: &Opts) -> Result<Removed> {
     let mut removed = Removed::default();
     let mut errors: Vec<String> = Vec::new();
     let nl = Netlink::new().context("open netlink socket")?;
+    if opts.release_lease_on_shutdown {
+        let mut local = Vec::new();
+        for l in nl.links().await.unwrap_or_default() {
+            for a in nl.addresses(l.index).await.unwrap_or_default() {
+                local.push(a.ip());
+            }
+        }
+        match release_lease(opts, &local).await {
+            Ok(r) => removed.released = r,
+            Err(e) => errors.push(format!("releasing the lease: {e:#}")),
+        }
+    }
     match nl.routes(IpFamily::V4).await {
         Ok(routes) => {
             for r in routes.iter().filter(|r| r.protocol == ROUTE_PROTOCOL) {
