@@ -312,6 +312,55 @@ impl ForwardRules {
     }
 }
 
+/// flannel's own chains: `(table, chain, the built-in chain that jumps to it)`.
+pub const FLANNEL_CHAINS: [(&str, &str, &str); 2] = [
+    ("nat", "FLANNEL-POSTRTG", "POSTROUTING"),
+    ("filter", "FLANNEL-FWD", "FORWARD"),
+];
+
+/// The batch that removes flannel's chain `chain` of `table` and every jump to it, from an
+/// `iptables-save -t <table>` listing; `None` when the chain is not there.
+pub fn flannel_removal_batch(save: &str, table: &str, chain: &str) -> Option<String> {
+    let declared = save.lines().any(|l| l.starts_with(&format!(":{chain} ")));
+    let jumps: Vec<&str> = save
+        .lines()
+        .filter(|l| l.starts_with("-A ") && l.ends_with(&format!("-j {chain}")))
+        .collect();
+    if !declared && jumps.is_empty() {
+        return None;
+    }
+    let mut b = format!("*{table}\n");
+    for j in jumps {
+        b.push_str(&j.replacen("-A ", "-D ", 1));
+        b.push('\n');
+    }
+    if declared {
+        b.push_str(&format!(":{chain} - [0:0]\n-X {chain}\n"));
+    }
+    b.push_str("COMMIT\n");
+    Some(b)
+}
+
+/// Removes flannel's `FLANNEL-POSTRTG` and `FLANNEL-FWD` chains and their jumps from both
+/// flavours (a node migrating from flannel). Returns what was removed, as
+/// `iptables-nft nat FLANNEL-POSTRTG`.
+pub fn remove_flannel_chains() -> Result<Vec<String>, IptablesError> {
+    let mut removed = Vec::new();
+    for flavor in Flavor::ALL {
+        if !available(flavor) {
+            continue;
+        }
+        for (table, chain, _) in FLANNEL_CHAINS {
+            let save = run(flavor.save(), &["-t", table], None)?;
+            if let Some(batch) = flannel_removal_batch(&save, table, chain) {
+                run(flavor.restore(), &["--noflush"], Some(&batch))?;
+                removed.push(format!("{} {table} {chain}", flavor.iptables()));
+            }
+        }
+    }
+    Ok(removed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -324,6 +373,23 @@ mod tests {
 
     fn net() -> Ipv4Network {
         "10.244.0.0/16".parse().unwrap()
+    }
+
+    #[test]
+    fn flannels_chains_and_jumps_are_removed_and_nothing_else() {
+        let save = "*nat\n:PREROUTING ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n\
+            :FLANNEL-POSTRTG - [0:0]\n:CNI-abc - [0:0]\n\
+            -A POSTROUTING -m comment --comment \"flanneld masq\" -j FLANNEL-POSTRTG\n\
+            -A POSTROUTING -s 10.244.1.5/32 -j CNI-abc\n\
+            -A FLANNEL-POSTRTG -s 10.244.0.0/16 -j RETURN\nCOMMIT\n";
+        let b = flannel_removal_batch(save, "nat", "FLANNEL-POSTRTG").unwrap();
+        assert_eq!(
+            b,
+            "*nat\n-D POSTROUTING -m comment --comment \"flanneld masq\" -j FLANNEL-POSTRTG\n\
+             :FLANNEL-POSTRTG - [0:0]\n-X FLANNEL-POSTRTG\nCOMMIT\n"
+        );
+        assert!(!b.contains("CNI-abc"));
+        assert_eq!(flannel_removal_batch(save, "filter", "FLANNEL-FWD"), None);
     }
 
     #[test]

@@ -178,6 +178,27 @@ impl NodeMasq {
     }
 }
 
+/// flannel's nftables-mode tables (`--iptables-mode nftables`, via knftables).
+pub const FLANNEL_NFT_TABLES: [(&str, &str); 2] = [("ip", "flannel-ipv4"), ("ip6", "flannel-ipv6")];
+
+/// Deletes flannel's own nftables tables (a node migrating from flannel); returns the ones
+/// that existed, as `ip flannel-ipv4`.
+pub fn remove_flannel_tables() -> Result<Vec<String>, NftError> {
+    let mut removed = Vec::new();
+    for (family, name) in FLANNEL_NFT_TABLES {
+        let object = format!("table {family} {name}");
+        match nft::list_text(&object) {
+            Ok(_) => {
+                nft::apply(&format!("delete table {family} {name}\n"))?;
+                removed.push(format!("{family} {name}"));
+            }
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(removed)
+}
+
 /// `nft list table ip flannel-rs`, or `None` when the table does not exist.
 pub fn list_table() -> Result<Option<String>, NftError> {
     match nft::list_text(&format!("table ip {NODE_TABLE}")) {

@@ -429,6 +429,30 @@ fn refuse_router_advertisements(bridge: &Link) {
     }
 }
 
+/// Another bridge of the node that already carries `gw`'s address: a node migrating from
+/// flannel has `cni0` holding the gateway, and a second bridge with the same address would
+/// split the subnet in two. Only asked when the gateway is about to be added (the first pod).
+async fn other_bridge_holding(
+    host: &Netlink,
+    ours: &Link,
+    gw: IpNetwork,
+) -> CniResult<Option<String>> {
+    let links = host.links().await.map_err(netlink_err("list links"))?;
+    for l in links
+        .iter()
+        .filter(|l| l.index != ours.index && l.kind.as_deref() == Some("bridge"))
+    {
+        let addrs = host
+            .addresses(l.index)
+            .await
+            .map_err(netlink_err("list bridge addresses"))?;
+        if addrs.iter().any(|a| a.ip() == gw.ip()) {
+            return Ok(Some(l.name.clone()));
+        }
+    }
+    Ok(None)
+}
+
 /// Ensures the bridge exists and carries each family's gateway address.
 async fn ensure_bridge(
     host: &Netlink,
@@ -479,6 +503,22 @@ async fn ensure_bridge(
                 }
             })
             .collect();
+        if let Some(other) = other_bridge_holding(host, &bridge, gw).await? {
+            let unused = present
+                .iter()
+                .all(|p| matches!(p.ip(), IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80));
+            if unused {
+                // No address but link-local: made for this pod only; take it away again.
+                let _ = host.del_link_index(bridge.index).await;
+            }
+            return Err(CniError::config(format!(
+                "the gateway {} of this node's subnet is already on bridge {other:?} (left by \
+                 flannel's bridge plugin?); keep using it: set \"delegate\": {{\"bridge\": \
+                 \"{other}\"}} in the conflist (e.g. /etc/cni/net.d/10-flannel.conflist), or \
+                 delete {other} once no pod uses it",
+                gw.ip()
+            )));
+        }
         if !conflicting.is_empty() {
             if !plan.force_address {
                 return Err(CniError::internal(format!(

@@ -575,6 +575,11 @@ impl Cluster {
         }
     }
 
+    /// The CNI plugin binary the pods are attached with.
+    pub fn cni_binary(&self) -> &Path {
+        &self.spec.bins.cni
+    }
+
     /// The flanneld binary the nodes run.
     pub fn flanneld_binary(&self) -> &Path {
         &self.spec.bins.flanneld
@@ -706,9 +711,22 @@ impl Cluster {
         netns: &str,
         conf: &serde_json::Value,
     ) -> Output {
+        self.cni_exec(i, &self.spec.bins.cni, command, id, netns, conf)
+    }
+
+    /// Runs CNI plugin `binary` (ours or a reference plugin) inside node `i`'s namespace.
+    pub fn cni_exec(
+        &self,
+        i: usize,
+        binary: &Path,
+        command: &str,
+        id: &str,
+        netns: &str,
+        conf: &serde_json::Value,
+    ) -> Output {
         let mut child = Command::new("ip")
             .args(["netns", "exec", &self.nodes[i].ns])
-            .arg(&self.spec.bins.cni)
+            .arg(binary)
             .env("CNI_COMMAND", command)
             .env("CNI_CONTAINERID", id)
             .env("CNI_NETNS", format!("/run/netns/{netns}"))
@@ -728,10 +746,23 @@ impl Cluster {
 
     /// Creates a pod namespace on node `i` and attaches it with the CNI plugin.
     pub fn add_pod(&mut self, i: usize, name: &str) -> Result<Pod, String> {
+        let (conf, bin) = (self.cni_conf(i), self.spec.bins.cni.clone());
+        self.add_pod_with(i, name, &conf, &bin)
+    }
+
+    /// Like [`add_pod`](Self::add_pod) with another config or plugin binary (e.g. the
+    /// reference `bridge` plugin, as flannel delegates to it).
+    pub fn add_pod_with(
+        &mut self,
+        i: usize,
+        name: &str,
+        conf: &serde_json::Value,
+        binary: &Path,
+    ) -> Result<Pod, String> {
         let ns = format!("{}-n{}-{name}", self.prefix, i + 1);
         self.add_ns(&ns)?;
         let id = format!("{}-{name}", self.prefix);
-        let out = self.cni(i, "ADD", &id, &ns, &self.cni_conf(i));
+        let out = self.cni_exec(i, binary, "ADD", &id, &ns, conf);
         if !out.status.success() {
             return Err(format!(
                 "CNI ADD {name} on node {}: {}",

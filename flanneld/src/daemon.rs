@@ -200,6 +200,7 @@ pub async fn run_until(opts: Opts, cancel: CancellationToken) -> Result<()> {
     overlay.set_peers(peers(&watcher, backend_type));
     reconcile(&mut overlay).await;
 
+    remove_flannel_leftovers().await;
     let mut masq = NodeMasq::new();
     let masq_spec = |own: &Lease| MasqSpec {
         network: network.ipv4.network,
@@ -534,6 +535,39 @@ async fn reconcile(overlay: &mut Overlay) {
             }
         }
         Err(e) => tracing::error!(error = %e, "reconcile failed; retrying on the next trigger"),
+    }
+}
+
+/// A node that ran flannel keeps its `FLANNEL-POSTRTG`/`FLANNEL-FWD` chains (or its
+/// `flannel-ipv4`/`-ipv6` nftables tables): their masquerade rules would double up with ours
+/// and outlive any change of network. Remove them once at start-up and say so. The bridge
+/// plugin's per-pod `CNI-*` chains belong to running pods and go with their DEL.
+async fn remove_flannel_leftovers() {
+    let result = tokio::task::spawn_blocking(|| {
+        (
+            backends::iptables::remove_flannel_chains(),
+            backends::masq::remove_flannel_tables(),
+        )
+    })
+    .await;
+    let Ok((chains, tables)) = result else {
+        return;
+    };
+    match chains {
+        Ok(removed) => {
+            for what in removed {
+                tracing::info!(removed = %what, "removed flannel's iptables chain and its jumps");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not remove flannel's iptables chains"),
+    }
+    match tables {
+        Ok(removed) => {
+            for what in removed {
+                tracing::info!(removed = %what, "removed flannel's nftables table");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not remove flannel's nftables tables"),
     }
 }
 
