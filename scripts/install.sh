@@ -7,6 +7,7 @@
 #
 # What goes where (under $DESTDIR):
 #   $PREFIX/bin/flanneld                       the daemon
+#   $PREFIX/bin/flannelctl                     the lease table tool
 #   /opt/cni/bin/flannel                       the CNI plugin (static; scripts/build-cni.sh)
 #   /etc/systemd/system/flanneld.service       hardened Type=notify unit (ExecStart = $PREFIX/bin/flanneld)
 #   /etc/default/flanneld                      FLANNELD_* settings, mode 0600 (may hold the etcd password)
@@ -30,13 +31,14 @@ fi
 FLANNELD_BIN=${FLANNELD_BIN:-}
 CNI_BIN=${CNI_BIN:-}
 if [[ -z $FLANNELD_BIN ]]; then
-  cargo build --release -p flanneld >&2
+  cargo build --release -p flanneld --bins >&2
   FLANNELD_BIN=target/release/flanneld
 fi
+FLANNELCTL_BIN=${FLANNELCTL_BIN:-$(dirname "$FLANNELD_BIN")/flannelctl}
 if [[ -z $CNI_BIN ]]; then
   CNI_BIN=$(scripts/build-cni.sh)
 fi
-for f in "$FLANNELD_BIN" "$CNI_BIN"; do
+for f in "$FLANNELD_BIN" "$FLANNELCTL_BIN" "$CNI_BIN"; do
   [[ -x $f ]] || { echo "install.sh: $f is not an executable" >&2; exit 1; }
 done
 
@@ -68,6 +70,7 @@ sed "s#/usr/local/bin/flanneld#$PREFIX/bin/flanneld#g; s#/usr/local/share/doc#$P
   examples/systemd/flanneld.service >"$unit"
 
 put 0755 "$FLANNELD_BIN" "$PREFIX/bin/flanneld"
+put 0755 "$FLANNELCTL_BIN" "$PREFIX/bin/flannelctl"
 put 0755 "$CNI_BIN" /opt/cni/bin/flannel
 put 0644 "$unit" /etc/systemd/system/flanneld.service
 put 0600 examples/config/flanneld.env /etc/default/flanneld keep

@@ -1,0 +1,323 @@
+//! `flannelctl`: the subnet leases in etcd, for humans.
+//!
+//! ```text
+//! flannelctl [etcd flags] leases [-o table|json]          list every lease and reservation
+//! flannelctl [etcd flags] reserve SUBNET --public-ip IP [--backend-type T]
+//! flannelctl [etcd flags] unreserve SUBNET                 delete a reservation (never a lease)
+//! flannelctl [etcd flags] release SUBNET                   delete a (dead) node's lease
+//! ```
+//!
+//! The etcd flags are flanneld's (`--etcd-endpoints`, `--etcd-prefix`, `--etcd-cafile`,
+//! `--etcd-certfile`, `--etcd-keyfile`, `--etcd-username`, `--etcd-password`) with the same
+//! `FLANNELD_*` variables, so `set -a; . /etc/default/flanneld` configures both. A reservation
+//! is a subnet key without an etcd lease (flannel's convention): the node whose public IP it
+//! names gets that subnet, and it never expires.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use flanneld::subnet::{EtcdConfig, EtcdLeaseStore, LeaseStore};
+use ipam::lease::{Lease, LeaseAttrs, subnet_key};
+use ipnetwork::Ipv4Network;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "flannelctl",
+    version,
+    about = "Inspect and edit flannel subnet leases in etcd"
+)]
+struct Cli {
+    /// A comma-separated list of etcd endpoints.
+    #[arg(long, env = "FLANNELD_ETCD_ENDPOINTS", value_delimiter = ',',
+          default_value = flanneld::config::DEFAULT_ETCD_ENDPOINTS)]
+    etcd_endpoints: Vec<String>,
+    /// etcd prefix (leases under <prefix>/subnets/).
+    #[arg(long, env = "FLANNELD_ETCD_PREFIX", default_value = flanneld::config::DEFAULT_ETCD_PREFIX)]
+    etcd_prefix: String,
+    /// CA that verifies the etcd members.
+    #[arg(long, env = "FLANNELD_ETCD_CAFILE")]
+    etcd_cafile: Option<PathBuf>,
+    /// Client certificate.
+    #[arg(long, env = "FLANNELD_ETCD_CERTFILE")]
+    etcd_certfile: Option<PathBuf>,
+    /// Client key.
+    #[arg(long, env = "FLANNELD_ETCD_KEYFILE")]
+    etcd_keyfile: Option<PathBuf>,
+    /// etcd user.
+    #[arg(long, env = "FLANNELD_ETCD_USERNAME")]
+    etcd_username: Option<String>,
+    /// etcd password.
+    #[arg(long, env = "FLANNELD_ETCD_PASSWORD", hide_env_values = true)]
+    etcd_password: Option<String>,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// List every lease and reservation.
+    Leases {
+        /// Output format.
+        #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Reserve SUBNET for the node with --public-ip (a key without TTL).
+    Reserve {
+        /// e.g. 10.244.9.0/24
+        subnet: Ipv4Network,
+        /// The node's public IP.
+        #[arg(long)]
+        public_ip: Ipv4Addr,
+        /// The backend type the node runs.
+        #[arg(long, default_value = "vxlan")]
+        backend_type: String,
+    },
+    /// Delete the reservation of SUBNET (refuses a lease).
+    Unreserve {
+        /// e.g. 10.244.9.0/24
+        subnet: Ipv4Network,
+    },
+    /// Delete the lease of SUBNET, e.g. of a node that is gone (refuses a reservation).
+    Release {
+        /// e.g. 10.244.9.0/24
+        subnet: Ipv4Network,
+    },
+}
+
+/// One row of the listing.
+#[derive(Debug, serde::Serialize)]
+struct Row {
+    subnet: String,
+    ipv6_subnet: Option<String>,
+    public_ip: String,
+    backend: String,
+    /// VTEP MAC (vxlan) or public key (wireguard), if the lease carries one.
+    vtep_mac_or_key: Option<String>,
+    /// Seconds left on the etcd lease; `null` for a reservation.
+    ttl_seconds: Option<i64>,
+    kind: &'static str,
+    lease_id: Option<String>,
+}
+
+fn backend_detail(attrs: &LeaseAttrs) -> Option<String> {
+    let data = attrs.backend_data.as_ref()?;
+    ["VtepMAC", "PublicKey"]
+        .iter()
+        .find_map(|k| data.get(k).and_then(|v| v.as_str()).map(str::to_string))
+}
+
+async fn rows(store: &EtcdLeaseStore) -> anyhow::Result<Vec<Row>> {
+    let listing = store.list().await?;
+    let mut client = store.client();
+    let mut rows = Vec::new();
+    for l in &listing.leases {
+        let ttl = match l.lease_id {
+            Some(id) if l.leased => Some(
+                client
+                    .lease_time_to_live(id, None)
+                    .await
+                    .map(|r| r.ttl())
+                    .unwrap_or(-1),
+            ),
+            _ => None,
+        };
+        rows.push(Row {
+            subnet: l.subnet.to_string(),
+            ipv6_subnet: l.ipv6_subnet.map(|s| s.to_string()),
+            public_ip: l.attrs.public_ip.to_string(),
+            backend: l.attrs.backend_type.clone(),
+            vtep_mac_or_key: backend_detail(&l.attrs),
+            ttl_seconds: ttl,
+            kind: if l.leased { "lease" } else { "reservation" },
+            lease_id: l.lease_id.map(|id| format!("{id:x}")),
+        });
+    }
+    for (v4, _) in &listing.unreadable {
+        rows.push(Row {
+            subnet: v4.to_string(),
+            ipv6_subnet: None,
+            public_ip: "?".into(),
+            backend: "?".into(),
+            vtep_mac_or_key: None,
+            ttl_seconds: None,
+            kind: "unreadable",
+            lease_id: None,
+        });
+    }
+    rows.sort_by_key(|r| {
+        r.subnet
+            .parse::<Ipv4Network>()
+            .map(|n| u32::from(n.network()))
+            .unwrap_or(u32::MAX)
+    });
+    Ok(rows)
+}
+
+fn print_table(rows: &[Row]) {
+    let header = [
+        "SUBNET",
+        "PUBLIC-IP",
+        "BACKEND",
+        "VTEP-MAC/KEY",
+        "TTL",
+        "KIND",
+    ];
+    let cells: Vec<[String; 6]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.subnet.clone(),
+                r.public_ip.clone(),
+                r.backend.clone(),
+                r.vtep_mac_or_key.clone().unwrap_or_else(|| "-".into()),
+                r.ttl_seconds
+                    .map(|t| format_ttl(Duration::from_secs(t.max(0) as u64)))
+                    .unwrap_or_else(|| "-".into()),
+                r.kind.to_string(),
+            ]
+        })
+        .collect();
+    let mut width = header.map(str::len);
+    for row in &cells {
+        for (w, c) in width.iter_mut().zip(row) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let line = |cols: [&str; 6]| {
+        let mut s = String::new();
+        for (i, (c, w)) in cols.iter().zip(width).enumerate() {
+            if i + 1 == cols.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}  "));
+            }
+        }
+        println!("{}", s.trim_end());
+    };
+    line(header);
+    for row in &cells {
+        line([&row[0], &row[1], &row[2], &row[3], &row[4], &row[5]]);
+    }
+}
+
+/// `23h59m`, `5m3s`, `42s`.
+fn format_ttl(d: Duration) -> String {
+    let s = d.as_secs();
+    match (s / 3600, s % 3600 / 60, s % 60) {
+        (0, 0, sec) => format!("{sec}s"),
+        (0, m, sec) => format!("{m}m{sec}s"),
+        (h, m, _) => format!("{h}h{m}m"),
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let cfg = EtcdConfig {
+        endpoints: cli.etcd_endpoints,
+        prefix: cli.etcd_prefix,
+        username: cli.etcd_username,
+        password: cli.etcd_password,
+        ca_file: cli.etcd_cafile,
+        cert_file: cli.etcd_certfile,
+        key_file: cli.etcd_keyfile,
+        ..EtcdConfig::default()
+    };
+    let store = EtcdLeaseStore::connect(&cfg).await?;
+    match cli.command {
+        Cmd::Leases { output } => {
+            let rows = rows(&store).await?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+                Output::Table => print_table(&rows),
+            }
+        }
+        Cmd::Reserve {
+            subnet,
+            public_ip,
+            backend_type,
+        } => {
+            let subnet = Ipv4Network::new(subnet.network(), subnet.prefix())?;
+            let attrs = LeaseAttrs::new(public_ip, backend_type);
+            let key = format!("{}{}", store.subnets_prefix(), subnet_key(&subnet, None));
+            let mut c = store.client();
+            let txn = etcd_client::Txn::new()
+                .when([etcd_client::Compare::version(
+                    key.as_str(),
+                    etcd_client::CompareOp::Equal,
+                    0,
+                )])
+                .and_then([etcd_client::TxnOp::put(key.as_str(), attrs.to_json(), None)]);
+            if !c.txn(txn).await?.succeeded() {
+                anyhow::bail!("{key} exists already (a lease or a reservation); not overwritten");
+            }
+            println!("reserved {subnet} for {public_ip}");
+        }
+        Cmd::Unreserve { subnet } | Cmd::Release { subnet } => {
+            let releasing = matches!(cli.command, Cmd::Release { .. });
+            let Some(lease) = store.get(&(subnet, None)).await? else {
+                anyhow::bail!("no key for {subnet} under {}", store.subnets_prefix());
+            };
+            match (releasing, lease.leased) {
+                (true, false) => anyhow::bail!(
+                    "{subnet} is a reservation, not a lease; use `flannelctl unreserve`"
+                ),
+                (false, true) => anyhow::bail!(
+                    "{subnet} is a lease of {}, not a reservation; use `flannelctl release`",
+                    lease.attrs.public_ip
+                ),
+                _ => {}
+            }
+            if !store.delete(&lease).await? {
+                anyhow::bail!("{subnet} changed while deleting it; look again");
+            }
+            let what = if releasing { "released" } else { "unreserved" };
+            println!("{what} {subnet} ({})", lease_owner(&lease));
+        }
+    }
+    Ok(())
+}
+
+fn lease_owner(l: &Lease) -> String {
+    format!("public IP {}", l.attrs.public_ip)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("flannelctl: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("flannelctl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_formatting() {
+        assert_eq!(format_ttl(Duration::from_secs(42)), "42s");
+        assert_eq!(format_ttl(Duration::from_secs(303)), "5m3s");
+        assert_eq!(format_ttl(Duration::from_secs(86_399)), "23h59m");
+    }
+}

@@ -1,0 +1,105 @@
+//! `flannelctl` against a real etcd: the lease table and its JSON, reservations added and
+//! removed, a dead node's lease released, and the refusals that keep an operator from
+//! deleting the wrong kind of key.
+
+use std::process::Command;
+use std::time::Duration;
+
+use flanneld::subnet::{CreateOutcome, EtcdConfig, EtcdLeaseStore, LeaseStore};
+use flanneld::testing::etcd::EtcdServer;
+use ipam::lease::{Lease, LeaseAttrs};
+use serde_json::json;
+
+fn ctl(server: &EtcdServer, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_flannelctl"))
+        .arg("--etcd-endpoints")
+        .arg(server.endpoint())
+        .args(args)
+        .env_remove("FLANNELD_ETCD_ENDPOINTS")
+        .output()
+        .expect("run flannelctl");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn lease_table_json_reservations_and_release() {
+    let Some(server) = EtcdServer::start_or_skip().await else {
+        return;
+    };
+    let store = EtcdLeaseStore::connect(EtcdConfig {
+        endpoints: vec![server.endpoint()],
+        ..EtcdConfig::default()
+    })
+    .await
+    .unwrap();
+    let mut attrs = LeaseAttrs::new("198.18.0.2".parse().unwrap(), "vxlan");
+    attrs.backend_data = Some(json!({"VNI": 1, "VtepMAC": "0a:1b:2c:3d:4e:5f"}));
+    let lease = Lease::new("10.244.2.0/24".parse().unwrap(), None, attrs);
+    let CreateOutcome::Created(_) = store
+        .create_if_absent(&lease, Duration::from_secs(600))
+        .await
+        .unwrap()
+    else {
+        panic!("create")
+    };
+
+    let (ok, out, err) = ctl(
+        &server,
+        &["reserve", "10.244.9.0/24", "--public-ip", "198.18.0.9"],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("reserved 10.244.9.0/24 for 198.18.0.9"),
+        "{out}"
+    );
+    let (ok, _, err) = ctl(
+        &server,
+        &["reserve", "10.244.9.0/24", "--public-ip", "198.18.0.10"],
+    );
+    assert!(!ok && err.contains("exists already"), "{err}");
+
+    let (ok, table, err) = ctl(&server, &["leases"]);
+    assert!(ok, "{err}");
+    eprintln!("{table}");
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 3, "{table}");
+    assert!(
+        lines[0].starts_with("SUBNET") && lines[0].contains("VTEP-MAC/KEY"),
+        "{table}"
+    );
+    assert!(lines[1].starts_with("10.244.2.0/24"), "{table}");
+    assert!(lines[1].contains("198.18.0.2") && lines[1].contains("0a:1b:2c:3d:4e:5f"));
+    assert!(
+        lines[1].ends_with("lease") && lines[1].contains("m"),
+        "{table}"
+    );
+    assert!(lines[2].starts_with("10.244.9.0/24") && lines[2].ends_with("reservation"));
+
+    let (ok, js, err) = ctl(&server, &["leases", "-o", "json"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&js).unwrap();
+    assert_eq!(v[0]["subnet"], "10.244.2.0/24");
+    assert_eq!(v[0]["kind"], "lease");
+    assert_eq!(v[0]["vtep_mac_or_key"], "0a:1b:2c:3d:4e:5f");
+    let ttl = v[0]["ttl_seconds"].as_i64().unwrap();
+    assert!(ttl > 500 && ttl <= 600, "{ttl}");
+    assert_eq!(v[1]["kind"], "reservation");
+    assert!(v[1]["ttl_seconds"].is_null());
+
+    // Each removal refuses the other kind of key.
+    let (ok, _, err) = ctl(&server, &["release", "10.244.9.0/24"]);
+    assert!(!ok && err.contains("is a reservation"), "{err}");
+    let (ok, _, err) = ctl(&server, &["unreserve", "10.244.2.0/24"]);
+    assert!(!ok && err.contains("is a lease"), "{err}");
+    let (ok, out, err) = ctl(&server, &["unreserve", "10.244.9.0/24"]);
+    assert!(ok && out.contains("unreserved 10.244.9.0/24"), "{err}");
+    let (ok, out, err) = ctl(&server, &["release", "10.244.2.0/24"]);
+    assert!(ok && out.contains("released 10.244.2.0/24"), "{err}");
+    assert!(store.list().await.unwrap().leases.is_empty());
+    let (ok, _, err) = ctl(&server, &["release", "10.244.2.0/24"]);
+    assert!(!ok && err.contains("no key"), "{err}");
+}
