@@ -2,7 +2,8 @@
 //! `iptables -P FORWARD DROP`, a `DOCKER-USER` chain jumped to from `FORWARD`, plus an
 //! operator's own `DROP` rule — in the legacy or the nft flavour of iptables, before flanneld
 //! starts. Then, for vxlan, host-gw and udp: the ping/TCP matrix (same-node pairs included),
-//! our rule deleted by hand and put back, a restart, a node leaving, and `flanneld --cleanup`
+//! our rule, the `--ip-blackhole-route` route and the backend's device deleted by hand and put
+//! back, a restart, a node leaving, and `flanneld --cleanup`
 //! removing our rules while the operator's stay exactly as they were.
 
 use std::time::Duration;
@@ -73,7 +74,11 @@ fn scenario(flavor: &str, backend: Backend) {
     }
     let mut spec = ClusterSpec::new(3, backend);
     spec.start_daemons = false;
-    spec.flanneld_args = vec!["--iptables-resync".into(), "1".into()];
+    spec.flanneld_args = vec![
+        "--iptables-resync".into(),
+        "1".into(),
+        "--ip-blackhole-route".into(),
+    ];
     let mut c = Cluster::start(spec).unwrap_or_else(|e| panic!("cluster start: {e}"));
     for i in 0..3 {
         harden(&c, i, flavor);
@@ -103,6 +108,29 @@ fn scenario(flavor: &str, backend: Backend) {
     }
     assert_full_mesh(&c, &pods, true);
 
+    // --ip-blackhole-route: below the bridge's route, and put back when deleted.
+    let blackhole = |c: &Cluster, i: usize| sh(c, i, &["ip", "route", "show", "type", "blackhole"]);
+    let s1 = c.node_subnet(0).expect("subnet");
+    let want = format!("blackhole {s1} proto 150 metric 4294901760");
+    assert!(blackhole(&c, 0).contains(&want), "{}", blackhole(&c, 0));
+    sh(
+        &c,
+        0,
+        &[
+            "ip",
+            "route",
+            "del",
+            "blackhole",
+            &s1,
+            "metric",
+            "4294901760",
+        ],
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || blackhole(&c, 0).contains(&want)),
+        "blackhole route not restored"
+    );
+
     // Someone deletes our jump: it is back within the resync period, first again.
     sh(
         &c,
@@ -130,6 +158,25 @@ fn scenario(flavor: &str, backend: Backend) {
         save(&c, 1, flavor),
         c.flanneld_log(1)
     );
+
+    // The backend's device deleted by hand: put back with its peers.
+    let device = match backend {
+        Backend::Vxlan => Some("flannel.1"),
+        Backend::Udp => Some("flannel0"),
+        Backend::HostGw => None,
+    };
+    if let Some(dev) = device {
+        sh(&c, 1, &["ip", "link", "del", dev]);
+        assert!(
+            wait_until(Duration::from_secs(10), || {
+                c.node_exec(1, &["ip", "link", "show", dev])
+                    .status
+                    .success()
+            }),
+            "{dev} not restored"
+        );
+        assert_full_mesh(&c, &pods, false);
+    }
 
     // A restart keeps traffic flowing.
     c.stop_flanneld(2);
@@ -188,6 +235,8 @@ fn scenario(flavor: &str, backend: Backend) {
             i + 1
         );
         assert!(!c.nodes[i].subnet_file().exists());
+        let left = sh(&c, i, &["ip", "route", "show", "type", "blackhole"]);
+        assert!(left.trim().is_empty(), "node {}: {left}", i + 1);
         let proto150 = sh(&c, i, &["ip", "route", "show", "proto", "150"]);
         assert!(proto150.trim().is_empty(), "node {}: {proto150}", i + 1);
         let links = sh(&c, i, &["ip", "-o", "link", "show"]);

@@ -5,7 +5,8 @@
 //! when another failed (the errors are reported together at the end):
 //!
 //! * devices: `flannel.<VNI>` (vxlan) and `flannel0` (udp TUN) — `ip link del`;
-//! * routes flanneld installed, recognised by their protocol 150 — `ip route del ... proto 150`;
+//! * routes flanneld installed, recognised by their protocol 150 — `ip route del ... proto 150`
+//!   (the `--ip-blackhole-route` blackhole too);
 //! * the nftables table `ip flannel-rs` — `nft delete table ip flannel-rs`;
 //! * our jump and chain in the operator's iptables `filter FORWARD` (legacy and nft),
 //!   leaving every other rule as it was;
@@ -102,6 +103,17 @@ pub async fn run(opts: &Opts) -> Result<Removed> {
             }
         }
         Err(e) => errors.push(format!("listing routes: {e}")),
+    }
+    match nl.blackhole_routes(IpFamily::V4).await {
+        Ok(routes) => {
+            for (dst, _) in routes.iter().filter(|(_, p)| *p == ROUTE_PROTOCOL) {
+                match nl.del_blackhole_route(*dst).await {
+                    Ok(()) => removed.routes.push(format!("blackhole {dst}")),
+                    Err(e) => errors.push(format!("blackhole route {dst}: {e}")),
+                }
+            }
+        }
+        Err(e) => errors.push(format!("listing blackhole routes: {e}")),
     }
     match nl.links().await {
         Ok(links) => {

@@ -17,7 +17,7 @@
 //! dashes, `=value` or a separate value (booleans only `-flag` or `-flag=false`), and a flag
 //! given twice keeps the last value (list flags such as `--iface` accumulate). What applies
 //! to etcd mode is implemented (`--ip-masq-fully-random-disable`, `-v` mapped onto the log
-//! level); Kubernetes mode is not: `--kube-subnet-mgr` (or `FLANNELD_KUBE_SUBNET_MGR=true`)
+//! level, `--ip-blackhole-route`); Kubernetes mode is not: `--kube-subnet-mgr` (or `FLANNELD_KUBE_SUBNET_MGR=true`)
 //! makes flanneld exit with a message saying so, and the other kube-mode and klog flags are
 //! accepted and ignored so that existing units and DaemonSets start.
 
@@ -165,8 +165,10 @@ pub struct Opts {
           value_parser = BoolishValueParser::new())]
     pub ip_masq_fully_random_disable: bool,
 
-    /// Keep a blackhole route for this node's subnet (for setups without a bridge).
-    /// Not implemented in this build: accepted, and a warning is logged.
+    /// Keep a blackhole route for this node's subnet, re-added every --iptables-resync
+    /// seconds: addresses of the subnet that no pod holds are dropped here instead of
+    /// following the default route. Installed with a high metric, so the bridge's route wins
+    /// while the bridge exists.
     #[arg(long, env = "FLANNELD_IP_BLACKHOLE_ROUTE", default_value = "false",
           num_args = 0..=1, require_equals = true, default_missing_value = "true",
           value_parser = BoolishValueParser::new())]

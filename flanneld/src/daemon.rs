@@ -72,12 +72,7 @@ pub async fn run_until(opts: Opts, cancel: CancellationToken) -> Result<()> {
         tracing::warn!(flags = %ignored.join(" "),
             "ignoring flannel flags that have no effect in etcd mode");
     }
-    if opts.ip_blackhole_route {
-        tracing::warn!(
-            "--ip-blackhole-route is not implemented in this build; no blackhole \
-            route is installed for this node's subnet"
-        );
-    }
+
     let store_metrics = Arc::new(StoreMetrics::default());
     let notifier = crate::notify::Notifier::from_env().map(Arc::new);
     if let Some(n) = &notifier {
@@ -212,6 +207,9 @@ pub async fn run_until(opts: Opts, cancel: CancellationToken) -> Result<()> {
     ensure_masq(&mut masq, masq_spec(&own))
         .await
         .context("install masquerade/forward rules")?;
+    if opts.ip_blackhole_route {
+        ensure_blackhole(&nl, own.subnet).await;
+    }
     write_subnet_env(&opts, &network, &own, overlay.mtu())?;
     health.set_ready(&format!(
         "ready: subnet {} written to {}",
@@ -254,6 +252,9 @@ pub async fn run_until(opts: Opts, cancel: CancellationToken) -> Result<()> {
                     if let Err(e) = ensure_masq(&mut masq, masq_spec(&own)).await {
                         tracing::error!(error = %e, "masquerade rules");
                     }
+                    if opts.ip_blackhole_route {
+                        ensure_blackhole(&nl, own.subnet).await;
+                    }
                     if let Err(e) = write_subnet_env(&opts, &network, &own, overlay.mtu()) {
                         tracing::error!(error = %e, "writing the subnet file");
                     }
@@ -275,6 +276,9 @@ pub async fn run_until(opts: Opts, cancel: CancellationToken) -> Result<()> {
             _ = masq_tick.tick() => {
                 if let Err(e) = ensure_masq(&mut masq, masq_spec(&own)).await {
                     tracing::error!(error = %e, "re-checking masquerade rules");
+                }
+                if opts.ip_blackhole_route {
+                    ensure_blackhole(&nl, own.subnet).await;
                 }
             }
         }
@@ -535,6 +539,35 @@ async fn reconcile(overlay: &mut Overlay) {
             }
         }
         Err(e) => tracing::error!(error = %e, "reconcile failed; retrying on the next trigger"),
+    }
+}
+
+/// `--ip-blackhole-route`: `blackhole <subnet> proto 150` present (re-added every resync
+/// period, like flannel), and no blackhole of ours for another subnet (after a move).
+async fn ensure_blackhole(nl: &Netlink, subnet: Ipv4Network) {
+    use backends::netlink::IpFamily;
+    use backends::overlay::ROUTE_PROTOCOL;
+    let want = ipnetwork::IpNetwork::V4(subnet);
+    let have = match nl.blackhole_routes(IpFamily::V4).await {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::error!(error = %e, "listing blackhole routes");
+            return;
+        }
+    };
+    for (dst, proto) in &have {
+        if *proto == ROUTE_PROTOCOL
+            && *dst != want
+            && let Err(e) = nl.del_blackhole_route(*dst).await
+        {
+            tracing::warn!(error = %e, %dst, "removing a stale blackhole route");
+        }
+    }
+    if !have.iter().any(|(d, p)| *d == want && *p == ROUTE_PROTOCOL) {
+        match nl.replace_blackhole_route(want, ROUTE_PROTOCOL).await {
+            Ok(()) => tracing::info!(%subnet, "blackhole route for this node's subnet installed"),
+            Err(e) => tracing::error!(error = %e, %subnet, "installing the blackhole route"),
+        }
     }
 }
 

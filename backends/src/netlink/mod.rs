@@ -57,11 +57,13 @@ use crate::netns::NetNs;
 
 pub use detached_del::del_link_detached;
 
+mod blackhole;
 mod detached_del;
 mod monitor;
 mod neigh;
 mod vxlan;
 
+pub use blackhole::BLACKHOLE_METRIC;
 pub use monitor::{Change, Monitor, MonitorEmpty, MonitorGroup};
 pub use neigh::{FdbEntry, Neighbour};
 pub use vxlan::{DEFAULT_VXLAN_PORT, VxlanLink, VxlanOutcome, VxlanSpec};
