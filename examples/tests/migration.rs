@@ -16,6 +16,9 @@ use std::time::Duration;
 
 use flannel_examples::cluster::{Backend, Cluster, ClusterSpec};
 
+mod common;
+use common::readme_block;
+
 const OLD_SUBNET: &str = "10.244.77.0/24";
 
 fn sh(c: &Cluster, i: usize, args: &[&str]) -> String {
@@ -168,9 +171,23 @@ fn a_flannel_node_is_migrated_with_its_pod_reachable() {
         "a cbr0 was left behind"
     );
 
-    // With the one-line change, new pods join cni0 beside the old one.
-    let mut conf = c.cni_conf(0);
-    conf["delegate"]["bridge"] = "cni0".into();
+    // With the README's one-line change, run as written on a copy of the config, new pods
+    // join cni0 beside the old one.
+    let conflist = c.workdir().join("10-flannel.conf");
+    std::fs::write(&conflist, c.cni_conf(0).to_string()).unwrap();
+    let out = std::process::Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &readme_block("migrate-conflist")])
+        .env("CONFLIST", &conflist)
+        .output()
+        .expect("bash");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let conf: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&conflist).unwrap()).unwrap();
+    assert_eq!(conf["delegate"]["bridge"], "cni0", "{conf}");
     let bin = c.cni_binary().to_path_buf();
     let new_pod = c
         .add_pod_with(0, "new2", &conf, &bin)

@@ -4,29 +4,14 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod common;
+use common::readme_block;
+
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("workspace root")
         .to_path_buf()
-}
-
-/// The fenced block that follows `<!-- test: name -->` in the README.
-fn readme_block(name: &str) -> String {
-    let readme = std::fs::read_to_string(repo_root().join("README.md")).expect("README.md");
-    let marker = format!("<!-- test: {name} -->");
-    let after = readme
-        .split_once(&marker)
-        .unwrap_or_else(|| panic!("README has no {marker}"))
-        .1;
-    let body = after
-        .split_once("```sh\n")
-        .expect("a ```sh block after the marker")
-        .1;
-    body.split_once("```")
-        .expect("the block's closing fence")
-        .0
-        .to_string()
 }
 
 #[test]
