@@ -11,8 +11,18 @@
 //! The reference (and anything else speaking this format: admins with `rm`, the Go plugin
 //! on the same node) may touch the directory between our calls, so nothing is cached across
 //! locks. Within one lock the directory is scanned once; each reservation file is read with
-//! a plain open/read/close, and addresses are created with `O_EXCL` so that even a writer
-//! ignoring the lock cannot be overwritten.
+//! a plain open/read/close.
+//!
+//! **Crash consistency.** A runtime may SIGKILL the plugin at any instant. The reference
+//! creates the address file and then writes into it, so a kill in between leaves a zero-byte
+//! reservation that no DEL can ever match (release is by container ID): the address leaks for
+//! good. Here a reservation is written complete to a temporary name
+//! (`.reserving.<address>.<pid>`) and then `link(2)`ed to the address name — atomic, and like
+//! `O_EXCL` it never overwrites an existing reservation — so an address file is either absent
+//! or complete, with the reference's exact bytes. Leftovers are recognised under the lock by
+//! the next scan (ADD, DEL, GC) and removed: temporary files (every writer holds the lock, so a
+//! temporary file seen under it belongs to a dead process) and zero-byte address files (left
+//! by the reference's own non-atomic write, or by earlier versions).
 
 use std::collections::HashMap;
 use std::ffi::{CStr, CString};
@@ -27,7 +37,8 @@ use nix::dir::{Dir, Type};
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg, OFlag, openat};
 use nix::sys::stat::Mode;
-use nix::unistd::{UnlinkatFlags, unlinkat};
+use nix::fcntl::AtFlags;
+use nix::unistd::{UnlinkatFlags, linkat, unlinkat};
 
 use super::IpamError;
 use super::store::{LockedStore, Store, StoredEntry};
@@ -36,6 +47,8 @@ use super::store::{LockedStore, Store, StoredEntry};
 pub const LOCK_FILE: &str = "lock";
 /// Prefix of the per-range-set round-robin cursor files.
 pub const LAST_RESERVED_PREFIX: &str = "last_reserved_ip.";
+/// Prefix of a reservation being written (see the module docs).
+pub const RESERVING_PREFIX: &str = ".reserving.";
 /// Largest reservation file we read fully (real ones are < 100 bytes).
 const MAX_CONTENT: usize = 64 * 1024;
 
@@ -199,10 +212,16 @@ impl LockedStore for DiskLock<'_> {
         )
         .map_err(|e| self.store.err("", e))?;
         let mut out = Vec::new();
+        let mut leftovers: Vec<CString> = Vec::new();
         self.names.clear();
         for ent in listing.iter() {
             let ent = ent.map_err(|e| self.store.err("", e))?;
             let name = ent.file_name();
+            if name.to_bytes().starts_with(RESERVING_PREFIX.as_bytes()) {
+                // A reservation whose writer died before linking it (see the module docs).
+                leftovers.push(name.to_owned());
+                continue;
+            }
             // Only address-named entries are reservations; this skips `.`, `..`, `lock`,
             // `last_reserved_ip.*` and anything else an admin left behind.
             let Some(ip) = name.to_str().ok().and_then(|s| s.parse::<IpAddr>().ok()) else {
@@ -216,6 +235,11 @@ impl LockedStore for DiskLock<'_> {
             let Ok(Some(bytes)) = self.read_small(name) else {
                 continue;
             };
+            if bytes.is_empty() {
+                // Created but never written (a non-atomic writer killed): not a reservation.
+                leftovers.push(name.to_owned());
+                continue;
+            }
             let content = match String::from_utf8(bytes) {
                 Ok(s) => s,
                 Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
@@ -225,26 +249,56 @@ impl LockedStore for DiskLock<'_> {
             }
             out.push(StoredEntry { ip, content });
         }
+        for name in leftovers {
+            // Best effort: a leftover that cannot be removed is still never a reservation.
+            let _ = unlinkat(&self.dir, name.as_c_str(), UnlinkatFlags::NoRemoveDir);
+        }
         Ok(out)
     }
 
+    /// Writes the reservation under a temporary name, then links it to the address name
+    /// (see the module docs): the address file appears complete or not at all.
     fn create(&mut self, ip: IpAddr, content: &str) -> Result<bool, IpamError> {
         let name = name_of(ip);
-        let fd = match openat(
-            &self.dir,
-            name.as_c_str(),
-            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC,
-            Mode::from_bits_truncate(0o600),
-        ) {
-            Ok(fd) => fd,
-            Err(Errno::EEXIST) => return Ok(false),
-            Err(e) => return Err(self.err(&name, e)),
+        let tmp = CString::new(format!("{RESERVING_PREFIX}{ip}.{}", std::process::id()))
+            .unwrap_or_default();
+        let open = || {
+            openat(
+                &self.dir,
+                tmp.as_c_str(),
+                OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC,
+                Mode::from_bits_truncate(0o600),
+            )
         };
-        if let Err(e) = File::from(fd).write_all(content.as_bytes()) {
-            let _ = unlinkat(&self.dir, name.as_c_str(), UnlinkatFlags::NoRemoveDir);
-            return Err(self.err(&name, e));
+        let fd = match open() {
+            Ok(fd) => fd,
+            // A dead process with our PID left it: it is ours to replace.
+            Err(Errno::EEXIST) => {
+                let _ = unlinkat(&self.dir, tmp.as_c_str(), UnlinkatFlags::NoRemoveDir);
+                open().map_err(|e| self.err(&tmp, e))?
+            }
+            Err(e) => return Err(self.err(&tmp, e)),
+        };
+        let written = File::from(fd).write_all(content.as_bytes());
+        let linked = match written {
+            Ok(()) => linkat(
+                &self.dir,
+                tmp.as_c_str(),
+                &self.dir,
+                name.as_c_str(),
+                AtFlags::empty(),
+            ),
+            Err(e) => {
+                let _ = unlinkat(&self.dir, tmp.as_c_str(), UnlinkatFlags::NoRemoveDir);
+                return Err(self.err(&tmp, e));
+            }
+        };
+        let _ = unlinkat(&self.dir, tmp.as_c_str(), UnlinkatFlags::NoRemoveDir);
+        match linked {
+            Ok(()) => Ok(true),
+            Err(Errno::EEXIST) => Ok(false),
+            Err(e) => Err(self.err(&name, e)),
         }
-        Ok(true)
     }
 
     fn remove(&mut self, ip: IpAddr) -> Result<bool, IpamError> {

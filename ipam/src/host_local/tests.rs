@@ -443,6 +443,36 @@ fn disk_layout_matches_reference() {
 }
 
 #[test]
+fn disk_leftovers_of_interrupted_writes_are_removed_and_never_reservations() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let h = HostLocal::open(tmp.path(), "n").expect("open");
+    let s = [set(&["10.1.2.0/29"])];
+    h.allocate("a", "eth0", &s, &[]).expect("create dir");
+    let dir = h.dir().to_path_buf();
+    // A writer killed after creating the temporary file, one killed before writing into the
+    // address file (the reference's own window), and a complete temporary file never linked.
+    std::fs::write(dir.join(".reserving.10.1.2.3.4242"), "b
+eth0").expect("write");
+    std::fs::write(dir.join("10.1.2.4"), "").expect("write");
+    std::fs::write(dir.join(".reserving.10.1.2.5.7"), "").expect("write");
+    let r = h.reservations().expect("list");
+    let ips: Vec<String> = r.iter().map(|r| r.ip.to_string()).collect();
+    assert_eq!(ips, ["10.1.2.2"], "leftovers must not count as reservations");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["10.1.2.2", "last_reserved_ip.0", "lock"]);
+    // The addresses are free again: the next pods get .3 and .4.
+    let b = h.allocate("b", "eth0", &s, &[]).expect("alloc");
+    let c = h.allocate("c", "eth0", &s, &[]).expect("alloc");
+    assert_eq!(b[0].address.to_string(), "10.1.2.3/29");
+    assert_eq!(c[0].address.to_string(), "10.1.2.4/29");
+    assert_eq!(read(&dir.join("10.1.2.4")), b"c\r\neth0");
+}
+
+#[test]
 fn disk_non_canonical_names_are_released() {
     let tmp = tempfile::tempdir().expect("tmp");
     let h = HostLocal::open(tmp.path(), "n").expect("open");
