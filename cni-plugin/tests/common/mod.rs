@@ -289,6 +289,22 @@ impl PluginOut {
 
 /// Runs the plugin binary inside `ns` with env set by `setup`.
 pub fn run_in_ns(ns: &Netns, stdin: &str, setup: impl FnOnce(&mut Command)) -> PluginOut {
+    let child = spawn_in_ns(ns, stdin, setup);
+    let out = child.wait_with_output().expect("wait plugin");
+    PluginOut {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Starts the plugin binary inside `ns` with env set by `setup` and its config written to
+/// its stdin; the caller waits for it (or kills it).
+pub fn spawn_in_ns(
+    ns: &Netns,
+    stdin: &str,
+    setup: impl FnOnce(&mut Command),
+) -> std::process::Child {
     let nsfile = std::fs::File::open(ns.path()).expect("open netns");
     let fd = nsfile.as_raw_fd();
     let mut cmd = Command::new(plugin_path());
@@ -314,13 +330,8 @@ pub fn run_in_ns(ns: &Netns, stdin: &str, setup: impl FnOnce(&mut Command)) -> P
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
         other => other.expect("write plugin stdin"),
     }
-    let out = child.wait_with_output().expect("wait plugin");
     drop(nsfile);
-    PluginOut {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    child
 }
 
 /// The result's IPv4 address without prefix.

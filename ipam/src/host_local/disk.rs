@@ -35,9 +35,9 @@ use std::path::{Path, PathBuf};
 
 use nix::dir::{Dir, Type};
 use nix::errno::Errno;
+use nix::fcntl::AtFlags;
 use nix::fcntl::{Flock, FlockArg, OFlag, openat};
 use nix::sys::stat::Mode;
-use nix::fcntl::AtFlags;
 use nix::unistd::{UnlinkatFlags, linkat, unlinkat};
 
 use super::IpamError;

@@ -451,13 +451,21 @@ fn disk_leftovers_of_interrupted_writes_are_removed_and_never_reservations() {
     let dir = h.dir().to_path_buf();
     // A writer killed after creating the temporary file, one killed before writing into the
     // address file (the reference's own window), and a complete temporary file never linked.
-    std::fs::write(dir.join(".reserving.10.1.2.3.4242"), "b
-eth0").expect("write");
+    std::fs::write(
+        dir.join(".reserving.10.1.2.3.4242"),
+        "b
+eth0",
+    )
+    .expect("write");
     std::fs::write(dir.join("10.1.2.4"), "").expect("write");
     std::fs::write(dir.join(".reserving.10.1.2.5.7"), "").expect("write");
     let r = h.reservations().expect("list");
     let ips: Vec<String> = r.iter().map(|r| r.ip.to_string()).collect();
-    assert_eq!(ips, ["10.1.2.2"], "leftovers must not count as reservations");
+    assert_eq!(
+        ips,
+        ["10.1.2.2"],
+        "leftovers must not count as reservations"
+    );
     let mut names: Vec<String> = std::fs::read_dir(&dir)
         .expect("dir")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())

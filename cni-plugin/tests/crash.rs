@@ -1,0 +1,154 @@
+//! Crash injection: the plugin as installed, SIGKILLed at a random instant of ADD — as a
+//! runtime does on a timeout, an OOM kill or a node shutdown — then DEL, and in every fifth
+//! trial DEL + ADD + DEL again, as runtimes retry. After each trial nothing may be left: no
+//! reservation, no host veth, no masquerade entry, no interface in the pod.
+//!
+//! The kill delays are spread uniformly over 1.3× the measured length of an uninterrupted ADD
+//! (the median of five),
+//! so every phase (config, IPAM, veth, addresses, routes, masquerade) is hit. Trials:
+//! `CRASH_TRIALS` (default 300; `scripts/bench-crash.sh` runs thousands).
+
+use std::time::{Duration, Instant};
+
+mod common;
+use common::{Netns, Node, require_root, spawn_in_ns};
+
+/// A small xorshift generator: reproducible delays from `CRASH_SEED`.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Everything a pod of `node` could leave behind, as a list of findings (empty = clean).
+fn leftovers(node: &Node, pod: &Netns) -> Vec<String> {
+    let mut found = Vec::new();
+    for r in node.reservations("cbr0") {
+        found.push(format!("reservation {r}"));
+    }
+    for l in node.ns.link_names() {
+        if l.starts_with("veth") {
+            found.push(format!("host veth {l}"));
+        }
+    }
+    let ruleset = node.ns.exec(&["nft", "list", "ruleset"]);
+    let text = String::from_utf8_lossy(&ruleset.stdout);
+    // The per-network set of masqueraded pods must be empty again.
+    if text.contains("elements =") {
+        found.push(format!("masquerade entry: {text}"));
+    }
+    for l in pod.link_names() {
+        if l != "lo" {
+            found.push(format!("pod interface {l}"));
+        }
+    }
+    found
+}
+
+fn run(node: &Node, cmd: &str, cid: &str, pod: &Netns, conf: &serde_json::Value) -> i32 {
+    node.run(cmd, cid, Some(&pod.path()), "eth0", conf).code
+}
+
+#[test]
+fn sigkill_anywhere_in_add_then_del_leaves_nothing() {
+    if !require_root("sigkill_anywhere_in_add_then_del_leaves_nothing") {
+        return;
+    }
+    let node = Node::new("crash");
+    // FLANNEL_IPMASQ=false: the plugin masquerades pods itself, so its nftables entries are
+    // part of what a crash could leak.
+    node.write_subnet_env("10.244.0.0/16", "10.244.1.1/24", 1450, false);
+    let conf = node.conf("1.0.0");
+    let stdin = conf.to_string();
+
+    // How long an uninterrupted ADD takes here (median of 5).
+    let mut lengths = Vec::new();
+    for i in 0..5 {
+        let pod = Netns::new(&format!("cal{i}"));
+        let cid = format!("calibrate-{i}");
+        let t = Instant::now();
+        assert_eq!(run(&node, "ADD", &cid, &pod, &conf), 0);
+        lengths.push(t.elapsed());
+        if i == 0 {
+            // The detector sees every kind of state a pod leaves.
+            let seen = leftovers(&node, &pod).join("\n");
+            for kind in [
+                "reservation",
+                "host veth",
+                "masquerade entry",
+                "pod interface",
+            ] {
+                assert!(
+                    seen.contains(kind),
+                    "an attached pod shows no {kind}: {seen}"
+                );
+            }
+        }
+        assert_eq!(run(&node, "DEL", &cid, &pod, &conf), 0);
+    }
+    lengths.sort();
+    let span = lengths[2].mul_f64(1.3);
+
+    let trials = env_num("CRASH_TRIALS", 300);
+    let mut rng = Rng(env_num("CRASH_SEED", 0x5eed_cafe).max(1));
+    let (mut killed, mut completed) = (0, 0);
+    for t in 0..trials {
+        let mut pod = Netns::new(&format!("k{t}"));
+        let cid = format!("crash-{t}");
+        let delay = Duration::from_nanos(rng.next() % span.as_nanos().max(1) as u64);
+        let path = pod.path();
+        let mut child = spawn_in_ns(&node.ns, &stdin, |c| {
+            c.env("CNI_COMMAND", "ADD")
+                .env("CNI_CONTAINERID", &cid)
+                .env("CNI_NETNS", &path)
+                .env("CNI_IFNAME", "eth0")
+                .env("CNI_PATH", "/usr/lib/cni");
+        });
+        std::thread::sleep(delay);
+        match child.try_wait().expect("try_wait") {
+            Some(_) => completed += 1,
+            None => {
+                child.kill().expect("SIGKILL");
+                killed += 1;
+            }
+        }
+        let _ = child.wait();
+        assert_eq!(
+            run(&node, "DEL", &cid, &pod, &conf),
+            0,
+            "trial {t}: DEL after a kill at {delay:?} failed"
+        );
+        if t % 5 == 0 {
+            // A runtime retrying the sandbox: ADD again, then DEL.
+            assert_eq!(run(&node, "ADD", &cid, &pod, &conf), 0, "trial {t}: re-ADD");
+            assert_eq!(run(&node, "DEL", &cid, &pod, &conf), 0, "trial {t}: re-DEL");
+        }
+        let left = leftovers(&node, &pod);
+        assert!(
+            left.is_empty(),
+            "trial {t}: killed at {delay:?} of an ADD of {span:?}, DEL left {left:?}"
+        );
+        pod.delete();
+    }
+    eprintln!(
+        "{trials} trials: {killed} killed mid-ADD, {completed} finished first; \
+         ADD length {:?} (kills spread over {span:?}); nothing left behind",
+        lengths[2]
+    );
+    assert!(
+        killed * 3 >= trials,
+        "only {killed} of {trials} trials killed the plugin mid-ADD"
+    );
+}
