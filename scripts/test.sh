@@ -18,4 +18,5 @@ cargo test --workspace --no-fail-fast
 # is there) must pass the same CNI integration tests as the debug build above.
 CNI_BIN=$PWD/$(scripts/build-cni.sh)
 echo "test.sh: CNI integration tests against the installable plugin $CNI_BIN"
-FLANNEL_CNI_BIN=$CNI_BIN cargo test -p cni-plugin --test cni_netns
+# ... and so must the crash injection (SIGKILL anywhere in ADD and DEL, then DEL).
+FLANNEL_CNI_BIN=$CNI_BIN cargo test -p cni-plugin --test cni_netns --test crash

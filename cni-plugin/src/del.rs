@@ -7,9 +7,11 @@
 //!    is absent (an attachment made by another plugin) do we look inside the pod's namespace
 //!    for `CNI_IFNAME`. A namespace path that is empty or gone is fine: the veth died with
 //!    the namespace.
-//! 2. Release the addresses (after the device is gone, as the reference does since #702).
-//! 3. Remove masquerade entries for the released addresses (or, if the store no longer
-//!    knows them, for the addresses in `prevResult`).
+//! 2. Remove the pod's masquerade entries — *before* releasing its addresses, so that a DEL
+//!    killed half-way still finds them through the reservation next time: the addresses the
+//!    store holds for the attachment, else those of `prevResult`, else every entry whose
+//!    comment names the attachment (`CID/IFNAME`).
+//! 3. Release the addresses (after the device is gone, as the reference does since #702).
 //! 4. Remove flannel's per-container cache file if a node migrated from flannel's plugin
 //!    left one behind.
 //!
@@ -59,37 +61,30 @@ pub async fn del(inv: &Invocation) -> CniResult<()> {
         }
     }
 
-    let mut released: Vec<IpAddr> = Vec::new();
-    if conf.ipam_type() == "host-local" {
-        match HostLocal::open(&conf.ipam_data_dir(), conf.network_name()) {
-            Ok(store) => {
-                released = store
-                    .release(&inv.container_id, &inv.ifname)
-                    .map_err(crate::ipam_err)?
-            }
-            Err(e) => return Err(crate::ipam_err(e)),
-        }
+    let store = if conf.ipam_type() == "host-local" {
+        Some(HostLocal::open(&conf.ipam_data_dir(), conf.network_name()).map_err(crate::ipam_err)?)
     } else {
-        // The delegate needs its config; subnet.env may be gone, so render what we can.
-        let ipam = delegated_ipam_config(inv);
-        ipam_exec::exec(inv, conf.ipam_type(), "DEL", &ipam, None)?;
-    }
-
+        None
+    };
     if should_unmasquerade(inv) {
-        if released.is_empty()
-            && let Some(prev) = conf
-                .prev_result
-                .as_ref()
-                .and_then(|p| CniOutput::parse(p).ok())
-        {
-            released = prev.ips.iter().map(|i| i.address.ip()).collect();
+        let held = match &store {
+            Some(store) => store
+                .lookup(&inv.container_id, &inv.ifname)
+                .map_err(crate::ipam_err)?,
+            None => Vec::new(),
+        };
+        unmasquerade(inv, held)?;
+    }
+    match &store {
+        Some(store) => {
+            store
+                .release(&inv.container_id, &inv.ifname)
+                .map_err(crate::ipam_err)?;
         }
-        if !released.is_empty() {
-            let masq = PodMasq::new(conf.network_name());
-            for ip in &released {
-                masq.remove(*ip)
-                    .map_err(|e| CniError::internal(format!("remove masquerade for {ip}: {e}")))?;
-            }
+        None => {
+            // The delegate needs its config; subnet.env may be gone, so render what we can.
+            let ipam = delegated_ipam_config(inv);
+            ipam_exec::exec(inv, conf.ipam_type(), "DEL", &ipam, None)?;
         }
     }
 
@@ -102,6 +97,37 @@ pub async fn del(inv: &Invocation) -> CniResult<()> {
         && e.kind() != std::io::ErrorKind::NotFound
     {
         eprintln!("flannel cni: DEL: cannot remove {}: {e}", cache.display());
+    }
+    Ok(())
+}
+
+/// Removes the attachment's masquerade entries: those of `held` (its reservations), else of
+/// `prevResult`, else every entry whose comment names the attachment — the last case covers a
+/// DEL that an older version was killed in between releasing and unmasquerading.
+fn unmasquerade(inv: &Invocation, mut ips: Vec<IpAddr>) -> CniResult<()> {
+    let conf = &inv.conf;
+    let masq = PodMasq::new(conf.network_name());
+    if ips.is_empty()
+        && let Some(prev) = conf
+            .prev_result
+            .as_ref()
+            .and_then(|p| CniOutput::parse(p).ok())
+    {
+        ips = prev.ips.iter().map(|i| i.address.ip()).collect();
+    }
+    if ips.is_empty() {
+        let owner = format!("{}/{}", inv.container_id, inv.ifname);
+        ips = masq
+            .elements()
+            .map_err(|e| CniError::internal(format!("list masquerade entries: {e}")))?
+            .into_iter()
+            .filter(|(_, comment)| *comment == owner)
+            .map(|(ip, _)| ip)
+            .collect();
+    }
+    for ip in &ips {
+        masq.remove(*ip)
+            .map_err(|e| CniError::internal(format!("remove masquerade for {ip}: {e}")))?;
     }
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! Crash injection: the plugin as installed, SIGKILLed at a random instant of ADD — as a
 //! runtime does on a timeout, an OOM kill or a node shutdown — then DEL, and in every fifth
-//! trial DEL + ADD + DEL again, as runtimes retry. After each trial nothing may be left: no
-//! reservation, no host veth, no masquerade entry, no interface in the pod.
+//! trial DEL + ADD + DEL again, as runtimes retry; and SIGKILLed at a random instant of DEL,
+//! then DEL again. After each trial nothing may be left: no reservation, no host veth, no
+//! masquerade entry, no interface in the pod.
 //!
 //! The kill delays are spread uniformly over 1.3× the measured length of an uninterrupted ADD
 //! (the median of five),
@@ -61,29 +62,56 @@ fn run(node: &Node, cmd: &str, cid: &str, pod: &Netns, conf: &serde_json::Value)
     node.run(cmd, cid, Some(&pod.path()), "eth0", conf).code
 }
 
-#[test]
-fn sigkill_anywhere_in_add_then_del_leaves_nothing() {
-    if !require_root("sigkill_anywhere_in_add_then_del_leaves_nothing") {
-        return;
-    }
-    let node = Node::new("crash");
-    // FLANNEL_IPMASQ=false: the plugin masquerades pods itself, so its nftables entries are
-    // part of what a crash could leak.
+/// Runs `cmd` and SIGKILLs it after `delay` unless it finished; returns whether it was killed.
+fn kill_after(
+    node: &Node,
+    cmd: &str,
+    cid: &str,
+    pod: &Netns,
+    stdin: &str,
+    delay: Duration,
+) -> bool {
+    let path = pod.path();
+    let mut child = spawn_in_ns(&node.ns, stdin, |c| {
+        c.env("CNI_COMMAND", cmd)
+            .env("CNI_CONTAINERID", cid)
+            .env("CNI_NETNS", &path)
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", "/usr/lib/cni");
+    });
+    std::thread::sleep(delay);
+    let killed = match child.try_wait().expect("try_wait") {
+        Some(_) => false,
+        None => {
+            child.kill().expect("SIGKILL");
+            true
+        }
+    };
+    let _ = child.wait();
+    killed
+}
+
+/// The node every trial runs on: FLANNEL_IPMASQ=false, so the plugin masquerades pods itself
+/// and its nftables entries are part of what a crash could leak.
+fn crash_node(tag: &str) -> (Node, serde_json::Value) {
+    let node = Node::new(tag);
     node.write_subnet_env("10.244.0.0/16", "10.244.1.1/24", 1450, false);
     let conf = node.conf("1.0.0");
-    let stdin = conf.to_string();
+    (node, conf)
+}
 
-    // How long an uninterrupted ADD takes here (median of 5).
+/// The median length of 5 uninterrupted runs of `cmd` (ADD, or DEL of a just-added pod).
+fn calibrate(node: &Node, conf: &serde_json::Value, cmd: &str) -> Duration {
     let mut lengths = Vec::new();
     for i in 0..5 {
-        let pod = Netns::new(&format!("cal{i}"));
-        let cid = format!("calibrate-{i}");
+        let pod = Netns::new(&format!("cal{cmd}{i}"));
+        let cid = format!("calibrate-{cmd}-{i}");
         let t = Instant::now();
-        assert_eq!(run(&node, "ADD", &cid, &pod, &conf), 0);
-        lengths.push(t.elapsed());
+        assert_eq!(run(node, "ADD", &cid, &pod, conf), 0);
+        let added = t.elapsed();
         if i == 0 {
             // The detector sees every kind of state a pod leaves.
-            let seen = leftovers(&node, &pod).join("\n");
+            let seen = leftovers(node, &pod).join("\n");
             for kind in [
                 "reservation",
                 "host veth",
@@ -96,10 +124,23 @@ fn sigkill_anywhere_in_add_then_del_leaves_nothing() {
                 );
             }
         }
-        assert_eq!(run(&node, "DEL", &cid, &pod, &conf), 0);
+        let t = Instant::now();
+        assert_eq!(run(node, "DEL", &cid, &pod, conf), 0);
+        lengths.push(if cmd == "ADD" { added } else { t.elapsed() });
     }
     lengths.sort();
-    let span = lengths[2].mul_f64(1.3);
+    lengths[2]
+}
+
+#[test]
+fn sigkill_anywhere_in_add_then_del_leaves_nothing() {
+    if !require_root("sigkill_anywhere_in_add_then_del_leaves_nothing") {
+        return;
+    }
+    let (node, conf) = crash_node("crash");
+    let stdin = conf.to_string();
+    let length = calibrate(&node, &conf, "ADD");
+    let span = length.mul_f64(1.3);
 
     let trials = env_num("CRASH_TRIALS", 300);
     let mut rng = Rng(env_num("CRASH_SEED", 0x5eed_cafe).max(1));
@@ -108,23 +149,11 @@ fn sigkill_anywhere_in_add_then_del_leaves_nothing() {
         let mut pod = Netns::new(&format!("k{t}"));
         let cid = format!("crash-{t}");
         let delay = Duration::from_nanos(rng.next() % span.as_nanos().max(1) as u64);
-        let path = pod.path();
-        let mut child = spawn_in_ns(&node.ns, &stdin, |c| {
-            c.env("CNI_COMMAND", "ADD")
-                .env("CNI_CONTAINERID", &cid)
-                .env("CNI_NETNS", &path)
-                .env("CNI_IFNAME", "eth0")
-                .env("CNI_PATH", "/usr/lib/cni");
-        });
-        std::thread::sleep(delay);
-        match child.try_wait().expect("try_wait") {
-            Some(_) => completed += 1,
-            None => {
-                child.kill().expect("SIGKILL");
-                killed += 1;
-            }
+        if kill_after(&node, "ADD", &cid, &pod, &stdin, delay) {
+            killed += 1;
+        } else {
+            completed += 1;
         }
-        let _ = child.wait();
         assert_eq!(
             run(&node, "DEL", &cid, &pod, &conf),
             0,
@@ -145,10 +174,48 @@ fn sigkill_anywhere_in_add_then_del_leaves_nothing() {
     eprintln!(
         "{trials} trials: {killed} killed mid-ADD, {completed} finished first; \
          ADD length {:?} (kills spread over {span:?}); nothing left behind",
-        lengths[2]
+        length
     );
     assert!(
         killed * 3 >= trials,
         "only {killed} of {trials} trials killed the plugin mid-ADD"
+    );
+}
+
+#[test]
+fn sigkill_anywhere_in_del_then_del_leaves_nothing() {
+    if !require_root("sigkill_anywhere_in_del_then_del_leaves_nothing") {
+        return;
+    }
+    let (node, conf) = crash_node("crashdel");
+    let stdin = conf.to_string();
+    let span = calibrate(&node, &conf, "DEL").mul_f64(1.3);
+    let trials = env_num("CRASH_TRIALS", 300) / 3;
+    let mut rng = Rng(env_num("CRASH_SEED", 0x5eed_cafe).max(1) ^ 0xde1);
+    let mut killed = 0;
+    for t in 0..trials {
+        let mut pod = Netns::new(&format!("d{t}"));
+        let cid = format!("crashdel-{t}");
+        assert_eq!(run(&node, "ADD", &cid, &pod, &conf), 0, "trial {t}: ADD");
+        let delay = Duration::from_nanos(rng.next() % span.as_nanos().max(1) as u64);
+        if kill_after(&node, "DEL", &cid, &pod, &stdin, delay) {
+            killed += 1;
+        }
+        assert_eq!(
+            run(&node, "DEL", &cid, &pod, &conf),
+            0,
+            "trial {t}: DEL after a DEL killed at {delay:?}"
+        );
+        let left = leftovers(&node, &pod);
+        assert!(
+            left.is_empty(),
+            "trial {t}: DEL killed at {delay:?} of {span:?}, the next DEL left {left:?}"
+        );
+        pod.delete();
+    }
+    eprintln!("{trials} DEL trials: {killed} killed mid-DEL (spread over {span:?}); nothing left");
+    assert!(
+        killed * 3 >= trials,
+        "only {killed} of {trials} DELs killed"
     );
 }
