@@ -13,6 +13,6 @@ CNI_BIN=$PWD/$(scripts/build-cni.sh)
 for round in $(seq "$ROUNDS"); do
   echo "## round $round: seed $round, $TRIALS trials, $CNI_BIN"
   FLANNEL_CNI_BIN=$CNI_BIN CRASH_SEED=$round CRASH_TRIALS=$TRIALS \
-    cargo test --release -p cni-plugin --test crash -- --nocapture --test-threads 1 2>&1 \
+    cargo test -p cni-plugin --test crash -- --nocapture --test-threads 1 2>&1 \
     | grep -E "trials|panicked|test result"
 done
