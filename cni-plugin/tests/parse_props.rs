@@ -1,9 +1,21 @@
-//! Property test over the invocation parser: arbitrary env and stdin never panic, and
-//! every rejection is one of the spec's error codes for bad input. Parsing has no side
-//! effects, so this runs anywhere.
+//! Fuzzing the plugin's input and output surfaces with proptest: arbitrary env and stdin never
+//! panic the invocation parser and every rejection is one of the spec's error codes for bad
+//! input, as an error JSON; a parsed config planned against arbitrary subnet.env text never
+//! panics either; and the result printer renders any result in every version in a form that
+//! parses back. Parsing and planning have no side effects, so this runs anywhere.
+//!
+//! `FUZZ_CASES` sets the number of cases per property (default 2,000). The fuzzing run of
+//! issue 18: `FUZZ_CASES=1000000 cargo test --release -p cni-plugin --test parse_props`.
 
 use cni_plugin::skel::{Parsed, parse};
 use proptest::prelude::*;
+
+fn cases() -> u32 {
+    std::env::var("FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000)
+}
 
 const INPUT_ERROR_CODES: &[u32] = &[1, 2, 4, 5, 6, 7];
 
@@ -86,8 +98,90 @@ fn stdin_bytes() -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
+/// subnet.env-shaped text with random values, and random bytes.
+fn subnet_env_text() -> impl Strategy<Value = String> {
+    let line = prop_oneof![
+        "FLANNEL_NETWORK=[0-9./]{0,18}",
+        "FLANNEL_SUBNET=[0-9./]{0,18}",
+        "FLANNEL_MTU=[0-9-]{0,6}",
+        "FLANNEL_IPMASQ=(true|false|[a-z]{0,5})",
+        "FLANNEL_IPV6_NETWORK=[0-9a-f:/]{0,20}",
+        "FLANNEL_IPV6_SUBNET=[0-9a-f:/]{0,20}",
+        Just("FLANNEL_NETWORK=10.244.0.0/16".to_string()),
+        Just("FLANNEL_SUBNET=10.244.1.1/24".to_string()),
+        Just("FLANNEL_MTU=1450".to_string()),
+        any::<String>(),
+    ];
+    prop::collection::vec(line, 0..7).prop_map(|l| l.join("\n"))
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn planning_any_subnet_env_never_panics(
+        delegate in json_value(), ipam in json_value(), runtime in json_value(),
+        env_text in subnet_env_text(), args in "[A-Za-z0-9=;_.-]{0,40}",
+    ) {
+        // A valid skeleton with random delegate, ipam and runtimeConfig sections, so that most
+        // cases reach the planner.
+        let stdin = serde_json::json!({
+            "cniVersion": "1.0.0", "name": "cbr0", "type": "flannel",
+            "delegate": delegate, "ipam": ipam, "runtimeConfig": runtime,
+        })
+        .to_string()
+        .into_bytes();
+        let vars = [
+            ("CNI_COMMAND", Some("ADD".to_string())),
+            ("CNI_CONTAINERID", Some("fuzz".to_string())),
+            ("CNI_NETNS", Some("/run/netns/fuzz".to_string())),
+            ("CNI_IFNAME", Some("eth0".to_string())),
+            ("CNI_PATH", Some("/usr/lib/cni".to_string())),
+        ];
+        let env = |k: &str| vars.iter().find(|(n, _)| *n == k).and_then(|(_, v)| v.clone());
+        let mut version = String::new();
+        if let Ok(Parsed::Invocation(inv)) = parse(&env, &mut stdin.as_slice(), &mut version)
+            && let Ok(subnet_env) = ipam::subnet_env::SubnetEnv::parse(&env_text)
+            && let Ok(cni_args) = cni_plugin::conf::CniArgs::parse(&args)
+        {
+            if let Err(e) = inv.conf.plan(&subnet_env, &cni_args) {
+                prop_assert!(!e.msg.is_empty());
+                let j: serde_json::Value = serde_json::from_str(&e.to_json("1.0.0")).unwrap();
+                prop_assert_eq!(j["code"].as_u64(), Some(e.code as u64));
+            }
+        }
+    }
+
+    #[test]
+    fn results_render_in_every_version_and_parse_back(
+        v4 in prop::collection::vec((any::<[u8; 4]>(), 0u8..=32), 0..3),
+        v6 in prop::collection::vec((any::<[u8; 16]>(), 0u8..=128), 0..2),
+        mac in any::<[u8; 6]>(),
+        name in "[a-z0-9]{1,15}",
+    ) {
+        let mut ips: Vec<serde_json::Value> = Vec::new();
+        for (a, p) in &v4 {
+            ips.push(serde_json::json!({"address": format!("{}/{p}", std::net::Ipv4Addr::from(*a)), "interface": 0}));
+        }
+        for (a, p) in &v6 {
+            ips.push(serde_json::json!({"address": format!("{}/{p}", std::net::Ipv6Addr::from(*a)), "interface": 0}));
+        }
+        let mac = mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+        let doc = serde_json::json!({
+            "cniVersion": "1.1.0",
+            "interfaces": [{"name": name, "mac": mac, "sandbox": "/run/netns/x"}],
+            "ips": ips,
+            "routes": [{"dst": "0.0.0.0/0"}],
+        });
+        let out = cni_plugin::result::CniOutput::parse(&doc).map_err(|e| TestCaseError::fail(e))?;
+        for version in ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"] {
+            let spec = cni_plugin::version::SpecVersion::parse(version).unwrap();
+            let rendered = out.render(version, spec);
+            prop_assert_eq!(rendered["cniVersion"].as_str(), Some(version));
+            let back = cni_plugin::result::CniOutput::parse(&rendered).map_err(|e| TestCaseError::fail(e))?;
+            prop_assert_eq!(back.ips.len(), out.ips.len());
+        }
+    }
 
     #[test]
     fn parse_never_panics_and_rejects_with_spec_codes(
