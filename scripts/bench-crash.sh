@@ -14,5 +14,5 @@ for round in $(seq "$ROUNDS"); do
   echo "## round $round: seed $round, $TRIALS trials, $CNI_BIN"
   FLANNEL_CNI_BIN=$CNI_BIN CRASH_SEED=$round CRASH_TRIALS=$TRIALS \
     cargo test -p cni-plugin --test crash -- --nocapture --test-threads 1 2>&1 \
-    | grep -E "trials|panicked|test result"
+    | grep -E -A3 "trials|panicked|test result"
 done
