@@ -172,12 +172,12 @@ proptest! {
             "ips": ips,
             "routes": [{"dst": "0.0.0.0/0"}],
         });
-        let out = cni_plugin::result::CniOutput::parse(&doc).map_err(|e| TestCaseError::fail(e))?;
+        let out = cni_plugin::result::CniOutput::parse(&doc).map_err(TestCaseError::fail)?;
         for version in ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"] {
             let spec = cni_plugin::version::SpecVersion::parse(version).unwrap();
             let rendered = out.render(version, spec);
             prop_assert_eq!(rendered["cniVersion"].as_str(), Some(version));
-            let back = cni_plugin::result::CniOutput::parse(&rendered).map_err(|e| TestCaseError::fail(e))?;
+            let back = cni_plugin::result::CniOutput::parse(&rendered).map_err(TestCaseError::fail)?;
             prop_assert_eq!(back.ips.len(), out.ips.len());
         }
     }
