@@ -38,6 +38,8 @@ use ipam::subnet_env::SubnetEnv;
 use ipnetwork::IpNetwork;
 
 use crate::conf::{IpamPlan, PodNetwork};
+use ipam::fault;
+
 use crate::error::{CniError, CniResult, TRY_AGAIN_LATER, UNKNOWN_CONTAINER};
 use crate::names::host_veth_name;
 use crate::result::{CniOutput, Interface, IpConfig, RouteEntry, format_mac};
@@ -166,9 +168,11 @@ async fn attach(
     if matches!(plan.ipam, IpamPlan::HostLocal { .. }) {
         rb.host_local_ips = addresses.iter().map(|a| a.address.ip()).collect();
     }
+    fault::point("add:reserved");
 
     // 3. bridge
     let bridge = ensure_bridge(&host, plan, &addresses).await?;
+    fault::point("add:bridge");
 
     // 4. veth pair, container end created directly inside the pod namespace, with a MAC we
     //    choose (so nothing has to be read back from the pod side)
@@ -197,6 +201,7 @@ async fn attach(
         Err(e) => return Err(netlink_err("create veth pair")(e)),
     };
     rb.host_veth = Some(host_name.clone());
+    fault::point("add:veth");
     // The host end is born down, so its bridge port starts disabled and is enabled exactly
     // once, when the pod end brings carrier (each enable or disable walks every port and FDB
     // entry of the bridge). Settle the creation's carrier event first; then bring it up with
@@ -208,6 +213,7 @@ async fn attach(
         .map_err(netlink_err(
             "set up the bridge port (up, addrgenmode none, hairpin)",
         ))?;
+    fault::point("add:port-up");
 
     // 5. the pod side, through a socket bound to the pod namespace
     // The plugin is a short-lived process on a current-thread runtime: visiting the pod
@@ -237,6 +243,7 @@ async fn attach(
     pod.set_up_with_arp_notify(pod_index)
         .await
         .map_err(netlink_err("set the pod interface up"))?;
+    fault::point("add:addresses");
 
     let mut routes = plan.routes.clone();
     routes.extend(ipam_routes);
@@ -273,6 +280,7 @@ async fn attach(
             Err(e) => return Err(netlink_err(&format!("add route {} in the pod", r.dst))(e)),
         }
     }
+    fault::point("add:routes");
 
     // 6. announce the pod: gratuitous ARPs sent by the pod's kernel (Netlink::announce), the
     //    first right now, two repeats a second apart. Each one floods every bridge port (at
@@ -309,7 +317,9 @@ async fn attach(
             rb.masq.push(a.address.ip());
         }
     }
+    fault::point("add:masq");
 
+    fault::point("add:done");
     // The bridge MAC is pinned and the host end's comes from its creation echo: nothing to
     // read back.
     Ok(CniOutput {

@@ -61,6 +61,7 @@ pub async fn del(inv: &Invocation) -> CniResult<()> {
         }
     }
 
+    ipam::fault::point("del:veth");
     let store = if conf.ipam_type() == "host-local" {
         Some(HostLocal::open(&conf.ipam_data_dir(), conf.network_name()).map_err(crate::ipam_err)?)
     } else {
@@ -74,12 +75,14 @@ pub async fn del(inv: &Invocation) -> CniResult<()> {
             None => Vec::new(),
         };
         unmasquerade(inv, held)?;
+        ipam::fault::point("del:unmasq");
     }
     match &store {
         Some(store) => {
             store
                 .release(&inv.container_id, &inv.ifname)
                 .map_err(crate::ipam_err)?;
+            ipam::fault::point("del:released");
         }
         None => {
             // The delegate needs its config; subnet.env may be gone, so render what we can.

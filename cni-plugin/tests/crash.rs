@@ -4,6 +4,11 @@
 //! then DEL again. After each trial nothing may be left: no reservation, no host veth, no
 //! masquerade entry, no interface in the pod.
 //!
+//! `every_crash_point_is_cleaned_by_del` is the deterministic variant: the debug build of the
+//! plugin SIGKILLs itself at each named point between two state changes
+//! (`ipam::fault::POINTS`, chosen by `FLANNEL_CNI_FAULT`), so every window is hit, not only
+//! the likely ones.
+//!
 //! The kill delays are spread uniformly over 1.3× the measured length of an uninterrupted ADD
 //! (the median of five),
 //! so every phase (config, IPAM, veth, addresses, routes, masquerade) is hit. Trials:
@@ -12,7 +17,7 @@
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{Netns, Node, require_root, spawn_in_ns};
+use common::{Netns, Node, require_root, spawn_bin_in_ns, spawn_in_ns};
 
 /// A small xorshift generator: reproducible delays from `CRASH_SEED`.
 struct Rng(u64);
@@ -217,5 +222,72 @@ fn sigkill_anywhere_in_del_then_del_leaves_nothing() {
     assert!(
         killed * 3 >= trials,
         "only {killed} of {trials} DELs killed"
+    );
+}
+
+/// Runs the debug plugin (which has the crash points) with `FLANNEL_CNI_FAULT=point`; returns
+/// whether it died of SIGKILL.
+fn run_to_fault(node: &Node, cmd: &str, cid: &str, pod: &Netns, stdin: &str, point: &str) -> bool {
+    use std::os::unix::process::ExitStatusExt;
+    let path = pod.path();
+    let child = spawn_bin_in_ns(
+        std::path::Path::new(env!("CARGO_BIN_EXE_flannel")),
+        &node.ns,
+        stdin,
+        |c| {
+            c.env("CNI_COMMAND", cmd)
+                .env("CNI_CONTAINERID", cid)
+                .env("CNI_NETNS", &path)
+                .env("CNI_IFNAME", "eth0")
+                .env("CNI_PATH", "/usr/lib/cni")
+                .env("FLANNEL_CNI_FAULT", point);
+        },
+    );
+    let out = child.wait_with_output().expect("wait");
+    out.status.signal() == Some(9)
+}
+
+#[test]
+fn every_crash_point_is_cleaned_by_del() {
+    if !require_root("every_crash_point_is_cleaned_by_del") {
+        return;
+    }
+    if !cfg!(debug_assertions) {
+        // A release test build runs a release plugin, which has no crash points.
+        eprintln!("crash points exist in debug builds only; run without --release");
+        return;
+    }
+    let (node, conf) = crash_node("points");
+    let stdin = conf.to_string();
+    for (n, point) in ipam::fault::POINTS.iter().enumerate() {
+        let mut pod = Netns::new(&format!("p{n}"));
+        let cid = format!("point-{n}");
+        if point.starts_with("del:") {
+            assert_eq!(run(&node, "ADD", &cid, &pod, &conf), 0, "{point}: ADD");
+            assert!(
+                run_to_fault(&node, "DEL", &cid, &pod, &stdin, point),
+                "{point}: DEL did not reach the point"
+            );
+        } else {
+            assert!(
+                run_to_fault(&node, "ADD", &cid, &pod, &stdin, point),
+                "{point}: ADD did not reach the point"
+            );
+        }
+        assert_eq!(run(&node, "DEL", &cid, &pod, &conf), 0, "{point}: DEL");
+        let left = leftovers(&node, &pod);
+        assert!(left.is_empty(), "killed at {point}, DEL left {left:?}");
+        // And the runtime's retry works from there.
+        assert_eq!(run(&node, "ADD", &cid, &pod, &conf), 0, "{point}: re-ADD");
+        assert_eq!(run(&node, "DEL", &cid, &pod, &conf), 0, "{point}: re-DEL");
+        assert!(
+            leftovers(&node, &pod).is_empty(),
+            "{point}: after re-ADD + DEL"
+        );
+        pod.delete();
+    }
+    eprintln!(
+        "{} crash points, each cleaned by one DEL",
+        ipam::fault::POINTS.len()
     );
 }

@@ -11,6 +11,7 @@
 //!   CNI plugin reads, and [`subnet_alloc`] / [`lease`] hold the arithmetic flanneld uses to
 //!   carve the cluster network into per-node subnets.
 
+pub mod fault;
 pub mod host_local;
 pub mod lease;
 pub mod net;

@@ -305,9 +305,19 @@ pub fn spawn_in_ns(
     stdin: &str,
     setup: impl FnOnce(&mut Command),
 ) -> std::process::Child {
+    spawn_bin_in_ns(&plugin_path(), ns, stdin, setup)
+}
+
+/// [`spawn_in_ns`] with another plugin binary.
+pub fn spawn_bin_in_ns(
+    binary: &Path,
+    ns: &Netns,
+    stdin: &str,
+    setup: impl FnOnce(&mut Command),
+) -> std::process::Child {
     let nsfile = std::fs::File::open(ns.path()).expect("open netns");
     let fd = nsfile.as_raw_fd();
-    let mut cmd = Command::new(plugin_path());
+    let mut cmd = Command::new(binary);
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .stdin(Stdio::piped())

@@ -281,18 +281,24 @@ impl LockedStore for DiskLock<'_> {
         };
         let written = File::from(fd).write_all(content.as_bytes());
         let linked = match written {
-            Ok(()) => linkat(
-                &self.dir,
-                tmp.as_c_str(),
-                &self.dir,
-                name.as_c_str(),
-                AtFlags::empty(),
-            ),
+            Ok(()) => {
+                crate::fault::point("ipam:written");
+                linkat(
+                    &self.dir,
+                    tmp.as_c_str(),
+                    &self.dir,
+                    name.as_c_str(),
+                    AtFlags::empty(),
+                )
+            }
             Err(e) => {
                 let _ = unlinkat(&self.dir, tmp.as_c_str(), UnlinkatFlags::NoRemoveDir);
                 return Err(self.err(&tmp, e));
             }
         };
+        if linked.is_ok() {
+            crate::fault::point("ipam:linked");
+        }
         let _ = unlinkat(&self.dir, tmp.as_c_str(), UnlinkatFlags::NoRemoveDir);
         match linked {
             Ok(()) => Ok(true),
