@@ -17,6 +17,7 @@
 //!   for hosts whose FORWARD policy drops.
 //! * `udp` (cargo feature `udp`) is the userspace udp backend: TUN + UDP datapath threads.
 
+pub mod child;
 pub mod ethtool;
 pub mod garp;
 pub mod iptables;

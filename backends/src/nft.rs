@@ -90,6 +90,8 @@ fn run_nft(action: &str, args: &[&str], stdin: Option<&str>) -> Result<Output, N
             })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        // A transaction must not land after our caller was killed (and cleaned up after).
+        crate::child::die_with_parent(&mut cmd);
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {

@@ -50,15 +50,16 @@ pub fn exec(
     if let Some((k, v)) = extra {
         conf[k] = v;
     }
-    let mut child = Process::new(&path)
-        .env("CNI_COMMAND", command)
+    let mut cmd = Process::new(&path);
+    cmd.env("CNI_COMMAND", command)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|e| {
-            CniError::internal(format!("cannot run IPAM plugin {}: {e}", path.display()))
-        })?;
+        .stderr(Stdio::inherit());
+    // Killed with us: a delegated ADD must not reserve after our DEL ran.
+    backends::child::die_with_parent(&mut cmd);
+    let mut child = cmd.spawn().map_err(|e| {
+        CniError::internal(format!("cannot run IPAM plugin {}: {e}", path.display()))
+    })?;
     if let Some(mut stdin) = child.stdin.take() {
         let _ = stdin.write_all(conf.to_string().as_bytes());
     }
