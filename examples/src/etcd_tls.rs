@@ -52,19 +52,21 @@ pub fn member_ip(k: usize) -> Ipv4Addr {
     Ipv4Addr::new(198, 18, 0, 201 + k as u8)
 }
 
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| e.to_string())?;
+/// Runs `cmd`; its stdout, or `what` with its stderr as the error.
+fn checked(what: &str, cmd: &mut Command) -> Result<String, String> {
+    let out = cmd.output().map_err(|e| format!("{what}: {e}"))?;
     if out.status.success() {
-        Ok(())
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
         Err(format!(
-            "ip {args:?}: {}",
+            "{what}: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         ))
     }
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    checked(&format!("ip {args:?}"), Command::new("ip").args(args)).map(|_| ())
 }
 
 impl TlsEtcd {
@@ -208,19 +210,10 @@ impl TlsEtcd {
 
     /// Runs `etcdctl args` (see [`etcdctl_command`](Self::etcdctl_command)).
     pub fn etcdctl(&self, args: &[&str]) -> Result<String, String> {
-        let out = self
-            .etcdctl_command(None)
-            .args(args)
-            .output()
-            .map_err(|e| format!("etcdctl: {e}"))?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(format!(
-                "etcdctl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
-        }
+        checked(
+            &format!("etcdctl {args:?}"),
+            self.etcdctl_command(None).args(args),
+        )
     }
 
     fn data_dir(&self, k: usize) -> PathBuf {
@@ -361,21 +354,14 @@ impl TlsEtcd {
             .iter()
             .find(|m| m.child.is_some())
             .ok_or("no live etcd member")?;
-        let out = self
-            .etcdctl_command(Some(format!("https://{}:{CLIENT_PORT}", live.ip)))
-            .arg("snapshot")
-            .arg("save")
-            .arg(path)
-            .output()
-            .map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "snapshot save: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
-        }
+        checked(
+            "snapshot save",
+            self.etcdctl_command(Some(format!("https://{}:{CLIENT_PORT}", live.ip)))
+                .arg("snapshot")
+                .arg("save")
+                .arg(path),
+        )
+        .map(|_| ())
     }
 
     /// Disaster recovery (see the module docs): every member restored from `snapshot` into a
@@ -388,31 +374,25 @@ impl TlsEtcd {
         self.token = format!("{}-restored{}", self.token, self.generation);
         for k in 0..self.members.len() {
             let m = &self.members[k];
-            let out = Command::new("etcdctl")
-                .env("ETCDCTL_API", "3")
-                .arg("snapshot")
-                .arg("restore")
-                .arg(snapshot)
-                .args([
-                    "--name",
-                    &m.name,
-                    "--initial-cluster",
-                    &self.initial_cluster(),
-                ])
-                .args(["--initial-cluster-token", &self.token])
-                .arg("--initial-advertise-peer-urls")
-                .arg(format!("https://{}:{PEER_PORT}", m.ip))
-                .arg("--data-dir")
-                .arg(self.data_dir(k))
-                .output()
-                .map_err(|e| e.to_string())?;
-            if !out.status.success() {
-                return Err(format!(
-                    "snapshot restore {}: {}",
-                    m.name,
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ));
-            }
+            checked(
+                &format!("snapshot restore {}", m.name),
+                Command::new("etcdctl")
+                    .env("ETCDCTL_API", "3")
+                    .arg("snapshot")
+                    .arg("restore")
+                    .arg(snapshot)
+                    .args([
+                        "--name",
+                        &m.name,
+                        "--initial-cluster",
+                        &self.initial_cluster(),
+                    ])
+                    .args(["--initial-cluster-token", &self.token])
+                    .arg("--initial-advertise-peer-urls")
+                    .arg(format!("https://{}:{PEER_PORT}", m.ip))
+                    .arg("--data-dir")
+                    .arg(self.data_dir(k)),
+            )?;
         }
         for k in 0..self.members.len() {
             self.start_member(k)?;
