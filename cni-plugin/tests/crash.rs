@@ -291,3 +291,74 @@ fn every_crash_point_is_cleaned_by_del() {
         ipam::fault::POINTS.len()
     );
 }
+
+#[test]
+fn sigkill_anywhere_in_gc_then_gc_finishes_the_job() {
+    if !require_root("sigkill_anywhere_in_gc_then_gc_finishes_the_job") {
+        return;
+    }
+    let (node, _) = crash_node("crashgc");
+    let conf = node.conf("1.1.0");
+    let mut rng = Rng(env_num("CRASH_SEED", 0x5eed_cafe).max(1) ^ 0x9c);
+    let trials = (env_num("CRASH_TRIALS", 300) / 10).max(1);
+    let mut killed = 0;
+    for t in 0..trials {
+        // Six attached pods; the runtime still knows two of them.
+        let pods: Vec<(String, Netns)> = (0..6)
+            .map(|p| (format!("gc{t}-{p}"), Netns::new(&format!("g{t}x{p}"))))
+            .collect();
+        for (cid, pod) in &pods {
+            assert_eq!(
+                run(&node, "ADD", cid, pod, &conf),
+                0,
+                "trial {t}: ADD {cid}"
+            );
+        }
+        let mut gc_conf = conf.clone();
+        gc_conf["cni.dev/valid-attachments"] = serde_json::json!([
+            {"containerID": pods[0].0, "ifname": "eth0"},
+            {"containerID": pods[1].0, "ifname": "eth0"},
+        ]);
+        let stdin = gc_conf.to_string();
+        // GC of four attachments takes a few nft and file operations: kill within 15 ms.
+        let delay = Duration::from_micros(rng.next() % 15_000);
+        if kill_after(&node, "GC", "", &pods[0].1, &stdin, delay) {
+            killed += 1;
+        }
+        assert_eq!(
+            node.run("GC", "", None, "", &gc_conf).code,
+            0,
+            "trial {t}: GC after a GC killed at {delay:?}"
+        );
+        let mut kept = node.reservations("cbr0");
+        kept.sort();
+        assert_eq!(
+            kept.len(),
+            2,
+            "trial {t}: GC killed at {delay:?} kept {kept:?}"
+        );
+        let ruleset =
+            String::from_utf8_lossy(&node.ns.exec(&["nft", "list", "ruleset"]).stdout).into_owned();
+        for (p, (cid, _)) in pods.iter().enumerate() {
+            let has = ruleset.contains(&format!("\"{cid}/eth0\""));
+            assert_eq!(
+                has,
+                p < 2,
+                "trial {t}: masquerade entry of {cid}: {ruleset}"
+            );
+        }
+        for (cid, mut pod) in pods {
+            assert_eq!(
+                run(&node, "DEL", &cid, &pod, &conf),
+                0,
+                "trial {t}: DEL {cid}"
+            );
+            pod.delete();
+        }
+        assert!(
+            node.reservations("cbr0").is_empty(),
+            "trial {t}: DEL left reservations"
+        );
+    }
+    eprintln!("{trials} GC trials: {killed} killed mid-GC; the next GC finished every one");
+}

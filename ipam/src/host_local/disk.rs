@@ -16,8 +16,8 @@
 //! **Crash consistency.** A runtime may SIGKILL the plugin at any instant. The reference
 //! creates the address file and then writes into it, so a kill in between leaves a zero-byte
 //! reservation that no DEL can ever match (release is by container ID): the address leaks for
-//! good. Here a reservation is written complete to a temporary name
-//! (`.reserving.<address>.<pid>`) and then `link(2)`ed to the address name — atomic, and like
+//! good. Here a reservation is written complete to a temporary file (unnamed where possible,
+//! see below; else `.reserving.<address>.<pid>`) and then `link(2)`ed to the address name — atomic, and like
 //! `O_EXCL` it never overwrites an existing reservation — so an address file is either absent
 //! or complete, with the reference's exact bytes. Leftovers are recognised under the lock by
 //! the next scan (ADD, DEL, GC) and removed: temporary files (every writer holds the lock, so a
@@ -195,6 +195,51 @@ impl DiskLock<'_> {
     }
 }
 
+impl DiskLock<'_> {
+    /// The cheap way to an atomic reservation: the content goes into an unnamed file
+    /// (`O_TMPFILE`, no directory entry, nothing to leave behind), which is then linked to the
+    /// address name — one directory entry, as many as the reference's create. `None` when the
+    /// file system or the process cannot do it (no `O_TMPFILE`, no `CAP_DAC_READ_SEARCH` for
+    /// linking by descriptor): the caller then uses a named temporary file.
+    fn create_unnamed(&self, name: &CStr, content: &str) -> Result<Option<bool>, IpamError> {
+        use std::os::fd::AsRawFd;
+        let fd = match openat(
+            &self.dir,
+            c".",
+            OFlag::O_TMPFILE | OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        ) {
+            Ok(fd) => fd,
+            Err(Errno::EOPNOTSUPP | Errno::EISDIR | Errno::EINVAL) => return Ok(None),
+            Err(e) => return Err(self.err(name, e)),
+        };
+        let mut file = File::from(fd);
+        file.write_all(content.as_bytes())
+            .map_err(|e| self.err(name, e))?;
+        crate::fault::point("ipam:written");
+        // SAFETY: plain syscall on descriptors we own and a NUL-terminated name.
+        let rc = unsafe {
+            libc::linkat(
+                file.as_raw_fd(),
+                c"".as_ptr(),
+                self.dir.as_raw_fd(),
+                name.as_ptr(),
+                libc::AT_EMPTY_PATH,
+            )
+        };
+        if rc == 0 {
+            crate::fault::point("ipam:linked");
+            return Ok(Some(true));
+        }
+        match Errno::last() {
+            Errno::EEXIST => Ok(Some(false)),
+            // Linking by descriptor needs CAP_DAC_READ_SEARCH: use a named temporary file.
+            Errno::EPERM | Errno::ENOENT => Ok(None),
+            e => Err(self.err(name, e)),
+        }
+    }
+}
+
 impl LockedStore for DiskLock<'_> {
     fn content_of(&mut self, ip: IpAddr) -> Result<Option<String>, IpamError> {
         let name = name_of(ip);
@@ -260,6 +305,9 @@ impl LockedStore for DiskLock<'_> {
     /// (see the module docs): the address file appears complete or not at all.
     fn create(&mut self, ip: IpAddr, content: &str) -> Result<bool, IpamError> {
         let name = name_of(ip);
+        if let Some(created) = self.create_unnamed(&name, content)? {
+            return Ok(created);
+        }
         let tmp = CString::new(format!("{RESERVING_PREFIX}{ip}.{}", std::process::id()))
             .unwrap_or_default();
         let open = || {
