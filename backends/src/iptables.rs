@@ -127,14 +127,10 @@ fn run(tool: &'static str, args: &[&str], stdin: Option<&str>) -> Result<String,
     }
 }
 
-/// Whether `tool` can be run at all (installed, and the kernel side is there).
-fn available(flavor: Flavor) -> bool {
-    Command::new(flavor.save())
-        .args(["-t", "filter"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+/// `iptables-save -t TABLE` of `flavor`; `None` when that flavour cannot be used here (not
+/// installed, or its kernel side missing) — one process whether or not it is there.
+fn save_table(flavor: Flavor, table: &str) -> Option<String> {
+    run(flavor.save(), &["-t", table], None).ok()
 }
 
 /// What `iptables-save -t filter` says about `FORWARD` and our chain.
@@ -266,11 +262,7 @@ pub struct ForwardRules;
 impl ForwardRules {
     /// Reads `flavor`'s `filter` table.
     pub fn state(flavor: Flavor) -> Result<Option<FilterState>, IptablesError> {
-        if !available(flavor) {
-            return Ok(None);
-        }
-        let save = run(flavor.save(), &["-t", "filter"], None)?;
-        Ok(Some(FilterState::parse(&save)))
+        Ok(save_table(flavor, "filter").map(|save| FilterState::parse(&save)))
     }
 
     /// Makes sure pod traffic of `network` is accepted in every flavour that could drop it.
@@ -347,11 +339,10 @@ pub fn flannel_removal_batch(save: &str, table: &str, chain: &str) -> Option<Str
 pub fn remove_flannel_chains() -> Result<Vec<String>, IptablesError> {
     let mut removed = Vec::new();
     for flavor in Flavor::ALL {
-        if !available(flavor) {
-            continue;
-        }
         for (table, chain, _) in FLANNEL_CHAINS {
-            let save = run(flavor.save(), &["-t", table], None)?;
+            let Some(save) = save_table(flavor, table) else {
+                continue;
+            };
             if let Some(batch) = flannel_removal_batch(&save, table, chain) {
                 run(flavor.restore(), &["--noflush"], Some(&batch))?;
                 removed.push(format!("{} {table} {chain}", flavor.iptables()));
