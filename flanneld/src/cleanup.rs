@@ -50,7 +50,7 @@ async fn release_lease(opts: &Opts, local: &[std::net::IpAddr]) -> Result<Option
     let Some(subnet) = env.subnet_network() else {
         return Ok(None);
     };
-    let store = EtcdLeaseStore::connect(crate::daemon::etcd_config(opts)).await?;
+    let store = EtcdLeaseStore::connect(opts.etcd.config()).await?;
     let Some(lease) = store.get(&(subnet, None)).await? else {
         return Ok(None);
     };

@@ -52,39 +52,9 @@ pub const MIN_SUBNET_LEASE_TTL: Duration = Duration::from_secs(5);
                   e.g. FLANNELD_ETCD_ENDPOINTS or FLANNELD_IP_MASQ=true."
 )]
 pub struct Opts {
-    /// A comma-separated list of etcd endpoints.
-    #[arg(
-        long,
-        env = "FLANNELD_ETCD_ENDPOINTS",
-        default_value = DEFAULT_ETCD_ENDPOINTS,
-        value_delimiter = ','
-    )]
-    pub etcd_endpoints: Vec<String>,
-
-    /// etcd prefix: the network config is read from <prefix>/config, leases live under
-    /// <prefix>/subnets/.
-    #[arg(long, env = "FLANNELD_ETCD_PREFIX", default_value = DEFAULT_ETCD_PREFIX)]
-    pub etcd_prefix: String,
-
-    /// SSL key file used to secure etcd communication.
-    #[arg(long, env = "FLANNELD_ETCD_KEYFILE")]
-    pub etcd_keyfile: Option<PathBuf>,
-
-    /// SSL certification file used to secure etcd communication.
-    #[arg(long, env = "FLANNELD_ETCD_CERTFILE")]
-    pub etcd_certfile: Option<PathBuf>,
-
-    /// SSL Certificate Authority file used to secure etcd communication.
-    #[arg(long, env = "FLANNELD_ETCD_CAFILE")]
-    pub etcd_cafile: Option<PathBuf>,
-
-    /// Username for BasicAuth to etcd.
-    #[arg(long, env = "FLANNELD_ETCD_USERNAME")]
-    pub etcd_username: Option<String>,
-
-    /// Password for BasicAuth to etcd.
-    #[arg(long, env = "FLANNELD_ETCD_PASSWORD", hide_env_values = true)]
-    pub etcd_password: Option<String>,
+    /// How to reach etcd (`--etcd-*`), shared with `flannelctl`.
+    #[command(flatten)]
+    pub etcd: EtcdFlags,
 
     /// Interface to use (IP or name) for inter-host communication. Can be given several
     /// times (or comma-separated); the first one that matches wins.
@@ -315,6 +285,61 @@ pub const KUBE_SUBNET_MGR_UNSUPPORTED: &str = "--kube-subnet-mgr (FLANNELD_KUBE_
      set, but this flanneld runs the etcd subnet manager only: remove the flag and give \
      --etcd-endpoints (the Kubernetes subnet manager is not implemented)";
 
+/// flannel's `--etcd-*` flags (and their `FLANNELD_ETCD_*` variables): flanneld's and
+/// `flannelctl`'s, so both reach the same etcd the same way.
+#[derive(Debug, Clone, clap::Args, PartialEq)]
+pub struct EtcdFlags {
+    /// A comma-separated list of etcd endpoints.
+    #[arg(
+        long,
+        env = "FLANNELD_ETCD_ENDPOINTS",
+        default_value = DEFAULT_ETCD_ENDPOINTS,
+        value_delimiter = ','
+    )]
+    pub etcd_endpoints: Vec<String>,
+
+    /// etcd prefix: the network config is read from <prefix>/config, leases live under
+    /// <prefix>/subnets/.
+    #[arg(long, env = "FLANNELD_ETCD_PREFIX", default_value = DEFAULT_ETCD_PREFIX)]
+    pub etcd_prefix: String,
+
+    /// SSL key file used to secure etcd communication.
+    #[arg(long, env = "FLANNELD_ETCD_KEYFILE")]
+    pub etcd_keyfile: Option<PathBuf>,
+
+    /// SSL certification file used to secure etcd communication.
+    #[arg(long, env = "FLANNELD_ETCD_CERTFILE")]
+    pub etcd_certfile: Option<PathBuf>,
+
+    /// SSL Certificate Authority file used to secure etcd communication.
+    #[arg(long, env = "FLANNELD_ETCD_CAFILE")]
+    pub etcd_cafile: Option<PathBuf>,
+
+    /// Username for BasicAuth to etcd.
+    #[arg(long, env = "FLANNELD_ETCD_USERNAME")]
+    pub etcd_username: Option<String>,
+
+    /// Password for BasicAuth to etcd.
+    #[arg(long, env = "FLANNELD_ETCD_PASSWORD", hide_env_values = true)]
+    pub etcd_password: Option<String>,
+}
+
+impl EtcdFlags {
+    /// The etcd client settings these flags describe.
+    pub fn config(&self) -> crate::subnet::EtcdConfig {
+        crate::subnet::EtcdConfig {
+            endpoints: self.etcd_endpoints.clone(),
+            prefix: self.etcd_prefix.clone(),
+            username: self.etcd_username.clone(),
+            password: self.etcd_password.clone(),
+            ca_file: self.etcd_cafile.clone(),
+            cert_file: self.etcd_certfile.clone(),
+            key_file: self.etcd_keyfile.clone(),
+            ..crate::subnet::EtcdConfig::default()
+        }
+    }
+}
+
 impl Opts {
     /// Parses `args` (the first item is the program name) after rewriting Go-style
     /// single-dash long flags (`-etcd-prefix=/x`) into `--etcd-prefix=/x`.
@@ -510,8 +535,8 @@ mod tests {
             "-one_output",
         ];
         let o = parse(&all).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(o.etcd_prefix, "/x/network");
-        assert_eq!(o.etcd_certfile, Some(PathBuf::from("/c.pem")));
+        assert_eq!(o.etcd.etcd_prefix, "/x/network");
+        assert_eq!(o.etcd.etcd_certfile, Some(PathBuf::from("/c.pem")));
         assert_eq!(o.iface, vec!["eth0", "eth1"]);
         assert!(o.ip_masq && o.ip_masq_fully_random_disable && o.ip_blackhole_route);
         assert!(!o.iptables_forward_rules);
@@ -536,7 +561,7 @@ mod tests {
             "-ip-masq",
         ])
         .unwrap();
-        assert_eq!(o.etcd_prefix, "/b");
+        assert_eq!(o.etcd.etcd_prefix, "/b");
         assert_eq!(o.verbosity, Some(7));
         assert_eq!(o.log_filter_from_verbosity(), Some("trace"));
         assert!(o.ip_masq);
@@ -561,10 +586,10 @@ mod tests {
         assert_clean_env();
         let o = parse(&[]).unwrap();
         assert_eq!(
-            o.etcd_endpoints,
+            o.etcd.etcd_endpoints,
             vec!["http://127.0.0.1:4001", "http://127.0.0.1:2379"]
         );
-        assert_eq!(o.etcd_prefix, "/coreos.com/network");
+        assert_eq!(o.etcd.etcd_prefix, "/coreos.com/network");
         assert_eq!(o.subnet_file, PathBuf::from("/run/flannel/subnet.env"));
         assert_eq!(o.subnet_lease_renew_margin, 60);
         assert_eq!(o.renew_margin(), Duration::from_secs(3600));
@@ -578,8 +603,8 @@ mod tests {
         assert_eq!(o.public_ip, None);
         assert_eq!(o.subnet_lease_ttl, Duration::from_secs(86_400));
         assert!(!o.release_lease_on_shutdown);
-        assert_eq!(o.etcd_keyfile, None);
-        assert_eq!(o.etcd_username, None);
+        assert_eq!(o.etcd.etcd_keyfile, None);
+        assert_eq!(o.etcd.etcd_username, None);
     }
 
     #[test]
@@ -605,8 +630,8 @@ mod tests {
             "--healthz-port=8285",
         ])
         .unwrap();
-        assert_eq!(o.etcd_endpoints, vec!["http://198.18.0.1:2379"]);
-        assert_eq!(o.etcd_prefix, "/x/network");
+        assert_eq!(o.etcd.etcd_endpoints, vec!["http://198.18.0.1:2379"]);
+        assert_eq!(o.etcd.etcd_prefix, "/x/network");
         assert_eq!(o.iface, vec!["eth1", "198.18.0.5", "eth2", "eth3"]);
         assert_eq!(o.iface_regex, vec!["^ens"]);
         assert_eq!(o.iface_can_reach, Some("198.18.0.1".parse().unwrap()));

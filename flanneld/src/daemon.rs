@@ -42,7 +42,7 @@ use crate::iface::{self, IfaceSelector, SelectedInterface};
 use crate::network_config::{BackendConfig, NetworkConfig};
 use crate::subnet::manager::log_store_error;
 use crate::subnet::{
-    EtcdConfig, EtcdLeaseStore, LeaseStore, ManagerConfig, ManagerError, OwnLeaseEvent, StoreError,
+    EtcdLeaseStore, LeaseStore, ManagerConfig, ManagerError, OwnLeaseEvent, StoreError,
     StoreMetrics, SubnetManager, WatchUpdate,
 };
 
@@ -323,20 +323,6 @@ async fn sleep_or_cancel(d: Duration, cancel: &CancellationToken) -> bool {
     }
 }
 
-/// The etcd client settings from the flags.
-pub fn etcd_config(opts: &Opts) -> EtcdConfig {
-    EtcdConfig {
-        endpoints: opts.etcd_endpoints.clone(),
-        prefix: opts.etcd_prefix.clone(),
-        username: opts.etcd_username.clone(),
-        password: opts.etcd_password.clone(),
-        ca_file: opts.etcd_cafile.clone(),
-        cert_file: opts.etcd_certfile.clone(),
-        key_file: opts.etcd_keyfile.clone(),
-        ..EtcdConfig::default()
-    }
-}
-
 /// Connects to etcd, retrying with backoff until it works or `cancel` fires. Settings that
 /// no retry can fix (a malformed endpoint, a password without user) end the daemon; a TLS
 /// file that is missing or expired, a wrong password or an unreachable etcd are logged as
@@ -347,7 +333,7 @@ async fn connect_store(
     delay: &mut Duration,
     cancel: &CancellationToken,
 ) -> Result<Option<EtcdLeaseStore>> {
-    let cfg = etcd_config(opts);
+    let cfg = opts.etcd.config();
     let tls = cfg
         .endpoints
         .iter()

@@ -14,12 +14,11 @@
 //! names gets that subnet, and it never expires.
 
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use flanneld::subnet::{EtcdConfig, EtcdLeaseStore, LeaseStore};
+use flanneld::subnet::{EtcdLeaseStore, LeaseStore};
 use ipam::lease::{Lease, LeaseAttrs, subnet_key};
 use ipnetwork::Ipv4Network;
 
@@ -30,28 +29,9 @@ use ipnetwork::Ipv4Network;
     about = "Inspect and edit flannel subnet leases in etcd"
 )]
 struct Cli {
-    /// A comma-separated list of etcd endpoints.
-    #[arg(long, env = "FLANNELD_ETCD_ENDPOINTS", value_delimiter = ',',
-          default_value = flanneld::config::DEFAULT_ETCD_ENDPOINTS)]
-    etcd_endpoints: Vec<String>,
-    /// etcd prefix (leases under <prefix>/subnets/).
-    #[arg(long, env = "FLANNELD_ETCD_PREFIX", default_value = flanneld::config::DEFAULT_ETCD_PREFIX)]
-    etcd_prefix: String,
-    /// CA that verifies the etcd members.
-    #[arg(long, env = "FLANNELD_ETCD_CAFILE")]
-    etcd_cafile: Option<PathBuf>,
-    /// Client certificate.
-    #[arg(long, env = "FLANNELD_ETCD_CERTFILE")]
-    etcd_certfile: Option<PathBuf>,
-    /// Client key.
-    #[arg(long, env = "FLANNELD_ETCD_KEYFILE")]
-    etcd_keyfile: Option<PathBuf>,
-    /// etcd user.
-    #[arg(long, env = "FLANNELD_ETCD_USERNAME")]
-    etcd_username: Option<String>,
-    /// etcd password.
-    #[arg(long, env = "FLANNELD_ETCD_PASSWORD", hide_env_values = true)]
-    etcd_password: Option<String>,
+    /// flanneld's etcd flags.
+    #[command(flatten)]
+    etcd: flanneld::config::EtcdFlags,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -220,16 +200,7 @@ fn format_ttl(d: Duration) -> String {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let cfg = EtcdConfig {
-        endpoints: cli.etcd_endpoints,
-        prefix: cli.etcd_prefix,
-        username: cli.etcd_username,
-        password: cli.etcd_password,
-        ca_file: cli.etcd_cafile,
-        cert_file: cli.etcd_certfile,
-        key_file: cli.etcd_keyfile,
-        ..EtcdConfig::default()
-    };
+    let cfg = cli.etcd.config();
     let store = EtcdLeaseStore::connect(&cfg).await?;
     match cli.command {
         Cmd::Leases { output } => {
