@@ -1,31 +1,15 @@
 //! # backends — the only crate that programs the kernel data plane
 //!
-//! Everything that talks to the kernel about networking goes through this crate:
+//! Two rooms:
 //!
-//! * [`netlink`] is the one intent-level surface over `rtnetlink` (links, addresses, routes,
-//!   neighbours, FDB). No other module or crate imports `rtnetlink` directly.
-//! * [`netns`] opens network namespaces and runs work inside them on throw-away threads,
-//!   never on an async runtime worker.
-//! * [`sysctl`] reads and writes `/proc/sys` knobs in the caller's namespace.
-//! * [`garp`] builds and sends gratuitous ARP frames from a packet socket (tests use it; the
-//!   CNI plugin has the kernel send them, see [`netlink::Netlink::announce`]).
-//! * [`ethtool`] reads link state through the ethtool ioctl, which also settles pending
-//!   carrier events.
+//! * [`kernel`] is the only code that talks to the kernel (netlink, namespaces, sysctl,
+//!   ethtool, nftables, iptables), behind the [`kernel::Kernel`] trait where callers need a
+//!   test twin.
+//! * [`overlay`] turns "this node's subnet and these peers" into kernel state, level-triggered,
+//!   with one driver module per backend (vxlan, host-gw; the userspace udp backend lives in the
+//!   `flannel-udp` crate, which only flanneld links).
 //! * [`masq`] owns flanneld's node table (`ip flannel-rs`): masquerade and forward rules.
-//! * [`nft`] applies nftables rule sets as single atomic transactions.
-//! * [`iptables`] keeps our accept jump in the operator's `filter FORWARD` (legacy and nft),
-//!   for hosts whose FORWARD policy drops.
-//! * `udp` (cargo feature `udp`) is the userspace udp backend: TUN + UDP datapath threads.
 
-pub mod child;
-pub mod ethtool;
-pub mod garp;
-pub mod iptables;
+pub mod kernel;
 pub mod masq;
-pub mod netlink;
-pub mod netns;
-pub mod nft;
 pub mod overlay;
-pub mod sysctl;
-#[cfg(feature = "udp")]
-pub mod udp;

@@ -43,7 +43,7 @@
 
 use ipnetwork::Ipv4Network;
 
-use crate::nft::{self, NftError};
+use crate::kernel::nft::{self, NftError};
 
 /// The nftables table (family `ip`) that holds every rule flanneld installs.
 pub const NODE_TABLE: &str = "flannel-rs";

@@ -4,10 +4,10 @@ mod common;
 
 use std::net::IpAddr;
 
-use backends::netlink::{
+use backends::kernel::netlink::{
     IpFamily, Netlink, NetlinkError, RT_SCOPE_LINK, RT_TABLE_MAIN, RTPROT_BOOT, Route, VethSpec,
 };
-use backends::netns::NetNs;
+use backends::kernel::netns::NetNs;
 use common::{in_new_netns, ip, net, prerequisites};
 
 fn addr(s: &str) -> IpAddr {

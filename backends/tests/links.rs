@@ -4,9 +4,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use backends::netlink::{Netlink, NetlinkError, VethSpec, del_link_detached};
-use backends::netns::NetNs;
-use backends::sysctl;
+use backends::kernel::netlink::{Netlink, NetlinkError, VethSpec, del_link_detached};
+use backends::kernel::netns::NetNs;
+use backends::kernel::sysctl;
 use common::{in_new_netns, ip, ip_in, prerequisites};
 
 #[test]

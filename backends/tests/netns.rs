@@ -5,8 +5,8 @@ mod common;
 use std::io::ErrorKind;
 use std::path::Path;
 
-use backends::netlink::Netlink;
-use backends::netns::NetNs;
+use backends::kernel::netlink::Netlink;
+use backends::kernel::netns::NetNs;
 use common::{in_new_netns, prerequisites};
 
 fn link_names_in(ns: &NetNs) -> Vec<String> {

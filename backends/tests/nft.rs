@@ -6,7 +6,7 @@ mod common;
 use std::net::IpAddr;
 use std::process::Command;
 
-use backends::nft::{self, MASQ_TABLE, PodMasq};
+use backends::kernel::nft::{self, MASQ_TABLE, PodMasq};
 use common::{in_new_netns, prerequisites};
 
 fn nft_list(args: &[&str]) -> String {

@@ -21,13 +21,15 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::process::Command;
 use std::time::Duration;
 
-use backends::netlink::{
+use backends::kernel::netlink::{
     Change, IpFamily, MonitorGroup, Netlink, RT_SCOPE_LINK, Route, VethSpec, VxlanOutcome,
 };
-use backends::netns::NetNs;
+use backends::kernel::netns::NetNs;
+use backends::overlay::hostgw::{HostGwConfig, HostGwDriver};
+use backends::overlay::vxlan::{VxlanConfig, VxlanDriver};
 use backends::overlay::{
-    ExternalInterface, Overlay, OverlayConfig, OverlayError, Peer, ROUTE_PROTOCOL, VxlanParams,
-    format_mac, vtep_mac, vtep_mac_from_backend_data,
+    BackendDriver, ExternalInterface, Overlay, OverlayError, Peer, ROUTE_PROTOCOL, format_mac,
+    vtep_mac, vtep_mac_from_backend_data,
 };
 use common::{in_new_netns, ip, ip_in, net, net4, prerequisites, v4};
 use ipnetwork::{IpNetwork, Ipv4Network};
@@ -120,10 +122,30 @@ async fn cluster() -> Vec<Node> {
     nodes
 }
 
+/// Which backend a test runs (the drivers are built by [`start_overlay`], as flanneld's
+/// factory does).
+#[derive(Clone)]
+enum OverlayConfig {
+    Vxlan(VxlanConfig),
+    HostGw,
+}
+
+async fn start_overlay(
+    nl: Netlink,
+    cfg: OverlayConfig,
+    ext: ExternalInterface,
+) -> Result<Overlay, OverlayError> {
+    let driver: Box<dyn BackendDriver> = match cfg {
+        OverlayConfig::Vxlan(c) => Box::new(VxlanDriver::new(&c, &ext)?),
+        OverlayConfig::HostGw => Box::new(HostGwDriver::new(&HostGwConfig::default(), &ext)?),
+    };
+    Overlay::new(nl, driver, ext).await
+}
+
 fn vxlan(direct_routing: bool) -> OverlayConfig {
-    OverlayConfig::Vxlan(VxlanParams {
+    OverlayConfig::Vxlan(VxlanConfig {
         direct_routing,
-        ..VxlanParams::default()
+        ..VxlanConfig::default()
     })
 }
 
@@ -133,9 +155,9 @@ fn peer_of(node: &Node, overlay: &Overlay) -> Peer {
     Peer {
         subnet: node.subnet,
         public_ip: node.ext.public_ip,
-        vtep_mac: overlay
-            .backend_data()
-            .map(|d| vtep_mac_from_backend_data(&d).expect("own BackendData parses")),
+        backend_data: overlay.backend_data().inspect(|d| {
+            vtep_mac_from_backend_data(d).expect("own BackendData parses");
+        }),
     }
 }
 
@@ -144,7 +166,7 @@ fn peer_of(node: &Node, overlay: &Overlay) -> Peer {
 async fn start_all(nodes: &[Node], cfg: &OverlayConfig) -> (Vec<Overlay>, Vec<Peer>) {
     let mut overlays = Vec::new();
     for n in nodes {
-        let o = Overlay::new(n.nl.clone(), cfg.clone(), n.ext.clone())
+        let o = start_overlay(n.nl.clone(), cfg.clone(), n.ext.clone())
             .await
             .expect("Overlay::new");
         overlays.push(o);
@@ -239,7 +261,10 @@ async fn expected_vxlan_state(nodes: &[Node], macs: &[[u8; 6]]) -> (NeighSet, Fd
 fn macs_of(peers: &[Peer]) -> Vec<[u8; 6]> {
     peers
         .iter()
-        .map(|p| p.vtep_mac.expect("vxlan peer has a MAC"))
+        .map(|p| {
+            vtep_mac_from_backend_data(p.backend_data.as_ref().expect("vxlan peer has data"))
+                .expect("vxlan peer has a MAC")
+        })
         .collect()
 }
 
@@ -363,7 +388,7 @@ fn host_gw_routes_ping_and_refuses_unreachable_peer() {
         peers.push(Peer {
             subnet: nodes[2].subnet,
             public_ip: nodes[2].ext.public_ip,
-            vtep_mac: None,
+            backend_data: None,
         });
         overlays[0].set_peers(peers);
         let r = overlays[0].reconcile().await.expect("reconcile");
@@ -412,7 +437,7 @@ fn host_gw_routes_ping_and_refuses_unreachable_peer() {
         // host-gw cannot work behind NAT.
         let mut natted = nodes[0].ext.clone();
         natted.public_ip = v4("198.18.0.99");
-        let err = Overlay::new(nodes[0].nl.clone(), OverlayConfig::HostGw, natted)
+        let err = start_overlay(nodes[0].nl.clone(), OverlayConfig::HostGw, natted)
             .await
             .unwrap_err();
         assert!(
@@ -573,7 +598,8 @@ fn peer_value_changes_replace_entries() {
         let n1 = &nodes[0];
         let old = macs_of(&peers);
         let new_mac = [0x02, 0x11, 0x22, 0x33, 0x44, 0x55];
-        peers[1].vtep_mac = Some(new_mac); // node2 got a new MAC
+        peers[1].backend_data =
+            Some(serde_json::json!({"VNI": 1, "VtepMAC": format_mac(&new_mac)})); // node2 got a new MAC
         peers[2].public_ip = v4("198.18.1.33"); // node3 moved
         overlays[0].set_peers(peers.clone());
         let r = overlays[0].reconcile().await.unwrap();
@@ -659,7 +685,7 @@ fn restart_keeps_device_and_vtep_mac() {
         let data = overlays[0].backend_data();
         drop(overlays);
 
-        let mut again = Overlay::new(n1.nl.clone(), vxlan(false), n1.ext.clone())
+        let mut again = start_overlay(n1.nl.clone(), vxlan(false), n1.ext.clone())
             .await
             .unwrap();
         assert_eq!(again.backend_data(), data, "VtepMAC survives a restart");
@@ -672,11 +698,11 @@ fn restart_keeps_device_and_vtep_mac() {
         assert_eq!((r.added, r.removed, r.kept), (0, 0, 7), "hitless: {r:?}");
 
         // Backend.MTU overrides the interface MTU; the device is fixed in place.
-        let cfg = OverlayConfig::Vxlan(VxlanParams {
+        let cfg = OverlayConfig::Vxlan(VxlanConfig {
             mtu: Some(1400),
-            ..VxlanParams::default()
+            ..VxlanConfig::default()
         });
-        let o = Overlay::new(n1.nl.clone(), cfg, n1.ext.clone())
+        let o = start_overlay(n1.nl.clone(), cfg, n1.ext.clone())
             .await
             .unwrap();
         assert_eq!(o.mtu(), 1350);

@@ -7,9 +7,9 @@ use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::Command;
 
-use backends::netlink::{Netlink, VethSpec};
-use backends::netns::NetNs;
-use backends::{garp, sysctl};
+use backends::kernel::netlink::{Netlink, VethSpec};
+use backends::kernel::netns::NetNs;
+use backends::kernel::{garp, sysctl};
 use common::{in_new_netns, ip, prerequisites};
 
 const FWD: &str = "net/ipv4/ip_forward";

@@ -29,10 +29,10 @@
 
 use std::net::IpAddr;
 
-use backends::netlink::{Link, Netlink, NetlinkError, Route, VethSpec};
-use backends::netns::NetNs;
-use backends::nft::PodMasq;
-use backends::sysctl;
+use backends::kernel::netlink::{Link, Netlink, NetlinkError, Route, VethSpec};
+use backends::kernel::netns::NetNs;
+use backends::kernel::nft::PodMasq;
+use backends::kernel::sysctl;
 use ipam::host_local::HostLocal;
 use ipam::subnet_env::SubnetEnv;
 use ipnetwork::IpNetwork;
@@ -577,10 +577,10 @@ async fn ensure_bridge(
 }
 
 /// Makes the kernel process the pending carrier event of the host end `name`, so its bridge
-/// port's state matches its carrier ([`backends::ethtool::settle_link`]). A failure only costs
+/// port's state matches its carrier ([`backends::kernel::ethtool::settle_link`]). A failure only costs
 /// timing, so it is logged and ADD goes on.
 fn settle_bridge_port(name: &str) {
-    if let Err(e) = backends::ethtool::settle_link(name) {
+    if let Err(e) = backends::kernel::ethtool::settle_link(name) {
         eprintln!("flannel cni: settle {name} (continuing): {e}");
     }
 }

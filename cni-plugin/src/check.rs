@@ -8,9 +8,9 @@
 //! matches on destination alone, which the reference got wrong before v1.3.0 — and the
 //! masquerade entries when `ipMasq` is on. The first mismatch is reported by name.
 
-use backends::netlink::{IpFamily, Netlink};
-use backends::netns::NetNs;
-use backends::nft::PodMasq;
+use backends::kernel::netlink::{IpFamily, Netlink};
+use backends::kernel::netns::NetNs;
+use backends::kernel::nft::PodMasq;
 use ipam::host_local::HostLocal;
 use ipam::subnet_env::SubnetEnv;
 

@@ -494,16 +494,7 @@ pub fn is_valid_network_name(s: &str) -> bool {
     }
 }
 
-/// Linux interface name rules: 1..=15 bytes, no `/`, `:` or whitespace, not `.` or `..`.
-pub fn is_valid_ifname(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 15
-        && s != "."
-        && s != ".."
-        && !s
-            .bytes()
-            .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0)
-}
+pub use backends::kernel::netlink::valid_ifname as is_valid_ifname;
 
 #[cfg(test)]
 mod tests {

@@ -19,9 +19,9 @@
 
 use std::net::IpAddr;
 
-use backends::netlink::{Netlink, del_link_detached};
-use backends::netns::NetNs;
-use backends::nft::PodMasq;
+use backends::kernel::netlink::{Netlink, del_link_detached};
+use backends::kernel::netns::NetNs;
+use backends::kernel::nft::PodMasq;
 use ipam::host_local::HostLocal;
 use ipam::subnet_env::SubnetEnv;
 
@@ -37,7 +37,7 @@ pub async fn del(inv: &Invocation) -> CniResult<()> {
     let conf = &inv.conf;
     let host_name = host_veth_name(&inv.container_id, &inv.ifname);
     // Returns once the pair is gone from both namespaces; the kernel's ~20 ms of clean-up after
-    // that finishes in a detached child (see backends::netlink::del_link_detached).
+    // that finishes in a detached child (see backends::kernel::netlink::del_link_detached).
     let removed = del_link_detached(&host_name)
         .map_err(|e| CniError::internal(format!("delete {host_name}: {e}")))?;
     if !removed && let Some(path) = &inv.netns {

@@ -8,7 +8,7 @@
 
 use std::collections::HashSet;
 
-use backends::nft::PodMasq;
+use backends::kernel::nft::PodMasq;
 use ipam::host_local::HostLocal;
 
 use crate::error::{CniError, CniResult};

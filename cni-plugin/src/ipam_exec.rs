@@ -56,7 +56,7 @@ pub fn exec(
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     // Killed with us: a delegated ADD must not reserve after our DEL ran.
-    backends::child::die_with_parent(&mut cmd);
+    backends::kernel::child::die_with_parent(&mut cmd);
     let mut child = cmd.spawn().map_err(|e| {
         CniError::internal(format!("cannot run IPAM plugin {}: {e}", path.display()))
     })?;

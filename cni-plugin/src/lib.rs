@@ -57,7 +57,9 @@ pub fn dispatch(inv: &Invocation) -> CniResult<String> {
 }
 
 /// Maps a netlink failure to a CNI error naming the step that failed.
-pub(crate) fn netlink_err(step: &str) -> impl Fn(backends::netlink::NetlinkError) -> CniError + '_ {
+pub(crate) fn netlink_err(
+    step: &str,
+) -> impl Fn(backends::kernel::netlink::NetlinkError) -> CniError + '_ {
     move |e| CniError::internal(format!("{step}: {e}"))
 }
 

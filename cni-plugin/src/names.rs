@@ -5,24 +5,13 @@
 //! delete it without entering the pod's namespace (which may already be gone), and an
 //! operator can tell which pod a host interface belongs to.
 
-/// FNV-1a, 64 bit: tiny, stable across releases and platforms (unlike `DefaultHasher`).
-fn fnv1a64(parts: &[&[u8]]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for part in parts {
-        for &b in *part {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        // separator so ("ab","c") and ("a","bc") differ
-        h ^= 0xff;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
 /// The host-side veth name for an attachment, e.g. `veth1a2b3c4d` (12 bytes, < IFNAMSIZ).
 pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
-    let h = fnv1a64(&[container_id.as_bytes(), ifname.as_bytes()]);
+    // Each part is followed by a 0xff byte, so ("ab","c") and ("a","bc") differ.
+    let bytes = [container_id.as_bytes(), ifname.as_bytes()]
+        .into_iter()
+        .flat_map(|part| part.iter().copied().chain([0xff]));
+    let h = ipam::net::fnv1a64(bytes);
     format!("veth{:08x}", (h ^ (h >> 32)) as u32)
 }
 

@@ -163,11 +163,11 @@ impl CniOutput {
     }
 }
 
-pub use backends::netlink::format_mac;
+pub use backends::kernel::netlink::format_mac;
 
 /// Parses `aa:bb:cc:dd:ee:ff`, also with `-` separators (runtime-supplied MACs).
 pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
-    backends::netlink::parse_mac(&text.replace('-', ":"))
+    backends::kernel::netlink::parse_mac(&text.replace('-', ":"))
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@
 //! bridge and pods belong to the CNI plugin and stay.
 
 use anyhow::{Context, Result};
-use backends::netlink::{IpFamily, Netlink};
+use backends::kernel::netlink::{IpFamily, Netlink};
 use backends::overlay::ROUTE_PROTOCOL;
 
 use crate::config::Opts;
@@ -138,7 +138,7 @@ pub async fn run(opts: &Opts) -> Result<Removed> {
                 backends::masq::NODE_TABLE
             ));
         }
-        if let Err(e) = backends::iptables::ForwardRules::remove() {
+        if let Err(e) = backends::kernel::iptables::ForwardRules::remove() {
             errs.push(format!("iptables FORWARD rules: {e}"));
         }
         (had_table, errs)

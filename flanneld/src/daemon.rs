@@ -27,19 +27,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use backends::kernel::netlink::{MonitorGroup, Netlink};
 use backends::masq::{MasqSpec, NodeMasq};
-use backends::netlink::{MonitorGroup, Netlink};
-use backends::overlay::{ExternalInterface, Overlay, OverlayConfig, Peer, UdpParams, VxlanParams};
+use backends::overlay::Overlay;
 use ipam::lease::{Lease, LeaseAttrs, LeaseWatcher};
 use ipam::subnet_env::SubnetEnv;
 use ipnetwork::Ipv4Network;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::backend::{backend_driver, external, peers};
 use crate::config::Opts;
 use crate::healthz::Health;
-use crate::iface::{self, IfaceSelector, SelectedInterface};
-use crate::network_config::{BackendConfig, NetworkConfig};
+use crate::iface::{self, IfaceSelector};
+use crate::network_config::NetworkConfig;
 use crate::subnet::manager::log_store_error;
 use crate::subnet::{
     EtcdLeaseStore, LeaseStore, ManagerConfig, ManagerError, OwnLeaseEvent, StoreError,
@@ -126,8 +127,10 @@ pub async fn run_until(opts: Opts, cancel: CancellationToken) -> Result<()> {
         "using external interface"
     );
 
-    let overlay_config = overlay_config(&network)?;
-    let mut overlay = Overlay::new(nl.clone(), overlay_config, external(&ext))
+    let ext = external(&ext);
+    let driver = backend_driver(&network, &ext).context("set up the backend")?;
+    tracing::info!(backend = driver.kind(), "backend driver chosen");
+    let mut overlay = Overlay::new(nl.clone(), driver, ext.clone())
         .await
         .context("set up the backend")?;
 
@@ -441,36 +444,6 @@ async fn acquire_with_retry<S: LeaseStore>(
     }
 }
 
-/// Maps the network config's backend section (and, for udp, the cluster `Network`, which is
-/// routed into the TUN device) onto the overlay's options.
-pub fn overlay_config(network: &NetworkConfig) -> Result<OverlayConfig> {
-    match &network.backend {
-        BackendConfig::Vxlan(v) => Ok(OverlayConfig::Vxlan(VxlanParams {
-            vni: v.vni,
-            port: v.port,
-            gbp: v.gbp,
-            learning: v.learning,
-            direct_routing: v.direct_routing,
-            mtu: v.mtu,
-        })),
-        BackendConfig::HostGw(_) => Ok(OverlayConfig::HostGw),
-        BackendConfig::Udp(u) => Ok(OverlayConfig::Udp(UdpParams {
-            port: u.port,
-            network: network.ipv4.network,
-        })),
-    }
-}
-
-fn external(ext: &SelectedInterface) -> ExternalInterface {
-    ExternalInterface {
-        index: ext.index,
-        name: ext.name.clone(),
-        mtu: ext.mtu,
-        iface_addr: ext.iface_addr,
-        public_ip: ext.public_ip,
-    }
-}
-
 fn apply_update(watcher: &mut LeaseWatcher, update: WatchUpdate) {
     match update {
         WatchUpdate::Snapshot(leases) => {
@@ -485,31 +458,6 @@ fn apply_update(watcher: &mut LeaseWatcher, update: WatchUpdate) {
             }
         }
     }
-}
-
-/// The desired peers: every other node's lease of our backend type.
-fn peers(watcher: &LeaseWatcher, backend_type: &str) -> Vec<Peer> {
-    watcher
-        .leases()
-        .filter_map(|lease| {
-            if lease.attrs.backend_type != backend_type {
-                tracing::debug!(subnet = %lease.subnet, kind = %lease.attrs.backend_type,
-                    "ignoring a lease of another backend type");
-                return None;
-            }
-            Some(Peer {
-                subnet: lease.subnet,
-                public_ip: lease.attrs.public_ip,
-                vtep_mac: vtep_mac(lease),
-            })
-        })
-        .collect()
-}
-
-/// `BackendData.VtepMAC` of a vxlan lease (`None` for host-gw leases or unreadable data; the
-/// overlay then refuses that one vxlan peer with an error naming it).
-fn vtep_mac(lease: &Lease) -> Option<[u8; 6]> {
-    backends::overlay::vtep_mac_from_backend_data(lease.attrs.backend_data.as_ref()?).ok()
 }
 
 async fn reconcile(overlay: &mut Overlay) {
@@ -531,7 +479,7 @@ async fn reconcile(overlay: &mut Overlay) {
 /// `--ip-blackhole-route`: `blackhole <subnet> proto 150` present (re-added every resync
 /// period, like flannel), and no blackhole of ours for another subnet (after a move).
 async fn ensure_blackhole(nl: &Netlink, subnet: Ipv4Network) {
-    use backends::netlink::IpFamily;
+    use backends::kernel::netlink::IpFamily;
     use backends::overlay::ROUTE_PROTOCOL;
     let want = ipnetwork::IpNetwork::V4(subnet);
     let have = match nl.blackhole_routes(IpFamily::V4).await {
@@ -564,7 +512,7 @@ async fn ensure_blackhole(nl: &Netlink, subnet: Ipv4Network) {
 async fn remove_flannel_leftovers() {
     let result = tokio::task::spawn_blocking(|| {
         (
-            backends::iptables::remove_flannel_chains(),
+            backends::kernel::iptables::remove_flannel_chains(),
             backends::masq::remove_flannel_tables(),
         )
     })
@@ -601,7 +549,7 @@ async fn ensure_masq(masq: &mut NodeMasq, spec: MasqSpec) -> Result<()> {
         // The operator's iptables FORWARD chain may drop what our table accepts.
         let f = spec
             .forward
-            .then(|| backends::iptables::ForwardRules::ensure(spec.network));
+            .then(|| backends::kernel::iptables::ForwardRules::ensure(spec.network));
         (owned, r, f)
     })
     .await
@@ -610,10 +558,10 @@ async fn ensure_masq(masq: &mut NodeMasq, spec: MasqSpec) -> Result<()> {
     match forward {
         Some(Ok(outcomes)) => {
             for (flavor, outcome) in outcomes {
-                if outcome == backends::iptables::FlavorOutcome::Installed {
+                if outcome == backends::kernel::iptables::FlavorOutcome::Installed {
                     tracing::info!(
                         iptables = flavor.iptables(),
-                        chain = backends::iptables::FWD_CHAIN,
+                        chain = backends::kernel::iptables::FWD_CHAIN,
                         "pod network accepted in the host's filter FORWARD chain (first rule)"
                     );
                 }
@@ -659,75 +607,4 @@ fn write_env_file(path: &Path, env: &SubnetEnv) -> Result<()> {
     }
     env.write_atomic(path)
         .with_context(|| format!("--subnet-file: write {}", path.display()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::net::Ipv4Addr;
-
-    fn lease(subnet: &str, ip: [u8; 4], kind: &str, data: Option<serde_json::Value>) -> Lease {
-        let mut attrs = LeaseAttrs::new(Ipv4Addr::from(ip), kind);
-        attrs.backend_data = data;
-        Lease::new(subnet.parse().unwrap(), None, attrs)
-    }
-
-    #[test]
-    fn vtep_mac_is_parsed_from_backend_data() {
-        let l = lease(
-            "10.244.2.0/24",
-            [198, 18, 0, 2],
-            "vxlan",
-            Some(serde_json::json!({"VNI": 1, "VtepMAC": "0a:1b:2c:3d:4e:5f"})),
-        );
-        assert_eq!(vtep_mac(&l), Some([0x0a, 0x1b, 0x2c, 0x3d, 0x4e, 0x5f]));
-        let bad = lease(
-            "10.244.2.0/24",
-            [198, 18, 0, 2],
-            "vxlan",
-            Some(serde_json::json!({"VtepMAC": "0a:1b:2c"})),
-        );
-        assert_eq!(vtep_mac(&bad), None);
-    }
-
-    #[test]
-    fn peers_skip_other_backend_types_and_own_subnet() {
-        let mut w = LeaseWatcher::new(Some("10.244.1.0/24".parse().unwrap()));
-        w.reset(&[
-            lease("10.244.1.0/24", [198, 18, 0, 1], "host-gw", None),
-            lease("10.244.2.0/24", [198, 18, 0, 2], "host-gw", None),
-            lease("10.244.3.0/24", [198, 18, 0, 3], "vxlan", None),
-        ]);
-        let p = peers(&w, "host-gw");
-        assert_eq!(p.len(), 1);
-        assert_eq!(p[0].subnet, "10.244.2.0/24".parse::<Ipv4Network>().unwrap());
-        assert_eq!(p[0].public_ip, Ipv4Addr::new(198, 18, 0, 2));
-    }
-
-    #[test]
-    fn udp_maps_port_and_network() {
-        let net = NetworkConfig::parse(
-            r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp","Port":9000}}"#,
-        )
-        .unwrap();
-        assert_eq!(
-            overlay_config(&net).unwrap(),
-            OverlayConfig::Udp(UdpParams {
-                port: 9000,
-                network: "10.244.0.0/16".parse().unwrap(),
-            })
-        );
-        let default_port =
-            NetworkConfig::parse(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"udp"}}"#).unwrap();
-        assert!(matches!(
-            overlay_config(&default_port).unwrap(),
-            OverlayConfig::Udp(UdpParams { port: 8285, network }) if network.to_string() == "10.5.0.0/16"
-        ));
-        let vx = NetworkConfig::parse(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}"#)
-            .unwrap();
-        assert!(matches!(
-            overlay_config(&vx).unwrap(),
-            OverlayConfig::Vxlan(_)
-        ));
-    }
 }

@@ -12,7 +12,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use backends::netlink::{IpFamily, Link, Netlink};
+use backends::kernel::netlink::{IpFamily, Link, Netlink};
 use ipnetwork::{IpNetwork, Ipv4Network};
 
 /// Why no interface could be chosen; every message names the flag at fault.
@@ -20,7 +20,7 @@ use ipnetwork::{IpNetwork, Ipv4Network};
 pub enum IfaceError {
     /// Reading links, addresses or routes failed.
     #[error("reading interfaces: {0}")]
-    Netlink(#[from] backends::netlink::NetlinkError),
+    Netlink(#[from] backends::kernel::netlink::NetlinkError),
     /// A selector matched nothing usable.
     #[error("{0}")]
     NoMatch(String),

@@ -19,17 +19,16 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipam::lease::lookup_ci;
+pub use backends::overlay::hostgw::HostGwConfig;
+use backends::overlay::section::{Section, SectionError};
+pub use backends::overlay::vxlan::{DEFAULT_VXLAN_VNI, VxlanConfig};
+pub use flannel_udp::UdpConfig;
 use ipam::subnet_alloc::{Ipv4Pool, Ipv6Pool, SubnetConfigError};
 use ipnetwork::{Ipv4Network, Ipv6Network};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-/// The VNI flannel uses when the config has none.
-pub const DEFAULT_VXLAN_VNI: u32 = 1;
-/// The kernel's VXLAN destination port, used when `Port` is 0 or absent.
-pub const DEFAULT_VXLAN_PORT: u16 = 8472;
-/// flannel's udp backend port.
-pub const DEFAULT_UDP_PORT: u16 = 8285;
+pub use backends::kernel::netlink::DEFAULT_VXLAN_PORT;
+pub use flannel_udp::DEFAULT_PORT as DEFAULT_UDP_PORT;
 
 /// A network config flanneld cannot use.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -96,56 +95,6 @@ impl BackendConfig {
     }
 }
 
-/// vxlan backend options (flannel `Documentation/backends.md`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VxlanConfig {
-    /// `VNI`, default 1.
-    pub vni: u32,
-    /// UDP destination port: `Port`, with 0 / absent meaning the kernel default 8472.
-    pub port: u16,
-    /// `GBP`: VXLAN Group Based Policy extension.
-    pub gbp: bool,
-    /// `DirectRouting`: plain routes to peers on the same L2 segment.
-    pub direct_routing: bool,
-    /// `Learning`: enable source-address learning on the VXLAN device.
-    pub learning: bool,
-    /// `MTU`: the *underlay* MTU to derive the device MTU from (device = MTU − 50);
-    /// `None` = the external interface's MTU.
-    pub mtu: Option<u32>,
-}
-
-impl Default for VxlanConfig {
-    fn default() -> Self {
-        Self {
-            vni: DEFAULT_VXLAN_VNI,
-            port: DEFAULT_VXLAN_PORT,
-            gbp: false,
-            direct_routing: false,
-            learning: false,
-            mtu: None,
-        }
-    }
-}
-
-/// host-gw backend options (it has none).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct HostGwConfig {}
-
-/// udp backend options.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UdpConfig {
-    /// `Port`, default 8285.
-    pub port: u16,
-}
-
-impl Default for UdpConfig {
-    fn default() -> Self {
-        Self {
-            port: DEFAULT_UDP_PORT,
-        }
-    }
-}
-
 fn invalid(key: impl Into<String>, reason: impl Into<String>) -> NetworkConfigError {
     NetworkConfigError::Invalid {
         key: key.into(),
@@ -153,71 +102,11 @@ fn invalid(key: impl Into<String>, reason: impl Into<String>) -> NetworkConfigEr
     }
 }
 
-/// Case-insensitive typed access to one JSON object; `path` prefixes key names in errors.
-struct Obj<'a> {
-    map: &'a Map<String, Value>,
-    path: &'static str,
-}
-
-impl<'a> Obj<'a> {
-    fn name(&self, key: &str) -> String {
-        format!("{}{key}", self.path)
-    }
-
-    /// The value, treating JSON `null` like an absent key (as Go does for non-pointers).
-    fn get(&self, key: &str) -> Option<&'a Value> {
-        lookup_ci(self.map, key).filter(|v| !v.is_null())
-    }
-
-    fn bool(&self, key: &str, default: bool) -> Result<bool, NetworkConfigError> {
-        match self.get(key) {
-            None => Ok(default),
-            Some(Value::Bool(b)) => Ok(*b),
-            Some(v) => Err(invalid(
-                self.name(key),
-                format!("expected true or false, got {v}"),
-            )),
-        }
-    }
-
-    fn uint(&self, key: &str, max: u64) -> Result<Option<u64>, NetworkConfigError> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(v) => match v.as_u64() {
-                Some(n) if n <= max => Ok(Some(n)),
-                Some(n) => Err(invalid(
-                    self.name(key),
-                    format!("{n} is out of range (max {max})"),
-                )),
-                None => Err(invalid(
-                    self.name(key),
-                    format!("expected a non-negative integer, got {v}"),
-                )),
-            },
-        }
-    }
-
-    fn string(&self, key: &str) -> Result<Option<&'a str>, NetworkConfigError> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s)),
-            Some(v) => Err(invalid(
-                self.name(key),
-                format!("expected a string, got {v}"),
-            )),
-        }
-    }
-
-    fn parsed<T: std::str::FromStr>(&self, key: &str) -> Result<Option<T>, NetworkConfigError>
-    where
-        T::Err: std::fmt::Display,
-    {
-        match self.string(key)? {
-            None => Ok(None),
-            Some(s) => s
-                .parse()
-                .map(Some)
-                .map_err(|e| invalid(self.name(key), format!("{s:?}: {e}"))),
+impl From<SectionError> for NetworkConfigError {
+    fn from(e: SectionError) -> Self {
+        NetworkConfigError::Invalid {
+            key: e.key,
+            reason: e.reason,
         }
     }
 }
@@ -232,7 +121,7 @@ impl NetworkConfig {
                 "expected an object, got {value}"
             )));
         };
-        let top = Obj { map, path: "" };
+        let top = Section::new(map, "");
 
         let enable_ipv4 = top.bool("EnableIPv4", true)?;
         let enable_ipv6 = top.bool("EnableIPv6", false)?;
@@ -270,10 +159,7 @@ impl NetworkConfig {
         let enable_nftables = top.bool("EnableNFTables", false)?;
         let backend = match top.get("Backend") {
             None => BackendConfig::Udp(UdpConfig::default()),
-            Some(Value::Object(b)) => parse_backend(&Obj {
-                map: b,
-                path: "Backend.",
-            })?,
+            Some(Value::Object(b)) => parse_backend(&Section::new(b, "Backend."))?,
             Some(v) => return Err(invalid("Backend", format!("expected an object, got {v}"))),
         };
         Ok(Self {
@@ -285,41 +171,14 @@ impl NetworkConfig {
     }
 }
 
-fn parse_backend(b: &Obj<'_>) -> Result<BackendConfig, NetworkConfigError> {
+/// The backend factory's input: `Backend.Type` picks the driver, whose own config type reads
+/// the rest of the section.
+fn parse_backend(b: &Section<'_>) -> Result<BackendConfig, NetworkConfigError> {
     let ty = b.string("Type")?.unwrap_or("udp").to_ascii_lowercase();
-    let port = |default: u16| -> Result<u16, NetworkConfigError> {
-        Ok(match b.uint("Port", u64::from(u16::MAX))? {
-            None | Some(0) => default,
-            Some(p) => p as u16,
-        })
-    };
     match ty.as_str() {
-        "vxlan" => {
-            let mtu = match b.uint("MTU", 65_535)? {
-                None | Some(0) => None,
-                Some(m) if m < 68 + 50 => {
-                    return Err(invalid(
-                        "Backend.MTU",
-                        format!("{m} is too small: the VXLAN device needs MTU - 50 >= 68"),
-                    ));
-                }
-                Some(m) => Some(m as u32),
-            };
-            Ok(BackendConfig::Vxlan(VxlanConfig {
-                vni: b
-                    .uint("VNI", (1 << 24) - 1)?
-                    .map_or(DEFAULT_VXLAN_VNI, |v| v as u32),
-                port: port(DEFAULT_VXLAN_PORT)?,
-                gbp: b.bool("GBP", false)?,
-                direct_routing: b.bool("DirectRouting", false)?,
-                learning: b.bool("Learning", false)?,
-                mtu,
-            }))
-        }
+        "vxlan" => Ok(BackendConfig::Vxlan(VxlanConfig::parse(b)?)),
         "host-gw" => Ok(BackendConfig::HostGw(HostGwConfig {})),
-        "udp" => Ok(BackendConfig::Udp(UdpConfig {
-            port: port(DEFAULT_UDP_PORT)?,
-        })),
+        "udp" => Ok(BackendConfig::Udp(UdpConfig::parse(b)?)),
         other => Err(invalid(
             "Backend.Type",
             format!("unsupported backend type {other:?} (supported: vxlan, host-gw, udp)"),

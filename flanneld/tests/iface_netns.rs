@@ -4,7 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::process::Command;
 
-use backends::netlink::Netlink;
+use backends::kernel::netlink::Netlink;
 use flanneld::iface::{IfaceSelector, SelectedInterface, select};
 use flanneld::testing::skip_or_panic;
 

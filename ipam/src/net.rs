@@ -127,6 +127,15 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
     ip.to_canonical()
 }
 
+/// 64-bit FNV-1a of `bytes`: tiny and stable across releases and platforms (unlike
+/// `DefaultHasher`), for names and addresses that must not change between versions (host veth
+/// names, nftables set names, VTEP MACs).
+pub fn fnv1a64(bytes: impl IntoIterator<Item = u8>) -> u64 {
+    bytes.into_iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

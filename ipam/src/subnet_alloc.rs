@@ -82,16 +82,6 @@ const V6: Family = Family {
     max_key: "IPv6SubnetMax",
 };
 
-/// Host part mask of a `/prefix` in a `bits`-wide family.
-fn host_mask(bits: u8, prefix: u8) -> u128 {
-    let host_bits = u32::from(bits.saturating_sub(prefix));
-    if host_bits >= 128 {
-        u128::MAX
-    } else {
-        (1u128 << host_bits) - 1
-    }
-}
-
 /// Validated `(subnet_len, min, max)` in integer form.
 fn validate(
     fam: &Family,
@@ -134,10 +124,10 @@ fn validate(
         None if prefix <= fam.default_len_up_to => fam.default_len,
         None => prefix + 2,
     };
-    let size = host_mask(fam.bits, len) + 1;
-    let last = net | host_mask(fam.bits, prefix);
+    let size = crate::net::host_mask(len, fam.bits) + 1;
+    let last = net | crate::net::host_mask(prefix, fam.bits);
     let inside = |a: u128| a >= net && a <= last;
-    let aligned = |a: u128| a & host_mask(fam.bits, len) == 0;
+    let aligned = |a: u128| a & crate::net::host_mask(len, fam.bits) == 0;
     let check = |key: &'static str, a: u128| -> Result<u128, SubnetConfigError> {
         if !inside(a) {
             return Err(err(key, format!("{} is outside the network", show(a))));
@@ -286,10 +276,10 @@ impl Ipv4Pool {
             .iter()
             .map(|t| {
                 let s = u128::from(u32::from(t.network()));
-                (s, s | host_mask(32, t.prefix()))
+                (s, s | crate::net::host_mask(t.prefix(), 32))
             })
             .collect();
-        let size = host_mask(32, self.subnet_len) + 1;
+        let size = crate::net::host_mask(self.subnet_len, 32) + 1;
         walk_free(
             u128::from(u32::from(self.subnet_min)),
             u128::from(u32::from(self.subnet_max)),
@@ -304,7 +294,7 @@ impl Ipv4Pool {
 
     /// Number of subnets in `[SubnetMin, SubnetMax]`.
     pub fn capacity(&self) -> u64 {
-        let size = host_mask(32, self.subnet_len) + 1;
+        let size = crate::net::host_mask(self.subnet_len, 32) + 1;
         let span = u128::from(u32::from(self.subnet_max)) - u128::from(u32::from(self.subnet_min));
         (span / size + 1) as u64
     }
@@ -370,10 +360,10 @@ impl Ipv6Pool {
             .iter()
             .map(|t| {
                 let s = u128::from(t.network());
-                (s, s | host_mask(128, t.prefix()))
+                (s, s | crate::net::host_mask(t.prefix(), 128))
             })
             .collect();
-        let size = host_mask(128, self.subnet_len) + 1;
+        let size = crate::net::host_mask(self.subnet_len, 128) + 1;
         walk_free(
             u128::from(self.subnet_min),
             u128::from(self.subnet_max),

@@ -28,7 +28,8 @@ use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
 
-use super::{ExternalInterface, OverlayConfig, OverlayError, Peer};
+use super::driver::{BackendDriver, device_address};
+use super::{ExternalInterface, OverlayError, Peer};
 
 /// Which device a route leaves through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -66,6 +67,24 @@ pub struct PeerEntries {
     pub fdb: Option<([u8; 6], Ipv4Addr)>,
     /// The route to the peer's subnet.
     pub route: RouteSpec,
+}
+
+impl PeerEntries {
+    /// A plain route to the peer's subnet via its public IP on the external interface
+    /// (host-gw, and vxlan's `DirectRouting`).
+    pub fn direct(p: &Peer) -> PeerEntries {
+        PeerEntries {
+            subnet: p.subnet,
+            neigh: None,
+            fdb: None,
+            route: RouteSpec {
+                dst: p.subnet,
+                gateway: Some(p.public_ip),
+                dev: RouteDev::External,
+                onlink: false,
+            },
+        }
+    }
 }
 
 /// The desired kernel state.
@@ -134,7 +153,7 @@ impl Observed {
 /// One step of a reconcile.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
-    /// Create, adopt or fix the VXLAN device ([`crate::netlink::Netlink::ensure_vxlan`]).
+    /// Create, adopt or fix the VXLAN device ([`crate::kernel::netlink::Netlink::ensure_vxlan`]).
     EnsureDevice,
     /// `ip addr add A dev flannel.<VNI>`.
     AddAddress(Ipv4Network),
@@ -213,44 +232,29 @@ pub fn on_link(ip: Ipv4Addr, ext: &ExternalInterface, ext_nets: &[Ipv4Network]) 
     ip != ext.iface_addr && ext_nets.iter().any(|n| n.prefix() > 0 && n.contains(ip))
 }
 
-/// Computes the desired kernel state for `peers` (pure).
+/// Computes the desired kernel state for `peers` (pure): the driver says what each peer
+/// needs; this function applies the rules common to every backend.
 ///
 /// `ext_nets` are the IPv4 subnets directly connected to the external interface (its
 /// addresses with their prefix lengths). The peer holding `own` (if any) is skipped. Peers
 /// that cannot be served come back as errors and get no entries; a later peer with the subnet
 /// of an earlier one is refused the same way.
 pub fn desired_state(
-    cfg: &OverlayConfig,
+    driver: &dyn BackendDriver,
     ext: &ExternalInterface,
     ext_nets: &[Ipv4Network],
     own: Option<Ipv4Network>,
     peers: &[Peer],
 ) -> (Desired, Vec<OverlayError>) {
-    let mut desired = Desired::default();
+    let mut desired = Desired {
+        overlay_device: driver.device().is_some(),
+        address: None,
+        peers: driver.fixed_entries(),
+    };
+    if desired.overlay_device {
+        desired.address = own.and_then(device_address);
+    }
     let mut errors = Vec::new();
-    // udp: the TUN device, its address and one route for the whole network; peers live in the
-    // datapath's own table, not in the kernel.
-    #[cfg(feature = "udp")]
-    if let OverlayConfig::Udp(u) = cfg {
-        desired.overlay_device = true;
-        desired.address = own.and_then(|s| Ipv4Network::new(s.network(), 32).ok());
-        desired.peers.push(PeerEntries {
-            subnet: u.network,
-            neigh: None,
-            fdb: None,
-            route: RouteSpec {
-                dst: u.network,
-                gateway: None,
-                dev: RouteDev::Overlay,
-                onlink: false,
-            },
-        });
-        return (desired, errors);
-    }
-    if let OverlayConfig::Vxlan(_) = cfg {
-        desired.overlay_device = true;
-        desired.address = own.and_then(|s| Ipv4Network::new(s.network(), 32).ok());
-    }
     let mut seen = HashSet::new();
     for p in peers {
         if Some(p.subnet) == own {
@@ -260,58 +264,11 @@ pub fn desired_state(
             errors.push(OverlayError::DuplicatePeer { subnet: p.subnet });
             continue;
         }
-        let direct = RouteSpec {
-            dst: p.subnet,
-            gateway: Some(p.public_ip),
-            dev: RouteDev::External,
-            onlink: false,
-        };
-        let reachable = on_link(p.public_ip, ext, ext_nets);
-        let entries = match cfg {
-            OverlayConfig::HostGw => {
-                if !reachable {
-                    errors.push(OverlayError::PeerNotDirectlyReachable {
-                        subnet: p.subnet,
-                        public_ip: p.public_ip,
-                        iface: ext.name.clone(),
-                    });
-                    continue;
-                }
-                PeerEntries {
-                    subnet: p.subnet,
-                    neigh: None,
-                    fdb: None,
-                    route: direct,
-                }
-            }
-            OverlayConfig::Vxlan(v) if v.direct_routing && reachable => PeerEntries {
-                subnet: p.subnet,
-                neigh: None,
-                fdb: None,
-                route: direct,
-            },
-            #[cfg(feature = "udp")]
-            OverlayConfig::Udp(_) => continue,
-            OverlayConfig::Vxlan(_) => {
-                let Some(mac) = p.vtep_mac else {
-                    errors.push(OverlayError::PeerMissingVtepMac { subnet: p.subnet });
-                    continue;
-                };
-                let gw = p.subnet.network();
-                PeerEntries {
-                    subnet: p.subnet,
-                    neigh: Some((gw, mac)),
-                    fdb: Some((mac, p.public_ip)),
-                    route: RouteSpec {
-                        dst: p.subnet,
-                        gateway: Some(gw),
-                        dev: RouteDev::Overlay,
-                        onlink: true,
-                    },
-                }
-            }
-        };
-        desired.peers.push(entries);
+        match driver.peer_entries(p, on_link(p.public_ip, ext, ext_nets)) {
+            Ok(Some(entries)) => desired.peers.push(entries),
+            Ok(None) => {}
+            Err(e) => errors.push(e),
+        }
     }
     (desired, errors)
 }
@@ -441,320 +398,5 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::overlay::VxlanParams;
-
-    fn net(s: &str) -> Ipv4Network {
-        s.parse().expect("test network")
-    }
-
-    fn ip(s: &str) -> Ipv4Addr {
-        s.parse().expect("test address")
-    }
-
-    fn ext() -> ExternalInterface {
-        ExternalInterface {
-            index: 2,
-            name: "eth0".into(),
-            mtu: 1500,
-            iface_addr: ip("198.18.0.1"),
-            public_ip: ip("198.18.0.1"),
-        }
-    }
-
-    fn ext_nets() -> Vec<Ipv4Network> {
-        vec![net("198.18.0.0/24")]
-    }
-
-    fn vxlan(direct_routing: bool) -> OverlayConfig {
-        OverlayConfig::Vxlan(VxlanParams {
-            direct_routing,
-            ..VxlanParams::default()
-        })
-    }
-
-    const MAC2: [u8; 6] = [0x02, 0, 0, 0, 0, 2];
-    const MAC3: [u8; 6] = [0x02, 0, 0, 0, 0, 3];
-
-    fn peers() -> Vec<Peer> {
-        vec![
-            Peer {
-                subnet: net("10.244.2.0/24"),
-                public_ip: ip("198.18.0.2"),
-                vtep_mac: Some(MAC2),
-            },
-            Peer {
-                subnet: net("10.244.3.0/24"),
-                public_ip: ip("198.18.1.3"),
-                vtep_mac: Some(MAC3),
-            },
-        ]
-    }
-
-    fn own() -> Option<Ipv4Network> {
-        Some(net("10.244.1.0/24"))
-    }
-
-    fn vx_route(subnet: &str) -> RouteSpec {
-        RouteSpec {
-            dst: net(subnet),
-            gateway: Some(net(subnet).network()),
-            dev: RouteDev::Overlay,
-            onlink: true,
-        }
-    }
-
-    #[test]
-    fn vxlan_fresh_node_orders_device_address_then_neigh_fdb_route_per_peer() {
-        let (d, errs) = desired_state(&vxlan(false), &ext(), &ext_nets(), own(), &peers());
-        assert!(errs.is_empty(), "{errs:?}");
-        let p = plan(&d, &Observed::empty(DeviceState::Missing));
-        let p2 = net("10.244.2.0/24");
-        let p3 = net("10.244.3.0/24");
-        assert_eq!(
-            p.ops,
-            vec![
-                Op::EnsureDevice,
-                Op::AddAddress(net("10.244.1.0/32")),
-                Op::ReplaceNeigh {
-                    peer: p2,
-                    ip: ip("10.244.2.0"),
-                    mac: MAC2
-                },
-                Op::ReplaceFdb {
-                    peer: p2,
-                    mac: MAC2,
-                    dst: ip("198.18.0.2")
-                },
-                Op::ReplaceRoute {
-                    peer: p2,
-                    route: vx_route("10.244.2.0/24")
-                },
-                Op::ReplaceNeigh {
-                    peer: p3,
-                    ip: ip("10.244.3.0"),
-                    mac: MAC3
-                },
-                Op::ReplaceFdb {
-                    peer: p3,
-                    mac: MAC3,
-                    dst: ip("198.18.1.3")
-                },
-                Op::ReplaceRoute {
-                    peer: p3,
-                    route: vx_route("10.244.3.0/24")
-                },
-            ]
-        );
-        assert_eq!(p.kept, 0);
-    }
-
-    fn converged(d: &Desired) -> Observed {
-        let mut o = Observed::empty(DeviceState::Ok);
-        o.addresses = d.address.into_iter().collect();
-        for p in &d.peers {
-            if let Some((ip, mac)) = p.neigh {
-                o.neighs.push(ObservedNeigh {
-                    ip,
-                    mac: Some(mac),
-                    permanent: true,
-                });
-            }
-            if let Some((mac, dst)) = p.fdb {
-                o.fdb.push((mac, Some(dst)));
-            }
-            o.routes.push(p.route.clone());
-        }
-        o
-    }
-
-    #[test]
-    fn converged_state_plans_nothing_and_counts_kept() {
-        let (d, _) = desired_state(&vxlan(false), &ext(), &ext_nets(), own(), &peers());
-        let p = plan(&d, &converged(&d));
-        assert!(p.ops.is_empty(), "{:?}", p.ops);
-        // address + 2 x (neigh, fdb, route)
-        assert_eq!(p.kept, 7);
-    }
-
-    #[test]
-    fn stale_entries_are_deleted_route_first_before_any_add() {
-        let (d, _) = desired_state(&vxlan(false), &ext(), &ext_nets(), own(), &peers()[..1]);
-        let (full, _) = desired_state(&vxlan(false), &ext(), &ext_nets(), own(), &peers());
-        let mut o = converged(&full);
-        // Also a dynamic neighbour the kernel made for the wanted peer, and a stray address.
-        o.neighs[0].permanent = false;
-        o.addresses.push(net("10.244.9.0/32"));
-        let p = plan(&d, &o);
-        assert_eq!(
-            p.ops,
-            vec![
-                Op::DelRoute(vx_route("10.244.3.0/24")),
-                Op::DelNeigh(ip("10.244.3.0")),
-                Op::DelFdb {
-                    mac: MAC3,
-                    dst: Some(ip("198.18.1.3"))
-                },
-                Op::DelAddress(net("10.244.9.0/32")),
-                Op::ReplaceNeigh {
-                    peer: net("10.244.2.0/24"),
-                    ip: ip("10.244.2.0"),
-                    mac: MAC2
-                },
-            ]
-        );
-        assert_eq!(p.kept, 3); // address, fdb and route of 10.244.2.0/24
-    }
-
-    #[test]
-    fn missing_device_voids_observed_device_entries() {
-        let (d, _) = desired_state(&vxlan(false), &ext(), &ext_nets(), own(), &peers());
-        let mut o = converged(&d);
-        o.device = DeviceState::Missing;
-        // A host-gw style route of ours survives a device deletion and must still be seen.
-        o.routes.push(RouteSpec {
-            dst: net("10.244.7.0/24"),
-            gateway: Some(ip("198.18.0.7")),
-            dev: RouteDev::External,
-            onlink: false,
-        });
-        let p = plan(&d, &o);
-        assert_eq!(p.ops[0], Op::EnsureDevice);
-        assert_eq!(p.ops[1], Op::AddAddress(net("10.244.1.0/32")));
-        assert!(matches!(p.ops[2], Op::DelRoute(ref r) if r.dst == net("10.244.7.0/24")));
-        // Everything else is re-added: 2 peers x 3 entries.
-        assert_eq!(p.ops.len(), 3 + 6, "{:?}", p.ops);
-        assert_eq!(p.kept, 0);
-    }
-
-    #[test]
-    fn device_needing_fix_keeps_its_entries() {
-        let (d, _) = desired_state(&vxlan(false), &ext(), &ext_nets(), own(), &peers());
-        let mut o = converged(&d);
-        o.device = DeviceState::NeedsFix;
-        let p = plan(&d, &o);
-        assert_eq!(p.ops, vec![Op::EnsureDevice]);
-        assert_eq!(p.kept, 7);
-    }
-
-    #[test]
-    fn changed_mac_and_changed_public_ip() {
-        let (old, _) = desired_state(&vxlan(false), &ext(), &ext_nets(), own(), &peers());
-        let o = converged(&old);
-        let mut ps = peers();
-        let new_mac = [0x02, 0, 0, 0, 0, 0x22];
-        ps[0].vtep_mac = Some(new_mac);
-        ps[1].public_ip = ip("198.18.1.33");
-        let (d, _) = desired_state(&vxlan(false), &ext(), &ext_nets(), own(), &ps);
-        let p = plan(&d, &o);
-        let p2 = net("10.244.2.0/24");
-        let p3 = net("10.244.3.0/24");
-        assert_eq!(
-            p.ops,
-            vec![
-                // The old MAC's entry goes; the moved remote of MAC3 is overwritten in place.
-                Op::DelFdb {
-                    mac: MAC2,
-                    dst: Some(ip("198.18.0.2"))
-                },
-                Op::ReplaceNeigh {
-                    peer: p2,
-                    ip: ip("10.244.2.0"),
-                    mac: new_mac
-                },
-                Op::ReplaceFdb {
-                    peer: p2,
-                    mac: new_mac,
-                    dst: ip("198.18.0.2")
-                },
-                Op::ReplaceFdb {
-                    peer: p3,
-                    mac: MAC3,
-                    dst: ip("198.18.1.33")
-                },
-            ]
-        );
-    }
-
-    #[test]
-    fn foreign_routes_are_not_in_observed_and_own_subnet_is_skipped() {
-        let mut ps = peers();
-        ps.push(Peer {
-            subnet: net("10.244.1.0/24"),
-            public_ip: ip("198.18.0.1"),
-            vtep_mac: Some([2, 0, 0, 0, 0, 1]),
-        });
-        let (d, errs) = desired_state(&vxlan(false), &ext(), &ext_nets(), own(), &ps);
-        assert!(errs.is_empty());
-        assert_eq!(d.peers.len(), 2);
-        assert!(d.peers.iter().all(|p| p.subnet != net("10.244.1.0/24")));
-    }
-
-    #[test]
-    fn direct_routing_uses_plain_routes_only_for_on_link_peers() {
-        let (d, errs) = desired_state(&vxlan(true), &ext(), &ext_nets(), own(), &peers());
-        assert!(errs.is_empty());
-        assert_eq!(
-            d.peers[0],
-            PeerEntries {
-                subnet: net("10.244.2.0/24"),
-                neigh: None,
-                fdb: None,
-                route: RouteSpec {
-                    dst: net("10.244.2.0/24"),
-                    gateway: Some(ip("198.18.0.2")),
-                    dev: RouteDev::External,
-                    onlink: false,
-                },
-            }
-        );
-        assert_eq!(d.peers[1].route, vx_route("10.244.3.0/24"));
-        assert_eq!(d.peers[1].fdb, Some((MAC3, ip("198.18.1.3"))));
-    }
-
-    #[test]
-    fn host_gw_refuses_peers_off_link_and_programs_the_rest() {
-        let (d, errs) = desired_state(&OverlayConfig::HostGw, &ext(), &ext_nets(), own(), &peers());
-        assert!(!d.overlay_device);
-        assert_eq!(d.address, None);
-        assert_eq!(d.peers.len(), 1);
-        assert_eq!(d.peers[0].route.gateway, Some(ip("198.18.0.2")));
-        assert_eq!(d.peers[0].route.dev, RouteDev::External);
-        assert_eq!(errs.len(), 1);
-        let msg = errs[0].to_string();
-        assert!(
-            matches!(&errs[0], OverlayError::PeerNotDirectlyReachable { subnet, public_ip, .. }
-                if *subnet == net("10.244.3.0/24") && *public_ip == ip("198.18.1.3")),
-            "{msg}"
-        );
-        assert!(
-            msg.contains("10.244.3.0/24") && msg.contains("198.18.1.3") && msg.contains("eth0"),
-            "{msg}"
-        );
-        let p = plan(&d, &Observed::empty(DeviceState::Ok));
-        assert_eq!(p.ops.len(), 1);
-        assert!(!p.ops.contains(&Op::EnsureDevice));
-    }
-
-    #[test]
-    fn vxlan_peer_without_mac_is_refused_alone_and_duplicates_are_reported() {
-        let mut ps = peers();
-        ps[0].vtep_mac = None;
-        ps.push(ps[1].clone());
-        let (d, errs) = desired_state(&vxlan(false), &ext(), &ext_nets(), own(), &ps);
-        assert_eq!(d.peers.len(), 1);
-        assert_eq!(d.peers[0].subnet, net("10.244.3.0/24"));
-        assert!(matches!(errs[0], OverlayError::PeerMissingVtepMac { .. }));
-        assert!(matches!(errs[1], OverlayError::DuplicatePeer { .. }));
-    }
-
-    #[test]
-    fn on_link_excludes_own_address_and_default_routes() {
-        let e = ext();
-        assert!(on_link(ip("198.18.0.200"), &e, &ext_nets()));
-        assert!(!on_link(ip("198.18.0.1"), &e, &ext_nets()));
-        assert!(!on_link(ip("198.19.0.2"), &e, &ext_nets()));
-        assert!(!on_link(ip("198.19.0.2"), &e, &[net("0.0.0.0/0")]));
-    }
-}
+#[path = "plan_tests.rs"]
+mod tests;

@@ -14,11 +14,13 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use ipnetwork::{IpNetwork, Ipv4Network};
 
+use super::driver::DeviceSpec;
 use super::plan::{
     DeviceState, Observed, ObservedNeigh, Op, RouteDev, RouteSpec, desired_state, plan,
 };
 use super::{Overlay, OverlayError, ROUTE_PROTOCOL, ReconcileReport};
-use crate::netlink::{IpFamily, Route, VxlanOutcome};
+use crate::kernel::Kernel;
+use crate::kernel::netlink::{IpFamily, NetlinkError, Route, VxlanOutcome};
 
 fn v4_nets(nets: Vec<IpNetwork>) -> Vec<Ipv4Network> {
     nets.into_iter()
@@ -36,7 +38,7 @@ fn v4(ip: IpAddr) -> Option<Ipv4Addr> {
     }
 }
 
-impl Overlay {
+impl<K: Kernel> Overlay<K> {
     /// Makes the kernel match the desired state (own subnet and peers): creates or repairs the
     /// VXLAN device (udp: the TUN device's MTU and up state, `ip link set flannel0 mtu M up`,
     /// reopening it if it vanished; its `<own>.0/32` address; `ip route replace <Network> dev
@@ -50,9 +52,14 @@ impl Overlay {
     pub async fn reconcile(&mut self) -> Result<ReconcileReport, OverlayError> {
         let mut report = ReconcileReport::default();
         let observed = self.observe().await?;
-        let ext_nets = v4_nets(self.nl.addresses(self.ext.index).await?);
-        let (desired, refused) =
-            desired_state(&self.cfg, &self.ext, &ext_nets, self.own, &self.peers);
+        let ext_nets = v4_nets(self.kernel.addresses(self.ext.index).await?);
+        let (desired, refused) = desired_state(
+            self.driver.as_ref(),
+            &self.ext,
+            &ext_nets,
+            self.own,
+            &self.peers,
+        );
         report.errors.extend(refused);
         let plan = plan(&desired, &observed);
         report.kept = plan.kept;
@@ -64,26 +71,25 @@ impl Overlay {
             {
                 continue;
             }
-            #[cfg(feature = "udp")]
-            if matches!(op, Op::EnsureDevice) && self.udp.is_some() {
-                report.device = Some(self.ensure_tun_link().await?);
-                continue;
-            }
             match self.apply(op).await {
                 Ok(Some(outcome)) => report.device = Some(outcome),
                 Ok(None) if op.is_removal() => report.removed += 1,
                 Ok(None) => report.added += 1,
                 Err(e) => {
                     if matches!(op, Op::EnsureDevice) {
-                        return Err(e.into());
+                        return Err(e);
                     }
                     tracing::warn!(?op, error = %e, "reconcile step failed");
-                    match op.peer() {
-                        Some(subnet) => {
+                    match (op.peer(), e) {
+                        (Some(subnet), OverlayError::Netlink(source)) => {
                             failed.insert(subnet);
-                            report.errors.push(OverlayError::Peer { subnet, source: e });
+                            report.errors.push(OverlayError::Peer { subnet, source });
                         }
-                        None => report.errors.push(e.into()),
+                        (Some(subnet), other) => {
+                            failed.insert(subnet);
+                            report.errors.push(other);
+                        }
+                        (None, other) => report.errors.push(other),
                     }
                 }
             }
@@ -105,13 +111,13 @@ impl Overlay {
     /// takes its neighbours and FDB entries along). Not used at shutdown (restarts are hitless);
     /// for tests and tools. The desired state is kept, so a later reconcile rebuilds it all.
     pub async fn remove_all(&mut self) -> Result<(), OverlayError> {
-        for r in self.nl.routes(IpFamily::V4).await? {
+        for r in self.kernel.routes(IpFamily::V4).await? {
             if r.protocol == ROUTE_PROTOCOL {
-                self.nl.del_route(&r).await?;
+                self.kernel.del_route(&r).await?;
             }
         }
-        if let Some(spec) = &self.spec {
-            self.nl.del_link(&spec.name).await?;
+        if let Some(DeviceSpec::Vxlan(spec)) = self.driver.device() {
+            self.kernel.del_link(&spec.name).await?;
         }
         self.dev_index = None;
         Ok(())
@@ -121,23 +127,44 @@ impl Overlay {
     async fn observe(&mut self) -> Result<Observed, OverlayError> {
         let mut observed = Observed::empty(DeviceState::Ok);
         self.dev_index = None;
-        if let Some(spec) = &self.spec {
-            let dev = self.nl.vxlan_link(&spec.name).await?;
-            observed.device = match &dev {
-                Some(d) if d.link.kind.as_deref() == Some("vxlan") && spec.identity_matches(d) => {
-                    self.dev_index = Some(d.link.index);
-                    if d.link.mtu == spec.mtu && d.link.mac == Some(spec.mac) && d.link.admin_up {
-                        DeviceState::Ok
-                    } else {
-                        DeviceState::NeedsFix
+        match self.driver.device() {
+            None => {}
+            Some(DeviceSpec::Vxlan(spec)) => {
+                let dev = self.kernel.vxlan_link(&spec.name).await?;
+                observed.device = match &dev {
+                    Some(d)
+                        if d.link.kind.as_deref() == Some("vxlan") && spec.identity_matches(d) =>
+                    {
+                        self.dev_index = Some(d.link.index);
+                        if d.link.mtu == spec.mtu && d.link.mac == Some(spec.mac) && d.link.admin_up
+                        {
+                            DeviceState::Ok
+                        } else {
+                            DeviceState::NeedsFix
+                        }
                     }
-                }
-                _ => DeviceState::Missing,
-            };
-            if let Some(idx) = self.dev_index {
-                observed.addresses = v4_nets(self.nl.addresses(idx).await?);
+                    _ => DeviceState::Missing,
+                };
+            }
+            Some(DeviceSpec::Owned { name, kind, mtu }) => {
+                observed.device = match self.kernel.link(name).await? {
+                    Some(l) if l.kind.as_deref() == Some(*kind) => {
+                        self.dev_index = Some(l.index);
+                        if l.mtu == *mtu && l.admin_up {
+                            DeviceState::Ok
+                        } else {
+                            DeviceState::NeedsFix
+                        }
+                    }
+                    _ => DeviceState::Missing,
+                };
+            }
+        }
+        if let Some(idx) = self.dev_index {
+            observed.addresses = v4_nets(self.kernel.addresses(idx).await?);
+            if matches!(self.driver.device(), Some(DeviceSpec::Vxlan(_))) {
                 observed.neighs = self
-                    .nl
+                    .kernel
                     .neighbours(idx)
                     .await?
                     .into_iter()
@@ -150,7 +177,7 @@ impl Overlay {
                     })
                     .collect();
                 observed.fdb = self
-                    .nl
+                    .kernel
                     .fdb_entries(idx)
                     .await?
                     .into_iter()
@@ -158,26 +185,8 @@ impl Overlay {
                     .collect();
             }
         }
-        #[cfg(feature = "udp")]
-        if self.udp.is_some() {
-            let mtu = self.mtu();
-            observed.device = match self.nl.link(crate::udp::TUN_NAME).await? {
-                Some(l) if l.kind.as_deref() == Some("tun") => {
-                    self.dev_index = Some(l.index);
-                    if l.mtu == mtu && l.admin_up {
-                        DeviceState::Ok
-                    } else {
-                        DeviceState::NeedsFix
-                    }
-                }
-                _ => DeviceState::Missing,
-            };
-            if let Some(idx) = self.dev_index {
-                observed.addresses = v4_nets(self.nl.addresses(idx).await?);
-            }
-        }
         observed.routes = self
-            .nl
+            .kernel
             .routes(IpFamily::V4)
             .await?
             .into_iter()
@@ -202,16 +211,61 @@ impl Overlay {
         Ok(observed)
     }
 
-    fn device_index(&self) -> Result<u32, crate::netlink::NetlinkError> {
+    /// Creates, adopts or repairs the overlay device; records its index.
+    pub(super) async fn ensure_device(
+        &mut self,
+        device: &DeviceSpec,
+    ) -> Result<VxlanOutcome, OverlayError> {
+        match device {
+            DeviceSpec::Vxlan(spec) => {
+                let (dev, outcome) = self.kernel.ensure_vxlan(spec).await?;
+                self.dev_index = Some(dev.link.index);
+                Ok(outcome)
+            }
+            DeviceSpec::Owned { name, kind, mtu } => {
+                let mut outcome = VxlanOutcome::Kept;
+                let link = match self.kernel.link(name).await? {
+                    Some(l) if l.kind.as_deref() == Some(*kind) => l,
+                    _ => {
+                        tracing::warn!(device = %name, "overlay device missing; reopening it");
+                        self.driver.reopen_device()?;
+                        outcome = VxlanOutcome::Created;
+                        self.kernel.link(name).await?.ok_or_else(|| {
+                            NetlinkError::NotFound(format!("{name}: {kind} device missing"))
+                        })?
+                    }
+                };
+                let fixed = |o: VxlanOutcome| {
+                    if o == VxlanOutcome::Kept {
+                        VxlanOutcome::Fixed
+                    } else {
+                        o
+                    }
+                };
+                if link.mtu != *mtu {
+                    self.kernel.set_mtu(link.index, *mtu).await?;
+                    outcome = fixed(outcome);
+                }
+                if !link.admin_up {
+                    self.kernel.set_up(link.index).await?;
+                    outcome = fixed(outcome);
+                }
+                self.dev_index = Some(link.index);
+                Ok(outcome)
+            }
+        }
+    }
+
+    fn device_index(&self) -> Result<u32, NetlinkError> {
         self.dev_index.ok_or_else(|| {
-            crate::netlink::NetlinkError::NotFound(format!(
-                "{}: vxlan device missing",
+            NetlinkError::NotFound(format!(
+                "{}: overlay device missing",
                 self.device_name().unwrap_or("overlay device")
             ))
         })
     }
 
-    fn kernel_route(&self, r: &RouteSpec) -> Result<Route, crate::netlink::NetlinkError> {
+    fn kernel_route(&self, r: &RouteSpec) -> Result<Route, NetlinkError> {
         let mut route = Route::new(IpNetwork::V4(r.dst)).protocol(ROUTE_PROTOCOL);
         if let Some(gw) = r.gateway {
             route = route.via(IpAddr::V4(gw));
@@ -227,56 +281,53 @@ impl Overlay {
         }
         if r.gateway.is_none() {
             // A device route (udp's `<Network> dev flannel0`), as `ip route add` makes it.
-            route = route.scope(crate::netlink::RT_SCOPE_LINK);
+            route = route.scope(crate::kernel::netlink::RT_SCOPE_LINK);
         }
         Ok(route)
     }
 
     /// Applies one op. Returns the device outcome for [`Op::EnsureDevice`].
-    async fn apply(
-        &mut self,
-        op: &Op,
-    ) -> Result<Option<VxlanOutcome>, crate::netlink::NetlinkError> {
+    async fn apply(&mut self, op: &Op) -> Result<Option<VxlanOutcome>, OverlayError> {
         match op {
             Op::EnsureDevice => {
-                let Some(spec) = &self.spec else {
+                let Some(device) = self.driver.device().cloned() else {
                     return Ok(None);
                 };
-                let (dev, outcome) = self.nl.ensure_vxlan(spec).await?;
-                self.dev_index = Some(dev.link.index);
-                return Ok(Some(outcome));
+                return self.ensure_device(&device).await.map(Some);
             }
             Op::AddAddress(a) => {
-                self.nl
+                self.kernel
                     .add_address(self.device_index()?, IpNetwork::V4(*a))
                     .await?
             }
             Op::DelAddress(a) => {
-                self.nl
+                self.kernel
                     .del_address(self.device_index()?, IpNetwork::V4(*a))
                     .await?
             }
             Op::ReplaceNeigh { ip, mac, .. } => {
-                self.nl
+                self.kernel
                     .replace_neigh(self.device_index()?, IpAddr::V4(*ip), *mac)
                     .await?
             }
             Op::ReplaceFdb { mac, dst, .. } => {
-                self.nl
+                self.kernel
                     .replace_fdb(self.device_index()?, *mac, IpAddr::V4(*dst))
                     .await?
             }
             Op::ReplaceRoute { route, .. } => {
-                self.nl.replace_route(&self.kernel_route(route)?).await?
+                self.kernel
+                    .replace_route(&self.kernel_route(route)?)
+                    .await?
             }
-            Op::DelRoute(route) => self.nl.del_route(&self.kernel_route(route)?).await?,
+            Op::DelRoute(route) => self.kernel.del_route(&self.kernel_route(route)?).await?,
             Op::DelNeigh(ip) => {
-                self.nl
+                self.kernel
                     .del_neigh(self.device_index()?, IpAddr::V4(*ip))
                     .await?
             }
             Op::DelFdb { mac, dst } => {
-                self.nl
+                self.kernel
                     .del_fdb(self.device_index()?, *mac, dst.map(IpAddr::V4))
                     .await?
             }

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::net::Ipv4Addr;
 use std::process::Command;
 
-use backends::netns::NetNs;
+use backends::kernel::netns::NetNs;
 use ipnetwork::{IpNetwork, Ipv4Network};
 use nix::sched::{CloneFlags, unshare};
 

@@ -118,8 +118,11 @@ fn base64(data: &[u8]) -> String {
 /// keeps the namespace it was created in), so puts cost one HTTP round trip instead of an
 /// `etcdctl` process.
 fn etcd_connection(c: &Cluster) -> Result<std::net::TcpStream, String> {
-    let ns = backends::netns::NetNs::open(std::path::Path::new(&format!("/run/netns/{}", c.ul())))
-        .map_err(|e| format!("open underlay netns: {e}"))?;
+    let ns = backends::kernel::netns::NetNs::open(std::path::Path::new(&format!(
+        "/run/netns/{}",
+        c.ul()
+    )))
+    .map_err(|e| format!("open underlay netns: {e}"))?;
     let addr = format!("{}:2379", flannel_examples::cluster::ETCD_IP);
     ns.run(move || std::net::TcpStream::connect(addr))
         .map_err(|e| format!("enter underlay netns: {e}"))?
@@ -172,7 +175,7 @@ fn etcd_http_put(conn: &mut std::net::TcpStream, key: &str, value: &str) -> Resu
 /// Netlink sockets into every node's namespace, to poll routes without spawning `ip`.
 struct RouteProbe {
     rt: tokio::runtime::Runtime,
-    nodes: Vec<backends::netlink::Netlink>,
+    nodes: Vec<backends::kernel::netlink::Netlink>,
 }
 
 impl RouteProbe {
@@ -183,11 +186,13 @@ impl RouteProbe {
             .map_err(|e| e.to_string())?;
         let mut nodes = Vec::new();
         for n in &c.nodes {
-            let ns =
-                backends::netns::NetNs::open(std::path::Path::new(&format!("/run/netns/{}", n.ns)))
-                    .map_err(|e| format!("open {}: {e}", n.ns))?;
+            let ns = backends::kernel::netns::NetNs::open(std::path::Path::new(&format!(
+                "/run/netns/{}",
+                n.ns
+            )))
+            .map_err(|e| format!("open {}: {e}", n.ns))?;
             let nl = rt
-                .block_on(async { backends::netlink::Netlink::new_in(&ns) })
+                .block_on(async { backends::kernel::netlink::Netlink::new_in(&ns) })
                 .map_err(|e| e.to_string())?;
             nodes.push(nl);
         }
@@ -197,7 +202,7 @@ impl RouteProbe {
     fn has_route(&self, node: usize, dst: &str) -> bool {
         let nl = &self.nodes[node];
         self.rt
-            .block_on(nl.routes(backends::netlink::IpFamily::V4))
+            .block_on(nl.routes(backends::kernel::netlink::IpFamily::V4))
             .map(|routes| routes.iter().any(|r| r.dst.to_string() == dst))
             .unwrap_or(false)
     }

@@ -53,7 +53,7 @@ use netlink_packet_route::route::{
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::{AddressMessageBuilder, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth};
 
-use crate::netns::NetNs;
+use crate::kernel::netns::NetNs;
 
 pub use detached_del::del_link_detached;
 
@@ -900,7 +900,7 @@ impl Netlink {
     ///
     /// The kernel applies `up` before `addrgenmode`, so call this on a port whose link has no
     /// carrier yet and whose pending carrier event has been processed
-    /// ([`crate::ethtool::settle_link`]): the `up` then neither starts IPv6 address
+    /// ([`crate::kernel::ethtool::settle_link`]): the `up` then neither starts IPv6 address
     /// generation nor enables the bridge port, both of which wait for carrier.
     pub async fn setup_bridge_port(&self, index: u32, hairpin: bool) -> Result<()> {
         let mut msg = LinkBridgePort::new(index).hairpin(hairpin).build();

@@ -28,7 +28,7 @@ use netlink_packet_route::route::RouteAttribute;
 use netlink_sys::{SocketAddr, TokioSocket};
 
 use super::{Netlink, NetlinkError, Result, route_ip, runtime};
-use crate::netns::NetNs;
+use crate::kernel::netns::NetNs;
 
 /// A multicast group to subscribe to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

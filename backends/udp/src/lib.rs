@@ -21,11 +21,15 @@
 //! * **Dedicated threads** ([`datapath::Datapath`]), stopped and joined when the backend is
 //!   dropped; lease changes swap the forwarding table atomically ([`table::SharedTable`]).
 //!
-//! [`UdpBackend`] is the piece [`crate::overlay::Overlay`] drives; the kernel side (address,
-//! MTU, the route for the whole network) is programmed by the overlay's reconcile.
+//! [`UdpDriver`] is the [`backends::overlay::BackendDriver`] flanneld hands to [`backends::overlay::Overlay`]:
+//! it runs a [`UdpBackend`] (the threads) and leaves the kernel side (the TUN device's
+//! address and MTU, the route for the whole network) to the overlay's reconcile.
+//!
+//! This crate is linked by flanneld only: no build of the CNI plugin can contain TUN code.
 
 pub mod codec;
 pub mod datapath;
+mod driver;
 pub mod table;
 pub mod tun;
 
@@ -35,8 +39,9 @@ use std::sync::Arc;
 
 use ipnetwork::Ipv4Network;
 
-use crate::netns::NetNs;
+use backends::kernel::netns::NetNs;
 use datapath::{Counters, Datapath, Offloads};
+pub use driver::{UdpConfig, UdpDriver};
 use table::{SharedTable, Table};
 use tun::{Tun, UdpSocket};
 
@@ -103,7 +108,7 @@ fn open_fds(setup: &UdpSetup) -> Result<(Tun, UdpSocket), UdpError> {
     // The ICMP errors we write into the TUN come from the TUN's own address; without
     // accept_local the kernel drops them as martians (flannel's never arrive).
     let key = format!("net/ipv4/conf/{}/accept_local", tun.name());
-    if let Err(e) = crate::sysctl::write(&key, "1") {
+    if let Err(e) = backends::kernel::sysctl::write(&key, "1") {
         tracing::warn!(error = %e, "ICMP unreachable errors will be dropped by the kernel");
     }
     Ok((tun, sock))

@@ -11,11 +11,10 @@
 //! pod1 10.244.1.2 - cni0 [node1 198.18.0.1, flannel0] - br0 (198.18.0.99) - [node2 198.18.0.2, flannel0] cni0 - pod2 10.244.2.2
 //! ```
 //!
-//! Needs the `udp` feature (`cargo test -p backends --features udp`), root, `ip`, `ping`,
+//! Needs root, `ip`, `ping`,
 //! `iperf3`, and for the interop test `gcc` (it builds `tests/fixtures/udptun.c`, a copy of
 //! `shared/bench/udptun.c`).
-#![cfg(feature = "udp")]
-
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -24,12 +23,13 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use backends::netlink::{Netlink, Route, VethSpec};
-use backends::netns::NetNs;
-use backends::overlay::{ExternalInterface, Overlay, OverlayConfig, Peer, UdpParams};
-use backends::udp::codec::{self, PROTO_UDP};
-use backends::udp::datapath::Counters;
+use backends::kernel::netlink::{Netlink, Route, VethSpec};
+use backends::kernel::netns::NetNs;
+use backends::overlay::{ExternalInterface, Overlay, Peer};
 use common::{in_new_netns, ip_in, net4, prerequisites, v4};
+use flannel_udp::codec::{self, PROTO_UDP};
+use flannel_udp::datapath::Counters;
+use flannel_udp::{UdpBackend, UdpConfig, UdpDriver};
 use ipnetwork::{IpNetwork, Ipv4Network};
 
 const PORT: u16 = 8285;
@@ -48,7 +48,7 @@ impl Node {
         Peer {
             subnet: self.subnet,
             public_ip: self.ext.public_ip,
-            vtep_mac: None,
+            backend_data: None,
         }
     }
 }
@@ -165,7 +165,7 @@ async fn topology() -> Vec<Node> {
             .await
             .expect("cni0 address");
         nl.set_up(cni0.index).await.expect("cni0 up");
-        ns.run(|| backends::sysctl::write("net/ipv4/ip_forward", "1"))
+        ns.run(|| backends::kernel::sysctl::write("net/ipv4/ip_forward", "1"))
             .expect("enter node")
             .expect("ip_forward");
         let pod = NetNs::create_anonymous().expect("pod netns");
@@ -213,18 +213,26 @@ async fn topology() -> Vec<Node> {
     nodes
 }
 
-fn udp_config() -> OverlayConfig {
-    OverlayConfig::Udp(UdpParams {
-        port: PORT,
-        network: net4("10.244.0.0/16"),
-    })
+fn udp_driver(node: &Node) -> UdpDriver {
+    let config = UdpConfig { port: PORT };
+    UdpDriver::start(&config, net4("10.244.0.0/16"), &node.ext, Some(&node.ns))
+        .expect("UdpDriver::start")
+}
+
+fn udp(o: &Overlay) -> &UdpBackend {
+    o.driver()
+        .as_any()
+        .downcast_ref::<UdpDriver>()
+        .expect("udp backend")
+        .backend()
 }
 
 /// Starts our udp overlay on `node` with `peers` and reconciles once (must be clean).
 async fn start_overlay(node: &Node, peers: Vec<Peer>) -> Overlay {
-    let mut o = Overlay::new_in(node.nl.clone(), udp_config(), node.ext.clone(), &node.ns)
+    let driver = Box::new(udp_driver(node));
+    let mut o = Overlay::new(node.nl.clone(), driver, node.ext.clone())
         .await
-        .expect("Overlay::new_in udp");
+        .expect("Overlay::new udp");
     o.set_own_subnet(node.subnet);
     o.set_peers(peers);
     let report = o.reconcile().await.expect("reconcile");
@@ -233,7 +241,7 @@ async fn start_overlay(node: &Node, peers: Vec<Peer>) -> Overlay {
 }
 
 fn counters(o: &Overlay) -> &Counters {
-    o.udp().expect("udp backend").counters()
+    udp(o).counters()
 }
 
 fn get(c: &std::sync::atomic::AtomicU64) -> u64 {
@@ -316,7 +324,7 @@ fn udp_backend_sets_up_the_node_and_carries_ping_and_tcp() {
         assert!(get(&c2.rx_packets) > 10_000, "rx {}", get(&c2.rx_packets));
         assert_eq!(get(&c2.rx_dropped_non_member), 0);
         assert_eq!(get(&c2.rx_dropped_bad_source), 0);
-        let off = o1.udp().expect("udp").offloads().expect("running");
+        let off = udp(&o1).offloads().expect("running");
         eprintln!("offloads: {off:?}");
         if off.tun_vnet_hdr && off.udp_gso {
             assert!(

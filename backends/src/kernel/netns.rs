@@ -15,7 +15,7 @@
 //!
 //! Sockets remember the namespace they were created in, so the usual pattern is to create a
 //! netlink socket inside [`NetNs::run`] and then drive it from the caller's runtime
-//! (see [`crate::netlink::Netlink::new_in`]).
+//! (see [`crate::kernel::netlink::Netlink::new_in`]).
 
 use std::fs::File;
 use std::io;

@@ -123,6 +123,19 @@ pub enum VxlanOutcome {
 }
 
 impl VxlanLink {
+    /// A link that is not a VXLAN device (or whose attributes were not read): no VXLAN data.
+    pub fn plain(link: Link) -> VxlanLink {
+        VxlanLink {
+            link,
+            vni: None,
+            local: None,
+            port: None,
+            underlay: None,
+            learning: None,
+            gbp: false,
+        }
+    }
+
     fn from_message(m: LinkMessage) -> VxlanLink {
         let mut v = VxlanLink {
             link: Link::from_message(m.clone()),

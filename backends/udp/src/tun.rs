@@ -14,7 +14,7 @@
 //!   `sendmsg`). [`UdpSocket::send_batch`] uses one `sendmmsg` for a whole batch of messages.
 //!
 //! Both are created in the calling thread's network namespace (a TUN device is born in the
-//! namespace `/dev/net/tun` was opened in), so [`crate::netns::NetNs::run`] places them in
+//! namespace `/dev/net/tun` was opened in), so [`backends::kernel::netns::NetNs::run`] places them in
 //! another one.
 
 use std::io;

@@ -6,7 +6,7 @@
 //!
 //! Everything under `/proc/sys/net` belongs to the network namespace of the **calling thread**
 //! (the kernel looks the table up through the opener's namespace), so to change a pod's knob call
-//! these functions inside [`crate::netns::NetNs::run`]. Nothing here caches: each call is one
+//! these functions inside [`crate::kernel::netns::NetNs::run`]. Nothing here caches: each call is one
 //! `open` + `read`/`write`, cheap enough for the CNI ADD path.
 
 use std::fs::OpenOptions;

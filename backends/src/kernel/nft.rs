@@ -6,7 +6,7 @@
 //! the CNI ADD cost to a single fork/exec instead of one per rule.
 //!
 //! `nft` acts in the network namespace of the thread that spawns it, so run these functions inside
-//! [`crate::netns::NetNs::run`] to program another namespace.
+//! [`crate::kernel::netns::NetNs::run`] to program another namespace.
 //!
 //! [`PodMasq`] implements the CNI `ipMasq` option: pod addresses live in an nft set, and one
 //! NAT rule per network masquerades traffic from that set unless it stays in the pod subnet or is
@@ -91,7 +91,7 @@ fn run_nft(action: &str, args: &[&str], stdin: Option<&str>) -> Result<Output, N
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         // A transaction must not land after our caller was killed (and cleaned up after).
-        crate::child::die_with_parent(&mut cmd);
+        crate::kernel::child::die_with_parent(&mut cmd);
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -172,12 +172,7 @@ pub const MAX_COMMENT_LEN: usize = 128;
 /// A stable 64-bit FNV-1a hash of a network name, as 16 hex digits. It never changes between
 /// releases: chains and sets made by an older plugin must still be found by a newer one.
 pub fn network_hash(network_name: &str) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in network_name.as_bytes() {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("{h:016x}")
+    format!("{:016x}", ipam::net::fnv1a64(network_name.bytes()))
 }
 
 /// Address-family specifics of the masquerade rules.

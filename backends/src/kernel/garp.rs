@@ -10,7 +10,7 @@
 //!
 //! The frame goes out through an `AF_PACKET`/`SOCK_DGRAM` socket bound to the interface, so the
 //! kernel adds the Ethernet header. The socket is created in the calling **thread's** network
-//! namespace; call [`send_gratuitous_arp`] inside [`crate::netns::NetNs::run`] for a pod
+//! namespace; call [`send_gratuitous_arp`] inside [`crate::kernel::netns::NetNs::run`] for a pod
 //! interface. The interface must be up.
 
 use std::io;

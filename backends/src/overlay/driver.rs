@@ -1,0 +1,127 @@
+//! [`BackendDriver`]: what a backend is, seen from the backend-agnostic reconcile.
+//!
+//! A driver owns its `Backend` config section, its device's specification, its MTU rule, the
+//! `BackendData` it publishes in the lease, how it reads a peer's `BackendData`, and the
+//! kernel entries each peer needs. It does no kernel I/O of its own: [`super::Overlay`]
+//! observes the kernel, asks the driver what should be, plans the difference and applies it
+//! through the [`crate::kernel::Kernel`] trait. A driver with a userspace data path (udp)
+//! keeps that data path itself and hears about the own subnet and the peers through
+//! [`BackendDriver::set_own_subnet`] and [`BackendDriver::set_peers`].
+//!
+//! The drivers: [`super::vxlan::VxlanDriver`], [`super::hostgw::HostGwDriver`], and udp's in
+//! the `flannel-udp` crate. flanneld picks one with a `match` on `Backend.Type` (netavark's
+//! driver factory is the model).
+
+use std::any::Any;
+
+use ipnetwork::Ipv4Network;
+
+use super::plan::PeerEntries;
+use super::{OverlayError, Peer};
+use crate::kernel::netlink::VxlanSpec;
+
+/// The overlay device a driver needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeviceSpec {
+    /// A VXLAN device, created, adopted or repaired by reconcile
+    /// ([`crate::kernel::Kernel::ensure_vxlan`]).
+    Vxlan(VxlanSpec),
+    /// A device the driver creates itself (udp's TUN device): reconcile keeps its MTU and up
+    /// state right and asks the driver to [`BackendDriver::reopen_device`] when it is gone.
+    Owned {
+        /// Device name (`flannel0`).
+        name: String,
+        /// `IFLA_INFO_KIND` it must have (`tun`).
+        kind: &'static str,
+        /// Device MTU.
+        mtu: u32,
+    },
+}
+
+impl DeviceSpec {
+    /// The device's name.
+    pub fn name(&self) -> &str {
+        match self {
+            DeviceSpec::Vxlan(s) => &s.name,
+            DeviceSpec::Owned { name, .. } => name,
+        }
+    }
+
+    /// The MTU the device must have.
+    pub fn mtu(&self) -> u32 {
+        match self {
+            DeviceSpec::Vxlan(s) => s.mtu,
+            DeviceSpec::Owned { mtu, .. } => *mtu,
+        }
+    }
+}
+
+/// One backend. See the module docs.
+pub trait BackendDriver: Send + Sync + std::fmt::Debug {
+    /// flannel's `Backend.Type` and the lease's `BackendType`: `vxlan`, `host-gw`, `udp`.
+    fn kind(&self) -> &'static str;
+
+    /// The MTU pods should use.
+    fn mtu(&self) -> u32;
+
+    /// The lease's `BackendData` (vxlan: `{"VNI":1,"VtepMAC":"aa:bb:.."}`); `None` for none.
+    fn backend_data(&self) -> Option<serde_json::Value>;
+
+    /// The overlay device, if the backend has one.
+    fn device(&self) -> Option<&DeviceSpec>;
+
+    /// Entries wanted whatever the peers (udp: `<Network> dev flannel0`).
+    fn fixed_entries(&self) -> Vec<PeerEntries> {
+        Vec::new()
+    }
+
+    /// The kernel entries `peer` needs; `Ok(None)` when it needs none (udp keeps peers in
+    /// userspace); `Err` refuses that one peer. `on_link`: the peer's public IP is inside one
+    /// of the external interface's directly connected subnets.
+    fn peer_entries(&self, peer: &Peer, on_link: bool)
+    -> Result<Option<PeerEntries>, OverlayError>;
+
+    /// The node's own subnet changed.
+    fn set_own_subnet(&mut self, _subnet: Ipv4Network) {}
+
+    /// The desired peer list changed (replaced as a whole).
+    fn set_peers(&mut self, _peers: &[Peer]) {}
+
+    /// A [`DeviceSpec::Owned`] device vanished: create it again.
+    fn reopen_device(&mut self) -> Result<(), OverlayError> {
+        Ok(())
+    }
+
+    /// A renderer of the driver's counters in Prometheus text format, for `/metrics`.
+    fn metrics_fn(&self) -> Box<dyn Fn() -> String + Send + Sync> {
+        let kind = self.kind();
+        Box::new(move || format!("flannel_backend_info{{type=\"{kind}\"}} 1\n"))
+    }
+
+    /// For callers that know the concrete driver (tests, udp's counters).
+    fn as_any(&self) -> &dyn Any;
+}
+
+/// Checks that `ext` leaves room for an overlay device: `ext MTU − overhead ≥ 68`.
+pub fn device_mtu(
+    underlay_mtu: u32,
+    source: &str,
+    overhead: u32,
+    device: &'static str,
+) -> Result<u32, OverlayError> {
+    let mtu = underlay_mtu.saturating_sub(overhead);
+    if mtu < super::error::MIN_IPV4_MTU {
+        return Err(OverlayError::InvalidMtu {
+            mtu: underlay_mtu,
+            iface: source.to_string(),
+            device,
+            overhead,
+        });
+    }
+    Ok(mtu)
+}
+
+/// The address an overlay device carries: the own subnet's network address as a /32.
+pub fn device_address(own: Ipv4Network) -> Option<Ipv4Network> {
+    Ipv4Network::new(own.network(), 32).ok()
+}

@@ -1,0 +1,144 @@
+//! The udp backend as an overlay driver: the TUN device `flannel0` (address `<own
+//! subnet>.0/32`, MTU ext − 28) and one route `<Network> dev flannel0`; peers are not kernel
+//! entries at all but rows of the userspace forwarding table, swapped on every
+//! [`BackendDriver::set_peers`].
+
+use std::any::Any;
+use std::net::SocketAddrV4;
+
+use backends::kernel::netns::NetNs;
+use backends::overlay::driver::device_mtu;
+use backends::overlay::section::{Section, SectionError};
+use backends::overlay::{
+    BackendDriver, DeviceSpec, ExternalInterface, OverlayError, Peer, PeerEntries, RouteDev,
+    RouteSpec,
+};
+use ipnetwork::Ipv4Network;
+
+use super::{DEFAULT_PORT, TUN_NAME, UDP_OVERHEAD, UdpBackend, UdpSetup};
+
+/// udp backend options (flannel's `Backend` object for `"Type": "udp"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UdpConfig {
+    /// `Port`, default 8285: bound on the interface address, and where peers are sent to.
+    pub port: u16,
+}
+
+impl Default for UdpConfig {
+    fn default() -> Self {
+        UdpConfig { port: DEFAULT_PORT }
+    }
+}
+
+impl UdpConfig {
+    /// Reads the `Backend` section of a `"Type": "udp"` network config.
+    pub fn parse(b: &Section<'_>) -> Result<UdpConfig, SectionError> {
+        Ok(UdpConfig {
+            port: b.port("Port", DEFAULT_PORT)?,
+        })
+    }
+}
+
+/// The udp backend on one node: the running data path plus what reconcile needs to know.
+#[derive(Debug)]
+pub struct UdpDriver {
+    backend: UdpBackend,
+    device: DeviceSpec,
+    network: Ipv4Network,
+}
+
+impl UdpDriver {
+    /// Creates the TUN device `flannel0` (`ip tuntap add dev flannel0 mode tun`) and binds
+    /// the UDP socket to `<ext.iface_addr>:<port>` — inside `ns`, or the calling thread's
+    /// namespace when `None` — and starts the data path threads. `network` (the whole cluster
+    /// network) is routed into the device on reconcile.
+    pub fn start(
+        config: &UdpConfig,
+        network: Ipv4Network,
+        ext: &ExternalInterface,
+        ns: Option<&NetNs>,
+    ) -> Result<UdpDriver, OverlayError> {
+        let mtu = device_mtu(ext.mtu, &ext.name, UDP_OVERHEAD, "TUN device")?;
+        let setup = UdpSetup {
+            tun_name: TUN_NAME.to_string(),
+            local: SocketAddrV4::new(ext.iface_addr, config.port),
+            offload: true,
+        };
+        let backend =
+            UdpBackend::start(setup, ns).map_err(|e| OverlayError::Datapath(Box::new(e)))?;
+        Ok(UdpDriver {
+            backend,
+            device: DeviceSpec::Owned {
+                name: TUN_NAME.to_string(),
+                kind: "tun",
+                mtu,
+            },
+            network,
+        })
+    }
+
+    /// The data path (counters, offloads).
+    pub fn backend(&self) -> &UdpBackend {
+        &self.backend
+    }
+}
+
+impl BackendDriver for UdpDriver {
+    fn kind(&self) -> &'static str {
+        "udp"
+    }
+
+    fn mtu(&self) -> u32 {
+        self.device.mtu()
+    }
+
+    fn backend_data(&self) -> Option<serde_json::Value> {
+        None
+    }
+
+    fn device(&self) -> Option<&DeviceSpec> {
+        Some(&self.device)
+    }
+
+    fn fixed_entries(&self) -> Vec<PeerEntries> {
+        vec![PeerEntries {
+            subnet: self.network,
+            neigh: None,
+            fdb: None,
+            route: RouteSpec {
+                dst: self.network,
+                gateway: None,
+                dev: RouteDev::Overlay,
+                onlink: false,
+            },
+        }]
+    }
+
+    fn peer_entries(&self, _: &Peer, _: bool) -> Result<Option<PeerEntries>, OverlayError> {
+        Ok(None)
+    }
+
+    fn set_own_subnet(&mut self, subnet: Ipv4Network) {
+        self.backend.set_own_subnet(Some(subnet));
+    }
+
+    fn set_peers(&mut self, peers: &[Peer]) {
+        self.backend
+            .set_peers(peers.iter().map(|p| (p.subnet, p.public_ip)).collect());
+    }
+
+    fn reopen_device(&mut self) -> Result<(), OverlayError> {
+        self.backend
+            .restart()
+            .map_err(|e| OverlayError::Datapath(Box::new(e)))
+    }
+
+    fn metrics_fn(&self) -> Box<dyn Fn() -> String + Send + Sync> {
+        let counters = self.backend.metrics_fn();
+        Box::new(move || format!("flannel_backend_info{{type=\"udp\"}} 1\n{}", counters()))
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
