@@ -211,6 +211,32 @@ impl RecordingKernel {
             .cloned()
     }
 
+    /// Adds a plain link (a physical uplink, say) in this handle's namespace behind the
+    /// caller's back, up, not recorded; returns its index.
+    pub fn add_link_externally(&self, name: &str, mtu: u32) -> u32 {
+        self.with(|t, next| {
+            let index = *next;
+            *next += 1;
+            let mut link = Self::new_link(name, "", index, mtu);
+            link.kind = None;
+            link.admin_up = true;
+            t.links.insert(
+                index,
+                FakeLink {
+                    link,
+                    vxlan: None,
+                    peer: None,
+                },
+            );
+            index
+        })
+    }
+
+    /// Adds an address behind the caller's back, not recorded.
+    pub fn add_address_externally(&self, index: u32, addr: IpNetwork) {
+        self.with(|t, _| t.addresses.push((index, addr)));
+    }
+
     /// Deletes a link behind the caller's back (an operator's `ip link del`), not recorded.
     pub fn remove_link_externally(&self, name: &str) {
         let mut w = self.world();

@@ -335,3 +335,7 @@ impl<K: Kernel> Overlay<K> {
         Ok(None)
     }
 }
+
+#[cfg(test)]
+#[path = "reconcile_tests.rs"]
+mod tests;

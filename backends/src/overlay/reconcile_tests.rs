@@ -1,0 +1,240 @@
+//! Reconcile against the recording kernel: what the real-kernel tests in
+//! `tests/overlay_netns.rs` prove with namespaces, here without root, plus failure paths the
+//! real kernel cannot be made to take on demand.
+
+use std::net::Ipv4Addr;
+
+use ipnetwork::{IpNetwork, Ipv4Network};
+
+use crate::kernel::netlink::VxlanOutcome;
+use crate::kernel::recording::RecordingKernel;
+use crate::overlay::hostgw::{HostGwConfig, HostGwDriver};
+use crate::overlay::vxlan::{VxlanConfig, VxlanDriver};
+use crate::overlay::*;
+
+fn net(s: &str) -> Ipv4Network {
+    s.parse().expect("test network")
+}
+
+fn ip(s: &str) -> Ipv4Addr {
+    s.parse().expect("test address")
+}
+
+/// A node namespace with `eth0` 198.18.0.1/24.
+fn node() -> (RecordingKernel, ExternalInterface) {
+    let k = RecordingKernel::new();
+    let index = k.add_link_externally("eth0", 1500);
+    k.add_address_externally(index, "198.18.0.1/24".parse().expect("cidr"));
+    let ext = ExternalInterface {
+        index,
+        name: "eth0".into(),
+        mtu: 1500,
+        iface_addr: ip("198.18.0.1"),
+        public_ip: ip("198.18.0.1"),
+    };
+    (k, ext)
+}
+
+fn vtep(last: u8) -> Option<serde_json::Value> {
+    Some(serde_json::json!({"VNI": 1, "VtepMAC": format!("02:00:00:00:00:{last:02x}")}))
+}
+
+fn peers() -> Vec<Peer> {
+    vec![
+        Peer {
+            subnet: net("10.244.2.0/24"),
+            public_ip: ip("198.18.0.2"),
+            backend_data: vtep(2),
+        },
+        Peer {
+            subnet: net("10.244.3.0/24"),
+            public_ip: ip("198.18.1.3"),
+            backend_data: vtep(3),
+        },
+    ]
+}
+
+async fn vxlan_overlay() -> (RecordingKernel, Overlay<RecordingKernel>) {
+    let (k, ext) = node();
+    let driver = VxlanDriver::new(&VxlanConfig::default(), &ext).expect("driver");
+    let mut o = Overlay::new(k.clone(), Box::new(driver), ext)
+        .await
+        .expect("overlay");
+    o.set_own_subnet(net("10.244.1.0/24"));
+    o.set_peers(peers());
+    (k, o)
+}
+
+fn ours(k: &RecordingKernel) -> Vec<(IpNetwork, Option<std::net::IpAddr>, bool)> {
+    let mut r: Vec<_> = k
+        .routes_in("host")
+        .into_iter()
+        .filter(|r| r.protocol == ROUTE_PROTOCOL)
+        .map(|r| (r.dst, r.gateway, r.onlink))
+        .collect();
+    r.sort();
+    r
+}
+
+/// The calls that change something (reads excluded).
+fn writes(k: &RecordingKernel) -> Vec<String> {
+    let reads = [
+        "link",
+        "links",
+        "vxlan_link",
+        "addresses",
+        "routes",
+        "neighbours",
+        "fdb_entries",
+    ];
+    k.calls()
+        .into_iter()
+        .filter(|c| !reads.contains(&c.split_whitespace().nth(1).unwrap_or_default()))
+        .collect()
+}
+
+#[tokio::test]
+async fn vxlan_programs_neighbour_fdb_then_route_per_peer_and_converges() {
+    let (k, mut o) = vxlan_overlay().await;
+    assert_eq!(k.calls_of("ensure_vxlan").len(), 1, "device made at start");
+    k.clear_calls();
+    let r = o.reconcile().await.expect("reconcile");
+    assert!(r.is_clean(), "{:?}", r.errors);
+    assert_eq!((r.added, r.removed), (7, 0), "{r:?}");
+    let w = writes(&k);
+    let pos = |needle: &str| {
+        w.iter()
+            .position(|c| c.contains(needle))
+            .unwrap_or_else(|| panic!("{needle} not in {w:?}"))
+    };
+    assert!(pos("add_address") < pos("replace_neigh"));
+    assert!(pos("replace_neigh 3 10.244.2.0") < pos("replace_fdb 3 198.18.0.2"));
+    assert!(pos("replace_fdb 3 198.18.0.2") < pos("replace_route 10.244.2.0/24"));
+    assert_eq!(
+        ours(&k),
+        vec![
+            (
+                "10.244.2.0/24".parse().unwrap(),
+                Some("10.244.2.0".parse().unwrap()),
+                true
+            ),
+            (
+                "10.244.3.0/24".parse().unwrap(),
+                Some("10.244.3.0".parse().unwrap()),
+                true
+            ),
+        ]
+    );
+
+    k.clear_calls();
+    let again = o.reconcile().await.expect("reconcile");
+    assert_eq!((again.added, again.removed, again.kept), (0, 0, 7));
+    assert!(
+        writes(&k).is_empty(),
+        "converged state writes nothing: {:?}",
+        writes(&k)
+    );
+}
+
+#[tokio::test]
+async fn deleted_route_and_deleted_device_are_restored() {
+    let (k, mut o) = vxlan_overlay().await;
+    o.reconcile().await.expect("reconcile");
+    k.remove_route_externally("10.244.3.0/24".parse().unwrap());
+    let r = o.reconcile().await.expect("reconcile");
+    assert_eq!((r.added, r.removed), (1, 0), "{r:?}");
+    assert_eq!(ours(&k).len(), 2);
+
+    k.remove_link_externally("flannel.1");
+    assert!(ours(&k).is_empty(), "the device took its routes");
+    let r = o.reconcile().await.expect("reconcile");
+    assert_eq!(r.device, Some(VxlanOutcome::Created));
+    assert_eq!(ours(&k).len(), 2, "{r:?}");
+    assert_eq!(
+        k.calls_of("replace_fdb").len(),
+        4,
+        "both FDB entries written again after the device came back"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_peer_gets_no_route_and_the_others_are_programmed() {
+    let (k, mut o) = vxlan_overlay().await;
+    k.fail_next("replace_fdb", libc::ENOBUFS);
+    let r = o.reconcile().await.expect("reconcile");
+    assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
+    assert!(
+        matches!(&r.errors[0], OverlayError::Peer { subnet, .. } if *subnet == net("10.244.2.0/24")),
+        "{:?}",
+        r.errors
+    );
+    assert_eq!(
+        ours(&k),
+        vec![(
+            "10.244.3.0/24".parse().unwrap(),
+            Some("10.244.3.0".parse().unwrap()),
+            true
+        )],
+        "no route without its FDB entry"
+    );
+    let r = o.reconcile().await.expect("reconcile");
+    assert!(r.is_clean(), "{:?}", r.errors);
+    assert_eq!(ours(&k).len(), 2, "the next pass repairs it");
+}
+
+#[tokio::test]
+async fn a_departed_peer_loses_route_neighbour_and_fdb_entry() {
+    let (k, mut o) = vxlan_overlay().await;
+    o.reconcile().await.expect("reconcile");
+    o.set_peers(peers()[..1].to_vec());
+    k.clear_calls();
+    let r = o.reconcile().await.expect("reconcile");
+    assert_eq!((r.added, r.removed), (0, 3), "{r:?}");
+    let w = writes(&k);
+    assert!(
+        w[0].contains("del_route 10.244.3.0/24"),
+        "route first: {w:?}"
+    );
+    assert_eq!(ours(&k).len(), 1);
+}
+
+#[tokio::test]
+async fn device_failure_aborts_and_peer_failures_do_not() {
+    let (k, mut o) = vxlan_overlay().await;
+    k.remove_link_externally("flannel.1");
+    k.fail_next("ensure_vxlan", libc::EPERM);
+    assert!(
+        o.reconcile().await.is_err(),
+        "no device, nothing to program"
+    );
+    assert!(o.reconcile().await.expect("second pass").is_clean());
+}
+
+#[tokio::test]
+async fn host_gw_routes_on_link_peers_and_refuses_the_rest() {
+    let (k, ext) = node();
+    let driver = HostGwDriver::new(&HostGwConfig::default(), &ext).expect("driver");
+    let mut o = Overlay::new(k.clone(), Box::new(driver), ext)
+        .await
+        .expect("overlay");
+    o.set_own_subnet(net("10.244.1.0/24"));
+    o.set_peers(peers());
+    let r = o.reconcile().await.expect("reconcile");
+    assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
+    assert!(matches!(
+        r.errors[0],
+        OverlayError::PeerNotDirectlyReachable { .. }
+    ));
+    assert_eq!(
+        ours(&k),
+        vec![(
+            "10.244.2.0/24".parse().unwrap(),
+            Some("198.18.0.2".parse().unwrap()),
+            false
+        )]
+    );
+    assert!(
+        k.calls_of("ensure_vxlan").is_empty(),
+        "host-gw has no device"
+    );
+}
