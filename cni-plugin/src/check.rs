@@ -8,16 +8,16 @@
 //! matches on destination alone, which the reference got wrong before v1.3.0 — and the
 //! masquerade entries when `ipMasq` is on. The first mismatch is reported by name.
 
-use backends::kernel::netlink::{IpFamily, Netlink};
+use backends::kernel::netlink::IpFamily;
 use backends::kernel::netns::NetNs;
-use backends::kernel::nft::PodMasq;
+use backends::kernel::{Kernel, MasqTable};
 use ipam::host_local::HostLocal;
 use ipam::subnet_env::SubnetEnv;
 
 use crate::conf::IpamPlan;
+use crate::context::Context;
 use crate::error::{CniError, CniResult, INVALID_CONFIG, TRY_AGAIN_LATER, UNKNOWN_CONTAINER};
 use crate::result::{CniOutput, format_mac};
-use crate::skel::Invocation;
 use crate::{ipam_exec, netlink_err};
 
 fn fail(msg: String) -> CniError {
@@ -25,7 +25,8 @@ fn fail(msg: String) -> CniError {
 }
 
 /// Runs CHECK.
-pub async fn check(inv: &Invocation) -> CniResult<()> {
+pub async fn check<K: Kernel>(ctx: &Context<'_, K>) -> CniResult<()> {
+    let inv = ctx.inv;
     let conf = &inv.conf;
     let prev = conf.prev_result.as_ref().ok_or_else(|| {
         CniError::new(
@@ -91,7 +92,7 @@ pub async fn check(inv: &Invocation) -> CniResult<()> {
             ))
         })?;
 
-    let host = Netlink::new().map_err(netlink_err("open netlink socket"))?;
+    let host = &ctx.host;
     let bridge = host
         .link(&plan.bridge)
         .await
@@ -129,8 +130,9 @@ pub async fn check(inv: &Invocation) -> CniResult<()> {
             format!("cannot open network namespace {netns_text}: {e}"),
         )
     })?;
-    let pod =
-        Netlink::new_in(&ns).map_err(netlink_err("open netlink socket in the pod namespace"))?;
+    let (pod, _) = host
+        .enter(&ns, &[])
+        .map_err(netlink_err("open netlink socket in the pod namespace"))?;
     let pod_link = pod
         .link(&inv.ifname)
         .await
@@ -232,7 +234,7 @@ pub async fn check(inv: &Invocation) -> CniResult<()> {
     }
 
     if plan.ip_masq {
-        let masq = PodMasq::new(&plan.name);
+        let masq = host.pod_masq(&plan.name);
         for ip in &prev.ips {
             let present = masq
                 .contains(ip.address.ip())

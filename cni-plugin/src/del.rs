@@ -15,35 +15,125 @@
 //! 4. Remove flannel's per-container cache file if a node migrated from flannel's plugin
 //!    left one behind.
 //!
-//! Any real kernel error is reported (the runtime retries DEL); "not there" never is.
+//! Any real error is reported (the runtime retries DEL); "not there" never is. A failing
+//! step does not stop the others: DEL collects the errors, carries on, and reports them all
+//! in one message (with the first one's code), so one broken piece never leaves the rest of
+//! the attachment in place. A retried DEL finds what is left: the veth by its name, the
+//! masquerade entries by their `CID/IFNAME` comment even once the reservation is gone.
 
 use std::net::IpAddr;
 
-use backends::kernel::netlink::{Netlink, del_link_detached};
 use backends::kernel::netns::NetNs;
-use backends::kernel::nft::PodMasq;
+use backends::kernel::{Kernel, MasqTable};
 use ipam::host_local::HostLocal;
 use ipam::subnet_env::SubnetEnv;
 
 use crate::conf::DEFAULT_FLANNEL_DATA_DIR;
+use crate::context::Context;
 use crate::error::{CniError, CniResult};
 use crate::names::host_veth_name;
 use crate::result::CniOutput;
 use crate::skel::Invocation;
 use crate::{ipam_exec, netlink_err};
 
-/// Runs DEL.
-pub async fn del(inv: &Invocation) -> CniResult<()> {
+/// Runs DEL: every step, whatever the previous one did; the errors together.
+pub async fn del<K: Kernel>(ctx: &Context<'_, K>) -> CniResult<()> {
+    let inv = ctx.inv;
     let conf = &inv.conf;
+    let mut errors = Vec::new();
+    if let Err(e) = remove_veth(ctx).await {
+        errors.push(e);
+    }
+    ipam::fault::point("del:veth");
+
+    let store = if conf.ipam_type() == "host-local" {
+        match HostLocal::open(&conf.ipam_data_dir(), conf.network_name()) {
+            Ok(store) => Some(store),
+            Err(e) => {
+                errors.push(crate::ipam_err(e));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    if should_unmasquerade(inv) {
+        let held = match &store {
+            Some(store) => store
+                .lookup(&inv.container_id, &inv.ifname)
+                .unwrap_or_else(|e| {
+                    errors.push(crate::ipam_err(e));
+                    Vec::new()
+                }),
+            None => Vec::new(),
+        };
+        if let Err(e) = unmasquerade(ctx, held) {
+            errors.push(e);
+        }
+        ipam::fault::point("del:unmasq");
+    }
+    if let Some(store) = &store {
+        match store.release(&inv.container_id, &inv.ifname) {
+            Ok(_) => ipam::fault::point("del:released"),
+            Err(e) => errors.push(crate::ipam_err(e)),
+        }
+    } else if conf.ipam_type() != "host-local" {
+        // The delegate needs its config; subnet.env may be gone, so render what we can.
+        let ipam = delegated_ipam_config(inv);
+        if let Err(e) = ipam_exec::exec(inv, conf.ipam_type(), "DEL", &ipam, None) {
+            errors.push(e);
+        }
+    }
+
+    let cache = conf
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| DEFAULT_FLANNEL_DATA_DIR.into())
+        .join(&inv.container_id);
+    if let Err(e) = std::fs::remove_file(&cache)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        eprintln!("flannel cni: DEL: cannot remove {}: {e}", cache.display());
+    }
+    combine(errors)
+}
+
+/// One error for all of DEL's failures: the first one's code, every message.
+fn combine(mut errors: Vec<CniError>) -> CniResult<()> {
+    match errors.len() {
+        0 => Ok(()),
+        1 => Err(errors.remove(0)),
+        n => {
+            let msg = errors
+                .iter()
+                .map(|e| e.msg.as_str())
+                .collect::<Vec<_>>()
+                .join("; ");
+            Err(CniError::new(
+                errors[0].code,
+                format!("{n} DEL steps failed: {msg}"),
+            ))
+        }
+    }
+}
+
+/// Deletes the host end of the veth by its stable name; the kernel removes the pod end with
+/// it. Returns once the pair is gone from both namespaces; the kernel's ~20 ms of clean-up
+/// after that finishes in a detached child ([`Kernel::del_link_detached`]). Only when that
+/// name is absent is `CNI_IFNAME` looked for inside the pod's namespace.
+async fn remove_veth<K: Kernel>(ctx: &Context<'_, K>) -> CniResult<()> {
+    let inv = ctx.inv;
     let host_name = host_veth_name(&inv.container_id, &inv.ifname);
-    // Returns once the pair is gone from both namespaces; the kernel's ~20 ms of clean-up after
-    // that finishes in a detached child (see backends::kernel::netlink::del_link_detached).
-    let removed = del_link_detached(&host_name)
+    let removed = ctx
+        .host
+        .del_link_detached(&host_name)
         .map_err(|e| CniError::internal(format!("delete {host_name}: {e}")))?;
     if !removed && let Some(path) = &inv.netns {
         match NetNs::open(path) {
             Ok(ns) => {
-                let pod = Netlink::new_in(&ns)
+                let (pod, _) = ctx
+                    .host
+                    .enter(&ns, &[])
                     .map_err(netlink_err("open netlink socket in the pod namespace"))?;
                 pod.del_link(&inv.ifname)
                     .await
@@ -60,56 +150,16 @@ pub async fn del(inv: &Invocation) -> CniResult<()> {
             }
         }
     }
-
-    ipam::fault::point("del:veth");
-    let store = if conf.ipam_type() == "host-local" {
-        Some(HostLocal::open(&conf.ipam_data_dir(), conf.network_name()).map_err(crate::ipam_err)?)
-    } else {
-        None
-    };
-    if should_unmasquerade(inv) {
-        let held = match &store {
-            Some(store) => store
-                .lookup(&inv.container_id, &inv.ifname)
-                .map_err(crate::ipam_err)?,
-            None => Vec::new(),
-        };
-        unmasquerade(inv, held)?;
-        ipam::fault::point("del:unmasq");
-    }
-    match &store {
-        Some(store) => {
-            store
-                .release(&inv.container_id, &inv.ifname)
-                .map_err(crate::ipam_err)?;
-            ipam::fault::point("del:released");
-        }
-        None => {
-            // The delegate needs its config; subnet.env may be gone, so render what we can.
-            let ipam = delegated_ipam_config(inv);
-            ipam_exec::exec(inv, conf.ipam_type(), "DEL", &ipam, None)?;
-        }
-    }
-
-    let cache = conf
-        .data_dir
-        .clone()
-        .unwrap_or_else(|| DEFAULT_FLANNEL_DATA_DIR.into())
-        .join(&inv.container_id);
-    if let Err(e) = std::fs::remove_file(&cache)
-        && e.kind() != std::io::ErrorKind::NotFound
-    {
-        eprintln!("flannel cni: DEL: cannot remove {}: {e}", cache.display());
-    }
     Ok(())
 }
 
 /// Removes the attachment's masquerade entries: those of `held` (its reservations), else of
 /// `prevResult`, else every entry whose comment names the attachment — the last case covers a
 /// DEL that an older version was killed in between releasing and unmasquerading.
-fn unmasquerade(inv: &Invocation, mut ips: Vec<IpAddr>) -> CniResult<()> {
+fn unmasquerade<K: Kernel>(ctx: &Context<'_, K>, mut ips: Vec<IpAddr>) -> CniResult<()> {
+    let inv = ctx.inv;
     let conf = &inv.conf;
-    let masq = PodMasq::new(conf.network_name());
+    let masq = ctx.host.pod_masq(conf.network_name());
     if ips.is_empty()
         && let Some(prev) = conf
             .prev_result
@@ -128,11 +178,17 @@ fn unmasquerade(inv: &Invocation, mut ips: Vec<IpAddr>) -> CniResult<()> {
             .map(|(ip, _)| ip)
             .collect();
     }
+    let mut failed = Vec::new();
     for ip in &ips {
-        masq.remove(*ip)
-            .map_err(|e| CniError::internal(format!("remove masquerade for {ip}: {e}")))?;
+        if let Err(e) = masq.remove(*ip) {
+            failed.push(format!("remove masquerade for {ip}: {e}"));
+        }
     }
-    Ok(())
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(CniError::internal(failed.join("; ")))
+    }
 }
 
 /// Whether DEL should look for masquerade entries. Explicit `delegate.ipMasq` decides;

@@ -8,15 +8,16 @@
 
 use std::collections::HashSet;
 
-use backends::kernel::nft::PodMasq;
+use backends::kernel::{Kernel, MasqTable};
 use ipam::host_local::HostLocal;
 
+use crate::context::Context;
 use crate::error::{CniError, CniResult};
 use crate::ipam_exec;
-use crate::skel::Invocation;
 
 /// Runs GC.
-pub async fn gc(inv: &Invocation) -> CniResult<()> {
+pub async fn gc<K: Kernel>(ctx: &Context<'_, K>) -> CniResult<()> {
+    let inv = ctx.inv;
     let conf = &inv.conf;
     let valid = conf.gc_valid_attachments();
     let pairs: HashSet<(String, String)> = valid
@@ -60,7 +61,7 @@ pub async fn gc(inv: &Invocation) -> CniResult<()> {
     }
 
     // Masquerade entries carry "<cid>/<ifname>" as their comment.
-    let masq = PodMasq::new(conf.network_name());
+    let masq = ctx.host.pod_masq(conf.network_name());
     match masq.elements() {
         Ok(elements) => {
             for (ip, owner) in elements {

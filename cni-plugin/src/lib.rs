@@ -22,6 +22,7 @@
 pub mod add;
 pub mod check;
 pub mod conf;
+pub mod context;
 pub mod del;
 pub mod error;
 pub mod gc;
@@ -32,6 +33,8 @@ pub mod skel;
 pub mod status;
 pub mod version;
 
+use backends::kernel::netlink::Netlink;
+use context::Context;
 use error::{CniError, CniResult};
 use skel::{Command, Invocation};
 
@@ -42,14 +45,19 @@ pub fn dispatch(inv: &Invocation) -> CniResult<String> {
         .build()
         .map_err(|e| CniError::internal(format!("cannot start async runtime: {e}")))?;
     rt.block_on(async {
+        let kernel = || {
+            Netlink::new()
+                .map(|host| Context::new(inv, host))
+                .map_err(netlink_err("open netlink socket"))
+        };
         match inv.command {
             Command::Add => {
-                let out = add::add(inv).await?;
+                let out = add::add(&kernel()?).await?;
                 Ok(out.render(&inv.version, inv.spec).to_string())
             }
-            Command::Del => del::del(inv).await.map(|()| String::new()),
-            Command::Check => check::check(inv).await.map(|()| String::new()),
-            Command::Gc => gc::gc(inv).await.map(|()| String::new()),
+            Command::Del => del::del(&kernel()?).await.map(|()| String::new()),
+            Command::Check => check::check(&kernel()?).await.map(|()| String::new()),
+            Command::Gc => gc::gc(&kernel()?).await.map(|()| String::new()),
             Command::Status => status::status(inv).map(|()| String::new()),
             Command::Version => Ok(version::version_reply(Some(&inv.version))),
         }

@@ -15,6 +15,10 @@ pub trait MasqTable {
     fn remove(&self, ip: IpAddr) -> Result<(), NftError>;
     /// Every entry with its comment.
     fn elements(&self) -> Result<Vec<(IpAddr, String)>, NftError>;
+    /// Whether `ip` is masqueraded.
+    fn contains(&self, ip: IpAddr) -> Result<bool, NftError> {
+        Ok(self.elements()?.iter().any(|(e, _)| *e == ip))
+    }
 }
 
 impl MasqTable for PodMasq {
@@ -26,5 +30,8 @@ impl MasqTable for PodMasq {
     }
     fn elements(&self) -> Result<Vec<(IpAddr, String)>, NftError> {
         PodMasq::elements(self)
+    }
+    fn contains(&self, ip: IpAddr) -> Result<bool, NftError> {
+        PodMasq::contains(self, ip)
     }
 }
