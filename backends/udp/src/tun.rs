@@ -306,11 +306,6 @@ impl UdpSocket {
         self.gso
     }
 
-    /// Turns UDP GSO off (after the kernel refused a GSO send).
-    pub fn disable_gso(&mut self) {
-        self.gso = false;
-    }
-
     /// Whether `UDP_GRO` is on.
     pub fn gro(&self) -> bool {
         self.gro

@@ -46,11 +46,6 @@ impl MemoryStore {
         self.guard().clone()
     }
 
-    /// Plant a raw reservation "file" (e.g. a legacy id-only one), replacing any existing.
-    pub fn insert_raw(&self, ip: IpAddr, content: &str) {
-        self.guard().files.insert(ip, content.to_string());
-    }
-
     fn guard(&self) -> MutexGuard<'_, MemoryState> {
         // A panic while holding the lock cannot leave the maps half-updated in a way
         // that matters more than on disk after a crash: keep going.
