@@ -78,8 +78,8 @@ impl NetNs {
     /// Opens the network namespace a socket belongs to (`ioctl(SIOCGSKNS)`, Linux 4.9+; needs
     /// `CAP_NET_ADMIN` over that namespace). Sockets keep the namespace they were created in,
     /// so for a process that already holds a socket this names "home" without a path walk:
-    /// `/proc/thread-self/ns/net` in a new process costs ~33 us (every `/proc/PID` entry
-    /// on the way is built afresh), the ioctl ~9 us (measured on this kind of VM).
+    /// opening `/proc/thread-self/ns/net` in a new process builds every `/proc/PID` entry on
+    /// the way afresh, which costs several times the ioctl (README, "Design measurements").
     ///
     /// [`NetNs::path`] of the result is `/proc/PID/fd/N`, as for [`NetNs::current`].
     pub fn of_socket(socket: BorrowedFd<'_>) -> io::Result<NetNs> {
