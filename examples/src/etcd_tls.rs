@@ -4,7 +4,7 @@
 //! namespace, member `k` on `198.18.0.20<k>` (an extra address on the underlay bridge):
 //! clients and peers speak `https://`, both sides require a certificate of the cluster CA
 //! (`--client-cert-auth`, `--peer-client-cert-auth`), as a kubeadm etcd does. Certificates are
-//! made at start with `openssl` ([`flanneld::testing::pki`]): one per member (its IP in the
+//! made at start with `openssl` ([`flannel_testkit::pki`]): one per member (its IP in the
 //! subjectAltName, server and client usage), one client certificate for flanneld and the
 //! harness's `etcdctl`.
 //!
@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use flanneld::testing::pki::{CertPair, Pki};
+use flannel_testkit::pki::{CertPair, Pki};
 
 use crate::cluster::wait_until;
 

@@ -17,4 +17,3 @@ pub mod iface;
 pub mod network_config;
 pub mod notify;
 pub mod subnet;
-pub mod testing;

@@ -6,13 +6,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use flannel_testkit::etcd::EtcdServer;
 use flanneld::network_config::NetworkConfig;
 use flanneld::subnet::{
     CreateOutcome, EtcdConfig, EtcdLeaseStore, KeepAliveOutcome, LeaseStore, Listing,
     ManagerConfig, OwnLeaseEvent, Revision, StoreError, StorePosition, SubnetManager,
     UpdateOutcome, WatchStream, WatchUpdate,
 };
-use flanneld::testing::etcd::EtcdServer;
 use ipam::lease::{Lease, LeaseAttrs, LeaseEvent, LeaseWatcher, SubnetId};
 use ipnetwork::Ipv4Network;
 use serde_json::json;

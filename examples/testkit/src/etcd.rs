@@ -9,7 +9,7 @@
 //! `etcd.log` in the data directory's parent, whose tail is included in start errors.
 //!
 //! [`EtcdServer::start_tls`] runs the same member with `https://` client URLs, a server
-//! certificate and `--client-cert-auth` against a CA (see [`super::pki`]), as production etcd
+//! certificate and `--client-cert-auth` against a CA (see [`crate::pki`]), as production etcd
 //! runs; the harness itself connects with a client certificate of that CA.
 
 use std::fs::File;
@@ -89,11 +89,11 @@ fn log_tail(path: &Path) -> String {
 #[derive(Debug, Clone)]
 pub struct ServerTls {
     /// The member's certificate (must carry `IP:127.0.0.1`).
-    pub server: super::pki::CertPair,
+    pub server: crate::pki::CertPair,
     /// The CA that signs the server and the accepted client certificates.
     pub ca: PathBuf,
     /// A client certificate the harness connects with.
-    pub client: super::pki::CertPair,
+    pub client: crate::pki::CertPair,
 }
 
 /// A running single-member etcd on loopback (see the module docs).
@@ -154,12 +154,12 @@ impl EtcdServer {
     }
 
     /// Like [`start`](Self::start), but a missing binary is reported with
-    /// [`skip_or_panic`](super::skip_or_panic) and gives `None` (other errors panic).
+    /// [`skip_or_panic`](crate::skip_or_panic) and gives `None` (other errors panic).
     pub async fn start_or_skip() -> Option<Self> {
         match Self::start().await {
             Ok(s) => Some(s),
             Err(e @ EtcdServerError::NotFound(_)) => {
-                super::skip_or_panic(&e.to_string());
+                crate::skip_or_panic(&e.to_string());
                 None
             }
             Err(e) => panic!("starting etcd: {e}"),
