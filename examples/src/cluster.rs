@@ -199,8 +199,8 @@ fn ip(args: &[&str]) -> Result<String, String> {
 
 /// Whether a multi-node test can run: root and the tools the harness uses (`ip`, `etcd`,
 /// `etcdctl`, `iperf3`, `ping`, `nft`) plus `extra`. Without them the test prints
-/// `SKIP <test>: <why>` and should return — except under `CI=true`, where this panics: a
-/// missing prerequisite in CI is a failure, never a silent skip.
+/// `SKIPPED …: <test>: <why>` and should return — except in CI, where this panics: a
+/// missing prerequisite in CI is a failure, never a silent skip ([`flannel_testkit`]'s rule).
 pub fn prerequisites(test: &str, extra: &[&str]) -> bool {
     let root = nix::unistd::geteuid().is_root();
     let missing: Vec<&str> = ["ip", "etcd", "etcdctl", "iperf3", "ping", "nft"]
@@ -216,18 +216,13 @@ pub fn prerequisites(test: &str, extra: &[&str]) -> bool {
                 .unwrap_or(true)
         })
         .collect();
-    if root && missing.is_empty() {
+    if !root {
+        return flannel_testkit::require_root(test);
+    }
+    if missing.is_empty() {
         return true;
     }
-    let why = if root {
-        format!("missing tools {missing:?}")
-    } else {
-        "not root".to_string()
-    };
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test}: {why} (CI=true: failing instead of skipping)");
-    }
-    eprintln!("SKIP {test}: {why}");
+    flannel_testkit::skip_or_panic(&format!("{test}: missing tools {missing:?}"));
     false
 }
 
