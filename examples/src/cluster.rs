@@ -7,6 +7,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use flannel_testkit::etcd::EtcdCommand;
+
 static CLUSTER_COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// Underlay address of etcd (on the underlay bridge).
@@ -388,30 +390,16 @@ impl Cluster {
 
     /// Starts etcd inside the underlay namespace (data kept across stop/start).
     pub fn start_etcd(&mut self) -> Result<(), String> {
-        let data = self.workdir.path().join("etcd");
-        let log = std::fs::File::create(self.workdir.path().join("etcd.log"))
-            .map_err(|e| e.to_string())?;
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.ul(), "etcd", "--name", "default"])
-            .arg("--data-dir")
-            .arg(&data)
-            .args([
-                "--listen-client-urls",
+        let child = EtcdCommand::new("default", self.workdir.path().join("etcd"))
+            .in_netns(&self.ul())
+            .client_urls(
                 &format!("http://{ETCD_IP}:2379,http://127.0.0.1:2379"),
-                "--advertise-client-urls",
                 &format!("http://{ETCD_IP}:2379"),
-                "--listen-peer-urls",
-                "http://127.0.0.1:2380",
-                "--initial-advertise-peer-urls",
-                "http://127.0.0.1:2380",
-                "--initial-cluster",
-                "default=http://127.0.0.1:2380",
-                "--listen-metrics-urls",
-                "http://127.0.0.1:2381",
-            ])
-            .stdout(log.try_clone().map_err(|e| e.to_string())?)
-            .stderr(log)
-            .spawn()
+            )
+            .peer_url("http://127.0.0.1:2380")
+            .initial_cluster("default=http://127.0.0.1:2380")
+            .flag("--listen-metrics-urls", "http://127.0.0.1:2381")
+            .spawn(&self.workdir.path().join("etcd.log"))
             .map_err(|e| format!("start etcd: {e}"))?;
         crate::cleanup::track_pid(child.id());
         self.etcd = Some(child);
