@@ -36,6 +36,7 @@ use ipnetwork::Ipv4Network;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::config::Opts;
 use crate::healthz::Health;
 use crate::iface::{self, IfaceSelector, SelectedInterface};
@@ -311,10 +312,6 @@ fn spawn_signal_handler(cancel: CancellationToken) -> Result<()> {
     Ok(())
 }
 
-fn backoff(current: Duration) -> Duration {
-    (current * 2).min(RETRY_MAX)
-}
-
 /// Sleeps `d` unless cancelled; returns false when cancelled.
 async fn sleep_or_cancel(d: Duration, cancel: &CancellationToken) -> bool {
     tokio::select! {
@@ -354,7 +351,7 @@ async fn connect_store(
         if !sleep_or_cancel(*delay, cancel).await {
             return Ok(None);
         }
-        *delay = backoff(*delay);
+        *delay = Backoff::grow(*delay, RETRY_MAX);
     }
 }
 
@@ -403,7 +400,7 @@ async fn wait_for_network_config<S: LeaseStore>(
         if !sleep_or_cancel(*delay, cancel).await {
             return ConfigWait::Cancelled;
         }
-        *delay = backoff(*delay);
+        *delay = Backoff::grow(*delay, RETRY_MAX);
         if reconnect {
             return ConfigWait::Reconnect;
         }
@@ -437,7 +434,7 @@ async fn acquire_with_retry<S: LeaseStore>(
         if !sleep_or_cancel(delay, cancel).await {
             return None;
         }
-        delay = backoff(delay);
+        delay = Backoff::grow(delay, RETRY_MAX);
     }
 }
 

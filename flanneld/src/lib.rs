@@ -9,6 +9,7 @@
 //! [`network_config`] the `<prefix>/config` JSON, [`subnet`] owns the lease store and the
 //! leasing policy, and [`daemon`] wires everything together.
 
+pub mod backoff;
 pub mod cleanup;
 pub mod config;
 pub mod daemon;

@@ -44,6 +44,7 @@ use super::{
     CreateOutcome, KeepAliveOutcome, LeaseStore, Listing, StoreError, StoreMetrics, StorePosition,
     UpdateOutcome, WatchBatch, WatchEvent,
 };
+use crate::backoff::Backoff;
 use crate::network_config::NetworkConfig;
 
 /// Tuning of the leasing policy.
@@ -153,34 +154,6 @@ pub enum WatchUpdate {
 /// margin does not fit into the TTL.
 pub fn renew_delay(ttl: Duration, margin: Duration) -> Duration {
     if ttl > margin { ttl - margin } else { ttl / 3 }
-}
-
-/// Exponential backoff between `min` and `max`.
-#[derive(Debug)]
-struct Backoff {
-    min: Duration,
-    max: Duration,
-    next: Duration,
-}
-
-impl Backoff {
-    fn new(cfg: &ManagerConfig) -> Self {
-        Self {
-            min: cfg.backoff_min,
-            max: cfg.backoff_max.max(cfg.backoff_min),
-            next: cfg.backoff_min,
-        }
-    }
-
-    fn next(&mut self) -> Duration {
-        let d = self.next;
-        self.next = (self.next * 2).min(self.max);
-        d
-    }
-
-    fn reset(&mut self) {
-        self.next = self.min;
-    }
 }
 
 /// What stops the long-running loops ([`SubnetManager::run_lease_keeper`],
@@ -502,7 +475,7 @@ impl<S: LeaseStore> SubnetManager<S> {
         let mut shutdown = shutdown.into();
         let mut lease = lease;
         self.set_own(Some(lease.clone()));
-        let mut backoff = Backoff::new(&self.cfg);
+        let mut backoff = Backoff::new(self.cfg.backoff_min, self.cfg.backoff_max);
         let (mut delay, mut renew_due) = self.next_check(&lease);
         let mut deadline = Instant::now() + delay;
         loop {
@@ -528,7 +501,7 @@ impl<S: LeaseStore> SubnetManager<S> {
                         lost = true;
                     }
                     Err(e) => {
-                        delay = backoff.next();
+                        delay = backoff.next_delay();
                         tracing::warn!(error = %e, retry_in = ?delay, "renewing the subnet lease failed");
                         deadline = Instant::now() + delay;
                         continue;
@@ -545,7 +518,7 @@ impl<S: LeaseStore> SubnetManager<S> {
                         lost = true;
                     }
                     Err(e) => {
-                        delay = backoff.next();
+                        delay = backoff.next_delay();
                         tracing::warn!(error = %e, retry_in = ?delay, "checking our subnet key failed");
                         // A pending renewal stays pending (`renew_due` is unchanged).
                         deadline = Instant::now() + delay;
@@ -587,7 +560,7 @@ impl<S: LeaseStore> SubnetManager<S> {
                     return Some(l);
                 }
                 Err(e) => {
-                    let d = backoff.next();
+                    let d = backoff.next_delay();
                     tracing::warn!(error = %e, retry_in = ?d, "re-acquiring a subnet lease failed");
                     if shutdown.sleep(d).await {
                         return None;
@@ -628,7 +601,7 @@ impl<S: LeaseStore> SubnetManager<S> {
     /// a restore.
     pub async fn run_watch(&self, tx: mpsc::Sender<WatchUpdate>, shutdown: impl Into<Shutdown>) {
         let mut shutdown = shutdown.into();
-        let mut backoff = Backoff::new(&self.cfg);
+        let mut backoff = Backoff::new(self.cfg.backoff_min, self.cfg.backoff_max);
         // `Some(rev)`: a watch broke after delivering everything up to `rev - 1`; resume from
         // `rev` without re-listing (history still holds the gap). `None`: take a new snapshot
         // first (start-up, compaction, restore).
@@ -667,7 +640,7 @@ impl<S: LeaseStore> SubnetManager<S> {
                         }
                         Ok(_) => rev,
                         Err(e) => {
-                            let d = backoff.next();
+                            let d = backoff.next_delay();
                             log_store_error(
                                 &e,
                                 d,
@@ -689,7 +662,7 @@ impl<S: LeaseStore> SubnetManager<S> {
                     let (listing, pos) = match listed {
                         Ok(l) => l,
                         Err(e) => {
-                            let d = backoff.next();
+                            let d = backoff.next_delay();
                             log_store_error(&e, d, "listing subnet leases");
                             if shutdown.sleep(d).await {
                                 return;
@@ -723,7 +696,7 @@ impl<S: LeaseStore> SubnetManager<S> {
                         resume = None;
                         continue;
                     }
-                    let d = backoff.next();
+                    let d = backoff.next_delay();
                     log_store_error(&e, d, "starting the subnet watch");
                     if shutdown.sleep(d).await {
                         return;
@@ -770,7 +743,7 @@ impl<S: LeaseStore> SubnetManager<S> {
                 if started.elapsed() > Duration::from_secs(5) {
                     backoff.reset();
                 }
-                let d = backoff.next();
+                let d = backoff.next_delay();
                 tracing::warn!(error = %why, retry_in = ?d, resume_from = ?resume,
                     "subnet watch broke; reconnecting");
                 if shutdown.sleep(d).await {
