@@ -780,7 +780,7 @@ pub fn log_store_error(e: &StoreError, retry_in: Duration, doing: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::subnet::{CountingStore, MemoryLeaseStore, Revision, SubnetId, WatchStream};
+    use crate::subnet::{HookedStore, MemoryLeaseStore, StoreCall};
     use ipam::lease::LeaseWatcher;
     use serde_json::json;
 
@@ -916,7 +916,7 @@ mod tests {
             attrs("198.18.0.1", "0a:00:00:00:00:01"),
         );
         inner.put_reservation(&reserved);
-        let st = Arc::new(CountingStore::new(inner.clone()));
+        let st = Arc::new(HookedStore::new(inner.clone()));
         let m = manager(st.clone(), net_json);
 
         // Same attrs: taken as is, no write at all.
@@ -965,68 +965,31 @@ mod tests {
         assert!(inner.get(&got.id()).await.unwrap().is_some());
     }
 
-    /// Forwards to a memory store, but lets another "node" grab the key right before our
-    /// first `n` creates.
-    struct RacingStore {
-        inner: Arc<MemoryLeaseStore>,
-        steal: std::sync::atomic::AtomicUsize,
-    }
-
-    impl LeaseStore for RacingStore {
-        fn config_location(&self) -> String {
-            self.inner.config_location()
-        }
-        async fn network_config(&self) -> Result<Option<String>, StoreError> {
-            self.inner.network_config().await
-        }
-        async fn list(&self) -> Result<Listing, StoreError> {
-            self.inner.list().await
-        }
-        async fn get(&self, id: &SubnetId) -> Result<Option<Lease>, StoreError> {
-            self.inner.get(id).await
-        }
-        async fn create_if_absent(
-            &self,
-            lease: &Lease,
-            ttl: Duration,
-        ) -> Result<CreateOutcome, StoreError> {
+    /// A memory store where another "node" grabs the key right before our first `n` creates.
+    fn racing(inner: Arc<MemoryLeaseStore>, n: usize) -> HookedStore<MemoryLeaseStore> {
+        let left = Arc::new(std::sync::atomic::AtomicUsize::new(n));
+        let thief_store = inner.clone();
+        HookedStore::new(inner).before(move |call| {
             use std::sync::atomic::Ordering;
-            if self.steal.load(Ordering::SeqCst) > 0 {
-                self.steal.fetch_sub(1, Ordering::SeqCst);
-                let thief =
-                    Lease::new(lease.subnet, None, attrs("198.18.9.9", "0a:00:00:00:09:09"));
-                self.inner.create_if_absent(&thief, ttl).await?;
+            let StoreCall::CreateIfAbsent(lease, ttl) = call else {
+                return None;
+            };
+            if left.load(Ordering::SeqCst) == 0 {
+                return None;
             }
-            self.inner.create_if_absent(lease, ttl).await
-        }
-        async fn update(&self, lease: &Lease, ttl: Duration) -> Result<UpdateOutcome, StoreError> {
-            self.inner.update(lease, ttl).await
-        }
-        async fn keep_alive(&self, id: i64) -> Result<KeepAliveOutcome, StoreError> {
-            self.inner.keep_alive(id).await
-        }
-        async fn position(&self) -> Result<StorePosition, StoreError> {
-            self.inner.position().await
-        }
-        async fn position_linearizable(&self) -> Result<StorePosition, StoreError> {
-            self.inner.position_linearizable().await
-        }
-        async fn delete(&self, lease: &Lease) -> Result<bool, StoreError> {
-            self.inner.delete(lease).await
-        }
-        async fn watch(&self, from: Revision) -> Result<WatchStream, StoreError> {
-            self.inner.watch(from).await
-        }
+            left.fetch_sub(1, Ordering::SeqCst);
+            let thief = Lease::new(lease.subnet, None, attrs("198.18.9.9", "0a:00:00:00:09:09"));
+            let st = thief_store.clone();
+            Some(Box::pin(async move {
+                st.create_if_absent(&thief, ttl).await.map(|_| ())
+            }))
+        })
     }
 
     #[tokio::test]
     async fn lost_race_relists_and_repicks() {
         let inner = Arc::new(MemoryLeaseStore::new());
-        let racing = Arc::new(RacingStore {
-            inner: inner.clone(),
-            steal: 3.into(),
-        });
-        let st = Arc::new(CountingStore::new(racing));
+        let st = Arc::new(racing(inner.clone(), 3));
         let m = manager(st.clone(), NET16);
         let me = attrs("198.18.0.1", "0a:00:00:00:00:01");
         let got = m.acquire(&me, Some(net("10.244.9.0/24"))).await.unwrap();
@@ -1042,11 +1005,10 @@ mod tests {
         assert_eq!(listing.leases.iter().filter(|l| l.attrs == me).count(), 1);
 
         // Losing every round is an error, not an exit or a hang.
-        let racing = Arc::new(RacingStore {
-            inner: Arc::new(MemoryLeaseStore::new()),
-            steal: 100.into(),
-        });
-        let m = manager(racing, NET16);
+        let m = manager(
+            Arc::new(racing(Arc::new(MemoryLeaseStore::new()), 100)),
+            NET16,
+        );
         assert!(matches!(
             m.acquire(&me, None).await,
             Err(ManagerError::RaceLost { rounds: 10 })
@@ -1101,7 +1063,7 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let st = Arc::new(CountingStore::new(inner.clone()));
+        let st = Arc::new(HookedStore::new(inner.clone()));
         let m = manager(st.clone(), json);
         let got = m
             .acquire(&attrs("198.19.0.1", "0a:00:00:00:00:01"), None)

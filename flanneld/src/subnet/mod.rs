@@ -24,17 +24,19 @@ use std::time::Duration;
 use futures::Stream;
 use ipam::lease::{Lease, LeaseAttrs, LeaseError, SubnetId, parse_subnet_key};
 
-pub mod counting;
 pub mod etcd;
 pub mod etcd_error;
 pub mod etcd_tls;
+#[cfg(any(test, feature = "testing"))]
+pub mod hooked;
 pub mod manager;
 pub mod memory;
 pub mod metrics;
 
-pub use counting::{CallCounts, CountingStore};
 pub use etcd::{EtcdConfig, EtcdLeaseStore};
 pub use etcd_error::{EtcdContext, EtcdErrorKind};
+#[cfg(any(test, feature = "testing"))]
+pub use hooked::{CallCounts, HookFuture, HookedStore, StoreCall};
 pub use manager::{
     ManagerConfig, ManagerError, OwnLeaseEvent, Shutdown, SubnetManager, WatchUpdate, renew_delay,
 };
