@@ -91,18 +91,6 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// The metric label of this failure.
-    pub fn kind_label(&self) -> &'static str {
-        match self {
-            StoreError::Etcd { kind, .. } => kind.label(),
-            StoreError::TlsFile(f) => f.kind,
-            StoreError::Config(_) => "config",
-            StoreError::Protocol { .. } => "protocol",
-            StoreError::WatchInterrupted(_) => "watch_interrupted",
-            StoreError::Timeout { .. } => "timeout",
-        }
-    }
-
     /// Whether only an operator can fix this (certificates, password, role): the daemon
     /// logs it as an error instead of a warning, and keeps retrying.
     pub fn needs_operator(&self) -> bool {
