@@ -744,11 +744,7 @@ fn delegated_ipam_runs_the_named_plugin() {
     }
     let reference = std::path::Path::new("/usr/lib/cni/host-local");
     if !reference.exists() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "reference host-local missing under CI"
-        );
-        eprintln!("SKIP: no /usr/lib/cni/host-local");
+        flannel_testkit::skip_or_panic("no /usr/lib/cni/host-local");
         return;
     }
     let node = Node::new("dlg");

@@ -4,7 +4,7 @@
 //! namespace, member `k` on `198.18.0.20<k>` (an extra address on the underlay bridge):
 //! clients and peers speak `https://`, both sides require a certificate of the cluster CA
 //! (`--client-cert-auth`, `--peer-client-cert-auth`), as a kubeadm etcd does. Certificates are
-//! made at start with `openssl` ([`flanneld::testing::pki`]): one per member (its IP in the
+//! made at start with `openssl` ([`flannel_testkit::pki`]): one per member (its IP in the
 //! subjectAltName, server and client usage), one client certificate for flanneld and the
 //! harness's `etcdctl`.
 //!
@@ -16,10 +16,11 @@
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
-use flanneld::testing::pki::{CertPair, Pki};
+use flannel_testkit::etcd::EtcdCommand;
+use flannel_testkit::pki::{CertPair, Pki};
 
 use crate::cluster::wait_until;
 
@@ -237,51 +238,18 @@ impl TlsEtcd {
             return Ok(());
         }
         let m = &self.members[k];
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join(format!("etcd-{}.log", m.name)))
-            .map_err(|e| e.to_string())?;
         let client_url = format!("https://{}:{CLIENT_PORT}", m.ip);
         let peer_url = format!("https://{}:{PEER_PORT}", m.ip);
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.ns, "etcd", "--name", &m.name])
-            .arg("--data-dir")
-            .arg(self.data_dir(k))
-            .args([
-                "--listen-client-urls",
-                &client_url,
-                "--advertise-client-urls",
-                &client_url,
-                "--listen-peer-urls",
-                &peer_url,
-                "--initial-advertise-peer-urls",
-                &peer_url,
-                "--initial-cluster",
-                &self.initial_cluster(),
-                "--initial-cluster-state",
-                "new",
-                "--initial-cluster-token",
-                &self.token,
-                "--client-cert-auth",
-                "--peer-client-cert-auth",
-            ])
-            .arg("--trusted-ca-file")
-            .arg(&self.ca)
-            .arg("--cert-file")
-            .arg(&m.cert.cert)
-            .arg("--key-file")
-            .arg(&m.cert.key)
-            .arg("--peer-trusted-ca-file")
-            .arg(&self.ca)
-            .arg("--peer-cert-file")
-            .arg(&m.cert.cert)
-            .arg("--peer-key-file")
-            .arg(&m.cert.key)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().map_err(|e| e.to_string())?)
-            .stderr(log);
-        let child = cmd.spawn().map_err(|e| format!("start etcd member: {e}"))?;
+        let child = EtcdCommand::new(&m.name, self.data_dir(k))
+            .in_netns(&self.ns)
+            .client_urls(&client_url, &client_url)
+            .peer_url(&peer_url)
+            .initial_cluster(&self.initial_cluster())
+            .token(&self.token)
+            .client_tls(&m.cert, &self.ca)
+            .peer_tls(&m.cert, &self.ca)
+            .spawn(&self.dir.join(format!("etcd-{}.log", m.name)))
+            .map_err(|e| format!("start etcd member: {e}"))?;
         crate::cleanup::track_pid(child.id());
         self.members[k].child = Some(child);
         Ok(())

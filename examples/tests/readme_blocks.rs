@@ -20,7 +20,7 @@ fn install_twice_then_uninstall_leaves_destdir_empty() {
     let bins = repo_root().join("target/debug");
     for b in ["flanneld", "flannel"] {
         if !bins.join(b).exists() {
-            flanneld::testing::skip_or_panic(&format!(
+            flannel_testkit::skip_or_panic(&format!(
                 "target/debug/{b} not built (cargo build --workspace --bins)"
             ));
             return;

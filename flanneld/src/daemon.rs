@@ -37,6 +37,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{backend_driver, external, peers};
+use crate::backoff::Backoff;
 use crate::config::Opts;
 use crate::healthz::Health;
 use crate::iface::{self, IfaceSelector};
@@ -314,10 +315,6 @@ fn spawn_signal_handler(cancel: CancellationToken) -> Result<()> {
     Ok(())
 }
 
-fn backoff(current: Duration) -> Duration {
-    (current * 2).min(RETRY_MAX)
-}
-
 /// Sleeps `d` unless cancelled; returns false when cancelled.
 async fn sleep_or_cancel(d: Duration, cancel: &CancellationToken) -> bool {
     tokio::select! {
@@ -357,7 +354,7 @@ async fn connect_store(
         if !sleep_or_cancel(*delay, cancel).await {
             return Ok(None);
         }
-        *delay = backoff(*delay);
+        *delay = Backoff::grow(*delay, RETRY_MAX);
     }
 }
 
@@ -406,7 +403,7 @@ async fn wait_for_network_config<S: LeaseStore>(
         if !sleep_or_cancel(*delay, cancel).await {
             return ConfigWait::Cancelled;
         }
-        *delay = backoff(*delay);
+        *delay = Backoff::grow(*delay, RETRY_MAX);
         if reconnect {
             return ConfigWait::Reconnect;
         }
@@ -440,7 +437,7 @@ async fn acquire_with_retry<S: LeaseStore>(
         if !sleep_or_cancel(delay, cancel).await {
             return None;
         }
-        delay = backoff(delay);
+        delay = Backoff::grow(delay, RETRY_MAX);
     }
 }
 

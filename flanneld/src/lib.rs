@@ -10,6 +10,7 @@
 //! leasing policy, and [`daemon`] wires everything together.
 
 pub mod backend;
+pub mod backoff;
 pub mod cleanup;
 pub mod config;
 pub mod daemon;
@@ -18,4 +19,3 @@ pub mod iface;
 pub mod network_config;
 pub mod notify;
 pub mod subnet;
-pub mod testing;

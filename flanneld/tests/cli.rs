@@ -41,7 +41,7 @@ fn kube_subnet_mgr_exits_with_a_clear_message() {
 fn the_shipped_unit_passes_systemd_analyze_verify() {
     let analyze = Command::new("systemd-analyze").arg("--version").output();
     if analyze.is_err() {
-        flanneld::testing::skip_or_panic("systemd-analyze not installed (package systemd)");
+        flannel_testkit::skip_or_panic("systemd-analyze not installed (package systemd)");
         return;
     }
     let unit = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -4,11 +4,11 @@
 use std::time::Duration;
 
 use etcd_client::{GetOptions, PutOptions};
+use flannel_testkit::etcd::EtcdServer;
 use flanneld::subnet::{
     CreateOutcome, EtcdConfig, EtcdLeaseStore, KeepAliveOutcome, LeaseStore, StoreError,
     UpdateOutcome, WatchBatch, WatchEvent, WatchStream,
 };
-use flanneld::testing::etcd::EtcdServer;
 use futures::StreamExt;
 use ipam::lease::{Lease, LeaseAttrs};
 use serde_json::json;

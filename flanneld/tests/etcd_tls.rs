@@ -1,5 +1,5 @@
 //! `EtcdLeaseStore` against a real etcd serving TLS with client-certificate auth, with
-//! certificates made at test time by `openssl` ([`flanneld::testing::pki`]): mutual TLS works,
+//! certificates made at test time by `openssl` ([`flannel_testkit::pki`]): mutual TLS works,
 //! and every way it can be misconfigured is reported as its own kind, with a message that
 //! names the file or endpoint to fix. Then auth: a user whose role allows only flannel's
 //! prefix works, a wrong password and a role on another prefix are clear errors.
@@ -8,12 +8,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use etcd_client::{Permission, PermissionType};
+use flannel_testkit::etcd::{EtcdServer, ServerTls};
+use flannel_testkit::pki::{CertPair, Pki};
+use flannel_testkit::skip_or_panic;
 use flanneld::subnet::{
     CreateOutcome, EtcdConfig, EtcdErrorKind, EtcdLeaseStore, LeaseStore, StoreError,
 };
-use flanneld::testing::etcd::{EtcdServer, ServerTls};
-use flanneld::testing::pki::{CertPair, Pki};
-use flanneld::testing::skip_or_panic;
 use ipam::lease::{Lease, LeaseAttrs};
 
 const NETWORK: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
@@ -46,7 +46,7 @@ async fn fixture() -> Option<Fixture> {
     let server = match EtcdServer::start_tls(tls).await {
         Ok(s) => s,
         Err(e) => {
-            if matches!(e, flanneld::testing::etcd::EtcdServerError::NotFound(_)) {
+            if matches!(e, flannel_testkit::etcd::EtcdServerError::NotFound(_)) {
                 skip_or_panic(&e.to_string());
                 return None;
             }

@@ -5,8 +5,8 @@
 use std::process::Command;
 use std::time::Duration;
 
+use flannel_testkit::etcd::EtcdServer;
 use flanneld::subnet::{CreateOutcome, EtcdConfig, EtcdLeaseStore, LeaseStore};
-use flanneld::testing::etcd::EtcdServer;
 use ipam::lease::{Lease, LeaseAttrs};
 use serde_json::json;
 

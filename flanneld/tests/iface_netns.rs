@@ -5,8 +5,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::process::Command;
 
 use backends::kernel::netlink::Netlink;
+use flannel_testkit::require_root;
 use flanneld::iface::{IfaceSelector, SelectedInterface, select};
-use flanneld::testing::skip_or_panic;
 
 fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("run ip");
@@ -21,8 +21,7 @@ fn ip(args: &[&str]) {
 /// `ul0` 198.18.0.1/24 (default route via 198.18.0.254), `ul1` 198.19.5.7/24 (route to
 /// 198.19.128.0/17), `lo`.
 fn in_topology(body: impl FnOnce(Netlink, tokio::runtime::Runtime) + Send + 'static) {
-    if !nix::unistd::geteuid().is_root() {
-        skip_or_panic("iface selection tests need root (network namespaces)");
+    if !require_root("iface selection tests need network namespaces") {
         return;
     }
     std::thread::spawn(move || {

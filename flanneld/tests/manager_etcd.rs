@@ -6,14 +6,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use flannel_testkit::etcd::EtcdServer;
 use flanneld::network_config::NetworkConfig;
 use flanneld::subnet::{
-    CreateOutcome, EtcdConfig, EtcdLeaseStore, KeepAliveOutcome, LeaseStore, Listing,
-    ManagerConfig, OwnLeaseEvent, Revision, StoreError, StorePosition, SubnetManager,
-    UpdateOutcome, WatchStream, WatchUpdate,
+    CreateOutcome, EtcdConfig, EtcdLeaseStore, HookedStore, KeepAliveOutcome, LeaseStore,
+    ManagerConfig, OwnLeaseEvent, StoreCall, SubnetManager, WatchUpdate,
 };
-use flanneld::testing::etcd::EtcdServer;
-use ipam::lease::{Lease, LeaseAttrs, LeaseEvent, LeaseWatcher, SubnetId};
+use ipam::lease::{Lease, LeaseAttrs, LeaseEvent, LeaseWatcher};
 use ipnetwork::Ipv4Network;
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
@@ -259,50 +258,20 @@ async fn keep_alive_holds_a_short_ttl_lease() {
 
 /// Forwards to etcd; right before the first `watch`, another node writes a lease and the
 /// store is compacted past the watch's start, so etcd answers that watch with a compaction.
-struct CompactBeforeWatch {
+fn compact_before_watch(
     inner: Arc<EtcdLeaseStore>,
     client: etcd_client::Client,
-    armed: AtomicBool,
-}
-
-impl LeaseStore for CompactBeforeWatch {
-    fn config_location(&self) -> String {
-        self.inner.config_location()
-    }
-    async fn network_config(&self) -> Result<Option<String>, StoreError> {
-        self.inner.network_config().await
-    }
-    async fn list(&self) -> Result<Listing, StoreError> {
-        self.inner.list().await
-    }
-    async fn get(&self, id: &SubnetId) -> Result<Option<Lease>, StoreError> {
-        self.inner.get(id).await
-    }
-    async fn create_if_absent(
-        &self,
-        l: &Lease,
-        ttl: Duration,
-    ) -> Result<CreateOutcome, StoreError> {
-        self.inner.create_if_absent(l, ttl).await
-    }
-    async fn update(&self, l: &Lease, ttl: Duration) -> Result<UpdateOutcome, StoreError> {
-        self.inner.update(l, ttl).await
-    }
-    async fn keep_alive(&self, id: i64) -> Result<KeepAliveOutcome, StoreError> {
-        self.inner.keep_alive(id).await
-    }
-    async fn position(&self) -> Result<StorePosition, StoreError> {
-        self.inner.position().await
-    }
-    async fn position_linearizable(&self) -> Result<StorePosition, StoreError> {
-        self.inner.position_linearizable().await
-    }
-    async fn delete(&self, l: &Lease) -> Result<bool, StoreError> {
-        self.inner.delete(l).await
-    }
-    async fn watch(&self, from: Revision) -> Result<WatchStream, StoreError> {
-        if self.armed.swap(false, Ordering::SeqCst) {
-            let mut c = self.client.clone();
+) -> HookedStore<EtcdLeaseStore> {
+    let armed = AtomicBool::new(true);
+    HookedStore::new(inner).before(move |call| {
+        let StoreCall::Watch(from) = call else {
+            return None;
+        };
+        if !armed.swap(false, Ordering::SeqCst) {
+            return None;
+        }
+        let mut c = client.clone();
+        Some(Box::pin(async move {
             let peer = attrs("198.18.0.7", "0a:00:00:00:00:07");
             // Two writes, so the compaction point lies beyond `from` (etcd keeps the
             // compaction revision itself: a watch from exactly there still works).
@@ -317,9 +286,9 @@ impl LeaseStore for CompactBeforeWatch {
             let head = put.header().map(|h| h.revision()).unwrap_or(0);
             assert!(head > from);
             c.compact(head, None).await.expect("compact");
-        }
-        self.inner.watch(from).await
-    }
+            Ok(())
+        }))
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -328,11 +297,10 @@ async fn watch_recovers_from_compaction_with_a_fresh_snapshot() {
         return;
     };
     let inner = store(&server).await;
-    let st = Arc::new(CompactBeforeWatch {
-        inner: inner.clone(),
-        client: server.client().await.unwrap(),
-        armed: AtomicBool::new(true),
-    });
+    let st = Arc::new(compact_before_watch(
+        inner.clone(),
+        server.client().await.unwrap(),
+    ));
     let m = Arc::new(SubnetManager::new(
         st,
         NetworkConfig::parse(NET16).unwrap(),

@@ -2,7 +2,7 @@
 //! `containernetworking-plugins`): both implementations share one data directory and must
 //! see each other's reservations, cursor and lock.
 //!
-//! Without the binary the tests print `SKIP:`; under `CI=true` they fail instead.
+//! Without the binary the tests print `SKIPPED:`; in CI they fail instead (`flannel_testkit`).
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -22,16 +22,10 @@ fn reference_bin() -> Option<PathBuf> {
     if p.is_file() {
         return Some(p);
     }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!(
-            "reference host-local binary {} is missing (CI=true)",
-            p.display()
-        );
-    }
-    eprintln!(
-        "SKIP: reference host-local binary {} not found",
+    flannel_testkit::skip_or_panic(&format!(
+        "reference host-local binary {} not found",
         p.display()
-    );
+    ));
     None
 }
 

@@ -16,26 +16,20 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-/// Returns false (skip) when not root outside CI; panics under CI=true.
+/// Returns false (skip) when not root outside CI; panics in CI (`flannel_testkit`'s rule).
 pub fn require_root(test: &str) -> bool {
     let root = nix::unistd::geteuid().is_root();
     let has_ip = Command::new("ip")
         .arg("-V")
         .output()
         .is_ok_and(|o| o.status.success());
-    if root && has_ip {
-        return true;
+    if !root {
+        return flannel_testkit::require_root(test);
     }
-    let why = if !root {
-        "not root"
-    } else {
-        "iproute2 `ip` missing"
-    };
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test}: {why} (CI=true: refusing to skip)");
+    if !has_ip {
+        flannel_testkit::skip_or_panic(&format!("{test}: iproute2 `ip` missing"));
     }
-    eprintln!("SKIP {test}: {why}");
-    false
+    has_ip
 }
 
 /// Runs `ip` with args, panicking with stderr on failure.

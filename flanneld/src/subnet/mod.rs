@@ -24,17 +24,19 @@ use std::time::Duration;
 use futures::Stream;
 use ipam::lease::{Lease, LeaseAttrs, LeaseError, SubnetId, parse_subnet_key};
 
-pub mod counting;
 pub mod etcd;
 pub mod etcd_error;
 pub mod etcd_tls;
+#[cfg(any(test, feature = "testing"))]
+pub mod hooked;
 pub mod manager;
 pub mod memory;
 pub mod metrics;
 
-pub use counting::{CallCounts, CountingStore};
 pub use etcd::{EtcdConfig, EtcdLeaseStore};
 pub use etcd_error::{EtcdContext, EtcdErrorKind};
+#[cfg(any(test, feature = "testing"))]
+pub use hooked::{CallCounts, HookFuture, HookedStore, StoreCall};
 pub use manager::{
     ManagerConfig, ManagerError, OwnLeaseEvent, Shutdown, SubnetManager, WatchUpdate, renew_delay,
 };
@@ -89,18 +91,6 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// The metric label of this failure.
-    pub fn kind_label(&self) -> &'static str {
-        match self {
-            StoreError::Etcd { kind, .. } => kind.label(),
-            StoreError::TlsFile(f) => f.kind,
-            StoreError::Config(_) => "config",
-            StoreError::Protocol { .. } => "protocol",
-            StoreError::WatchInterrupted(_) => "watch_interrupted",
-            StoreError::Timeout { .. } => "timeout",
-        }
-    }
-
     /// Whether only an operator can fix this (certificates, password, role): the daemon
     /// logs it as an error instead of a warning, and keeps retrying.
     pub fn needs_operator(&self) -> bool {

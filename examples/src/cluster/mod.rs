@@ -1,11 +1,16 @@
 //! The multi-node test bed: underlay, etcd, nodes running flanneld, pods via the CNI plugin.
+//!
+//! This file builds the topology and runs the nodes' flanneld; `etcd` starts the cluster's
+//! etcd and talks to it, `pods` attaches pods and checks connectivity between them.
 
-use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+
+mod etcd;
+mod pods;
 
 static CLUSTER_COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -199,8 +204,8 @@ fn ip(args: &[&str]) -> Result<String, String> {
 
 /// Whether a multi-node test can run: root and the tools the harness uses (`ip`, `etcd`,
 /// `etcdctl`, `iperf3`, `ping`, `nft`) plus `extra`. Without them the test prints
-/// `SKIP <test>: <why>` and should return — except under `CI=true`, where this panics: a
-/// missing prerequisite in CI is a failure, never a silent skip.
+/// `SKIPPED …: <test>: <why>` and should return — except in CI, where this panics: a
+/// missing prerequisite in CI is a failure, never a silent skip ([`flannel_testkit`]'s rule).
 pub fn prerequisites(test: &str, extra: &[&str]) -> bool {
     let root = nix::unistd::geteuid().is_root();
     let missing: Vec<&str> = ["ip", "etcd", "etcdctl", "iperf3", "ping", "nft"]
@@ -216,18 +221,13 @@ pub fn prerequisites(test: &str, extra: &[&str]) -> bool {
                 .unwrap_or(true)
         })
         .collect();
-    if root && missing.is_empty() {
+    if !root {
+        return flannel_testkit::require_root(test);
+    }
+    if missing.is_empty() {
         return true;
     }
-    let why = if root {
-        format!("missing tools {missing:?}")
-    } else {
-        "not root".to_string()
-    };
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test}: {why} (CI=true: failing instead of skipping)");
-    }
-    eprintln!("SKIP {test}: {why}");
+    flannel_testkit::skip_or_panic(&format!("{test}: missing tools {missing:?}"));
     false
 }
 
@@ -366,96 +366,6 @@ impl Cluster {
         Ok(())
     }
 
-    /// The client URL(s) of etcd.
-    pub fn etcd_endpoint(&self) -> String {
-        match &self.tls_etcd {
-            Some(t) => t.endpoints(),
-            None => format!("http://{ETCD_IP}:2379"),
-        }
-    }
-
-    /// The TLS etcd cluster, when the spec asked for one.
-    pub fn tls_etcd(&mut self) -> Option<&mut crate::etcd_tls::TlsEtcd> {
-        self.tls_etcd.as_mut()
-    }
-
-    /// `etcdctl` against the cluster's etcd from the underlay namespace (TLS flags included).
-    fn etcdctl_command(&self) -> Command {
-        if let Some(t) = &self.tls_etcd {
-            return t.etcdctl_command(None);
-        }
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.ul(), "etcdctl", "--endpoints"])
-            .arg(format!("http://{ETCD_IP}:2379"))
-            .env("ETCDCTL_API", "3");
-        cmd
-    }
-
-    /// Starts etcd inside the underlay namespace (data kept across stop/start).
-    pub fn start_etcd(&mut self) -> Result<(), String> {
-        let data = self.workdir.path().join("etcd");
-        let log = std::fs::File::create(self.workdir.path().join("etcd.log"))
-            .map_err(|e| e.to_string())?;
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.ul(), "etcd", "--name", "default"])
-            .arg("--data-dir")
-            .arg(&data)
-            .args([
-                "--listen-client-urls",
-                &format!("http://{ETCD_IP}:2379,http://127.0.0.1:2379"),
-                "--advertise-client-urls",
-                &format!("http://{ETCD_IP}:2379"),
-                "--listen-peer-urls",
-                "http://127.0.0.1:2380",
-                "--initial-advertise-peer-urls",
-                "http://127.0.0.1:2380",
-                "--initial-cluster",
-                "default=http://127.0.0.1:2380",
-                "--listen-metrics-urls",
-                "http://127.0.0.1:2381",
-            ])
-            .stdout(log.try_clone().map_err(|e| e.to_string())?)
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("start etcd: {e}"))?;
-        crate::cleanup::track_pid(child.id());
-        self.etcd = Some(child);
-        if !wait_until(Duration::from_secs(20), || {
-            self.etcdctl(&["endpoint", "health"]).is_ok()
-        }) {
-            return Err(format!(
-                "etcd did not become healthy; log: {}",
-                self.read_file("etcd.log")
-            ));
-        }
-        Ok(())
-    }
-
-    /// Stops etcd (by its PID; every member of a TLS cluster).
-    pub fn stop_etcd(&mut self) {
-        if let Some(mut c) = self.etcd.take() {
-            kill_child(&mut c);
-        }
-        self.tls_etcd = None;
-    }
-
-    fn read_file(&self, rel: &str) -> String {
-        std::fs::read_to_string(self.workdir.path().join(rel)).unwrap_or_default()
-    }
-
-    /// Runs `etcdctl` (v3 API) against the cluster's etcd, from the underlay namespace.
-    pub fn etcdctl(&self, args: &[&str]) -> Result<String, String> {
-        let out = run(self.etcdctl_command().args(args));
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(format!(
-                "etcdctl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
-        }
-    }
-
     /// Starts flanneld on node `i` (args: the spec's plus `extra`).
     pub fn start_flanneld_with(&mut self, i: usize, extra: &[&str]) -> Result<(), String> {
         let etcd_args = match &self.tls_etcd {
@@ -592,72 +502,6 @@ impl Cluster {
             .args(args))
     }
 
-    /// The etcd key of a lease subnet like `10.244.5.0/24`.
-    pub fn lease_key(subnet: &str) -> String {
-        format!("/coreos.com/network/subnets/{}", subnet.replace('/', "-"))
-    }
-
-    /// Writes many keys quickly: `etcdctl txn` batches of at most 100 puts (etcd's default
-    /// limit is 128 operations per transaction).
-    pub fn etcd_put_many(&self, pairs: &[(String, String)]) -> Result<(), String> {
-        for chunk in pairs.chunks(100) {
-            let mut script = String::from("\n");
-            for (k, v) in chunk {
-                // etcdctl's txn reader unquotes double-quoted words like Go's strconv.Unquote.
-                let quoted = v.replace('\\', "\\\\").replace('"', "\\\"");
-                script.push_str(&format!("put {k} \"{quoted}\"\n"));
-            }
-            script.push_str("\n\n");
-            let mut child = self
-                .etcdctl_command()
-                .arg("txn")
-                .stdin(Stdio::piped())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .map_err(|e| format!("etcdctl txn: {e}"))?;
-            if let Some(mut stdin) = child.stdin.take() {
-                stdin
-                    .write_all(script.as_bytes())
-                    .map_err(|e| format!("etcdctl txn stdin: {e}"))?;
-            }
-            let out = child
-                .wait_with_output()
-                .map_err(|e| format!("etcdctl txn: {e}"))?;
-            if !out.status.success() {
-                return Err(format!(
-                    "etcdctl txn: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// The raw value of a key, if present.
-    pub fn etcd_get(&self, key: &str) -> Option<String> {
-        let out = self.etcdctl(&["get", key, "--print-value-only"]).ok()?;
-        let v = out.trim_end_matches('\n').to_string();
-        (!v.is_empty()).then_some(v)
-    }
-
-    /// The etcd lease ID attached to a key (0 = none), `None` if the key is absent.
-    pub fn etcd_key_lease(&self, key: &str) -> Option<i64> {
-        let out = self.etcdctl(&["get", key, "-w", "json"]).ok()?;
-        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
-        let kv = v["kvs"].as_array()?.first()?;
-        Some(kv["lease"].as_i64().unwrap_or(0))
-    }
-
-    /// The store's current revision.
-    pub fn etcd_revision(&self) -> Option<i64> {
-        let out = self
-            .etcdctl(&["get", "/", "-w", "json", "--limit", "1"])
-            .ok()?;
-        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
-        v["header"]["revision"].as_i64()
-    }
-
     /// Waits until node `i` has written subnet.env.
     pub fn wait_subnet_env(&mut self, i: usize, timeout: Duration) -> Result<(), String> {
         let file = self.nodes[i].subnet_file();
@@ -689,211 +533,6 @@ impl Cluster {
         run(Command::new("ip")
             .args(["netns", "exec", &self.nodes[i].ns])
             .args(args))
-    }
-
-    /// The stock flannel CNI config for node `i`.
-    pub fn cni_conf(&self, i: usize) -> serde_json::Value {
-        let d = &self.nodes[i].dir;
-        serde_json::json!({
-            "cniVersion": "0.3.1", "name": "cbr0", "type": "flannel",
-            "subnetFile": self.nodes[i].subnet_file(), "dataDir": d.join("flannel"),
-            "delegate": {"hairpinMode": true, "isDefaultGateway": true},
-            "ipam": {"dataDir": d.join("ipam")},
-        })
-    }
-
-    /// Runs the CNI plugin inside node `i`'s namespace.
-    pub fn cni(
-        &self,
-        i: usize,
-        command: &str,
-        id: &str,
-        netns: &str,
-        conf: &serde_json::Value,
-    ) -> Output {
-        self.cni_exec(i, &self.spec.bins.cni, command, id, netns, conf)
-    }
-
-    /// Runs CNI plugin `binary` (ours or a reference plugin) inside node `i`'s namespace.
-    pub fn cni_exec(
-        &self,
-        i: usize,
-        binary: &Path,
-        command: &str,
-        id: &str,
-        netns: &str,
-        conf: &serde_json::Value,
-    ) -> Output {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.nodes[i].ns])
-            .arg(binary)
-            .env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", id)
-            .env("CNI_NETNS", format!("/run/netns/{netns}"))
-            .env("CNI_IFNAME", "eth0")
-            .env("CNI_PATH", "/usr/lib/cni")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn cni");
-        let _ = child
-            .stdin
-            .take()
-            .map(|mut s| s.write_all(conf.to_string().as_bytes()));
-        child.wait_with_output().expect("cni output")
-    }
-
-    /// Creates a pod namespace on node `i` and attaches it with the CNI plugin.
-    pub fn add_pod(&mut self, i: usize, name: &str) -> Result<Pod, String> {
-        let (conf, bin) = (self.cni_conf(i), self.spec.bins.cni.clone());
-        self.add_pod_with(i, name, &conf, &bin)
-    }
-
-    /// Like [`add_pod`](Self::add_pod) with another config or plugin binary (e.g. the
-    /// reference `bridge` plugin, as flannel delegates to it).
-    pub fn add_pod_with(
-        &mut self,
-        i: usize,
-        name: &str,
-        conf: &serde_json::Value,
-        binary: &Path,
-    ) -> Result<Pod, String> {
-        let ns = format!("{}-n{}-{name}", self.prefix, i + 1);
-        self.add_ns(&ns)?;
-        let id = format!("{}-{name}", self.prefix);
-        let out = self.cni_exec(i, binary, "ADD", &id, &ns, conf);
-        if !out.status.success() {
-            return Err(format!(
-                "CNI ADD {name} on node {}: {}",
-                i + 1,
-                String::from_utf8_lossy(&out.stdout)
-            ));
-        }
-        let result: serde_json::Value =
-            serde_json::from_slice(&out.stdout).map_err(|e| format!("ADD result: {e}"))?;
-        let ip = result["ips"][0]["address"]
-            .as_str()
-            .and_then(|a| a.split('/').next())
-            .and_then(|a| a.parse().ok())
-            .ok_or("ADD result without IPv4 address")?;
-        let pod = Pod {
-            ns,
-            id,
-            node: i,
-            ip,
-            result,
-        };
-        self.pods.push(pod.clone());
-        Ok(pod)
-    }
-
-    /// DELs a pod through the CNI plugin and removes its namespace.
-    pub fn del_pod(&mut self, pod: &Pod) -> Result<(), String> {
-        let out = self.cni(pod.node, "DEL", &pod.id, &pod.ns, &self.cni_conf(pod.node));
-        if !out.status.success() {
-            return Err(format!(
-                "CNI DEL {}: {}",
-                pod.id,
-                String::from_utf8_lossy(&out.stdout)
-            ));
-        }
-        let _ = ip(&["netns", "del", &pod.ns]);
-        crate::cleanup::untrack_namespace(&pod.ns);
-        self.namespaces.retain(|n| n != &pod.ns);
-        self.pods.retain(|p| p.ns != pod.ns);
-        Ok(())
-    }
-
-    /// One ping from `pod` to `dst` (1 s timeout).
-    pub fn ping(&self, pod: &Pod, dst: Ipv4Addr) -> bool {
-        run(Command::new("ip").args([
-            "netns",
-            "exec",
-            &pod.ns,
-            "ping",
-            "-c1",
-            "-W1",
-            "-q",
-            &dst.to_string(),
-        ]))
-        .status
-        .success()
-    }
-
-    /// Pings until success or `timeout`.
-    pub fn ping_within(&self, pod: &Pod, dst: Ipv4Addr, timeout: Duration) -> bool {
-        wait_until(timeout, || self.ping(pod, dst))
-    }
-
-    /// Opens a TCP connection from `from` to `to` and moves a little data (iperf3 one-off).
-    pub fn tcp(&self, from: &Pod, to: &Pod) -> Result<(), String> {
-        let mut server = Command::new("ip")
-            .args(["netns", "exec", &to.ns, "iperf3", "-s", "-1", "-p", "5201"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("iperf3 server: {e}"))?;
-        let mut ok = false;
-        let mut last = String::new();
-        for _ in 0..20 {
-            let out = run(Command::new("ip").args([
-                "netns",
-                "exec",
-                &from.ns,
-                "iperf3",
-                "-c",
-                &to.ip.to_string(),
-                "-p",
-                "5201",
-                "-n",
-                "256K",
-                "--connect-timeout",
-                "1000",
-            ]));
-            if out.status.success() {
-                ok = true;
-                break;
-            }
-            last = String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr);
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        kill_child(&mut server);
-        if ok {
-            Ok(())
-        } else {
-            Err(format!("TCP {} -> {}: {last}", from.ip, to.ip))
-        }
-    }
-
-    /// Runs `ip -j <args>` in node `i` and parses it.
-    pub fn node_ip_json(&self, i: usize, args: &[&str]) -> serde_json::Value {
-        let mut full = vec!["-n", self.nodes[i].ns.as_str(), "-j"];
-        full.extend_from_slice(args);
-        match ip(&full) {
-            Ok(t) if !t.trim().is_empty() => {
-                serde_json::from_str(&t).unwrap_or(serde_json::Value::Null)
-            }
-            _ => serde_json::Value::Array(vec![]),
-        }
-    }
-
-    /// Routes in node `i`'s main table as (dst, gateway, dev).
-    pub fn node_routes(&self, i: usize) -> Vec<(String, String, String)> {
-        self.node_ip_json(i, &["route", "show"])
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .iter()
-            .map(|r| {
-                (
-                    r["dst"].as_str().unwrap_or("").to_string(),
-                    r["gateway"].as_str().unwrap_or("").to_string(),
-                    r["dev"].as_str().unwrap_or("").to_string(),
-                )
-            })
-            .collect()
     }
 
     /// The working directory (logs, stores).

@@ -9,9 +9,10 @@
 //! `etcd.log` in the data directory's parent, whose tail is included in start errors.
 //!
 //! [`EtcdServer::start_tls`] runs the same member with `https://` client URLs, a server
-//! certificate and `--client-cert-auth` against a CA (see [`super::pki`]), as production etcd
+//! certificate and `--client-cert-auth` against a CA (see [`crate::pki`]), as production etcd
 //! runs; the harness itself connects with a client certificate of that CA.
 
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::net::TcpListener;
@@ -20,6 +21,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
+
+use crate::pki::CertPair;
 
 /// Where the etcd binary is looked for, in order (`$ETCD_BIN` first).
 pub const ETCD_PATHS: &[&str] = &["/usr/bin/etcd", "/usr/local/bin/etcd"];
@@ -84,16 +87,130 @@ fn log_tail(path: &Path) -> String {
     s
 }
 
+/// One etcd member's command line, and its start: the one place the workspace spells etcd's
+/// flags. [`EtcdServer`] runs its loopback member with it; the examples' cluster harness runs
+/// its plain and TLS members inside the underlay namespace with it
+/// ([`in_netns`](Self::in_netns)).
+#[derive(Debug, Clone)]
+pub struct EtcdCommand {
+    binary: PathBuf,
+    netns: Option<String>,
+    args: Vec<OsString>,
+}
+
+impl EtcdCommand {
+    /// Member `name` on `data_dir`; the binary is [`etcd_binary`], else `etcd` on `$PATH`.
+    pub fn new(name: &str, data_dir: impl AsRef<Path>) -> Self {
+        Self {
+            binary: etcd_binary().unwrap_or_else(|| PathBuf::from("etcd")),
+            netns: None,
+            args: Vec::new(),
+        }
+        .flag("--name", name)
+        .flag("--data-dir", data_dir.as_ref())
+    }
+
+    /// Runs this binary instead.
+    pub fn binary(mut self, binary: impl AsRef<Path>) -> Self {
+        self.binary = binary.as_ref().to_path_buf();
+        self
+    }
+
+    /// Runs etcd inside the named network namespace (`ip netns exec <ns>`).
+    pub fn in_netns(mut self, ns: &str) -> Self {
+        self.netns = Some(ns.to_string());
+        self
+    }
+
+    /// Adds one `--flag value` pair.
+    pub fn flag(mut self, flag: &str, value: impl AsRef<OsStr>) -> Self {
+        self.args.push(flag.into());
+        self.args.push(value.as_ref().to_os_string());
+        self
+    }
+
+    /// Adds one argument (a switch such as `--client-cert-auth`).
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    /// `--listen-client-urls` (comma-separated) and `--advertise-client-urls`.
+    pub fn client_urls(self, listen: &str, advertise: &str) -> Self {
+        self.flag("--listen-client-urls", listen)
+            .flag("--advertise-client-urls", advertise)
+    }
+
+    /// `--listen-peer-urls` and `--initial-advertise-peer-urls`, both `url`.
+    pub fn peer_url(self, url: &str) -> Self {
+        self.flag("--listen-peer-urls", url)
+            .flag("--initial-advertise-peer-urls", url)
+    }
+
+    /// `--initial-cluster` (`name=peer-url,...`).
+    pub fn initial_cluster(self, cluster: &str) -> Self {
+        self.flag("--initial-cluster", cluster)
+    }
+
+    /// A new cluster (`--initial-cluster-state new`) with this `--initial-cluster-token`.
+    pub fn token(self, token: &str) -> Self {
+        self.flag("--initial-cluster-state", "new")
+            .flag("--initial-cluster-token", token)
+    }
+
+    /// Serves clients over TLS with `cert` and requires client certificates of `ca`.
+    pub fn client_tls(self, cert: &CertPair, ca: &Path) -> Self {
+        self.flag("--cert-file", &cert.cert)
+            .flag("--key-file", &cert.key)
+            .arg("--client-cert-auth")
+            .flag("--trusted-ca-file", ca)
+    }
+
+    /// Speaks TLS to peers with `cert` and requires peer certificates of `ca`.
+    pub fn peer_tls(self, cert: &CertPair, ca: &Path) -> Self {
+        self.arg("--peer-client-cert-auth")
+            .flag("--peer-trusted-ca-file", ca)
+            .flag("--peer-cert-file", &cert.cert)
+            .flag("--peer-key-file", &cert.key)
+    }
+
+    /// The command (not started).
+    pub fn command(&self) -> Command {
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&self.binary);
+                c
+            }
+            None => Command::new(&self.binary),
+        };
+        cmd.args(&self.args);
+        cmd
+    }
+
+    /// Starts etcd with stdin closed and its output appended to `log`. The caller owns the
+    /// child: it must kill it by its PID and reap it.
+    pub fn spawn(&self, log: &Path) -> std::io::Result<Child> {
+        let out = File::options().create(true).append(true).open(log)?;
+        let err = out.try_clone()?;
+        self.command()
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .spawn()
+    }
+}
+
 /// The TLS side of a test member: its server certificate, the CA it trusts for clients,
 /// and a client certificate of that CA for the harness's own probe.
 #[derive(Debug, Clone)]
 pub struct ServerTls {
     /// The member's certificate (must carry `IP:127.0.0.1`).
-    pub server: super::pki::CertPair,
+    pub server: CertPair,
     /// The CA that signs the server and the accepted client certificates.
     pub ca: PathBuf,
     /// A client certificate the harness connects with.
-    pub client: super::pki::CertPair,
+    pub client: CertPair,
 }
 
 /// A running single-member etcd on loopback (see the module docs).
@@ -154,12 +271,12 @@ impl EtcdServer {
     }
 
     /// Like [`start`](Self::start), but a missing binary is reported with
-    /// [`skip_or_panic`](super::skip_or_panic) and gives `None` (other errors panic).
+    /// [`skip_or_panic`](crate::skip_or_panic) and gives `None` (other errors panic).
     pub async fn start_or_skip() -> Option<Self> {
         match Self::start().await {
             Ok(s) => Some(s),
             Err(e @ EtcdServerError::NotFound(_)) => {
-                super::skip_or_panic(&e.to_string());
+                crate::skip_or_panic(&e.to_string());
                 None
             }
             Err(e) => panic!("starting etcd: {e}"),
@@ -175,53 +292,19 @@ impl EtcdServer {
     }
 
     async fn spawn_and_wait(&mut self) -> Result<(), EtcdServerError> {
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .map_err(|source| EtcdServerError::Io {
-                what: "opening etcd.log".into(),
-                source,
-            })?;
-        let log2 = log.try_clone().map_err(|source| EtcdServerError::Io {
-            what: "duplicating the etcd.log handle".into(),
-            source,
-        })?;
         let client = self.endpoint();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let mut cmd = Command::new(&self.binary);
+        let mut cmd = EtcdCommand::new("test", self.data_dir())
+            .binary(&self.binary)
+            .client_urls(&client, &client)
+            .peer_url(&peer)
+            .initial_cluster(&format!("test={peer}"))
+            .token(&format!("flannel-rs-test-{}", self.client_port));
         if let Some(tls) = &self.tls {
-            cmd.arg("--cert-file")
-                .arg(&tls.server.cert)
-                .arg("--key-file")
-                .arg(&tls.server.key)
-                .arg("--client-cert-auth")
-                .arg("--trusted-ca-file")
-                .arg(&tls.ca);
+            cmd = cmd.client_tls(&tls.server, &tls.ca);
         }
         let child = cmd
-            .arg("--name")
-            .arg("test")
-            .arg("--data-dir")
-            .arg(self.data_dir())
-            .arg("--listen-client-urls")
-            .arg(&client)
-            .arg("--advertise-client-urls")
-            .arg(&client)
-            .arg("--listen-peer-urls")
-            .arg(&peer)
-            .arg("--initial-advertise-peer-urls")
-            .arg(&peer)
-            .arg("--initial-cluster")
-            .arg(format!("test={peer}"))
-            .arg("--initial-cluster-state")
-            .arg("new")
-            .arg("--initial-cluster-token")
-            .arg(format!("flannel-rs-test-{}", self.client_port))
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(log2))
-            .spawn()
+            .spawn(&self.log_path())
             .map_err(|source| EtcdServerError::Io {
                 what: format!("spawning {}", self.binary.display()),
                 source,
@@ -322,5 +405,40 @@ impl EtcdServer {
 impl Drop for EtcdServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_member_in_a_namespace_runs_under_ip_netns_exec() {
+        let cmd = EtcdCommand::new("m1", "/tmp/d")
+            .binary("/usr/bin/etcd")
+            .in_netns("fc1-ul")
+            .peer_url("https://198.18.0.201:2380")
+            .arg("--client-cert-auth")
+            .command();
+        assert_eq!(cmd.get_program(), "ip");
+        let args: Vec<_> = cmd.get_args().map(|a| a.to_string_lossy()).collect();
+        assert_eq!(
+            args,
+            [
+                "netns",
+                "exec",
+                "fc1-ul",
+                "/usr/bin/etcd",
+                "--name",
+                "m1",
+                "--data-dir",
+                "/tmp/d",
+                "--listen-peer-urls",
+                "https://198.18.0.201:2380",
+                "--initial-advertise-peer-urls",
+                "https://198.18.0.201:2380",
+                "--client-cert-auth",
+            ]
+        );
     }
 }

@@ -1,0 +1,174 @@
+//! Acquire: the decision (which key to take, given the listing, the config and the previous
+//! subnet) as a pure function, [`plan`], and the store round trip that carries it out.
+
+use ipam::lease::{Lease, LeaseAttrs};
+use ipam::subnet_alloc::{MAX_CANDIDATES, pick};
+use ipnetwork::Ipv4Network;
+
+use super::{ManagerError, SubnetManager};
+use crate::network_config::NetworkConfig;
+use crate::subnet::{CreateOutcome, LeaseStore, Listing, UpdateOutcome};
+
+/// What one acquire round does, decided from one listing (see [`plan`]).
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Plan {
+    /// (a) A reservation of ours that already carries our attributes: take it as is.
+    Take(Lease),
+    /// (a) A leased key of ours the current config could not have handed out: delete it
+    /// (compare-and-delete), then re-list.
+    DeleteStale(Lease),
+    /// (a) A key of ours, rewritten with our attributes: compare-and-update (a leased key gets
+    /// a fresh TTL lease, a reservation stays one).
+    Update(Lease),
+    /// (b) the previous subnet, or (c) a random free one: compare-and-create.
+    Create(Lease),
+}
+
+/// Decides one acquire round, in flannel's order (see the `manager` module docs): (a) a key
+/// that carries our public IP, reservations first; (b) `previous` when it is in the pool and
+/// free; (c) a random free subnet, `random(n)` choosing among `n` candidates. No I/O.
+pub(super) fn plan(
+    network: &NetworkConfig,
+    listing: &Listing,
+    attrs: &LeaseAttrs,
+    previous: Option<Ipv4Network>,
+    random: &mut impl FnMut(usize) -> usize,
+) -> Result<Plan, ManagerError> {
+    // (a) a key that already carries our public IP; reservations first.
+    let mut mine: Vec<&Lease> = listing
+        .leases
+        .iter()
+        .filter(|l| l.attrs.public_ip == attrs.public_ip)
+        .collect();
+    mine.sort_by_key(|l| l.leased);
+    for l in mine {
+        if !l.leased {
+            if !reservation_fits(network, l) {
+                tracing::warn!(key = %l.key(), "a reservation carries our public IP but does not fit the network config; ignoring it");
+                continue;
+            }
+            if l.attrs == *attrs {
+                return Ok(Plan::Take(l.clone()));
+            }
+        } else if !lease_fits(network, l) {
+            return Ok(Plan::DeleteStale(l.clone()));
+        }
+        let mut want = l.clone();
+        want.attrs = attrs.clone();
+        return Ok(Plan::Update(want));
+    }
+
+    // (b) the previous subnet, (c) a random free one.
+    let pool = &network.ipv4;
+    let taken = listing.taken_v4();
+    let prev =
+        previous.filter(|p| pool.contains_subnet(p) && !taken.iter().any(|t| overlaps(t, p)));
+    let v4 = match prev {
+        Some(p) => p,
+        None => {
+            let free = pool.free_subnets(&taken, MAX_CANDIDATES);
+            pick(&free, random).ok_or(ManagerError::Exhausted {
+                network: pool.network,
+                subnet_len: pool.subnet_len,
+                min: pool.subnet_min,
+                max: pool.subnet_max,
+                taken: listing.leases.len() + listing.unreadable.len(),
+            })?
+        }
+    };
+    let v6 = match &network.ipv6 {
+        None => None,
+        Some(p6) => {
+            let free = p6.free_subnets(&listing.taken_v6(), MAX_CANDIDATES);
+            Some(pick(&free, random).ok_or(ManagerError::Ipv6Exhausted {
+                network: p6.network,
+                subnet_len: p6.subnet_len,
+            })?)
+        }
+    };
+    Ok(Plan::Create(Lease::new(v4, v6, attrs.clone())))
+}
+
+fn overlaps(a: &Ipv4Network, b: &Ipv4Network) -> bool {
+    a.contains(b.network()) || b.contains(a.network())
+}
+
+/// A reservation of ours is honoured if it has the configured shape inside the network
+/// (operators may reserve outside `[SubnetMin, SubnetMax]`).
+fn reservation_fits(network: &NetworkConfig, l: &Lease) -> bool {
+    let p = &network.ipv4;
+    let v4 = l.subnet.prefix() == p.subnet_len
+        && l.subnet.ip() == l.subnet.network()
+        && p.network.contains(l.subnet.ip());
+    let v6 = match &network.ipv6 {
+        None => true,
+        Some(p6) => l.ipv6_subnet.is_some_and(|s| {
+            s.prefix() == p6.subnet_len && s.ip() == s.network() && p6.network.contains(s.ip())
+        }),
+    };
+    v4 && v6
+}
+
+/// A leased key of ours is reused if the current config could have handed it out.
+fn lease_fits(network: &NetworkConfig, l: &Lease) -> bool {
+    let v6 = match &network.ipv6 {
+        None => true,
+        Some(p6) => l.ipv6_subnet.is_some_and(|s| p6.contains_subnet(&s)),
+    };
+    network.ipv4.contains_subnet(&l.subnet) && v6
+}
+
+impl<S: LeaseStore> SubnetManager<S> {
+    /// Acquires a lease for `attrs` (see the module docs for the order). `previous` is the
+    /// subnet recorded in `subnet.env`, if any.
+    pub async fn acquire(
+        &self,
+        attrs: &LeaseAttrs,
+        previous: Option<Ipv4Network>,
+    ) -> Result<Lease, ManagerError> {
+        let rounds = self.cfg.race_rounds.max(1);
+        for round in 1..=rounds {
+            let listing = self.store.list().await?;
+            if let Some(lease) = self.try_acquire(&listing, attrs, previous).await? {
+                tracing::info!(subnet = %lease.subnet, leased = lease.leased, round, "acquired subnet lease");
+                self.metrics.touch_renewal();
+                self.set_own(Some(lease.clone()));
+                return Ok(lease);
+            }
+            tracing::info!(
+                round,
+                "another node changed the subnet we picked; re-listing"
+            );
+        }
+        Err(ManagerError::RaceLost { rounds })
+    }
+
+    /// One acquire round on `listing`: [`plan`], then its one write. `Ok(None)`: a compare
+    /// failed, re-list and retry.
+    async fn try_acquire(
+        &self,
+        listing: &Listing,
+        attrs: &LeaseAttrs,
+        previous: Option<Ipv4Network>,
+    ) -> Result<Option<Lease>, ManagerError> {
+        let plan = plan(&self.network, listing, attrs, previous, &mut |n| {
+            self.random_index(n)
+        })?;
+        match plan {
+            Plan::Take(l) => Ok(Some(l)),
+            Plan::DeleteStale(l) => {
+                tracing::info!(key = %l.key(), "our previous lease does not fit the network config any more; deleting it");
+                self.store.delete(&l).await?;
+                Ok(None)
+            }
+            Plan::Update(want) => match self.store.update(&want, self.cfg.ttl).await? {
+                UpdateOutcome::Updated(u) => Ok(Some(u)),
+                UpdateOutcome::Conflict(_) => Ok(None),
+            },
+            Plan::Create(want) => match self.store.create_if_absent(&want, self.cfg.ttl).await? {
+                CreateOutcome::Created(l) => Ok(Some(l)),
+                CreateOutcome::Exists(_) => Ok(None),
+            },
+        }
+    }
+}
