@@ -61,8 +61,8 @@ pub(super) fn plan(
     // (b) the previous subnet, (c) a random free one.
     let pool = &network.ipv4;
     let taken = listing.taken_v4();
-    let prev =
-        previous.filter(|p| pool.contains_subnet(p) && !taken.iter().any(|t| overlaps(t, p)));
+    let prev = previous
+        .filter(|p| pool.contains_subnet(p) && !taken.iter().any(|t| ipam::net::overlaps(*t, *p)));
     let v4 = match prev {
         Some(p) => p,
         None => {
@@ -87,10 +87,6 @@ pub(super) fn plan(
         }
     };
     Ok(Plan::Create(Lease::new(v4, v6, attrs.clone())))
-}
-
-fn overlaps(a: &Ipv4Network, b: &Ipv4Network) -> bool {
-    a.contains(b.network()) || b.contains(a.network())
 }
 
 /// A reservation of ours is honoured if it has the configured shape inside the network
