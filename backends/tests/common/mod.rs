@@ -14,10 +14,10 @@ use nix::sched::{CloneFlags, unshare};
 /// Whether the kernel tests can run. Without root (or a needed tool) they print `SKIPPED` and
 /// return, except in CI, where a missing prerequisite is a failure (`flannel_testkit`'s rule).
 pub fn prerequisites(tools: &[&str]) -> bool {
-    let mut missing = Vec::new();
-    if !nix::unistd::geteuid().is_root() {
-        missing.push("root".to_string());
+    if !flannel_testkit::require_root("the kernel tests unshare network namespaces") {
+        return false;
     }
+    let mut missing = Vec::new();
     for t in tools {
         let found = Command::new(t).arg("--version").output().is_ok()
             || ["/usr/sbin", "/sbin", "/usr/bin"]
