@@ -42,6 +42,7 @@ use crate::config::Opts;
 use crate::healthz::Health;
 use crate::iface::{self, IfaceSelector};
 use crate::network_config::NetworkConfig;
+use crate::shutdown::Shutdown;
 use crate::subnet::manager::log_store_error;
 use crate::subnet::{
     EtcdLeaseStore, LeaseStore, ManagerConfig, ManagerError, OwnLeaseEvent, StoreError,
@@ -315,14 +316,6 @@ fn spawn_signal_handler(cancel: CancellationToken) -> Result<()> {
     Ok(())
 }
 
-/// Sleeps `d` unless cancelled; returns false when cancelled.
-async fn sleep_or_cancel(d: Duration, cancel: &CancellationToken) -> bool {
-    tokio::select! {
-        _ = cancel.cancelled() => false,
-        _ = tokio::time::sleep(d) => true,
-    }
-}
-
 /// Connects to etcd, retrying with backoff until it works or `cancel` fires. Settings that
 /// no retry can fix (a malformed endpoint, a password without user) end the daemon; a TLS
 /// file that is missing or expired, a wrong password or an unreachable etcd are logged as
@@ -351,7 +344,7 @@ async fn connect_store(
                 log_store_error(&e, *delay, "connecting to etcd");
             }
         }
-        if !sleep_or_cancel(*delay, cancel).await {
+        if Shutdown::from(cancel.clone()).sleep(*delay).await {
             return Ok(None);
         }
         *delay = Backoff::grow(*delay, RETRY_MAX);
@@ -400,7 +393,7 @@ async fn wait_for_network_config<S: LeaseStore>(
                 reconnect = e.needs_operator();
             }
         }
-        if !sleep_or_cancel(*delay, cancel).await {
+        if Shutdown::from(cancel.clone()).sleep(*delay).await {
             return ConfigWait::Cancelled;
         }
         *delay = Backoff::grow(*delay, RETRY_MAX);
@@ -434,7 +427,7 @@ async fn acquire_with_retry<S: LeaseStore>(
                 tracing::warn!(error = %e, "acquiring a subnet lease; retrying in {delay:?}")
             }
         }
-        if !sleep_or_cancel(delay, cancel).await {
+        if Shutdown::from(cancel.clone()).sleep(delay).await {
             return None;
         }
         delay = Backoff::grow(delay, RETRY_MAX);

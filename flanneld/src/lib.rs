@@ -18,4 +18,5 @@ pub mod healthz;
 pub mod iface;
 pub mod network_config;
 pub mod notify;
+pub mod shutdown;
 pub mod subnet;

@@ -48,13 +48,12 @@ use crate::network_config::NetworkConfig;
 
 mod acquire;
 mod keeper;
-mod shutdown;
 mod watch;
 
 #[cfg(test)]
 mod tests;
 
-pub use shutdown::Shutdown;
+pub use crate::shutdown::Shutdown;
 
 /// Tuning of the leasing policy.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,12 +1,16 @@
-//! Shutdown: what stops the long-running loops.
+//! # shutdown — the daemon's one cancellation rule
+//!
+//! Every long-running loop and every retry wait of the daemon stops the same way: on a
+//! [`Shutdown`] (a `CancellationToken`, or a `watch` channel in tests), and waits through
+//! [`Shutdown::sleep`], which returns early when shutdown is requested.
 
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-/// What stops the long-running loops ([`SubnetManager::run_lease_keeper`],
-/// [`SubnetManager::run_watch`]): a `tokio::sync::watch::Receiver<bool>` (stop once `true` is
+/// What stops the long-running loops ([`crate::subnet::SubnetManager::run_lease_keeper`],
+/// [`crate::subnet::SubnetManager::run_watch`], the daemon's retry loops): a `tokio::sync::watch::Receiver<bool>` (stop once `true` is
 /// sent or the sender is dropped) or a `tokio_util` `CancellationToken`. Both convert with
 /// `.into()`.
 #[derive(Debug, Clone)]
@@ -54,7 +58,7 @@ impl Shutdown {
     }
 
     /// Sleeps for `d`; returns `true` if shutdown was requested meanwhile.
-    pub(super) async fn sleep(&mut self, d: Duration) -> bool {
+    pub async fn sleep(&mut self, d: Duration) -> bool {
         tokio::select! {
             biased;
             _ = self.requested() => true,
