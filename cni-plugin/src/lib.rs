@@ -33,7 +33,7 @@ pub mod skel;
 pub mod status;
 pub mod version;
 
-use backends::kernel::netlink::Netlink;
+use backends::kernel::LazyNetlink;
 use context::Context;
 use error::{CniError, CniResult};
 use skel::{Command, Invocation};
@@ -45,19 +45,17 @@ pub fn dispatch(inv: &Invocation) -> CniResult<String> {
         .build()
         .map_err(|e| CniError::internal(format!("cannot start async runtime: {e}")))?;
     rt.block_on(async {
-        let kernel = || {
-            Netlink::new()
-                .map(|host| Context::new(inv, host))
-                .map_err(netlink_err("open netlink socket"))
-        };
+        // The node's kernel, its netlink socket opened by the first call that needs one (a
+        // DEL usually needs none).
+        let ctx = Context::new(inv, LazyNetlink::new());
         match inv.command {
             Command::Add => {
-                let out = add::add(&kernel()?).await?;
+                let out = add::add(&ctx).await?;
                 Ok(out.render(&inv.version, inv.spec).to_string())
             }
-            Command::Del => del::del(&kernel()?).await.map(|()| String::new()),
-            Command::Check => check::check(&kernel()?).await.map(|()| String::new()),
-            Command::Gc => gc::gc(&kernel()?).await.map(|()| String::new()),
+            Command::Del => del::del(&ctx).await.map(|()| String::new()),
+            Command::Check => check::check(&ctx).await.map(|()| String::new()),
+            Command::Gc => gc::gc(&ctx).await.map(|()| String::new()),
             Command::Status => status::status(inv).map(|()| String::new()),
             Command::Version => Ok(version::version_reply(Some(&inv.version))),
         }

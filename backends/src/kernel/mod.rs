@@ -31,10 +31,12 @@ pub mod netns;
 pub mod nft;
 pub mod sysctl;
 
+mod lazy;
 mod masq_table;
 #[cfg(any(test, feature = "testing"))]
 pub mod recording;
 mod surface;
 
+pub use lazy::LazyNetlink;
 pub use masq_table::MasqTable;
 pub use surface::Kernel;
