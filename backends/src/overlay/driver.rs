@@ -18,7 +18,7 @@ use ipnetwork::Ipv4Network;
 
 use super::plan::PeerEntries;
 use super::{OverlayError, Peer};
-use crate::kernel::netlink::VxlanSpec;
+use crate::kernel::netlink::{IpFamily, VxlanSpec};
 
 /// The overlay device a driver needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,6 +44,15 @@ impl DeviceSpec {
         match self {
             DeviceSpec::Vxlan(s) => &s.name,
             DeviceSpec::Owned { name, .. } => name,
+        }
+    }
+
+    /// The address family whose traffic the device carries (both devices of today carry
+    /// IPv4: `flannel.<VNI>` has an IPv4 `local`, udp routes an IPv4 network into its TUN);
+    /// reconcile plans that family's entries together with the device.
+    pub fn family(&self) -> IpFamily {
+        match self {
+            DeviceSpec::Vxlan(_) | DeviceSpec::Owned { .. } => IpFamily::V4,
         }
     }
 

@@ -19,7 +19,7 @@ pub enum OverlayError {
     #[error("peer {subnet}: {source}")]
     Peer {
         /// The peer's subnet.
-        subnet: Ipv4Network,
+        subnet: ipnetwork::IpNetwork,
         /// The kernel error.
         #[source]
         source: NetlinkError,

@@ -54,7 +54,7 @@ pub use driver::{BackendDriver, DeviceSpec};
 pub use error::{MIN_IPV4_MTU, OverlayError};
 pub use plan::{
     Desired, DeviceState, Observed, ObservedNeigh, Op, PeerEntries, Plan, RouteDev, RouteSpec,
-    desired_state, on_link, plan,
+    desired_state, on_link, plan, plan_by_family,
 };
 pub use vxlan::{VXLAN_OVERHEAD, vtep_mac, vtep_mac_from_backend_data};
 

@@ -24,12 +24,13 @@
 //!   replace that follows overwrites it in place, so the peer never loses its entry.
 
 use std::collections::{HashMap, HashSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network};
 
 use super::driver::{BackendDriver, device_address};
 use super::{ExternalInterface, OverlayError, Peer};
+use crate::kernel::netlink::IpFamily;
 
 /// Which device a route leaves through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -47,9 +48,9 @@ pub enum RouteDev {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RouteSpec {
     /// Destination: a peer's subnet.
-    pub dst: Ipv4Network,
+    pub dst: IpNetwork,
     /// Next hop.
-    pub gateway: Option<Ipv4Addr>,
+    pub gateway: Option<IpAddr>,
     /// Output device.
     pub dev: RouteDev,
     /// `onlink`: the next hop is not inside any subnet of the device (VXLAN routes).
@@ -60,11 +61,11 @@ pub struct RouteSpec {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerEntries {
     /// The peer's subnet (identifies the peer in errors and ops).
-    pub subnet: Ipv4Network,
+    pub subnet: IpNetwork,
     /// ARP entry on the VXLAN device: `(<subnet>.0, VTEP MAC)`.
-    pub neigh: Option<(Ipv4Addr, [u8; 6])>,
+    pub neigh: Option<(IpAddr, [u8; 6])>,
     /// FDB entry on the VXLAN device: `(VTEP MAC, peer public IP)`.
-    pub fdb: Option<([u8; 6], Ipv4Addr)>,
+    pub fdb: Option<([u8; 6], IpAddr)>,
     /// The route to the peer's subnet.
     pub route: RouteSpec,
 }
@@ -74,12 +75,12 @@ impl PeerEntries {
     /// (host-gw, and vxlan's `DirectRouting`).
     pub fn direct(p: &Peer) -> PeerEntries {
         PeerEntries {
-            subnet: p.subnet,
+            subnet: p.subnet.into(),
             neigh: None,
             fdb: None,
             route: RouteSpec {
-                dst: p.subnet,
-                gateway: Some(p.public_ip),
+                dst: p.subnet.into(),
+                gateway: Some(p.public_ip.into()),
                 dev: RouteDev::External,
                 onlink: false,
             },
@@ -93,7 +94,7 @@ pub struct Desired {
     /// Whether a VXLAN device is wanted at all (false for host-gw).
     pub overlay_device: bool,
     /// The address the VXLAN device carries: `<own subnet>.0/32`.
-    pub address: Option<Ipv4Network>,
+    pub address: Option<IpNetwork>,
     /// Per peer, in the order they were given.
     pub peers: Vec<PeerEntries>,
 }
@@ -115,7 +116,7 @@ pub enum DeviceState {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ObservedNeigh {
     /// IP address.
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     /// Link-layer address, if resolved.
     pub mac: Option<[u8; 6]>,
     /// `nud permanent`.
@@ -127,12 +128,12 @@ pub struct ObservedNeigh {
 pub struct Observed {
     /// The VXLAN device (use [`DeviceState::Ok`] for host-gw, which has none).
     pub device: DeviceState,
-    /// IPv4 addresses on the VXLAN device.
-    pub addresses: Vec<Ipv4Network>,
-    /// IPv4 neighbours on the VXLAN device.
+    /// Addresses on the overlay device.
+    pub addresses: Vec<IpNetwork>,
+    /// Neighbours on the overlay device.
     pub neighs: Vec<ObservedNeigh>,
     /// FDB entries on the VXLAN device: `(MAC, remote)`.
-    pub fdb: Vec<([u8; 6], Option<Ipv4Addr>)>,
+    pub fdb: Vec<([u8; 6], Option<IpAddr>)>,
     /// Routes in the main table carrying our route protocol.
     pub routes: Vec<RouteSpec>,
 }
@@ -156,50 +157,50 @@ pub enum Op {
     /// Create, adopt or fix the VXLAN device ([`crate::kernel::netlink::Netlink::ensure_vxlan`]).
     EnsureDevice,
     /// `ip addr add A dev flannel.<VNI>`.
-    AddAddress(Ipv4Network),
+    AddAddress(IpNetwork),
     /// `ip addr del A dev flannel.<VNI>`.
-    DelAddress(Ipv4Network),
+    DelAddress(IpNetwork),
     /// `ip neigh replace IP lladdr MAC dev flannel.<VNI> nud permanent`.
     ReplaceNeigh {
         /// The peer this is for.
-        peer: Ipv4Network,
+        peer: IpNetwork,
         /// `<peer subnet>.0`.
-        ip: Ipv4Addr,
+        ip: IpAddr,
         /// The peer's VTEP MAC.
         mac: [u8; 6],
     },
     /// `bridge fdb replace MAC dev flannel.<VNI> dst IP self permanent`.
     ReplaceFdb {
         /// The peer this is for.
-        peer: Ipv4Network,
+        peer: IpNetwork,
         /// The peer's VTEP MAC.
         mac: [u8; 6],
         /// The peer's public IP.
-        dst: Ipv4Addr,
+        dst: IpAddr,
     },
     /// `ip route replace ROUTE proto <ROUTE_PROTOCOL>`.
     ReplaceRoute {
         /// The peer this is for.
-        peer: Ipv4Network,
+        peer: IpNetwork,
         /// The route.
         route: RouteSpec,
     },
     /// `ip route del ROUTE` (a stale route of ours).
     DelRoute(RouteSpec),
     /// `ip neigh del IP dev flannel.<VNI>`.
-    DelNeigh(Ipv4Addr),
+    DelNeigh(IpAddr),
     /// `bridge fdb del MAC dev flannel.<VNI> [dst IP] self`.
     DelFdb {
         /// MAC of the entry.
         mac: [u8; 6],
         /// The remote to remove (`None`: the whole entry).
-        dst: Option<Ipv4Addr>,
+        dst: Option<IpAddr>,
     },
 }
 
 impl Op {
     /// The peer an add belongs to; `None` for device work and deletions of stale entries.
-    pub fn peer(&self) -> Option<Ipv4Network> {
+    pub fn peer(&self) -> Option<IpNetwork> {
         match self {
             Op::ReplaceNeigh { peer, .. }
             | Op::ReplaceFdb { peer, .. }
@@ -252,7 +253,7 @@ pub fn desired_state(
         peers: driver.fixed_entries(),
     };
     if desired.overlay_device {
-        desired.address = own.and_then(device_address);
+        desired.address = own.and_then(device_address).map(IpNetwork::V4);
     }
     let mut errors = Vec::new();
     let mut seen = HashSet::new();
@@ -282,8 +283,8 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
     // routes with it, whatever was read before.
     let fresh = observed.device == DeviceState::Missing;
     let none_n: &[ObservedNeigh] = &[];
-    let none_f: &[([u8; 6], Option<Ipv4Addr>)] = &[];
-    let none_a: &[Ipv4Network] = &[];
+    let none_f: &[([u8; 6], Option<IpAddr>)] = &[];
+    let none_a: &[IpNetwork] = &[];
     let (addrs, neighs, fdb) = if fresh {
         (none_a, none_n, none_f)
     } else {
@@ -313,13 +314,13 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
     }
 
     // Stale entries, route first.
-    let want_routes: HashSet<Ipv4Network> = desired.peers.iter().map(|p| p.route.dst).collect();
+    let want_routes: HashSet<IpNetwork> = desired.peers.iter().map(|p| p.route.dst).collect();
     for r in &routes {
         if !want_routes.contains(&r.dst) {
             ops.push(Op::DelRoute((*r).clone()));
         }
     }
-    let want_neigh: HashSet<Ipv4Addr> = desired
+    let want_neigh: HashSet<IpAddr> = desired
         .peers
         .iter()
         .filter_map(|p| p.neigh.map(|(ip, _)| ip))
@@ -329,7 +330,7 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
             ops.push(Op::DelNeigh(n.ip));
         }
     }
-    let want_fdb: HashSet<([u8; 6], Option<Ipv4Addr>)> = desired
+    let want_fdb: HashSet<([u8; 6], Option<IpAddr>)> = desired
         .peers
         .iter()
         .filter_map(|p| p.fdb.map(|(mac, dst)| (mac, Some(dst))))
@@ -395,6 +396,80 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
         }
     }
     Plan { ops, kept }
+}
+
+fn family_of_net(n: &IpNetwork) -> IpFamily {
+    IpFamily::of(n.ip())
+}
+
+impl Desired {
+    /// The part of the desired state in `family`; the device (and its address) only in the
+    /// family that owns it.
+    pub fn family(&self, family: IpFamily, owns_device: bool) -> Desired {
+        Desired {
+            overlay_device: self.overlay_device && owns_device,
+            address: self.address.filter(|a| family_of_net(a) == family),
+            peers: self
+                .peers
+                .iter()
+                .filter(|p| family_of_net(&p.route.dst) == family)
+                .cloned()
+                .collect(),
+        }
+    }
+}
+
+impl Observed {
+    /// The part of the observation in `family` (the device state is shared).
+    pub fn family(&self, family: IpFamily) -> Observed {
+        Observed {
+            device: self.device,
+            addresses: self
+                .addresses
+                .iter()
+                .filter(|a| family_of_net(a) == family)
+                .copied()
+                .collect(),
+            neighs: self
+                .neighs
+                .iter()
+                .filter(|n| IpFamily::of(n.ip) == family)
+                .cloned()
+                .collect(),
+            fdb: self
+                .fdb
+                .iter()
+                .filter(|(_, dst)| dst.is_none_or(|d| IpFamily::of(d) == family))
+                .copied()
+                .collect(),
+            routes: self
+                .routes
+                .iter()
+                .filter(|r| family_of_net(&r.dst) == family)
+                .cloned()
+                .collect(),
+        }
+    }
+}
+
+/// [`plan`] per address family: the family that owns the overlay device first (its device
+/// op leads), then the other. An entry of one family never makes an entry of the other
+/// stale, and each family's ops keep the ordering rules of [`plan`].
+pub fn plan_by_family(desired: &Desired, observed: &Observed, device_family: IpFamily) -> Plan {
+    let other = match device_family {
+        IpFamily::V4 => IpFamily::V6,
+        IpFamily::V6 => IpFamily::V4,
+    };
+    let mut all = Plan::default();
+    for (family, owns_device) in [(device_family, true), (other, false)] {
+        let p = plan(
+            &desired.family(family, owns_device),
+            &observed.family(family),
+        );
+        all.ops.extend(p.ops);
+        all.kept += p.kept;
+    }
+    all
 }
 
 #[cfg(test)]

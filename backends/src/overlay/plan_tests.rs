@@ -3,12 +3,22 @@ use super::*;
 use crate::kernel::netlink::format_mac;
 use crate::overlay::hostgw::{HostGwConfig, HostGwDriver};
 use crate::overlay::vxlan::{VxlanConfig, VxlanDriver};
+use std::net::IpAddr;
 
-fn net(s: &str) -> Ipv4Network {
+/// A network of whichever type the context wants (`Ipv4Network` for leases, `IpNetwork` in
+/// the family-agnostic plan).
+fn net<T: std::str::FromStr>(s: &str) -> T
+where
+    T::Err: std::fmt::Debug,
+{
     s.parse().expect("test network")
 }
 
-fn ip(s: &str) -> Ipv4Addr {
+/// An address of whichever type the context wants.
+fn ip<T: std::str::FromStr>(s: &str) -> T
+where
+    T::Err: std::fmt::Debug,
+{
     s.parse().expect("test address")
 }
 
@@ -64,7 +74,7 @@ fn own() -> Option<Ipv4Network> {
 fn vx_route(subnet: &str) -> RouteSpec {
     RouteSpec {
         dst: net(subnet),
-        gateway: Some(net(subnet).network()),
+        gateway: Some(IpAddr::V4(net::<Ipv4Network>(subnet).network())),
         dev: RouteDev::Overlay,
         onlink: true,
     }
@@ -296,7 +306,7 @@ fn host_gw_refuses_peers_off_link_and_programs_the_rest() {
     let msg = errs[0].to_string();
     assert!(
         matches!(&errs[0], OverlayError::PeerNotDirectlyReachable { subnet, public_ip, .. }
-            if *subnet == net("10.244.3.0/24") && *public_ip == ip("198.18.1.3")),
+            if *subnet == net("10.244.3.0/24") && *public_ip == ip::<Ipv4Addr>("198.18.1.3")),
         "{msg}"
     );
     assert!(
@@ -327,4 +337,66 @@ fn on_link_excludes_own_address_and_default_routes() {
     assert!(!on_link(ip("198.18.0.1"), &e, &ext_nets()));
     assert!(!on_link(ip("198.19.0.2"), &e, &ext_nets()));
     assert!(!on_link(ip("198.19.0.2"), &e, &[net("0.0.0.0/0")]));
+}
+
+#[test]
+fn families_are_planned_apart_with_the_device_family_first() {
+    let v6_route = |dst: &str, gw: &str| RouteSpec {
+        dst: net(dst),
+        gateway: Some(ip(gw)),
+        dev: RouteDev::External,
+        onlink: false,
+    };
+    let wanted_v6 = v6_route("fd00:10:244:2::/64", "fd00:198:18::2");
+    let stale_v6 = v6_route("fd00:10:244:9::/64", "fd00:198:18::9");
+    let d = Desired {
+        overlay_device: true,
+        address: Some(net("10.244.1.0/32")),
+        peers: vec![
+            PeerEntries {
+                subnet: net("fd00:10:244:2::/64"),
+                neigh: None,
+                fdb: None,
+                route: wanted_v6.clone(),
+            },
+            PeerEntries {
+                subnet: net("10.244.2.0/24"),
+                neigh: Some((ip("10.244.2.0"), MAC2)),
+                fdb: Some((MAC2, ip("198.18.0.2"))),
+                route: vx_route("10.244.2.0/24"),
+            },
+        ],
+    };
+    let mut o = Observed::empty(DeviceState::Missing);
+    o.routes.push(stale_v6.clone());
+    let p = plan_by_family(&d, &o, IpFamily::V4);
+    let p2 = net("10.244.2.0/24");
+    assert_eq!(
+        p.ops,
+        vec![
+            // IPv4, the device's family: device, address, neighbour, FDB, route.
+            Op::EnsureDevice,
+            Op::AddAddress(net("10.244.1.0/32")),
+            Op::ReplaceNeigh {
+                peer: p2,
+                ip: ip("10.244.2.0"),
+                mac: MAC2
+            },
+            Op::ReplaceFdb {
+                peer: p2,
+                mac: MAC2,
+                dst: ip("198.18.0.2")
+            },
+            Op::ReplaceRoute {
+                peer: p2,
+                route: vx_route("10.244.2.0/24")
+            },
+            // IPv6: its own stale route first, then its peer; no device op.
+            Op::DelRoute(stale_v6),
+            Op::ReplaceRoute {
+                peer: net("fd00:10:244:2::/64"),
+                route: wanted_v6
+            },
+        ]
+    );
 }

@@ -10,13 +10,12 @@
 //! everything else pointless (the dumps, the device itself) abort the reconcile with `Err`.
 
 use std::collections::HashSet;
-use std::net::{IpAddr, Ipv4Addr};
 
 use ipnetwork::{IpNetwork, Ipv4Network};
 
 use super::driver::DeviceSpec;
 use super::plan::{
-    DeviceState, Observed, ObservedNeigh, Op, RouteDev, RouteSpec, desired_state, plan,
+    DeviceState, Observed, ObservedNeigh, Op, RouteDev, RouteSpec, desired_state, plan_by_family,
 };
 use super::{Overlay, OverlayError, ROUTE_PROTOCOL, ReconcileReport};
 use crate::kernel::Kernel;
@@ -29,13 +28,6 @@ fn v4_nets(nets: Vec<IpNetwork>) -> Vec<Ipv4Network> {
             IpNetwork::V6(_) => None,
         })
         .collect()
-}
-
-fn v4(ip: IpAddr) -> Option<Ipv4Addr> {
-    match ip {
-        IpAddr::V4(v4) => Some(v4),
-        IpAddr::V6(_) => None,
-    }
 }
 
 impl<K: Kernel> Overlay<K> {
@@ -61,10 +53,14 @@ impl<K: Kernel> Overlay<K> {
             &self.peers,
         );
         report.errors.extend(refused);
-        let plan = plan(&desired, &observed);
+        let device_family = self
+            .driver
+            .device()
+            .map_or(IpFamily::V4, DeviceSpec::family);
+        let plan = plan_by_family(&desired, &observed, device_family);
         report.kept = plan.kept;
 
-        let mut failed: HashSet<Ipv4Network> = HashSet::new();
+        let mut failed: HashSet<IpNetwork> = HashSet::new();
         for op in &plan.ops {
             if let Some(peer) = op.peer()
                 && failed.contains(&peer)
@@ -111,9 +107,11 @@ impl<K: Kernel> Overlay<K> {
     /// takes its neighbours and FDB entries along). Not used at shutdown (restarts are hitless);
     /// for tests and tools. The desired state is kept, so a later reconcile rebuilds it all.
     pub async fn remove_all(&mut self) -> Result<(), OverlayError> {
-        for r in self.kernel.routes(IpFamily::V4).await? {
-            if r.protocol == ROUTE_PROTOCOL {
-                self.kernel.del_route(&r).await?;
+        for family in [IpFamily::V4, IpFamily::V6] {
+            for r in self.kernel.routes(family).await? {
+                if r.protocol == ROUTE_PROTOCOL {
+                    self.kernel.del_route(&r).await?;
+                }
             }
         }
         if let Some(DeviceSpec::Vxlan(spec)) = self.driver.device() {
@@ -161,19 +159,17 @@ impl<K: Kernel> Overlay<K> {
             }
         }
         if let Some(idx) = self.dev_index {
-            observed.addresses = v4_nets(self.kernel.addresses(idx).await?);
+            observed.addresses = self.kernel.addresses(idx).await?;
             if matches!(self.driver.device(), Some(DeviceSpec::Vxlan(_))) {
                 observed.neighs = self
                     .kernel
                     .neighbours(idx)
                     .await?
                     .into_iter()
-                    .filter_map(|n| {
-                        Some(ObservedNeigh {
-                            ip: v4(n.ip)?,
-                            mac: n.mac,
-                            permanent: n.permanent,
-                        })
+                    .map(|n| ObservedNeigh {
+                        ip: n.ip,
+                        mac: n.mac,
+                        permanent: n.permanent,
                     })
                     .collect();
                 observed.fdb = self
@@ -181,33 +177,33 @@ impl<K: Kernel> Overlay<K> {
                     .fdb_entries(idx)
                     .await?
                     .into_iter()
-                    .map(|e| (e.mac, e.dst.and_then(v4)))
+                    .map(|e| (e.mac, e.dst))
                     .collect();
             }
         }
-        observed.routes = self
-            .kernel
-            .routes(IpFamily::V4)
-            .await?
-            .into_iter()
-            .filter(|r| r.protocol == ROUTE_PROTOCOL)
-            .filter_map(|r| {
-                let IpNetwork::V4(dst) = r.dst else {
-                    return None;
-                };
-                let dev = match r.oif {
-                    Some(o) if Some(o) == self.dev_index => RouteDev::Overlay,
-                    Some(o) if o == self.ext.index => RouteDev::External,
-                    other => RouteDev::Other(other),
-                };
-                Some(RouteSpec {
-                    dst,
-                    gateway: r.gateway.and_then(v4),
-                    dev,
-                    onlink: r.onlink,
-                })
-            })
-            .collect();
+        // Routes of both families: a route of ours in a family the driver no longer uses is
+        // stale like any other.
+        for family in [IpFamily::V4, IpFamily::V6] {
+            let routes = self.kernel.routes(family).await?;
+            observed.routes.extend(
+                routes
+                    .into_iter()
+                    .filter(|r| r.protocol == ROUTE_PROTOCOL)
+                    .map(|r| {
+                        let dev = match r.oif {
+                            Some(o) if Some(o) == self.dev_index => RouteDev::Overlay,
+                            Some(o) if o == self.ext.index => RouteDev::External,
+                            other => RouteDev::Other(other),
+                        };
+                        RouteSpec {
+                            dst: r.dst,
+                            gateway: r.gateway,
+                            dev,
+                            onlink: r.onlink,
+                        }
+                    }),
+            );
+        }
         Ok(observed)
     }
 
@@ -266,9 +262,9 @@ impl<K: Kernel> Overlay<K> {
     }
 
     fn kernel_route(&self, r: &RouteSpec) -> Result<Route, NetlinkError> {
-        let mut route = Route::new(IpNetwork::V4(r.dst)).protocol(ROUTE_PROTOCOL);
+        let mut route = Route::new(r.dst).protocol(ROUTE_PROTOCOL);
         if let Some(gw) = r.gateway {
-            route = route.via(IpAddr::V4(gw));
+            route = route.via(gw);
         }
         route = match r.dev {
             RouteDev::Overlay => route.dev(self.device_index()?),
@@ -295,24 +291,16 @@ impl<K: Kernel> Overlay<K> {
                 };
                 return self.ensure_device(&device).await.map(Some);
             }
-            Op::AddAddress(a) => {
-                self.kernel
-                    .add_address(self.device_index()?, IpNetwork::V4(*a))
-                    .await?
-            }
-            Op::DelAddress(a) => {
-                self.kernel
-                    .del_address(self.device_index()?, IpNetwork::V4(*a))
-                    .await?
-            }
+            Op::AddAddress(a) => self.kernel.add_address(self.device_index()?, *a).await?,
+            Op::DelAddress(a) => self.kernel.del_address(self.device_index()?, *a).await?,
             Op::ReplaceNeigh { ip, mac, .. } => {
                 self.kernel
-                    .replace_neigh(self.device_index()?, IpAddr::V4(*ip), *mac)
+                    .replace_neigh(self.device_index()?, *ip, *mac)
                     .await?
             }
             Op::ReplaceFdb { mac, dst, .. } => {
                 self.kernel
-                    .replace_fdb(self.device_index()?, *mac, IpAddr::V4(*dst))
+                    .replace_fdb(self.device_index()?, *mac, *dst)
                     .await?
             }
             Op::ReplaceRoute { route, .. } => {
@@ -321,14 +309,10 @@ impl<K: Kernel> Overlay<K> {
                     .await?
             }
             Op::DelRoute(route) => self.kernel.del_route(&self.kernel_route(route)?).await?,
-            Op::DelNeigh(ip) => {
-                self.kernel
-                    .del_neigh(self.device_index()?, IpAddr::V4(*ip))
-                    .await?
-            }
+            Op::DelNeigh(ip) => self.kernel.del_neigh(self.device_index()?, *ip).await?,
             Op::DelFdb { mac, dst } => {
                 self.kernel
-                    .del_fdb(self.device_index()?, *mac, dst.map(IpAddr::V4))
+                    .del_fdb(self.device_index()?, *mac, *dst)
                     .await?
             }
         }

@@ -164,7 +164,7 @@ async fn a_failing_peer_gets_no_route_and_the_others_are_programmed() {
     let r = o.reconcile().await.expect("reconcile");
     assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
     assert!(
-        matches!(&r.errors[0], OverlayError::Peer { subnet, .. } if *subnet == net("10.244.2.0/24")),
+        matches!(&r.errors[0], OverlayError::Peer { subnet, .. } if *subnet == IpNetwork::V4(net("10.244.2.0/24"))),
         "{:?}",
         r.errors
     );

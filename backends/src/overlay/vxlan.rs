@@ -11,7 +11,7 @@
 //! FDB tables: flannel picks a new one and leaves peers with stale entries until they catch up.
 
 use std::any::Any;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use super::driver::{BackendDriver, DeviceSpec, device_mtu};
 use super::plan::{PeerEntries, RouteDev, RouteSpec};
@@ -165,13 +165,13 @@ impl BackendDriver for VxlanDriver {
                 Err(e) => return Err(e),
             },
         };
-        let gw = p.subnet.network();
+        let gw = IpAddr::V4(p.subnet.network());
         Ok(Some(PeerEntries {
-            subnet: p.subnet,
+            subnet: p.subnet.into(),
             neigh: Some((gw, mac)),
-            fdb: Some((mac, p.public_ip)),
+            fdb: Some((mac, p.public_ip.into())),
             route: RouteSpec {
-                dst: p.subnet,
+                dst: p.subnet.into(),
                 gateway: Some(gw),
                 dev: RouteDev::Overlay,
                 onlink: true,

@@ -102,11 +102,11 @@ impl BackendDriver for UdpDriver {
 
     fn fixed_entries(&self) -> Vec<PeerEntries> {
         vec![PeerEntries {
-            subnet: self.network,
+            subnet: self.network.into(),
             neigh: None,
             fdb: None,
             route: RouteSpec {
-                dst: self.network,
+                dst: self.network.into(),
                 gateway: None,
                 dev: RouteDev::Overlay,
                 onlink: false,
