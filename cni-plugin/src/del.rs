@@ -118,7 +118,7 @@ fn combine(mut errors: Vec<CniError>) -> CniResult<()> {
 }
 
 /// Deletes the host end of the veth by its stable name; the kernel removes the pod end with
-/// it. Returns once the pair is gone from both namespaces; the kernel's ~20 ms of clean-up
+/// it. Returns once the pair is gone from both namespaces; the kernel's clean-up
 /// after that finishes in a detached child ([`Kernel::del_link_detached`]). Only when that
 /// name is absent is `CNI_IFNAME` looked for inside the pod's namespace.
 async fn remove_veth<K: Kernel>(ctx: &Context<'_, K>) -> CniResult<()> {

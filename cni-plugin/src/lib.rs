@@ -56,7 +56,7 @@ pub fn dispatch(inv: &Invocation) -> CniResult<String> {
             Command::Del => del::del(&ctx).await.map(|()| String::new()),
             Command::Check => check::check(&ctx).await.map(|()| String::new()),
             Command::Gc => gc::gc(&ctx).await.map(|()| String::new()),
-            Command::Status => status::status(inv).map(|()| String::new()),
+            Command::Status => status::status(&ctx).map(|()| String::new()),
             Command::Version => Ok(version::version_reply(Some(&inv.version))),
         }
     })

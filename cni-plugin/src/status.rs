@@ -10,10 +10,13 @@ use ipam::subnet_env::SubnetEnv;
 use crate::conf::{CniArgs, IpamPlan};
 use crate::error::{CniError, CniResult, NOT_AVAILABLE};
 use crate::ipam_exec;
-use crate::skel::Invocation;
+use backends::kernel::Kernel;
+
+use crate::context::Context;
 
 /// Runs STATUS.
-pub fn status(inv: &Invocation) -> CniResult<()> {
+pub fn status<K: Kernel>(ctx: &Context<'_, K>) -> CniResult<()> {
+    let inv = ctx.inv;
     let path = inv.conf.subnet_file();
     let env = SubnetEnv::load(&path).map_err(|e| {
         CniError::new(

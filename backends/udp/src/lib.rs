@@ -13,7 +13,7 @@
 //!   lease, only if its inner source lies in that lease's subnet and its inner destination in
 //!   ours ([`table`]); everything else is dropped and counted ([`datapath::Counters`], exported
 //!   on `/metrics`). flannel writes anything it receives into the node.
-//! * **Speed without a new wire format.** One packet per syscall tops out near 1 Gbit/s. With
+//! * **Speed without a new wire format.** One packet per syscall tops out at a small fraction of what the kernel's vxlan moves (the naive proxy in `scripts/bench-udp.sh`). With
 //!   TUN offloads the kernel hands over whole TCP windows; they are cut into MTU-size packets
 //!   in userspace and sent with UDP GSO, and received segments are glued back together before
 //!   the TUN write ([`codec`], [`datapath`]). Each datagram on the wire is still exactly one

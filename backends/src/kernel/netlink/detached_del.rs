@@ -2,8 +2,8 @@
 //!
 //! `ip link del veth0` returns only when the kernel has finished with the device: after it has
 //! unlisted it, it waits for an RCU barrier and for every reference to drain
-//! (`netdev_run_todo`), all inside the caller's `sendmsg`. For a veth pair that tail is ~20 ms
-//! on a busy 2-core node, while the part anybody can observe — the device gone from the
+//! (`netdev_run_todo`), all inside the caller's `sendmsg`. For a veth pair that tail is most
+//! of the call (README, "Design measurements"), while the part anybody can observe — the device gone from the
 //! namespace, its name free, its bridge port and addresses removed — is done in about a
 //! millisecond, at the point where the kernel broadcasts `RTM_DELLINK`.
 //!

@@ -26,7 +26,7 @@
 //! (neighbours, vxlan, monitoring) are children of this module and use the same private helpers
 //! (`request`, `ack`, `create_link`, `NetlinkError::from_message`). The exception is
 //! [`del_link_detached`], which speaks raw netlink from a forked child so that a CNI DEL need
-//! not wait for the kernel's ~20 ms of clean-up after a link is gone.
+//! not wait for the kernel's clean-up after a link is gone.
 use std::io;
 use std::os::fd::{AsFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::sync::Arc;
