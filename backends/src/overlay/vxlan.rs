@@ -156,14 +156,8 @@ impl BackendDriver for VxlanDriver {
             return Ok(Some(PeerEntries::direct(p)));
         }
         let mac = match &p.backend_data {
-            None => return Err(OverlayError::PeerMissingVtepMac { subnet: p.subnet }),
-            Some(data) => match vtep_mac_from_backend_data(data) {
-                Ok(mac) => mac,
-                Err(_) if data.get("VtepMAC").is_none() => {
-                    return Err(OverlayError::PeerMissingVtepMac { subnet: p.subnet });
-                }
-                Err(e) => return Err(e),
-            },
+            Some(data) if data.get("VtepMAC").is_some() => vtep_mac_from_backend_data(data)?,
+            _ => return Err(OverlayError::PeerMissingVtepMac { subnet: p.subnet }),
         };
         let gw = IpAddr::V4(p.subnet.network());
         Ok(Some(PeerEntries {

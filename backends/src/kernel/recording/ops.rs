@@ -16,12 +16,8 @@ impl Kernel for RecordingKernel {
     fn enter(&self, ns: &NetNs, knobs: &[(String, String)]) -> Result<(Self, Vec<io::Result<()>>)> {
         let name = ns.path().display().to_string();
         self.call(format!("enter {name}"))?;
-        let other = RecordingKernel {
-            world: self.world.clone(),
-            ns: name.clone(),
-        };
-        other.with(|_, _| ());
         let mut w = self.world();
+        w.namespaces.entry(name.clone()).or_insert_with(Tables::new);
         let results = knobs
             .iter()
             .map(|(k, v)| {
@@ -29,6 +25,11 @@ impl Kernel for RecordingKernel {
                 Ok(())
             })
             .collect();
+        drop(w);
+        let other = RecordingKernel {
+            world: self.world.clone(),
+            ns: name,
+        };
         Ok((other, results))
     }
 
