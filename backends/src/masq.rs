@@ -37,16 +37,31 @@
 //! rules) compared with what the kernel printed right after our last install; any drift — a rule
 //! deleted, the table flushed or removed — re-installs the whole table.
 //!
+//! IPv6 (dual-stack and IPv6-only networks) gets the same table in family `ip6`,
+//! `ip6 flannel-rs`, with `ip6 saddr/daddr`, the `IPv6Network` and the node's IPv6 subnet,
+//! and `ff00::/8` in place of `224.0.0.0/4` (flannel's `masqIP6Rules`). Each family's table
+//! is its own atomic transaction and its own drift check ([`NodeMasq`] per family).
+//!
 //! A note for operators: in nftables an `accept` only ends the current base chain, so a `drop`
 //! policy in another table's forward chain (iptables-nft's `FORWARD`, say) still drops pod traffic;
 //! such firewalls need their own accept for the pod network.
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 
+use crate::kernel::netlink::IpFamily;
 use crate::kernel::nft::{self, NftError};
 
-/// The nftables table (family `ip`) that holds every rule flanneld installs.
+/// The nftables table (family `ip`, and `ip6` for IPv6) that holds every rule flanneld
+/// installs.
 pub const NODE_TABLE: &str = "flannel-rs";
+
+/// nftables' name of `family` as a table family and as the address match keyword.
+fn nft_family(family: IpFamily) -> &'static str {
+    match family {
+        IpFamily::V4 => "ip",
+        IpFamily::V6 => "ip6",
+    }
+}
 
 /// The kube-proxy "masquerade me / do not touch" mark bit flannel respects.
 pub const KUBE_MARK: u32 = 0x4000;
@@ -54,10 +69,10 @@ pub const KUBE_MARK: u32 = 0x4000;
 /// What the node's table should contain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MasqSpec {
-    /// The cluster pod network (`Network` of the network config).
-    pub network: Ipv4Network,
-    /// This node's lease subnet.
-    pub subnet: Ipv4Network,
+    /// The cluster pod network (`Network`, or `IPv6Network` for the `ip6` table).
+    pub network: IpNetwork,
+    /// This node's lease subnet of the same family.
+    pub subnet: IpNetwork,
     /// `masquerade fully-random` (flannel's default); `false` for
     /// `--ip-masq-fully-random-disable`.
     pub fully_random: bool,
@@ -73,18 +88,26 @@ impl MasqSpec {
         !self.masquerade && !self.forward
     }
 
+    /// The address family of the table (the network's).
+    pub fn family(&self) -> IpFamily {
+        IpFamily::of(self.network.ip())
+    }
+
     /// The full-replace transaction for this spec: creates the table if absent, deletes it (and
     /// with it any old content), and declares it anew — atomically, in one batch.
     pub fn script(&self) -> String {
-        let net =
-            Ipv4Network::new(self.network.network(), self.network.prefix()).unwrap_or(self.network);
-        let pod =
-            Ipv4Network::new(self.subnet.network(), self.subnet.prefix()).unwrap_or(self.subnet);
-        let mut s = format!("add table ip {NODE_TABLE}\ndelete table ip {NODE_TABLE}\n");
+        let masked = |n: IpNetwork| IpNetwork::new(n.network(), n.prefix()).unwrap_or(n);
+        let (net, pod) = (masked(self.network), masked(self.subnet));
+        let ip = nft_family(self.family());
+        let multicast = match self.family() {
+            IpFamily::V4 => "224.0.0.0/4",
+            IpFamily::V6 => "ff00::/8",
+        };
+        let mut s = format!("add table {ip} {NODE_TABLE}\ndelete table {ip} {NODE_TABLE}\n");
         if self.is_empty() {
             return s;
         }
-        s.push_str(&format!("table ip {NODE_TABLE} {{\n"));
+        s.push_str(&format!("table {ip} {NODE_TABLE} {{\n"));
         let random = if self.fully_random {
             " fully-random"
         } else {
@@ -95,11 +118,11 @@ impl MasqSpec {
                 "  chain postrtg {{\n\
                  \x20   type nat hook postrouting priority srcnat; policy accept;\n\
                  \x20   meta mark & {KUBE_MARK:#x} == {KUBE_MARK:#x} return\n\
-                 \x20   ip saddr {pod} ip daddr {net} return\n\
-                 \x20   ip saddr {net} ip daddr {pod} return\n\
-                 \x20   ip saddr != {net} ip daddr {pod} return\n\
-                 \x20   ip saddr {net} ip daddr != 224.0.0.0/4 masquerade{random}\n\
-                 \x20   ip saddr != {net} ip daddr {net} masquerade{random}\n\
+                 \x20   {ip} saddr {pod} {ip} daddr {net} return\n\
+                 \x20   {ip} saddr {net} {ip} daddr {pod} return\n\
+                 \x20   {ip} saddr != {net} {ip} daddr {pod} return\n\
+                 \x20   {ip} saddr {net} {ip} daddr != {multicast} masquerade{random}\n\
+                 \x20   {ip} saddr != {net} {ip} daddr {net} masquerade{random}\n\
                  \x20 }}\n"
             ));
         }
@@ -107,8 +130,8 @@ impl MasqSpec {
             s.push_str(&format!(
                 "  chain forward {{\n\
                  \x20   type filter hook forward priority filter; policy accept;\n\
-                 \x20   ip saddr {net} accept\n\
-                 \x20   ip daddr {net} accept\n\
+                 \x20   {ip} saddr {net} accept\n\
+                 \x20   {ip} daddr {net} accept\n\
                  \x20 }}\n"
             ));
         }
@@ -126,11 +149,13 @@ pub enum EnsureOutcome {
     Installed,
 }
 
-/// Keeps the node table in the current network namespace equal to a [`MasqSpec`].
+/// Keeps one family's node table in the current network namespace equal to a [`MasqSpec`].
 ///
 /// `nft` acts in the namespace of the calling thread: call from the node's namespace.
 #[derive(Debug, Default)]
 pub struct NodeMasq {
+    /// The family whose table this keeps (IPv4 unless made with [`NodeMasq::for_family`]).
+    family: Option<IpFamily>,
     spec: Option<MasqSpec>,
     /// `nft list table` as printed right after our last install: the drift reference.
     installed_listing: Option<String>,
@@ -142,6 +167,18 @@ impl NodeMasq {
         NodeMasq::default()
     }
 
+    /// The keeper of `family`'s table (`ip6 flannel-rs` for IPv6).
+    pub fn for_family(family: IpFamily) -> NodeMasq {
+        NodeMasq {
+            family: Some(family),
+            ..NodeMasq::default()
+        }
+    }
+
+    fn family(&self) -> IpFamily {
+        self.family.unwrap_or(IpFamily::V4)
+    }
+
     /// The spec last installed.
     pub fn spec(&self) -> Option<&MasqSpec> {
         self.spec.as_ref()
@@ -151,8 +188,9 @@ impl NodeMasq {
     /// changed or the kernel's copy drifted from what we installed; otherwise costs one
     /// `nft list table ip flannel-rs` and changes nothing.
     pub fn ensure(&mut self, spec: MasqSpec) -> Result<EnsureOutcome, NftError> {
+        self.family = Some(spec.family());
         if self.spec == Some(spec) {
-            let now = list_table()?;
+            let now = list_family_table(spec.family())?;
             if now.is_some() && now == self.installed_listing {
                 return Ok(EnsureOutcome::Unchanged);
             }
@@ -163,14 +201,15 @@ impl NodeMasq {
         }
         nft::apply(&spec.script())?;
         self.spec = Some(spec);
-        self.installed_listing = list_table()?;
+        self.installed_listing = list_family_table(spec.family())?;
         Ok(EnsureOutcome::Installed)
     }
 
     /// Deletes the table (idempotent).
     pub fn remove(&mut self) -> Result<(), NftError> {
+        let ip = nft_family(self.family());
         nft::apply(&format!(
-            "add table ip {NODE_TABLE}\ndelete table ip {NODE_TABLE}\n"
+            "add table {ip} {NODE_TABLE}\ndelete table {ip} {NODE_TABLE}\n"
         ))?;
         self.spec = None;
         self.installed_listing = None;
@@ -201,7 +240,12 @@ pub fn remove_flannel_tables() -> Result<Vec<String>, NftError> {
 
 /// `nft list table ip flannel-rs`, or `None` when the table does not exist.
 pub fn list_table() -> Result<Option<String>, NftError> {
-    match nft::list_text(&format!("table ip {NODE_TABLE}")) {
+    list_family_table(IpFamily::V4)
+}
+
+/// `nft list table ip|ip6 flannel-rs`, or `None` when the table does not exist.
+pub fn list_family_table(family: IpFamily) -> Result<Option<String>, NftError> {
+    match nft::list_text(&format!("table {} {NODE_TABLE}", nft_family(family))) {
         Ok(text) => Ok(Some(text)),
         Err(e) if e.is_not_found() => Ok(None),
         Err(e) => Err(e),
@@ -265,6 +309,40 @@ mod tests {
         s.subnet = "10.244.3.1/24".parse().unwrap();
         assert!(s.script().contains("ip saddr 10.244.3.0/24 ip daddr"));
         assert!(!s.script().contains("chain forward"));
+    }
+
+    #[test]
+    fn ipv6_table_is_flannels_masqip6rules_in_an_ip6_table() {
+        let s = MasqSpec {
+            network: "fd00:10:244::/56".parse().unwrap(),
+            subnet: "fd00:10:244:3::1/64".parse().unwrap(),
+            masquerade: true,
+            forward: true,
+            fully_random: true,
+        }
+        .script();
+        let lines: Vec<&str> = s.lines().map(str::trim).collect();
+        let want = [
+            "add table ip6 flannel-rs",
+            "delete table ip6 flannel-rs",
+            "table ip6 flannel-rs {",
+            "chain postrtg {",
+            "type nat hook postrouting priority srcnat; policy accept;",
+            "meta mark & 0x4000 == 0x4000 return",
+            "ip6 saddr fd00:10:244:3::/64 ip6 daddr fd00:10:244::/56 return",
+            "ip6 saddr fd00:10:244::/56 ip6 daddr fd00:10:244:3::/64 return",
+            "ip6 saddr != fd00:10:244::/56 ip6 daddr fd00:10:244:3::/64 return",
+            "ip6 saddr fd00:10:244::/56 ip6 daddr != ff00::/8 masquerade fully-random",
+            "ip6 saddr != fd00:10:244::/56 ip6 daddr fd00:10:244::/56 masquerade fully-random",
+            "}",
+            "chain forward {",
+            "type filter hook forward priority filter; policy accept;",
+            "ip6 saddr fd00:10:244::/56 accept",
+            "ip6 daddr fd00:10:244::/56 accept",
+            "}",
+            "}",
+        ];
+        assert_eq!(lines, want);
     }
 
     #[test]

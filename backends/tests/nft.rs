@@ -270,3 +270,64 @@ fn node_masq_table_exact_drift_repair_and_remove() {
         assert!(backends::masq::list_table().unwrap().is_none());
     });
 }
+
+#[test]
+fn node_masq_ipv6_table_exact_and_independent_of_the_ipv4_one() {
+    use backends::kernel::netlink::IpFamily;
+    use backends::masq::{EnsureOutcome, MasqSpec, NodeMasq};
+    if !prerequisites(&["nft"]) {
+        return;
+    }
+    in_new_netns(|| async {
+        let v4 = MasqSpec {
+            network: "10.244.0.0/16".parse().unwrap(),
+            subnet: "10.244.7.0/24".parse().unwrap(),
+            masquerade: true,
+            forward: true,
+            fully_random: true,
+        };
+        let v6 = MasqSpec {
+            network: "fd00:10:244::/56".parse().unwrap(),
+            subnet: "fd00:10:244:7::/64".parse().unwrap(),
+            ..v4
+        };
+        let (mut m4, mut m6) = (NodeMasq::new(), NodeMasq::for_family(IpFamily::V6));
+        assert_eq!(m4.ensure(v4).unwrap(), EnsureOutcome::Installed);
+        assert_eq!(m6.ensure(v6).unwrap(), EnsureOutcome::Installed);
+        // What `nft list` prints for flannel's masqIP6Rules; written by hand, not derived.
+        let expected = "table ip6 flannel-rs {\n\
+             \tchain postrtg {\n\
+             \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+             \t\tmeta mark & 0x00004000 == 0x00004000 return\n\
+             \t\tip6 saddr fd00:10:244:7::/64 ip6 daddr fd00:10:244::/56 return\n\
+             \t\tip6 saddr fd00:10:244::/56 ip6 daddr fd00:10:244:7::/64 return\n\
+             \t\tip6 saddr != fd00:10:244::/56 ip6 daddr fd00:10:244:7::/64 return\n\
+             \t\tip6 saddr fd00:10:244::/56 ip6 daddr != ff00::/8 masquerade fully-random\n\
+             \t\tip6 saddr != fd00:10:244::/56 ip6 daddr fd00:10:244::/56 masquerade fully-random\n\
+             \t}\n\
+             \n\
+             \tchain forward {\n\
+             \t\ttype filter hook forward priority filter; policy accept;\n\
+             \t\tip6 saddr fd00:10:244::/56 accept\n\
+             \t\tip6 daddr fd00:10:244::/56 accept\n\
+             \t}\n\
+             }\n";
+        assert_eq!(nft_list(&["table", "ip6", "flannel-rs"]), expected);
+        assert_eq!(m6.ensure(v6).unwrap(), EnsureOutcome::Unchanged);
+        assert_eq!(m4.ensure(v4).unwrap(), EnsureOutcome::Unchanged);
+
+        // Deleting the IPv6 table is drift for the IPv6 keeper only.
+        nft::apply("delete table ip6 flannel-rs\n").unwrap();
+        assert_eq!(m4.ensure(v4).unwrap(), EnsureOutcome::Unchanged);
+        assert_eq!(m6.ensure(v6).unwrap(), EnsureOutcome::Installed);
+        assert_eq!(nft_list(&["table", "ip6", "flannel-rs"]), expected);
+
+        m6.remove().unwrap();
+        assert!(
+            backends::masq::list_family_table(IpFamily::V6)
+                .unwrap()
+                .is_none()
+        );
+        assert!(backends::masq::list_table().unwrap().is_some(), "v4 kept");
+    });
+}

@@ -113,8 +113,8 @@ async fn cluster() -> Vec<Node> {
                 index: eth0.index,
                 name: "eth0".into(),
                 mtu: eth0.mtu,
-                iface_addr: a.ip(),
-                public_ip: a.ip(),
+                iface_addr: a.ip().into(),
+                public_ip: a.ip().into(),
             },
             subnet,
         });
@@ -153,7 +153,7 @@ fn vxlan(direct_routing: bool) -> OverlayConfig {
 /// publishes (BackendData round trip, like the daemon does).
 fn peer_of(node: &Node, overlay: &Overlay) -> Peer {
     Peer {
-        subnet: node.subnet,
+        subnet: node.subnet.into(),
         public_ip: node.ext.public_ip,
         backend_data: overlay.backend_data().inspect(|d| {
             vtep_mac_from_backend_data(d).expect("own BackendData parses");
@@ -177,7 +177,7 @@ async fn start_all(nodes: &[Node], cfg: &OverlayConfig) -> (Vec<Overlay>, Vec<Pe
         .map(|(n, o)| peer_of(n, o))
         .collect();
     for (n, o) in nodes.iter().zip(overlays.iter_mut()) {
-        o.set_own_subnet(n.subnet);
+        o.set_own_subnet(n.subnet.into());
         o.set_peers(peers.clone());
     }
     (overlays, peers)
@@ -297,13 +297,13 @@ fn vxlan_device_entries_and_ping_across_three_nodes() {
             .expect("flannel.1 exists");
         assert_eq!(dev.link.kind.as_deref(), Some("vxlan"));
         assert_eq!(dev.vni, Some(1));
-        assert_eq!(dev.local, Some(v4("198.18.0.1")));
+        assert_eq!(dev.local, Some(v4("198.18.0.1").into()));
         assert_eq!(dev.port, Some(8472));
         assert_eq!(dev.learning, Some(false));
         assert!(!dev.gbp);
         assert_eq!(dev.underlay, Some(n1.ext.index));
         assert_eq!(dev.link.mtu, n1.ext.mtu - 50);
-        assert_eq!(dev.link.mac, Some(vtep_mac(v4("198.18.0.1"), 1)));
+        assert_eq!(dev.link.mac, Some(vtep_mac(v4("198.18.0.1").into(), 1)));
         assert!(dev.link.admin_up);
         assert_eq!(overlays[0].mtu(), n1.ext.mtu - 50);
         assert_eq!(overlays[0].backend_type(), "vxlan");
@@ -311,7 +311,7 @@ fn vxlan_device_entries_and_ping_across_three_nodes() {
             overlays[0].backend_data(),
             Some(serde_json::json!({
                 "VNI": 1,
-                "VtepMAC": format_mac(&vtep_mac(v4("198.18.0.1"), 1)),
+                "VtepMAC": format_mac(&vtep_mac(v4("198.18.0.1").into(), 1)),
             }))
         );
         // ... and through iproute2.
@@ -386,7 +386,7 @@ fn host_gw_routes_ping_and_refuses_unreachable_peer() {
         // node1 also hears about node3, which is not on a directly connected subnet.
         let mut peers: Vec<Peer> = overlays[0].peers().to_vec();
         peers.push(Peer {
-            subnet: nodes[2].subnet,
+            subnet: nodes[2].subnet.into(),
             public_ip: nodes[2].ext.public_ip,
             backend_data: None,
         });
@@ -399,7 +399,7 @@ fn host_gw_routes_ping_and_refuses_unreachable_peer() {
                 public_ip,
                 iface,
             } => {
-                assert_eq!(*subnet, nodes[2].subnet);
+                assert_eq!(*subnet, IpNetwork::from(nodes[2].subnet));
                 assert_eq!(*public_ip, v4("198.18.1.3"));
                 assert_eq!(iface, "eth0");
             }
@@ -436,7 +436,7 @@ fn host_gw_routes_ping_and_refuses_unreachable_peer() {
 
         // host-gw cannot work behind NAT.
         let mut natted = nodes[0].ext.clone();
-        natted.public_ip = v4("198.18.0.99");
+        natted.public_ip = v4("198.18.0.99").into();
         let err = start_overlay(nodes[0].nl.clone(), OverlayConfig::HostGw, natted)
             .await
             .unwrap_err();
@@ -600,7 +600,7 @@ fn peer_value_changes_replace_entries() {
         let new_mac = [0x02, 0x11, 0x22, 0x33, 0x44, 0x55];
         peers[1].backend_data =
             Some(serde_json::json!({"VNI": 1, "VtepMAC": format_mac(&new_mac)})); // node2 got a new MAC
-        peers[2].public_ip = v4("198.18.1.33"); // node3 moved
+        peers[2].public_ip = v4("198.18.1.33").into(); // node3 moved
         overlays[0].set_peers(peers.clone());
         let r = overlays[0].reconcile().await.unwrap();
         assert!(r.is_clean(), "{:?}", r.errors);
@@ -692,7 +692,7 @@ fn restart_keeps_device_and_vtep_mac() {
         let after = n1.nl.link("flannel.1").await.unwrap().unwrap();
         assert_eq!(after.index, before.index, "device adopted, not recreated");
         assert_eq!(after.mac, before.mac);
-        again.set_own_subnet(n1.subnet);
+        again.set_own_subnet(n1.subnet.into());
         again.set_peers(peers);
         let r = again.reconcile().await.unwrap();
         assert_eq!((r.added, r.removed, r.kept), (0, 0, 7), "hitless: {r:?}");

@@ -4,12 +4,13 @@
 //! flannel. Run with flanneld stopped; everything here is idempotent and each step carries on
 //! when another failed (the errors are reported together at the end):
 //!
-//! * devices: `flannel.<VNI>` (vxlan) and `flannel0` (udp TUN) — `ip link del`;
-//! * routes flanneld installed, recognised by their protocol 150 — `ip route del ... proto 150`
-//!   (the `--ip-blackhole-route` blackhole too);
-//! * the nftables table `ip flannel-rs` — `nft delete table ip flannel-rs`;
-//! * our jump and chain in the operator's iptables `filter FORWARD` (legacy and nft),
-//!   leaving every other rule as it was;
+//! * devices: `flannel.<VNI>` and `flannel-v6.<VNI>` (vxlan) and `flannel0` (udp TUN) —
+//!   `ip link del`;
+//! * routes flanneld installed, IPv4 and IPv6, recognised by their protocol 150 —
+//!   `ip [-6] route del ... proto 150` (the `--ip-blackhole-route` blackholes too);
+//! * the nftables tables `ip flannel-rs` and `ip6 flannel-rs`;
+//! * our jump and chain in the operator's iptables and ip6tables `filter FORWARD` (legacy
+//!   and nft), leaving every other rule as it was;
 //! * `--subnet-file`.
 //!
 //! The etcd lease is kept (the node keeps its subnet if it comes back), unless
@@ -47,14 +48,22 @@ async fn release_lease(opts: &Opts, local: &[std::net::IpAddr]) -> Result<Option
         Err(e) if e.is_not_found() => return Ok(None),
         Err(e) => return Err(anyhow::anyhow!("{}: {e}", opts.subnet_file.display())),
     };
-    let Some(subnet) = env.subnet_network() else {
-        return Ok(None);
+    let v6 = env.ipv6_subnet_network();
+    let subnet = match env.subnet_network() {
+        Some(s) => s,
+        None if v6.is_some() => ipam::lease::NO_IPV4_SUBNET,
+        None => return Ok(None),
     };
     let store = EtcdLeaseStore::connect(opts.etcd.config()).await?;
-    let Some(lease) = store.get(&(subnet, None)).await? else {
+    let Some(lease) = store.get(&(subnet, v6)).await? else {
         return Ok(None);
     };
-    if !lease.leased || !local.contains(&std::net::IpAddr::V4(lease.attrs.public_ip)) {
+    let ours = local.contains(&std::net::IpAddr::V4(lease.attrs.public_ip))
+        || lease
+            .attrs
+            .public_ipv6
+            .is_some_and(|a| local.contains(&std::net::IpAddr::V6(a)));
+    if !lease.leased || !ours {
         tracing::warn!(key = %store.key_of(&lease.id()), public_ip = %lease.attrs.public_ip,
             leased = lease.leased, "not releasing: the key is a reservation or another node's");
         return Ok(None);
@@ -70,6 +79,7 @@ pub fn is_our_device(name: &str, kind: Option<&str>) -> bool {
     match kind {
         Some("vxlan") => name
             .strip_prefix("flannel.")
+            .or_else(|| name.strip_prefix("flannel-v6."))
             .is_some_and(|vni| !vni.is_empty() && vni.bytes().all(|b| b.is_ascii_digit())),
         Some("tun") => name == "flannel0",
         _ => false,
@@ -93,27 +103,29 @@ pub async fn run(opts: &Opts) -> Result<Removed> {
             Err(e) => errors.push(format!("releasing the lease: {e:#}")),
         }
     }
-    match nl.routes(IpFamily::V4).await {
-        Ok(routes) => {
-            for r in routes.iter().filter(|r| r.protocol == ROUTE_PROTOCOL) {
-                match nl.del_route(r).await {
-                    Ok(()) => removed.routes.push(r.dst.to_string()),
-                    Err(e) => errors.push(format!("route {}: {e}", r.dst)),
+    for family in [IpFamily::V4, IpFamily::V6] {
+        match nl.routes(family).await {
+            Ok(routes) => {
+                for r in routes.iter().filter(|r| r.protocol == ROUTE_PROTOCOL) {
+                    match nl.del_route(r).await {
+                        Ok(()) => removed.routes.push(r.dst.to_string()),
+                        Err(e) => errors.push(format!("route {}: {e}", r.dst)),
+                    }
                 }
             }
+            Err(e) => errors.push(format!("listing routes: {e}")),
         }
-        Err(e) => errors.push(format!("listing routes: {e}")),
-    }
-    match nl.blackhole_routes(IpFamily::V4).await {
-        Ok(routes) => {
-            for (dst, _) in routes.iter().filter(|(_, p)| *p == ROUTE_PROTOCOL) {
-                match nl.del_blackhole_route(*dst).await {
-                    Ok(()) => removed.routes.push(format!("blackhole {dst}")),
-                    Err(e) => errors.push(format!("blackhole route {dst}: {e}")),
+        match nl.blackhole_routes(family).await {
+            Ok(routes) => {
+                for (dst, _) in routes.iter().filter(|(_, p)| *p == ROUTE_PROTOCOL) {
+                    match nl.del_blackhole_route(*dst).await {
+                        Ok(()) => removed.routes.push(format!("blackhole {dst}")),
+                        Err(e) => errors.push(format!("blackhole route {dst}: {e}")),
+                    }
                 }
             }
+            Err(e) => errors.push(format!("listing blackhole routes: {e}")),
         }
-        Err(e) => errors.push(format!("listing blackhole routes: {e}")),
     }
     match nl.links().await {
         Ok(links) => {
@@ -131,12 +143,16 @@ pub async fn run(opts: &Opts) -> Result<Removed> {
     }
     let blocking = tokio::task::spawn_blocking(|| {
         let mut errs = Vec::new();
-        let had_table = matches!(backends::masq::list_table(), Ok(Some(_)));
-        if had_table && let Err(e) = backends::masq::NodeMasq::new().remove() {
-            errs.push(format!(
-                "nftables table {}: {e}",
-                backends::masq::NODE_TABLE
-            ));
+        let mut had_table = false;
+        for family in [IpFamily::V4, IpFamily::V6] {
+            let had = matches!(backends::masq::list_family_table(family), Ok(Some(_)));
+            had_table |= had;
+            if had && let Err(e) = backends::masq::NodeMasq::for_family(family).remove() {
+                errs.push(format!(
+                    "nftables table {family:?} {}: {e}",
+                    backends::masq::NODE_TABLE
+                ));
+            }
         }
         if let Err(e) = backends::kernel::iptables::ForwardRules::remove() {
             errs.push(format!("iptables FORWARD rules: {e}"));
@@ -172,6 +188,8 @@ mod tests {
     fn only_our_device_names_and_kinds() {
         assert!(is_our_device("flannel.1", Some("vxlan")));
         assert!(is_our_device("flannel.4096", Some("vxlan")));
+        assert!(is_our_device("flannel-v6.1", Some("vxlan")));
+        assert!(!is_our_device("flannel-v6.", Some("vxlan")));
         assert!(is_our_device("flannel0", Some("tun")));
         assert!(!is_our_device("flannel.1", Some("bridge")));
         assert!(!is_our_device("flannel.x", Some("vxlan")));

@@ -4,8 +4,9 @@
 //!    waits), then read `<prefix>/config`. While the key is absent we log a wait-and-retry
 //!    message; an invalid config names the bad key and is re-read until fixed.
 //! 2. **Interface.** Pick the external interface in flannel's order ([`crate::iface`]).
-//! 3. **Backend.** Create or adopt the backend's device ([`backends::overlay::Overlay`]); its
-//!    `BackendData` (VNI, a VTEP MAC that is stable across restarts) goes into the lease.
+//! 3. **Backend.** Create or adopt the backend's device, one per enabled address family
+//!    ([`crate::overlays::NodeOverlays`]); its `BackendData` (VNI, a VTEP MAC that is stable
+//!    across restarts) goes into the lease (IPv6: `BackendV6Data`).
 //! 4. **Lease.** Acquire in flannel's order — our public IP's lease, then the subnet recorded
 //!    in subnet.env, then a random free one ([`crate::subnet::SubnetManager`]).
 //! 5. **Local state.** Own subnet on the backend, a first reconcile against the first lease
@@ -27,21 +28,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use backends::kernel::netlink::{MonitorGroup, Netlink};
+use backends::kernel::netlink::{IpFamily, MonitorGroup, Netlink};
 use backends::masq::{MasqSpec, NodeMasq};
-use backends::overlay::Overlay;
-use ipam::lease::{Lease, LeaseAttrs, LeaseWatcher};
+use ipam::lease::{Lease, LeaseAttrs, LeaseWatcher, NO_IPV4_SUBNET, SubnetId};
 use ipam::subnet_env::SubnetEnv;
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::{backend_driver, external, peers};
 use crate::backoff::Backoff;
 use crate::config::Opts;
 use crate::healthz::Health;
 use crate::iface::{self, IfaceSelector};
 use crate::network_config::NetworkConfig;
+use crate::overlays::NodeOverlays;
 use crate::shutdown::Shutdown;
 use crate::subnet::manager::log_store_error;
 use crate::subnet::{
@@ -109,7 +109,7 @@ pub async fn run_until(opts: Opts, cancel: CancellationToken) -> Result<()> {
         }
     };
     tracing::info!(
-        network = %network.ipv4.network,
+        network = %network.describe(),
         backend = network.backend.type_name(),
         "network config loaded"
     );
@@ -120,26 +120,26 @@ pub async fn run_until(opts: Opts, cancel: CancellationToken) -> Result<()> {
         regexes: opts.iface_regex.clone(),
         can_reach: opts.iface_can_reach,
         public_ip: opts.public_ip,
+        public_ipv6: opts.public_ipv6,
+        ipv4: network.ipv4.is_some(),
+        ipv6: network.ipv6.is_some(),
     };
     let ext = iface::select(&nl, &selector)
         .await
         .context("choose the external interface")?;
     tracing::info!(
-        iface = %ext.name, addr = %ext.iface_addr, public_ip = %ext.public_ip, mtu = ext.mtu,
+        iface = %ext.name, addr = ?ext.iface_addr, public_ip = ?ext.public_ip,
+        addr6 = ?ext.iface_addr6, public_ipv6 = ?ext.public_ipv6, mtu = ext.mtu,
         "using external interface"
     );
 
-    let ext = external(&ext);
-    let driver = backend_driver(&network, &ext).context("set up the backend")?;
-    tracing::info!(backend = driver.kind(), "backend driver chosen");
-    let mut overlay = Overlay::new(nl.clone(), driver, ext.clone())
+    let mut overlays = NodeOverlays::new(&nl, &network, &ext)
         .await
         .context("set up the backend")?;
-
-    health.set_backend_metrics(overlay.metrics_fn());
+    health.set_backend_metrics(overlays.metrics_fn());
 
     let previous = match SubnetEnv::load(&opts.subnet_file) {
-        Ok(env) => env.subnet_network(),
+        Ok(env) => previous_subnets(&env),
         Err(e) if e.is_not_found() => None,
         Err(e) => {
             tracing::warn!(file = %opts.subnet_file.display(), error = %e,
@@ -147,8 +147,7 @@ pub async fn run_until(opts: Opts, cancel: CancellationToken) -> Result<()> {
             None
         }
     };
-    let mut attrs = LeaseAttrs::new(ext.public_ip, overlay.backend_type());
-    attrs.backend_data = overlay.backend_data();
+    let attrs = overlays.lease_attrs(&ext);
 
     let manager = Arc::new(
         SubnetManager::new(
@@ -165,7 +164,7 @@ pub async fn run_until(opts: Opts, cancel: CancellationToken) -> Result<()> {
         return Ok(());
     };
     tracing::info!(
-        subnet = %own.subnet,
+        key = %own.key(),
         leased = own.leased,
         took_ms = %format!("{:.1}", acquire_started.elapsed().as_secs_f64() * 1e3),
         "acquired subnet lease"
@@ -190,35 +189,45 @@ pub async fn run_until(opts: Opts, cancel: CancellationToken) -> Result<()> {
         Netlink::monitor(&MonitorGroup::ALL).context("subscribe to netlink changes")?;
 
     // First snapshot (bounded wait: with etcd gone we still come up from the kernel state).
-    let mut watcher = LeaseWatcher::new(Some(own.subnet));
-    let backend_type = overlay.backend_type();
+    let mut watcher = LeaseWatcher::new(Some(own.id()));
     match tokio::time::timeout(Duration::from_secs(5), watch_rx.recv()).await {
         Ok(Some(update)) => apply_update(&mut watcher, update),
         _ => tracing::warn!("no lease snapshot yet; starting with no peers"),
     }
-    overlay.set_own_subnet(own.subnet);
-    overlay.set_peers(peers(&watcher, backend_type));
-    reconcile(&mut overlay).await;
+    overlays.set_own(&own);
+    overlays.set_peers(&watcher);
+    overlays.reconcile().await;
 
     remove_flannel_leftovers().await;
-    let mut masq = NodeMasq::new();
-    let masq_spec = |own: &Lease| MasqSpec {
-        network: network.ipv4.network,
-        subnet: own.subnet,
-        masquerade: opts.ip_masq,
-        forward: opts.iptables_forward_rules,
-        fully_random: !opts.ip_masq_fully_random_disable,
+    // One nftables table per family (`ip flannel-rs`, `ip6 flannel-rs`).
+    let mut masqs: Vec<NodeMasq> = own_subnets(&network, &own)
+        .iter()
+        .map(|(net, _)| NodeMasq::for_family(IpFamily::of(net.ip())))
+        .collect();
+    let masq_specs = |own: &Lease| -> Vec<MasqSpec> {
+        own_subnets(&network, own)
+            .into_iter()
+            .map(|(network, subnet)| MasqSpec {
+                network,
+                subnet,
+                masquerade: opts.ip_masq,
+                forward: opts.iptables_forward_rules,
+                fully_random: !opts.ip_masq_fully_random_disable,
+            })
+            .collect()
     };
-    ensure_masq(&mut masq, masq_spec(&own))
-        .await
-        .context("install masquerade/forward rules")?;
-    if opts.ip_blackhole_route {
-        ensure_blackhole(&nl, own.subnet).await;
+    for (masq, spec) in masqs.iter_mut().zip(masq_specs(&own)) {
+        ensure_masq(masq, spec)
+            .await
+            .context("install masquerade/forward rules")?;
     }
-    write_subnet_env(&opts, &network, &own, overlay.mtu())?;
+    if opts.ip_blackhole_route {
+        ensure_blackholes(&nl, &network, &own).await;
+    }
+    write_subnet_env(&opts, &network, &own, overlays.mtu())?;
     health.set_ready(&format!(
         "ready: subnet {} written to {}",
-        own.subnet,
+        own.key(),
         opts.subnet_file.display()
     ));
     tracing::info!(file = %opts.subnet_file.display(), "ready: subnet file written");
@@ -236,54 +245,58 @@ pub async fn run_until(opts: Opts, cancel: CancellationToken) -> Result<()> {
                 while let Ok(more) = watch_rx.try_recv() {
                     apply_update(&mut watcher, more);
                 }
-                overlay.set_peers(peers(&watcher, backend_type));
-                reconcile(&mut overlay).await;
+                overlays.set_peers(&watcher);
+                overlays.reconcile().await;
             }
             Some(event) = own_rx.recv() => match event {
                 OwnLeaseEvent::Lost(_) => {
-                    health.set_not_ready(format!("own lease {} lost; re-acquiring", own.subnet));
-                    tracing::warn!(subnet = %own.subnet, "own lease lost; re-acquiring");
+                    health.set_not_ready(format!("own lease {} lost; re-acquiring", own.key()));
+                    tracing::warn!(key = %own.key(), "own lease lost; re-acquiring");
                 }
                 OwnLeaseEvent::Reacquired(lease) => {
-                    let moved = lease.subnet != own.subnet;
+                    let moved = lease.id() != own.id();
                     own = lease;
-                    tracing::info!(subnet = %own.subnet, moved, "own lease re-acquired");
+                    tracing::info!(key = %own.key(), moved, "own lease re-acquired");
                     if moved {
-                        watcher.set_own(Some(own.subnet));
-                        overlay.set_own_subnet(own.subnet);
-                        overlay.set_peers(peers(&watcher, backend_type));
-                        reconcile(&mut overlay).await;
+                        watcher.set_own(Some(own.id()));
+                        overlays.set_own(&own);
+                        overlays.set_peers(&watcher);
+                        overlays.reconcile().await;
                     }
-                    if let Err(e) = ensure_masq(&mut masq, masq_spec(&own)).await {
-                        tracing::error!(error = %e, "masquerade rules");
+                    for (masq, spec) in masqs.iter_mut().zip(masq_specs(&own)) {
+                        if let Err(e) = ensure_masq(masq, spec).await {
+                            tracing::error!(error = %e, "masquerade rules");
+                        }
                     }
                     if opts.ip_blackhole_route {
-                        ensure_blackhole(&nl, own.subnet).await;
+                        ensure_blackholes(&nl, &network, &own).await;
                     }
-                    if let Err(e) = write_subnet_env(&opts, &network, &own, overlay.mtu()) {
+                    if let Err(e) = write_subnet_env(&opts, &network, &own, overlays.mtu()) {
                         tracing::error!(error = %e, "writing the subnet file");
                     }
-                    health.set_ready(&format!("ready: subnet {}", own.subnet));
+                    health.set_ready(&format!("ready: subnet {}", own.key()));
                 }
             },
             Some(change) = monitor.recv() => {
                 // Debounce: a device deletion produces a burst of link/route/neigh messages.
-                let mut relevant = overlay.is_relevant(&change);
+                let mut relevant = overlays.is_relevant(&change);
                 tokio::time::sleep(MONITOR_DEBOUNCE).await;
                 while let Ok(more) = monitor.try_recv() {
-                    relevant |= overlay.is_relevant(&more);
+                    relevant |= overlays.is_relevant(&more);
                 }
                 if relevant {
-                    reconcile(&mut overlay).await;
+                    overlays.reconcile().await;
                 }
             }
-            _ = reconcile_tick.tick() => reconcile(&mut overlay).await,
+            _ = reconcile_tick.tick() => overlays.reconcile().await,
             _ = masq_tick.tick() => {
-                if let Err(e) = ensure_masq(&mut masq, masq_spec(&own)).await {
-                    tracing::error!(error = %e, "re-checking masquerade rules");
+                for (masq, spec) in masqs.iter_mut().zip(masq_specs(&own)) {
+                    if let Err(e) = ensure_masq(masq, spec).await {
+                        tracing::error!(error = %e, "re-checking masquerade rules");
+                    }
                 }
                 if opts.ip_blackhole_route {
-                    ensure_blackhole(&nl, own.subnet).await;
+                    ensure_blackholes(&nl, &network, &own).await;
                 }
             }
         }
@@ -291,7 +304,7 @@ pub async fn run_until(opts: Opts, cancel: CancellationToken) -> Result<()> {
 
     if opts.release_lease_on_shutdown && own.leased {
         match manager.release(&own).await {
-            Ok(_) => tracing::info!(subnet = %own.subnet, "released own lease on shutdown"),
+            Ok(_) => tracing::info!(key = %own.key(), "released own lease on shutdown"),
             Err(e) => tracing::warn!(error = %e, "could not release own lease"),
         }
     }
@@ -403,10 +416,32 @@ async fn wait_for_network_config<S: LeaseStore>(
     }
 }
 
+/// The subnets recorded in subnet.env (flannel's "previous subnet"), as a lease identity.
+fn previous_subnets(env: &SubnetEnv) -> Option<SubnetId> {
+    let v4 = env.subnet_network();
+    let v6 = env.ipv6_subnet_network();
+    (v4.is_some() || v6.is_some()).then(|| (v4.unwrap_or(NO_IPV4_SUBNET), v6))
+}
+
+/// Per enabled family: (cluster network, our subnet of it).
+fn own_subnets(network: &NetworkConfig, own: &Lease) -> Vec<(IpNetwork, IpNetwork)> {
+    let v4 = network
+        .ipv4
+        .as_ref()
+        .zip(own.ipv4_subnet())
+        .map(|(p, s)| (IpNetwork::V4(p.network), IpNetwork::V4(s)));
+    let v6 = network
+        .ipv6
+        .as_ref()
+        .zip(own.ipv6_subnet)
+        .map(|(p, s)| (IpNetwork::V6(p.network), IpNetwork::V6(s)));
+    v4.into_iter().chain(v6).collect()
+}
+
 async fn acquire_with_retry<S: LeaseStore>(
     manager: &SubnetManager<S>,
     attrs: &LeaseAttrs,
-    previous: Option<Ipv4Network>,
+    previous: Option<SubnetId>,
     health: &Health,
     cancel: &CancellationToken,
 ) -> Option<Lease> {
@@ -450,29 +485,20 @@ fn apply_update(watcher: &mut LeaseWatcher, update: WatchUpdate) {
     }
 }
 
-async fn reconcile(overlay: &mut Overlay) {
-    match overlay.reconcile().await {
-        Ok(report) => {
-            for e in &report.errors {
-                tracing::warn!(error = %e, "peer not programmed");
-            }
-            if report.changed() {
-                tracing::info!(?report, "kernel state reconciled");
-            } else {
-                tracing::debug!(?report, "kernel state already as desired");
-            }
-        }
-        Err(e) => tracing::error!(error = %e, "reconcile failed; retrying on the next trigger"),
+/// `--ip-blackhole-route` for each of our subnets.
+async fn ensure_blackholes(nl: &Netlink, network: &NetworkConfig, own: &Lease) {
+    for (_, subnet) in own_subnets(network, own) {
+        ensure_blackhole(nl, subnet).await;
     }
 }
 
 /// `--ip-blackhole-route`: `blackhole <subnet> proto 150` present (re-added every resync
-/// period, like flannel), and no blackhole of ours for another subnet (after a move).
-async fn ensure_blackhole(nl: &Netlink, subnet: Ipv4Network) {
-    use backends::kernel::netlink::IpFamily;
+/// period, like flannel), and no blackhole of ours for another subnet of that family (after
+/// a move).
+async fn ensure_blackhole(nl: &Netlink, subnet: IpNetwork) {
     use backends::overlay::ROUTE_PROTOCOL;
-    let want = ipnetwork::IpNetwork::V4(subnet);
-    let have = match nl.blackhole_routes(IpFamily::V4).await {
+    let want = subnet;
+    let have = match nl.blackhole_routes(IpFamily::of(subnet.ip())).await {
         Ok(h) => h,
         Err(e) => {
             tracing::error!(error = %e, "listing blackhole routes");
@@ -534,13 +560,14 @@ async fn ensure_masq(masq: &mut NodeMasq, spec: MasqSpec) -> Result<()> {
     }
     // nft and iptables are child processes: keep them off the async worker.
     let mut owned = std::mem::take(masq);
-    let (owned, result, forward) = tokio::task::spawn_blocking(move || {
+    let (owned, result, forward, family) = tokio::task::spawn_blocking(move || {
         let r = owned.ensure(spec);
         // The operator's iptables FORWARD chain may drop what our table accepts.
         let f = spec
             .forward
             .then(|| backends::kernel::iptables::ForwardRules::ensure(spec.network));
-        (owned, r, f)
+        let family = spec.family();
+        (owned, r, f, family)
     })
     .await
     .context("masquerade task panicked")?;
@@ -550,7 +577,7 @@ async fn ensure_masq(masq: &mut NodeMasq, spec: MasqSpec) -> Result<()> {
             for (flavor, outcome) in outcomes {
                 if outcome == backends::kernel::iptables::FlavorOutcome::Installed {
                     tracing::info!(
-                        iptables = flavor.iptables(),
+                        iptables = flavor.binary(family),
                         chain = backends::kernel::iptables::FWD_CHAIN,
                         "pod network accepted in the host's filter FORWARD chain (first rule)"
                     );
@@ -567,6 +594,7 @@ async fn ensure_masq(masq: &mut NodeMasq, spec: MasqSpec) -> Result<()> {
             tracing::info!(
                 masquerade = spec.masquerade,
                 forward = spec.forward,
+                ?family,
                 "nftables table installed"
             )
         }
@@ -575,17 +603,27 @@ async fn ensure_masq(masq: &mut NodeMasq, spec: MasqSpec) -> Result<()> {
     Ok(())
 }
 
-/// Writes subnet.env (flannel's format: `FLANNEL_SUBNET` is the first host of the lease).
+/// Writes subnet.env (flannel's format: `FLANNEL_SUBNET` is the first host of the lease; the
+/// IPv4 keys only when IPv4 is enabled, the IPv6 keys only when IPv6 is).
 fn write_subnet_env(opts: &Opts, network: &NetworkConfig, own: &Lease, mtu: u32) -> Result<()> {
-    let env = SubnetEnv {
-        networks: vec![network.ipv4.network],
-        subnet: Some(ipam::net::with_first_host(own.subnet)),
-        ipv6_networks: Vec::new(),
-        ipv6_subnet: None,
+    write_env_file(
+        &opts.subnet_file,
+        &subnet_env(network, own, mtu, opts.ip_masq),
+    )
+}
+
+/// The subnet.env of `own` in `network`.
+pub fn subnet_env(network: &NetworkConfig, own: &Lease, mtu: u32, ipmasq: bool) -> SubnetEnv {
+    let v4 = network.ipv4.as_ref().zip(own.ipv4_subnet());
+    let v6 = network.ipv6.as_ref().zip(own.ipv6_subnet);
+    SubnetEnv {
+        networks: v4.iter().map(|(p, _)| p.network).collect(),
+        subnet: v4.map(|(_, s)| ipam::net::with_first_host(s)),
+        ipv6_networks: v6.iter().map(|(p, _)| p.network).collect(),
+        ipv6_subnet: v6.map(|(_, s)| ipam::net::with_first_host_v6(s)),
         mtu,
-        ipmasq: opts.ip_masq,
-    };
-    write_env_file(&opts.subnet_file, &env)
+        ipmasq,
+    }
 }
 
 fn write_env_file(path: &Path, env: &SubnetEnv) -> Result<()> {
@@ -597,4 +635,50 @@ fn write_env_file(path: &Path, env: &SubnetEnv) -> Result<()> {
     }
     env.write_atomic(path)
         .with_context(|| format!("--subnet-file: write {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(v4: &str, v6: Option<&str>) -> Lease {
+        Lease::new(
+            v4.parse().unwrap(),
+            v6.map(|s| s.parse().unwrap()),
+            LeaseAttrs::new(std::net::Ipv4Addr::UNSPECIFIED, "vxlan"),
+        )
+    }
+
+    /// flannel's `WriteSubnetFile` for the same input (its `Documentation/configuration.md`
+    /// dual-stack example; the IPv6-only form drops the IPv4 keys).
+    #[test]
+    fn subnet_env_is_flannels_bytes_for_dual_stack_and_ipv6_only() {
+        let dual = NetworkConfig::parse(
+            r#"{"Network":"10.42.0.0/16","EnableIPv6":true,"IPv6Network":"2001:cafe:42::/56","Backend":{"Type":"vxlan"}}"#,
+        )
+        .unwrap();
+        let own = lease("10.42.0.0/24", Some("2001:cafe:42::/64"));
+        assert_eq!(
+            subnet_env(&dual, &own, 1450, true).render(),
+            "FLANNEL_NETWORK=10.42.0.0/16\nFLANNEL_SUBNET=10.42.0.1/24\n\
+             FLANNEL_IPV6_NETWORK=2001:cafe:42::/56\nFLANNEL_IPV6_SUBNET=2001:cafe:42::1/64\n\
+             FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"
+        );
+        let v6_only = NetworkConfig::parse(
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"vxlan"}}"#,
+        )
+        .unwrap();
+        let own = lease("0.0.0.0/0", Some("fc00:0:0:1::/64"));
+        assert_eq!(
+            subnet_env(&v6_only, &own, 1450, true).render(),
+            "FLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00:0:0:1::1/64\n\
+             FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"
+        );
+        // Read back, it names the previous subnets for the next acquire.
+        let env = SubnetEnv::parse(&subnet_env(&v6_only, &own, 1450, true).render()).unwrap();
+        assert_eq!(
+            previous_subnets(&env),
+            Some((NO_IPV4_SUBNET, Some("fc00:0:0:1::/64".parse().unwrap())))
+        );
+    }
 }

@@ -18,5 +18,6 @@ pub mod healthz;
 pub mod iface;
 pub mod network_config;
 pub mod notify;
+pub mod overlays;
 pub mod shutdown;
 pub mod subnet;

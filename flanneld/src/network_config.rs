@@ -14,8 +14,11 @@
 //!   names are matched case-insensitively; unknown ones are an error naming `Backend.Type`.
 //!
 //! Type errors name the key too (`Backend.VNI: expected a non-negative integer, got "one"`).
-//! IPv6-only networks (`EnableIPv4: false`) are refused: our lease keys always carry an IPv4
-//! subnet.
+//!
+//! Address families follow flannel: `EnableIPv4` (default true) needs `Network`,
+//! `EnableIPv6` (default false) needs `IPv6Network`; IPv6-only is `EnableIPv4: false` with
+//! `EnableIPv6: true`, and a config enabling neither is refused. The udp backend is IPv4
+//! only, as flannel's: a config asking it for IPv6 is refused naming `Backend.Type`.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -63,8 +66,8 @@ impl NetworkConfigError {
 /// A validated network config.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NetworkConfig {
-    /// The IPv4 pool (always present: `EnableIPv4` must be true).
-    pub ipv4: Ipv4Pool,
+    /// The IPv4 pool when `EnableIPv4` is true (the default).
+    pub ipv4: Option<Ipv4Pool>,
     /// The IPv6 pool when `EnableIPv6` is true.
     pub ipv6: Option<Ipv6Pool>,
     /// `EnableNFTables`: program masquerade rules with nftables instead of iptables.
@@ -112,6 +115,13 @@ impl From<SectionError> for NetworkConfigError {
 }
 
 impl NetworkConfig {
+    /// The cluster networks as subnet.env lists them: IPv4 first, then IPv6.
+    pub fn describe(&self) -> String {
+        let v4 = self.ipv4.as_ref().map(|p| p.network.to_string());
+        let v6 = self.ipv6.as_ref().map(|p| p.network.to_string());
+        v4.into_iter().chain(v6).collect::<Vec<_>>().join(",")
+    }
+
     /// Parses and validates the JSON stored at `<prefix>/config`.
     pub fn parse(json: &str) -> Result<Self, NetworkConfigError> {
         let value: Value =
@@ -125,28 +135,37 @@ impl NetworkConfig {
 
         let enable_ipv4 = top.bool("EnableIPv4", true)?;
         let enable_ipv6 = top.bool("EnableIPv6", false)?;
-        if !enable_ipv4 {
+        if !enable_ipv4 && !enable_ipv6 {
             return Err(invalid(
                 "EnableIPv4",
-                "IPv6-only networks are not supported; EnableIPv4 must be true",
+                "false while EnableIPv6 is not true: enable at least one address family",
             ));
         }
-        let network: Ipv4Network = top.parsed("Network")?.ok_or_else(|| {
-            invalid(
-                "Network",
-                "missing: define the cluster IPv4 network, e.g. \"10.244.0.0/16\"",
-            )
-        })?;
-        let ipv4 = Ipv4Pool::new(
-            network,
-            top.uint("SubnetLen", 32)?.map(|n| n as u8),
-            top.parsed::<Ipv4Addr>("SubnetMin")?,
-            top.parsed::<Ipv4Addr>("SubnetMax")?,
-        )?;
+        let ipv4 = if enable_ipv4 {
+            let network: Ipv4Network = top.parsed("Network")?.ok_or_else(|| {
+                invalid(
+                    "Network",
+                    "missing: define the cluster IPv4 network, e.g. \"10.244.0.0/16\" \
+                     (or set EnableIPv4 to false for an IPv6-only network)",
+                )
+            })?;
+            Some(Ipv4Pool::new(
+                network,
+                top.uint("SubnetLen", 32)?.map(|n| n as u8),
+                top.parsed::<Ipv4Addr>("SubnetMin")?,
+                top.parsed::<Ipv4Addr>("SubnetMax")?,
+            )?)
+        } else {
+            None
+        };
         let ipv6 = if enable_ipv6 {
-            let network: Ipv6Network = top
-                .parsed("IPv6Network")?
-                .ok_or_else(|| invalid("IPv6Network", "missing while EnableIPv6 is true"))?;
+            let network: Ipv6Network = top.parsed("IPv6Network")?.ok_or_else(|| {
+                invalid(
+                    "IPv6Network",
+                    "missing while EnableIPv6 is true: define the cluster IPv6 network, \
+                     e.g. \"fd00:10:244::/56\"",
+                )
+            })?;
             Some(Ipv6Pool::new(
                 network,
                 top.uint("IPv6SubnetLen", 128)?.map(|n| n as u8),
@@ -162,6 +181,12 @@ impl NetworkConfig {
             Some(Value::Object(b)) => parse_backend(&Section::new(b, "Backend."))?,
             Some(v) => return Err(invalid("Backend", format!("expected an object, got {v}"))),
         };
+        if matches!(backend, BackendConfig::Udp(_)) && ipv6.is_some() {
+            return Err(invalid(
+                "Backend.Type",
+                "udp carries IPv4 only (as in flannel); use vxlan or host-gw with EnableIPv6",
+            ));
+        }
         Ok(Self {
             ipv4,
             ipv6,
@@ -197,10 +222,11 @@ mod tests {
     #[test]
     fn flannel_documented_vxlan_config() {
         let c = ok(r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}"#);
-        assert_eq!(c.ipv4.network, "10.244.0.0/16".parse().unwrap());
-        assert_eq!(c.ipv4.subnet_len, 24);
-        assert_eq!(c.ipv4.subnet_min, Ipv4Addr::new(10, 244, 1, 0));
-        assert_eq!(c.ipv4.subnet_max, Ipv4Addr::new(10, 244, 255, 0));
+        let v4 = c.ipv4.as_ref().unwrap();
+        assert_eq!(v4.network, "10.244.0.0/16".parse().unwrap());
+        assert_eq!(v4.subnet_len, 24);
+        assert_eq!(v4.subnet_min, Ipv4Addr::new(10, 244, 1, 0));
+        assert_eq!(v4.subnet_max, Ipv4Addr::new(10, 244, 255, 0));
         assert_eq!(c.ipv6, None);
         assert!(!c.enable_nftables);
         assert_eq!(c.backend, BackendConfig::Vxlan(VxlanConfig::default()));
@@ -217,9 +243,10 @@ mod tests {
             r#"{"network":"10.5.0.0/16","subnetlen":20,"SUBNETMIN":"10.5.16.0","SubnetMax":"10.5.32.0",
                       "backend":{"type":"VXLAN","vni":42,"port":4789,"directRouting":true,"learning":true,"gbp":true,"mtu":9000}}"#,
         );
-        assert_eq!(c.ipv4.subnet_len, 20);
-        assert_eq!(c.ipv4.subnet_min, Ipv4Addr::new(10, 5, 16, 0));
-        assert_eq!(c.ipv4.subnet_max, Ipv4Addr::new(10, 5, 32, 0));
+        let v4 = c.ipv4.as_ref().unwrap();
+        assert_eq!(v4.subnet_len, 20);
+        assert_eq!(v4.subnet_min, Ipv4Addr::new(10, 5, 16, 0));
+        assert_eq!(v4.subnet_max, Ipv4Addr::new(10, 5, 32, 0));
         assert_eq!(
             c.backend,
             BackendConfig::Vxlan(VxlanConfig {
@@ -271,6 +298,7 @@ mod tests {
         let v6 = c.ipv6.unwrap();
         assert_eq!(v6.subnet_len, 64);
         assert_eq!(v6.subnet_min, "fc00:0:0:1::".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(c.describe(), "10.244.0.0/16,fc00::/48");
     }
 
     #[test]
@@ -363,7 +391,35 @@ mod tests {
         let c = ok(
             r#"{"Network":"10.244.0.0/16","SubnetLen":null,"Comment":"x","Backend":{"Type":"vxlan","VNI":null,"MacPrefix":"0E-2A"}}"#,
         );
-        assert_eq!(c.ipv4.subnet_len, 24);
+        assert_eq!(c.ipv4.unwrap().subnet_len, 24);
         assert_eq!(c.backend, BackendConfig::Vxlan(VxlanConfig::default()));
+    }
+
+    #[test]
+    fn ipv6_only_needs_only_the_ipv6_keys() {
+        let c = ok(
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"host-gw"}}"#,
+        );
+        assert_eq!(c.ipv4, None);
+        let v6 = c.ipv6.as_ref().unwrap();
+        assert_eq!(v6.subnet_len, 64);
+        assert_eq!(c.describe(), "fd00:10:244::/56");
+        // A leftover Network is ignored when IPv4 is off, as in flannel.
+        let c = ok(
+            r#"{"Network":"10.244.0.0/16","EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}"#,
+        );
+        assert_eq!(c.ipv4, None);
+    }
+
+    #[test]
+    fn udp_with_ipv6_is_refused_naming_the_backend() {
+        for json in [
+            r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"udp"}}"#,
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48"}"#,
+        ] {
+            let e = NetworkConfig::parse(json).expect_err(json);
+            assert_eq!(e.key(), "Backend.Type", "{e}");
+            assert!(e.to_string().contains("udp carries IPv4 only"), "{e}");
+        }
     }
 }

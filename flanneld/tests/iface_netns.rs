@@ -1,7 +1,7 @@
 //! External interface selection (`--iface`, `--iface-regex`, `--iface-can-reach`,
 //! `--public-ip`, default route) against real links, in a private network namespace.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::process::Command;
 
 use backends::kernel::netlink::Netlink;
@@ -18,8 +18,9 @@ fn ip(args: &[&str]) {
 }
 
 /// Runs `body` on a thread inside a fresh network namespace holding:
-/// `ul0` 198.18.0.1/24 (default route via 198.18.0.254), `ul1` 198.19.5.7/24 (route to
-/// 198.19.128.0/17), `lo`.
+/// `ul0` 198.18.0.1/24 and fd00:198:18::1/64 (default routes via 198.18.0.254 and
+/// fd00:198:18::fe), `ul1` 198.19.5.7/24 (route to 198.19.128.0/17) and fd00:198:19::7/64,
+/// `ul2` with only fd00:198:1a::9/64, `lo`.
 fn in_topology(body: impl FnOnce(Netlink, tokio::runtime::Runtime) + Send + 'static) {
     if !require_root("iface selection tests need network namespaces") {
         return;
@@ -27,7 +28,11 @@ fn in_topology(body: impl FnOnce(Netlink, tokio::runtime::Runtime) + Send + 'sta
     std::thread::spawn(move || {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
         ip(&["link", "set", "lo", "up"]);
-        for (dev, addr) in [("ul0", "198.18.0.1/24"), ("ul1", "198.19.5.7/24")] {
+        for (dev, addr) in [
+            ("ul0", "198.18.0.1/24"),
+            ("ul1", "198.19.5.7/24"),
+            ("ul2", ""),
+        ] {
             // A veth pair (this kernel has no dummy driver); the peer stays down, so the
             // routes below need `onlink`.
             ip(&[
@@ -40,9 +45,29 @@ fn in_topology(body: impl FnOnce(Netlink, tokio::runtime::Runtime) + Send + 'sta
                 "name",
                 &format!("{dev}p"),
             ]);
-            ip(&["addr", "add", addr, "dev", dev]);
+            if !addr.is_empty() {
+                ip(&["addr", "add", addr, "dev", dev]);
+            }
             ip(&["link", "set", dev, "up"]);
         }
+        for (dev, addr) in [
+            ("ul0", "fd00:198:18::1/64"),
+            ("ul1", "fd00:198:19::7/64"),
+            ("ul2", "fd00:198:1a::9/64"),
+        ] {
+            ip(&["-6", "addr", "add", addr, "dev", dev, "nodad"]);
+        }
+        ip(&[
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            "fd00:198:18::fe",
+            "dev",
+            "ul0",
+            "onlink",
+        ]);
         ip(&[
             "route",
             "add",
@@ -93,7 +118,7 @@ fn selection_follows_flannels_order() {
         let s = pick(&nl, &rt, IfaceSelector::default());
         assert_eq!(
             (s.name.as_str(), s.iface_addr),
-            ("ul0", Ipv4Addr::new(198, 18, 0, 1))
+            ("ul0", Some(Ipv4Addr::new(198, 18, 0, 1)))
         );
         assert_eq!(s.public_ip, s.iface_addr);
         assert_eq!(s.connected, vec!["198.18.0.1/24".parse().unwrap()]);
@@ -142,8 +167,13 @@ fn selection_follows_flannels_order() {
             ..Default::default()
         };
         let s = pick(&nl, &rt, nat);
-        assert_eq!(s.iface_addr, Ipv4Addr::new(198, 18, 0, 1));
-        assert_eq!(s.public_ip, Ipv4Addr::new(198, 18, 99, 9));
+        assert_eq!(s.iface_addr, Some(Ipv4Addr::new(198, 18, 0, 1)));
+        assert_eq!(s.public_ip, Some(Ipv4Addr::new(198, 18, 99, 9)));
+        assert_eq!(
+            (s.iface_addr6, s.public_ipv6),
+            (None, None),
+            "IPv6 not enabled"
+        );
     });
 }
 
@@ -183,5 +213,120 @@ fn errors_name_the_flag() {
         ip(&["route", "del", "default"]);
         let e = pick_err(&nl, &rt, IfaceSelector::default());
         assert!(e.contains("no default route"), "{e}");
+    });
+}
+
+fn v6(s: &str) -> Ipv6Addr {
+    s.parse().unwrap()
+}
+
+#[test]
+fn dual_stack_takes_both_addresses_of_one_interface() {
+    in_topology(|nl, rt| {
+        let dual = IfaceSelector {
+            ipv6: true,
+            ..Default::default()
+        };
+        // Default route (IPv4's interface), its IPv6 address too.
+        let s = pick(&nl, &rt, dual.clone());
+        assert_eq!(s.name, "ul0");
+        assert_eq!(s.iface_addr, Some(Ipv4Addr::new(198, 18, 0, 1)));
+        assert_eq!(s.iface_addr6, Some(v6("fd00:198:18::1")));
+        assert_eq!(s.public_ipv6, s.iface_addr6);
+
+        // --iface by IPv6 address: that interface, its IPv4 address for IPv4.
+        let s = pick(
+            &nl,
+            &rt,
+            IfaceSelector {
+                ifaces: vec!["fd00:198:19::7".into()],
+                ..dual.clone()
+            },
+        );
+        assert_eq!(s.name, "ul1");
+        assert_eq!(s.iface_addr, Some(Ipv4Addr::new(198, 19, 5, 7)));
+        assert_eq!(s.iface_addr6, Some(v6("fd00:198:19::7")));
+
+        // --public-ipv6 overrides only the published IPv6 address.
+        let s = pick(
+            &nl,
+            &rt,
+            IfaceSelector {
+                ifaces: vec!["ul0".into()],
+                public_ipv6: Some(v6("fd00:198:18::99")),
+                ..dual.clone()
+            },
+        );
+        assert_eq!(s.iface_addr6, Some(v6("fd00:198:18::1")));
+        assert_eq!(s.public_ipv6, Some(v6("fd00:198:18::99")));
+        assert_eq!(s.public_ip, Some(Ipv4Addr::new(198, 18, 0, 1)));
+
+        // An interface with only IPv6 cannot serve a dual-stack network.
+        let e = pick_err(
+            &nl,
+            &rt,
+            IfaceSelector {
+                ifaces: vec!["ul2".into()],
+                ..dual.clone()
+            },
+        );
+        assert!(
+            e.contains("--iface") && e.contains("an IPv4 and an IPv6 address"),
+            "{e}"
+        );
+    });
+}
+
+#[test]
+fn ipv6_only_uses_the_ipv6_default_route_and_needs_no_ipv4() {
+    in_topology(|nl, rt| {
+        let v6_only = IfaceSelector {
+            ipv4: false,
+            ipv6: true,
+            ..Default::default()
+        };
+        let s = pick(&nl, &rt, v6_only.clone());
+        assert_eq!(s.name, "ul0");
+        assert_eq!((s.iface_addr, s.public_ip), (None, None));
+        assert_eq!(s.iface_addr6, Some(v6("fd00:198:18::1")));
+
+        let s = pick(
+            &nl,
+            &rt,
+            IfaceSelector {
+                ifaces: vec!["ul2".into()],
+                ..v6_only.clone()
+            },
+        );
+        assert_eq!(
+            (s.name.as_str(), s.iface_addr6),
+            ("ul2", Some(v6("fd00:198:1a::9")))
+        );
+
+        // --public-ipv6 alone picks its owner.
+        let s = pick(
+            &nl,
+            &rt,
+            IfaceSelector {
+                public_ipv6: Some(v6("fd00:198:19::7")),
+                ..v6_only.clone()
+            },
+        );
+        assert_eq!(s.name, "ul1");
+
+        // --iface-can-reach with an IPv6 target.
+        let s = pick(
+            &nl,
+            &rt,
+            IfaceSelector {
+                can_reach: Some("fd00:198:1a::1".parse().unwrap()),
+                ..v6_only.clone()
+            },
+        );
+        assert_eq!(s.name, "ul2");
+
+        ip(&["-6", "route", "del", "default"]);
+        let e = pick_err(&nl, &rt, v6_only);
+        assert!(e.contains("no IPv6 default route"), "{e}");
     });
 }

@@ -81,11 +81,11 @@ async fn two_managers_racing_for_the_last_two_subnets_get_distinct_ones() {
         let other = a
             .acquire(
                 &attrs("198.18.0.10", "0a:00:00:00:00:10"),
-                Some(net("10.244.1.0/24")),
+                Some((net("10.244.1.0/24"), None)),
             )
             .await
             .unwrap();
-        let prev = Some(net("10.244.2.0/24"));
+        let prev = Some((net("10.244.2.0/24"), None));
         let (aa, ab) = (
             attrs("198.18.0.1", "0a:00:00:00:00:01"),
             attrs("198.18.0.2", "0a:00:00:00:00:02"),
@@ -94,7 +94,13 @@ async fn two_managers_racing_for_the_last_two_subnets_get_distinct_ones() {
         let (la, lb) = (ra.unwrap(), rb.unwrap());
         assert_ne!(la.subnet, lb.subnet, "round {round}");
         for l in [&la, &lb] {
-            assert!(a.network().ipv4.contains_subnet(&l.subnet));
+            assert!(
+                a.network()
+                    .ipv4
+                    .as_ref()
+                    .unwrap()
+                    .contains_subnet(&l.subnet)
+            );
             assert_ne!(l.subnet, other.subnet);
         }
         // Full now: a third node is told so.
@@ -128,7 +134,7 @@ async fn reservation_is_honoured_and_never_given_a_lease() {
     let got = m
         .acquire(
             &attrs("198.18.0.1", "0a:00:00:00:00:02"),
-            Some(net("10.244.5.0/24")),
+            Some((net("10.244.5.0/24"), None)),
         )
         .await
         .unwrap();
@@ -316,7 +322,7 @@ async fn watch_recovers_from_compaction_with_a_fresh_snapshot() {
         let m = m.clone();
         async move { m.run_watch(tx, shutdown).await }
     });
-    let mut w = LeaseWatcher::new(Some(own.subnet));
+    let mut w = LeaseWatcher::new(Some(own.id()));
     let WatchUpdate::Snapshot(first) = recv(&mut rx, Duration::from_secs(5)).await else {
         panic!()
     };
@@ -373,7 +379,7 @@ async fn watch_and_keeper_survive_an_etcd_restart() {
         let (m, l) = (m.clone(), own.clone());
         async move { m.run_lease_keeper(l, otx, shutdown).await }
     });
-    let mut w = LeaseWatcher::new(Some(own.subnet));
+    let mut w = LeaseWatcher::new(Some(own.id()));
     let WatchUpdate::Snapshot(s) = recv(&mut rx, Duration::from_secs(5)).await else {
         panic!()
     };

@@ -209,7 +209,8 @@ impl<'de> Deserialize<'de> for LeaseAttrs {
 /// One subnet key with its attributes and what the store knows about its lifetime.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Lease {
-    /// The node's IPv4 pod subnet (e.g. `10.244.1.0/24`).
+    /// The node's IPv4 pod subnet (e.g. `10.244.1.0/24`); in IPv6-only networks flannel's
+    /// empty subnet `0.0.0.0/0` ([`NO_IPV4_SUBNET`], see [`Lease::ipv4_subnet`]).
     pub subnet: Ipv4Network,
     /// The node's IPv6 pod subnet in dual-stack networks.
     pub ipv6_subnet: Option<Ipv6Network>,
@@ -238,6 +239,11 @@ impl Lease {
         }
     }
 
+    /// The IPv4 subnet, `None` for an IPv6-only lease.
+    pub fn ipv4_subnet(&self) -> Option<Ipv4Network> {
+        (self.subnet.prefix() > 0).then_some(self.subnet)
+    }
+
     /// The key's identity: `(subnet, ipv6_subnet)`.
     pub fn id(&self) -> SubnetId {
         (self.subnet, self.ipv6_subnet)
@@ -248,6 +254,13 @@ impl Lease {
         subnet_key(&self.subnet, self.ipv6_subnet.as_ref())
     }
 }
+
+/// The IPv4 half of an IPv6-only lease: Go's zero `ip.IP4Net`, which flannel writes into the
+/// key as `0.0.0.0-0` (`0.0.0.0-0&fd00:10:244:1::-64`) and into `PublicIP` as `"0.0.0.0"`.
+pub const NO_IPV4_SUBNET: Ipv4Network = match Ipv4Network::new_checked(Ipv4Addr::UNSPECIFIED, 0) {
+    Some(n) => n,
+    None => panic!("0.0.0.0/0 is a valid network"),
+};
 
 /// Formats the last component of a subnet key: `10.244.1.0-24` or `10.244.1.0-24&fc00::-64`
 /// (Go `MakeSubnetKey`).
@@ -340,17 +353,27 @@ impl fmt::Display for LeaseEvent {
 /// Turns snapshots and incremental events into diffs of other nodes' leases.
 ///
 /// Pure state machine: the caller feeds it whatever the store produced and forwards the
-/// returned events to the backend. The node's own subnet (compared by IPv4 subnet, as flannel
-/// does) is never reported.
+/// returned events to the backend. The node's own subnet is never reported; it is compared
+/// by IPv4 subnet as flannel does, or by IPv6 subnet in an IPv6-only network ([`same_node`]).
 #[derive(Debug, Default, Clone)]
 pub struct LeaseWatcher {
-    own: Option<Ipv4Network>,
+    own: Option<SubnetId>,
     leases: BTreeMap<SubnetId, Lease>,
+}
+
+/// Whether two lease identities name the same node's subnet: equal IPv4 subnets, or, for
+/// IPv6-only leases (whose IPv4 half is flannel's empty `0.0.0.0/0`), equal IPv6 subnets.
+pub fn same_node(a: &SubnetId, b: &SubnetId) -> bool {
+    if a.0.prefix() > 0 || b.0.prefix() > 0 {
+        a.0 == b.0
+    } else {
+        a.1 == b.1
+    }
 }
 
 impl LeaseWatcher {
     /// A watcher that knows no leases yet and filters out `own`.
-    pub fn new(own: Option<Ipv4Network>) -> Self {
+    pub fn new(own: Option<SubnetId>) -> Self {
         Self {
             own,
             leases: BTreeMap::new(),
@@ -358,19 +381,19 @@ impl LeaseWatcher {
     }
 
     /// The subnet currently filtered out as the node's own.
-    pub fn own(&self) -> Option<Ipv4Network> {
+    pub fn own(&self) -> Option<SubnetId> {
         self.own
     }
 
     /// Changes the node's own subnet (after a re-acquire). If the new own subnet was known as
     /// a peer, it is forgotten and reported `Removed`, so no route to ourselves lingers.
-    pub fn set_own(&mut self, own: Option<Ipv4Network>) -> Vec<LeaseEvent> {
+    pub fn set_own(&mut self, own: Option<SubnetId>) -> Vec<LeaseEvent> {
         self.own = own;
         let Some(own) = own else { return Vec::new() };
         let gone: Vec<SubnetId> = self
             .leases
             .keys()
-            .filter(|(v4, _)| *v4 == own)
+            .filter(|id| same_node(id, &own))
             .copied()
             .collect();
         gone.into_iter()
@@ -390,7 +413,7 @@ impl LeaseWatcher {
     }
 
     fn is_own(&self, lease: &Lease) -> bool {
-        self.own == Some(lease.subnet)
+        self.own.is_some_and(|own| same_node(&own, &lease.id()))
     }
 
     /// Replaces the known state with a full snapshot and returns the difference:
@@ -496,6 +519,39 @@ mod tests {
         );
     }
 
+    /// The dual-stack and IPv6-only values flannel's vxlan backend writes (`newSubnetAttrs`:
+    /// `PublicIP` is Go's zero `ip.IP4` in an IPv6-only network, `BackendData` only with an
+    /// IPv4 device), and the fuzz seed of `pkg/subnet/etcd/fuzz_test.go`.
+    #[test]
+    fn dual_stack_and_ipv6_only_values_are_flannels_bytes() {
+        let mut dual = LeaseAttrs::new(Ipv4Addr::new(192, 168, 1, 10), "vxlan");
+        dual.public_ipv6 = Some("fd00::10".parse().unwrap());
+        dual.backend_data = Some(json!({"VNI": 1, "VtepMAC": "aa:aa:aa:aa:aa:aa"}));
+        dual.backend_v6_data = Some(json!({"VNI": 1, "VtepMAC": "bb:bb:bb:bb:bb:bb"}));
+        assert_eq!(
+            dual.to_json(),
+            r#"{"PublicIP":"192.168.1.10","PublicIPv6":"fd00::10","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"aa:aa:aa:aa:aa:aa"},"BackendV6Data":{"VNI":1,"VtepMAC":"bb:bb:bb:bb:bb:bb"}}"#
+        );
+        let mut v6_only = LeaseAttrs::new(Ipv4Addr::UNSPECIFIED, "vxlan");
+        v6_only.public_ipv6 = Some("fd00::10".parse().unwrap());
+        v6_only.backend_v6_data = dual.backend_v6_data.clone();
+        assert_eq!(
+            v6_only.to_json(),
+            r#"{"PublicIP":"0.0.0.0","PublicIPv6":"fd00::10","BackendType":"vxlan","BackendV6Data":{"VNI":1,"VtepMAC":"bb:bb:bb:bb:bb:bb"}}"#
+        );
+        let seed = r#"{"PublicIP":"192.168.0.1","PublicIPv6":"fc00::1"}"#;
+        let parsed = LeaseAttrs::from_json(seed.as_bytes()).unwrap();
+        assert_eq!(parsed.public_ipv6, Some("fc00::1".parse().unwrap()));
+        assert_eq!(parsed.to_json(), seed);
+        let (v4, v6) = parse_subnet_key("10.5.1.0-24&fc00::-64").unwrap();
+        assert_eq!(subnet_key(&v4, v6.as_ref()), "10.5.1.0-24&fc00::-64");
+        let l = Lease::new(NO_IPV4_SUBNET, v6, v6_only);
+        assert_eq!(
+            (l.key().as_str(), l.ipv4_subnet()),
+            ("0.0.0.0-0&fc00::-64", None)
+        );
+    }
+
     #[test]
     fn attrs_json_omits_empty_backend_fields_and_keeps_ipv6() {
         let mut attrs = LeaseAttrs::new(Ipv4Addr::new(198, 18, 0, 2), "");
@@ -565,6 +621,8 @@ mod tests {
             "198.18.250.16-28",
             "10.244.1.0-24&fc00::-64",
             "10.244.1.0-24&fc00:1:2:3::-64",
+            // IPv6-only, as flannel's MakeSubnetKey writes it (zero IP4Net).
+            "0.0.0.0-0&fd00:10:244:1::-64",
         ] {
             let (v4, v6) = parse_subnet_key(key).unwrap();
             assert_eq!(subnet_key(&v4, v6.as_ref()), key);
@@ -600,7 +658,7 @@ mod tests {
 
     #[test]
     fn watcher_reset_diffs_and_reemits_changed_attrs() {
-        let mut w = LeaseWatcher::new(Some(net4("10.244.1.0/24")));
+        let mut w = LeaseWatcher::new(Some((net4("10.244.1.0/24"), None)));
         let a = lease("10.244.2.0/24", "198.18.0.2");
         let b = lease("10.244.3.0/24", "198.18.0.3");
         let own = lease("10.244.1.0/24", "198.18.0.1");
@@ -629,7 +687,7 @@ mod tests {
 
     #[test]
     fn watcher_update_filters_own_and_dedups_renewals() {
-        let mut w = LeaseWatcher::new(Some(net4("10.244.1.0/24")));
+        let mut w = LeaseWatcher::new(Some((net4("10.244.1.0/24"), None)));
         let a = lease("10.244.2.0/24", "198.18.0.2");
         let own = lease("10.244.1.0/24", "198.18.0.1");
         let ev = w.update(&[LeaseEvent::Added(own.clone()), LeaseEvent::Added(a.clone())]);
@@ -662,10 +720,10 @@ mod tests {
         let a = lease("10.244.2.0/24", "198.18.0.2");
         w.reset(std::slice::from_ref(&a));
         assert_eq!(
-            w.set_own(Some(net4("10.244.2.0/24"))),
+            w.set_own(Some((net4("10.244.2.0/24"), None))),
             vec![LeaseEvent::Removed(a)]
         );
-        assert_eq!(w.own(), Some(net4("10.244.2.0/24")));
+        assert_eq!(w.own(), Some((net4("10.244.2.0/24"), None)));
         assert!(w.set_own(None).is_empty());
     }
 }

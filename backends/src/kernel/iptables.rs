@@ -30,11 +30,16 @@
 //!   flush) re-installs the whole set.
 //! * **Clean removal.** [`ForwardRules::remove`] deletes every jump of ours and the chain, in
 //!   both flavours, and nothing else.
+//!
+//! IPv6 is the same through `ip6tables-{legacy,nft}`: a host with `ip6tables -P FORWARD DROP`
+//! gets the jump and `-s/-d <IPv6Network> -j ACCEPT` in its IPv6 `filter` table.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
+
+use crate::kernel::netlink::IpFamily;
 
 /// Our chain in `filter`.
 pub const FWD_CHAIN: &str = "FLANNEL-RS-FWD";
@@ -56,23 +61,34 @@ impl Flavor {
 
     /// The `iptables` binary of this flavour.
     pub fn iptables(self) -> &'static str {
-        match self {
-            Flavor::Legacy => "iptables-legacy",
-            Flavor::Nft => "iptables-nft",
+        self.binary(IpFamily::V4)
+    }
+
+    /// The `iptables` (IPv4) or `ip6tables` (IPv6) binary of this flavour.
+    pub fn binary(self, family: IpFamily) -> &'static str {
+        match (self, family) {
+            (Flavor::Legacy, IpFamily::V4) => "iptables-legacy",
+            (Flavor::Nft, IpFamily::V4) => "iptables-nft",
+            (Flavor::Legacy, IpFamily::V6) => "ip6tables-legacy",
+            (Flavor::Nft, IpFamily::V6) => "ip6tables-nft",
         }
     }
 
-    fn save(self) -> &'static str {
-        match self {
-            Flavor::Legacy => "iptables-legacy-save",
-            Flavor::Nft => "iptables-nft-save",
+    fn save(self, family: IpFamily) -> &'static str {
+        match (self, family) {
+            (Flavor::Legacy, IpFamily::V4) => "iptables-legacy-save",
+            (Flavor::Nft, IpFamily::V4) => "iptables-nft-save",
+            (Flavor::Legacy, IpFamily::V6) => "ip6tables-legacy-save",
+            (Flavor::Nft, IpFamily::V6) => "ip6tables-nft-save",
         }
     }
 
-    fn restore(self) -> &'static str {
-        match self {
-            Flavor::Legacy => "iptables-legacy-restore",
-            Flavor::Nft => "iptables-nft-restore",
+    fn restore(self, family: IpFamily) -> &'static str {
+        match (self, family) {
+            (Flavor::Legacy, IpFamily::V4) => "iptables-legacy-restore",
+            (Flavor::Nft, IpFamily::V4) => "iptables-nft-restore",
+            (Flavor::Legacy, IpFamily::V6) => "ip6tables-legacy-restore",
+            (Flavor::Nft, IpFamily::V6) => "ip6tables-nft-restore",
         }
     }
 }
@@ -127,10 +143,10 @@ fn run(tool: &'static str, args: &[&str], stdin: Option<&str>) -> Result<String,
     }
 }
 
-/// `iptables-save -t TABLE` of `flavor`; `None` when that flavour cannot be used here (not
+/// `ip[6]tables-save -t TABLE` of `flavor`; `None` when that flavour cannot be used here (not
 /// installed, or its kernel side missing) — one process whether or not it is there.
-fn save_table(flavor: Flavor, table: &str) -> Option<String> {
-    run(flavor.save(), &["-t", table], None).ok()
+fn save_table(flavor: Flavor, family: IpFamily, table: &str) -> Option<String> {
+    run(flavor.save(family), &["-t", table], None).ok()
 }
 
 /// What `iptables-save -t filter` says about `FORWARD` and our chain.
@@ -182,7 +198,7 @@ impl FilterState {
     }
 
     /// Whether our rules are exactly as [`desired_chain_rules`] says, with one jump, first.
-    pub fn is_installed(&self, network: Ipv4Network) -> bool {
+    pub fn is_installed(&self, network: IpNetwork) -> bool {
         self.has_chain
             && self.our_jumps() == 1
             && self
@@ -194,7 +210,7 @@ impl FilterState {
 }
 
 /// Our chain's rules as `iptables-save` prints them.
-pub fn desired_chain_rules(network: Ipv4Network) -> Vec<String> {
+pub fn desired_chain_rules(network: IpNetwork) -> Vec<String> {
     let net = format!("{}/{}", network.network(), network.prefix());
     vec![
         format!("-A {FWD_CHAIN} -s {net} -m comment --comment \"{COMMENT}\" -j ACCEPT"),
@@ -205,7 +221,7 @@ pub fn desired_chain_rules(network: Ipv4Network) -> Vec<String> {
 /// The `iptables-restore --noflush` batch that (re)installs our rules given `current`:
 /// removes every jump of ours, declares (hence flushes) our chain, inserts one jump first in
 /// `FORWARD` and fills the chain.
-pub fn install_batch(current: &FilterState, network: Ipv4Network) -> String {
+pub fn install_batch(current: &FilterState, network: IpNetwork) -> String {
     let mut b = String::from("*filter\n");
     b.push_str(&format!(":{FWD_CHAIN} - [0:0]\n"));
     for _ in 0..current.our_jumps() {
@@ -260,16 +276,18 @@ pub enum FlavorOutcome {
 pub struct ForwardRules;
 
 impl ForwardRules {
-    /// Reads `flavor`'s `filter` table.
-    pub fn state(flavor: Flavor) -> Result<Option<FilterState>, IptablesError> {
-        Ok(save_table(flavor, "filter").map(|save| FilterState::parse(&save)))
+    /// Reads `flavor`'s `filter` table of `family`.
+    pub fn state(flavor: Flavor, family: IpFamily) -> Result<Option<FilterState>, IptablesError> {
+        Ok(save_table(flavor, family, "filter").map(|save| FilterState::parse(&save)))
     }
 
-    /// Makes sure pod traffic of `network` is accepted in every flavour that could drop it.
-    pub fn ensure(network: Ipv4Network) -> Result<Vec<(Flavor, FlavorOutcome)>, IptablesError> {
+    /// Makes sure pod traffic of `network` is accepted in every flavour that could drop it,
+    /// in the iptables of `network`'s family (`ip6tables` for an IPv6 network).
+    pub fn ensure(network: IpNetwork) -> Result<Vec<(Flavor, FlavorOutcome)>, IptablesError> {
+        let family = IpFamily::of(network.ip());
         let mut out = Vec::new();
         for flavor in Flavor::ALL {
-            let Some(state) = Self::state(flavor)? else {
+            let Some(state) = Self::state(flavor, family)? else {
                 out.push((flavor, FlavorOutcome::Unavailable));
                 continue;
             };
@@ -279,7 +297,7 @@ impl ForwardRules {
                 FlavorOutcome::NotNeeded
             } else {
                 run(
-                    flavor.restore(),
+                    flavor.restore(family),
                     &["--noflush"],
                     Some(&install_batch(&state, network)),
                 )?;
@@ -290,14 +308,17 @@ impl ForwardRules {
         Ok(out)
     }
 
-    /// Removes our jumps and chain from every flavour; the operator's rules stay.
+    /// Removes our jumps and chain from every flavour of both families; the operator's rules
+    /// stay.
     pub fn remove() -> Result<(), IptablesError> {
-        for flavor in Flavor::ALL {
-            let Some(state) = Self::state(flavor)? else {
-                continue;
-            };
-            if let Some(batch) = remove_batch(&state) {
-                run(flavor.restore(), &["--noflush"], Some(&batch))?;
+        for family in [IpFamily::V4, IpFamily::V6] {
+            for flavor in Flavor::ALL {
+                let Some(state) = Self::state(flavor, family)? else {
+                    continue;
+                };
+                if let Some(batch) = remove_batch(&state) {
+                    run(flavor.restore(family), &["--noflush"], Some(&batch))?;
+                }
             }
         }
         Ok(())
@@ -334,18 +355,20 @@ pub fn flannel_removal_batch(save: &str, table: &str, chain: &str) -> Option<Str
 }
 
 /// Removes flannel's `FLANNEL-POSTRTG` and `FLANNEL-FWD` chains and their jumps from both
-/// flavours (a node migrating from flannel). Returns what was removed, as
-/// `iptables-nft nat FLANNEL-POSTRTG`.
+/// flavours of both families (a node migrating from flannel). Returns what was removed, as
+/// `iptables-nft nat FLANNEL-POSTRTG` or `ip6tables-legacy filter FLANNEL-FWD`.
 pub fn remove_flannel_chains() -> Result<Vec<String>, IptablesError> {
     let mut removed = Vec::new();
-    for flavor in Flavor::ALL {
-        for (table, chain, _) in FLANNEL_CHAINS {
-            let Some(save) = save_table(flavor, table) else {
-                continue;
-            };
-            if let Some(batch) = flannel_removal_batch(&save, table, chain) {
-                run(flavor.restore(), &["--noflush"], Some(&batch))?;
-                removed.push(format!("{} {table} {chain}", flavor.iptables()));
+    for family in [IpFamily::V4, IpFamily::V6] {
+        for flavor in Flavor::ALL {
+            for (table, chain, _) in FLANNEL_CHAINS {
+                let Some(save) = save_table(flavor, family, table) else {
+                    continue;
+                };
+                if let Some(batch) = flannel_removal_batch(&save, table, chain) {
+                    run(flavor.restore(family), &["--noflush"], Some(&batch))?;
+                    removed.push(format!("{} {table} {chain}", flavor.binary(family)));
+                }
             }
         }
     }
@@ -362,7 +385,7 @@ mod tests {
         -A FORWARD -j DOCKER-USER\n-A FORWARD -o docker0 -j DOCKER\n\
         -A DOCKER-USER -j RETURN\nCOMMIT\n";
 
-    fn net() -> Ipv4Network {
+    fn net() -> IpNetwork {
         "10.244.0.0/16".parse().unwrap()
     }
 

@@ -14,7 +14,7 @@
 
 use std::any::Any;
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 
 use super::plan::PeerEntries;
 use super::{OverlayError, Peer};
@@ -47,12 +47,12 @@ impl DeviceSpec {
         }
     }
 
-    /// The address family whose traffic the device carries (both devices of today carry
-    /// IPv4: `flannel.<VNI>` has an IPv4 `local`, udp routes an IPv4 network into its TUN);
-    /// reconcile plans that family's entries together with the device.
+    /// The address family whose traffic the device carries: a VXLAN device's is its
+    /// `local`'s (`flannel.<VNI>` IPv4, `flannel-v6.<VNI>` IPv6); udp's TUN carries IPv4.
     pub fn family(&self) -> IpFamily {
         match self {
-            DeviceSpec::Vxlan(_) | DeviceSpec::Owned { .. } => IpFamily::V4,
+            DeviceSpec::Vxlan(s) => IpFamily::of(s.local),
+            DeviceSpec::Owned { .. } => IpFamily::V4,
         }
     }
 
@@ -90,8 +90,8 @@ pub trait BackendDriver: Send + Sync + std::fmt::Debug {
     fn peer_entries(&self, peer: &Peer, on_link: bool)
     -> Result<Option<PeerEntries>, OverlayError>;
 
-    /// The node's own subnet changed.
-    fn set_own_subnet(&mut self, _subnet: Ipv4Network) {}
+    /// The node's own subnet (of the overlay's family) changed.
+    fn set_own_subnet(&mut self, _subnet: IpNetwork) {}
 
     /// The desired peer list changed (replaced as a whole).
     fn set_peers(&mut self, _peers: &[Peer]) {}
@@ -111,16 +111,23 @@ pub trait BackendDriver: Send + Sync + std::fmt::Debug {
     fn as_any(&self) -> &dyn Any;
 }
 
-/// Checks that `ext` leaves room for an overlay device: `ext MTU − overhead ≥ 68`.
+/// Checks that `ext` leaves room for an overlay device carrying `family`:
+/// `ext MTU − overhead ≥ 68` (IPv4) or `≥ 1280` (IPv6).
 pub fn device_mtu(
     underlay_mtu: u32,
     source: &str,
     overhead: u32,
     device: &'static str,
+    family: IpFamily,
 ) -> Result<u32, OverlayError> {
     let mtu = underlay_mtu.saturating_sub(overhead);
-    if mtu < super::error::MIN_IPV4_MTU {
+    let minimum = match family {
+        IpFamily::V4 => super::error::MIN_IPV4_MTU,
+        IpFamily::V6 => super::error::MIN_IPV6_MTU,
+    };
+    if mtu < minimum {
         return Err(OverlayError::InvalidMtu {
+            minimum,
             mtu: underlay_mtu,
             iface: source.to_string(),
             device,
@@ -130,7 +137,9 @@ pub fn device_mtu(
     Ok(mtu)
 }
 
-/// The address an overlay device carries: the own subnet's network address as a /32.
-pub fn device_address(own: Ipv4Network) -> Option<Ipv4Network> {
-    Ipv4Network::new(own.network(), 32).ok()
+/// The address an overlay device carries: the own subnet's network address as a /32
+/// (IPv6: /128), as flannel assigns it.
+pub fn device_address(own: IpNetwork) -> Option<IpNetwork> {
+    let host = if own.is_ipv4() { 32 } else { 128 };
+    IpNetwork::new(own.network(), host).ok()
 }

@@ -1,13 +1,15 @@
 //! [`OverlayError`]: what can go wrong setting up a backend or programming its peers.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 
 use crate::kernel::netlink::NetlinkError;
 
 /// The smallest MTU the kernel accepts for IPv4.
 pub const MIN_IPV4_MTU: u32 = 68;
+/// The smallest MTU IPv6 allows (RFC 8200); the kernel removes IPv6 from a device below it.
+pub const MIN_IPV6_MTU: u32 = 1280;
 
 /// What went wrong.
 #[derive(Debug, thiserror::Error)]
@@ -30,9 +32,9 @@ pub enum OverlayError {
     )]
     PeerNotDirectlyReachable {
         /// The peer's subnet.
-        subnet: Ipv4Network,
+        subnet: IpNetwork,
         /// Its public IP.
-        public_ip: Ipv4Addr,
+        public_ip: IpAddr,
         /// Our external interface.
         iface: String,
     },
@@ -40,28 +42,37 @@ pub enum OverlayError {
     #[error("vxlan peer {subnet}: lease has no BackendData.VtepMAC")]
     PeerMissingVtepMac {
         /// The peer's subnet.
-        subnet: Ipv4Network,
+        subnet: IpNetwork,
     },
     /// Two peers claim the same subnet; the later one is ignored.
     #[error("peer {subnet}: listed twice; ignoring the later entry")]
     DuplicatePeer {
         /// The subnet.
-        subnet: Ipv4Network,
+        subnet: IpNetwork,
     },
     /// `Backend.VNI` out of range.
-    #[error(
-        "Backend.VNI {vni} out of range 0..={max} (flannel.<VNI> must fit in 15 bytes)",
-        max = super::vxlan::MAX_VNI
-    )]
+    #[error("Backend.VNI {vni} out of range 0..={max} ({device}<VNI> must fit in 15 bytes)")]
     InvalidVni {
         /// The configured VNI.
         vni: u32,
+        /// The largest VNI that fits.
+        max: u32,
+        /// The device name prefix (`flannel.`, `flannel-v6.`).
+        device: &'static str,
+    },
+    /// The external interface has no address of the family a backend needs.
+    #[error("{backend}: {reason}")]
+    Unsupported {
+        /// The backend (`udp`).
+        backend: &'static str,
+        /// What is not supported.
+        reason: String,
     },
     /// The resulting device MTU is too small.
-    #[error(
-        "MTU {mtu} of {iface} leaves a {device} MTU below {MIN_IPV4_MTU} (overhead {overhead})"
-    )]
+    #[error("MTU {mtu} of {iface} leaves a {device} MTU below {minimum} (overhead {overhead})")]
     InvalidMtu {
+        /// The smallest MTU the device's family allows (IPv4 68, IPv6 1280).
+        minimum: u32,
         /// The underlay MTU used.
         mtu: u32,
         /// Where it came from.
@@ -77,9 +88,9 @@ pub enum OverlayError {
     )]
     PublicIpMismatch {
         /// The published address.
-        public_ip: Ipv4Addr,
+        public_ip: IpAddr,
         /// The interface address.
-        iface_addr: Ipv4Addr,
+        iface_addr: IpAddr,
         /// The interface.
         iface: String,
     },

@@ -5,6 +5,10 @@
 //! [`OverlayError::PeerNotDirectlyReachable`] and nothing is programmed for it. It cannot work
 //! behind NAT (peers route to the published address), so a public IP other than the
 //! interface's is refused at start.
+//!
+//! IPv6 is the same driver on the IPv6 view of the external interface: `<peer v6 subnet> via
+//! <peer PublicIPv6> dev <ext>`, refused (and logged by the caller) when that address is not
+//! inside one of the interface's IPv6 prefixes.
 
 use std::any::Any;
 

@@ -42,16 +42,16 @@ mod reconcile;
 pub mod section;
 pub mod vxlan;
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::IpNetwork;
 
 use crate::kernel::Kernel;
-use crate::kernel::netlink::{Change, Netlink, VxlanOutcome};
+use crate::kernel::netlink::{Change, IpFamily, Netlink, VxlanOutcome};
 
 pub use crate::kernel::netlink::{format_mac, parse_mac};
 pub use driver::{BackendDriver, DeviceSpec};
-pub use error::{MIN_IPV4_MTU, OverlayError};
+pub use error::{MIN_IPV4_MTU, MIN_IPV6_MTU, OverlayError};
 pub use plan::{
     Desired, DeviceState, Observed, ObservedNeigh, Op, PeerEntries, Plan, RouteDev, RouteSpec,
     desired_state, on_link, plan, plan_by_family,
@@ -61,7 +61,9 @@ pub use vxlan::{VXLAN_OVERHEAD, vtep_mac, vtep_mac_from_backend_data};
 /// The route protocol (`proto 150`) tagging every route this module installs.
 pub const ROUTE_PROTOCOL: u8 = 150;
 
-/// The node's uplink: where underlay traffic leaves, and the address peers reach us at.
+/// The node's uplink as one address family sees it: where underlay traffic leaves, and the
+/// address peers reach us at. A dual-stack node has two views of the same interface, one per
+/// [`Overlay`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExternalInterface {
     /// Interface index.
@@ -70,21 +72,31 @@ pub struct ExternalInterface {
     pub name: String,
     /// Interface MTU.
     pub mtu: u32,
-    /// The interface's own IPv4 address (VXLAN `local`).
-    pub iface_addr: Ipv4Addr,
-    /// The address published in our lease (differs from `iface_addr` behind NAT).
-    pub public_ip: Ipv4Addr,
+    /// The interface's own address of this family (VXLAN `local`).
+    pub iface_addr: IpAddr,
+    /// The address published in our lease (differs from `iface_addr` behind NAT); same family.
+    pub public_ip: IpAddr,
 }
 
-/// Another node, as its lease describes it.
+impl ExternalInterface {
+    /// The family of the underlay addresses, which is also the family of the pod subnets
+    /// this overlay routes (flannel pairs IPv4 pods with an IPv4 underlay and IPv6 pods with
+    /// an IPv6 one).
+    pub fn family(&self) -> IpFamily {
+        IpFamily::of(self.iface_addr)
+    }
+}
+
+/// Another node, as its lease describes it for one address family.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Peer {
-    /// The node's pod subnet.
-    pub subnet: Ipv4Network,
-    /// The node's public IP (underlay next hop / tunnel remote).
-    pub public_ip: Ipv4Addr,
-    /// The lease's `BackendData`, as published by the peer's driver (vxlan: its VTEP MAC);
-    /// read by our driver of the same type.
+    /// The node's pod subnet of this family (`Subnet` or `IPv6Subnet` of the lease).
+    pub subnet: IpNetwork,
+    /// The node's public IP of this family (`PublicIP` or `PublicIPv6`): underlay next hop
+    /// or tunnel remote.
+    pub public_ip: IpAddr,
+    /// The lease's `BackendData` (IPv6: `BackendV6Data`), as published by the peer's driver
+    /// (vxlan: its VTEP MAC); read by our driver of the same type.
     pub backend_data: Option<serde_json::Value>,
 }
 
@@ -124,7 +136,7 @@ pub struct Overlay<K: Kernel = Netlink> {
     ext: ExternalInterface,
     /// The overlay device's current ifindex, refreshed on every reconcile.
     dev_index: Option<u32>,
-    own: Option<Ipv4Network>,
+    own: Option<IpNetwork>,
     peers: Vec<Peer>,
 }
 
@@ -164,6 +176,11 @@ impl<K: Kernel> Overlay<K> {
         &self.kernel
     }
 
+    /// The address family this overlay serves (its external interface view's).
+    pub fn family(&self) -> IpFamily {
+        self.ext.family()
+    }
+
     /// `"vxlan"`, `"host-gw"` or `"udp"` (the lease's `BackendType`).
     pub fn backend_type(&self) -> &'static str {
         self.driver.kind()
@@ -190,9 +207,10 @@ impl<K: Kernel> Overlay<K> {
         self.driver.device().map(DeviceSpec::name)
     }
 
-    /// The node's own subnet (an overlay device carries `<subnet>.0/32`; a peer with this
-    /// subnet is ignored). Takes effect on the next reconcile.
-    pub fn set_own_subnet(&mut self, subnet: Ipv4Network) {
+    /// The node's own subnet of this overlay's family (an overlay device carries
+    /// `<subnet>.0/32`, or `<subnet>::/128`; a peer with this subnet is ignored). Takes effect
+    /// on the next reconcile.
+    pub fn set_own_subnet(&mut self, subnet: IpNetwork) {
         self.own = Some(subnet);
         self.driver.set_own_subnet(subnet);
     }
@@ -222,7 +240,7 @@ impl<K: Kernel> Overlay<K> {
             }
             Change::Route { dst, protocol, .. } => {
                 *protocol == ROUTE_PROTOCOL
-                    || dst.is_some_and(|d| self.peers.iter().any(|p| IpNetwork::V4(p.subnet) == d))
+                    || dst.is_some_and(|d| self.peers.iter().any(|p| p.subnet == d))
             }
             Change::Neigh { ifindex, .. } => Some(*ifindex) == self.dev_index,
             Change::Overrun => true,

@@ -24,9 +24,9 @@
 //!   replace that follows overwrites it in place, so the peer never loses its entry.
 
 use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::IpNetwork;
 
 use super::driver::{BackendDriver, device_address};
 use super::{ExternalInterface, OverlayError, Peer};
@@ -75,12 +75,12 @@ impl PeerEntries {
     /// (host-gw, and vxlan's `DirectRouting`).
     pub fn direct(p: &Peer) -> PeerEntries {
         PeerEntries {
-            subnet: p.subnet.into(),
+            subnet: p.subnet,
             neigh: None,
             fdb: None,
             route: RouteSpec {
-                dst: p.subnet.into(),
-                gateway: Some(p.public_ip.into()),
+                dst: p.subnet,
+                gateway: Some(p.public_ip),
                 dev: RouteDev::External,
                 onlink: false,
             },
@@ -228,23 +228,23 @@ pub struct Plan {
 }
 
 /// Whether `ip` lies inside one of the external interface's directly connected subnets (and
-/// is not our own address), i.e. is reachable without a router.
-pub fn on_link(ip: Ipv4Addr, ext: &ExternalInterface, ext_nets: &[Ipv4Network]) -> bool {
+/// is not our own address), i.e. is reachable without a router. Either family.
+pub fn on_link(ip: IpAddr, ext: &ExternalInterface, ext_nets: &[IpNetwork]) -> bool {
     ip != ext.iface_addr && ext_nets.iter().any(|n| n.prefix() > 0 && n.contains(ip))
 }
 
 /// Computes the desired kernel state for `peers` (pure): the driver says what each peer
 /// needs; this function applies the rules common to every backend.
 ///
-/// `ext_nets` are the IPv4 subnets directly connected to the external interface (its
-/// addresses with their prefix lengths). The peer holding `own` (if any) is skipped. Peers
+/// `ext_nets` are the subnets directly connected to the external interface (its addresses
+/// with their prefix lengths). The peer holding `own` (if any) is skipped. Peers
 /// that cannot be served come back as errors and get no entries; a later peer with the subnet
 /// of an earlier one is refused the same way.
 pub fn desired_state(
     driver: &dyn BackendDriver,
     ext: &ExternalInterface,
-    ext_nets: &[Ipv4Network],
-    own: Option<Ipv4Network>,
+    ext_nets: &[IpNetwork],
+    own: Option<IpNetwork>,
     peers: &[Peer],
 ) -> (Desired, Vec<OverlayError>) {
     let mut desired = Desired {
@@ -253,7 +253,7 @@ pub fn desired_state(
         peers: driver.fixed_entries(),
     };
     if desired.overlay_device {
-        desired.address = own.and_then(device_address).map(IpNetwork::V4);
+        desired.address = own.and_then(device_address);
     }
     let mut errors = Vec::new();
     let mut seen = HashSet::new();

@@ -32,7 +32,7 @@ fn ext() -> ExternalInterface {
     }
 }
 
-fn ext_nets() -> Vec<Ipv4Network> {
+fn ext_nets() -> Vec<IpNetwork> {
     vec![net("198.18.0.0/24")]
 }
 
@@ -67,14 +67,14 @@ fn peers() -> Vec<Peer> {
     ]
 }
 
-fn own() -> Option<Ipv4Network> {
+fn own() -> Option<IpNetwork> {
     Some(net("10.244.1.0/24"))
 }
 
 fn vx_route(subnet: &str) -> RouteSpec {
     RouteSpec {
         dst: net(subnet),
-        gateway: Some(IpAddr::V4(net::<Ipv4Network>(subnet).network())),
+        gateway: Some(net::<IpNetwork>(subnet).network()),
         dev: RouteDev::Overlay,
         onlink: true,
     }
@@ -306,7 +306,7 @@ fn host_gw_refuses_peers_off_link_and_programs_the_rest() {
     let msg = errs[0].to_string();
     assert!(
         matches!(&errs[0], OverlayError::PeerNotDirectlyReachable { subnet, public_ip, .. }
-            if *subnet == net("10.244.3.0/24") && *public_ip == ip::<Ipv4Addr>("198.18.1.3")),
+            if *subnet == net("10.244.3.0/24") && *public_ip == ip::<IpAddr>("198.18.1.3")),
         "{msg}"
     );
     assert!(

@@ -4,6 +4,10 @@
 //! routes tagged with [`ROUTE_PROTOCOL`]) plus the external interface's connected subnets,
 //! hands that to the pure planner and applies the resulting ops in order.
 //!
+//! An overlay serves one address family, its external interface's: a dual-stack node runs
+//! two (`flannel.<VNI>` and `flannel-v6.<VNI>`, or host-gw's IPv4 and IPv6 routes), and each
+//! reads and owns only the routes of its own family, so neither deletes the other's.
+//!
 //! Failure handling: a failing op of one peer stops the remaining ops *of that peer* (a route
 //! must not be installed when its neighbour or FDB entry could not be) and is reported in
 //! [`ReconcileReport::errors`]; every other peer is still programmed. Only failures that make
@@ -11,7 +15,7 @@
 
 use std::collections::HashSet;
 
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::IpNetwork;
 
 use super::driver::DeviceSpec;
 use super::plan::{
@@ -21,12 +25,18 @@ use super::{Overlay, OverlayError, ROUTE_PROTOCOL, ReconcileReport};
 use crate::kernel::Kernel;
 use crate::kernel::netlink::{IpFamily, NetlinkError, Route, VxlanOutcome};
 
-fn v4_nets(nets: Vec<IpNetwork>) -> Vec<Ipv4Network> {
+/// IPv6 link-local addresses (`fe80::/10`): the kernel gives every IPv6-capable device one,
+/// the VXLAN device included; they are the kernel's, not ours to plan.
+fn is_link_local(n: &IpNetwork) -> bool {
+    match n {
+        IpNetwork::V6(v6) => (v6.ip().segments()[0] & 0xffc0) == 0xfe80,
+        IpNetwork::V4(_) => false,
+    }
+}
+
+fn of_family(nets: Vec<IpNetwork>, family: IpFamily) -> Vec<IpNetwork> {
     nets.into_iter()
-        .filter_map(|n| match n {
-            IpNetwork::V4(v4) => Some(v4),
-            IpNetwork::V6(_) => None,
-        })
+        .filter(|n| IpFamily::of(n.ip()) == family && !is_link_local(n))
         .collect()
 }
 
@@ -44,7 +54,8 @@ impl<K: Kernel> Overlay<K> {
     pub async fn reconcile(&mut self) -> Result<ReconcileReport, OverlayError> {
         let mut report = ReconcileReport::default();
         let observed = self.observe().await?;
-        let ext_nets = v4_nets(self.kernel.addresses(self.ext.index).await?);
+        let family = self.ext.family();
+        let ext_nets = of_family(self.kernel.addresses(self.ext.index).await?, family);
         let (desired, refused) = desired_state(
             self.driver.as_ref(),
             &self.ext,
@@ -53,11 +64,7 @@ impl<K: Kernel> Overlay<K> {
             &self.peers,
         );
         report.errors.extend(refused);
-        let device_family = self
-            .driver
-            .device()
-            .map_or(IpFamily::V4, DeviceSpec::family);
-        let plan = plan_by_family(&desired, &observed, device_family);
+        let plan = plan_by_family(&desired, &observed, family);
         report.kept = plan.kept;
 
         let mut failed: HashSet<IpNetwork> = HashSet::new();
@@ -102,16 +109,15 @@ impl<K: Kernel> Overlay<K> {
         Ok(report)
     }
 
-    /// Removes everything this overlay installed: every route with [`ROUTE_PROTOCOL`]
-    /// (`ip route flush proto 150`) and the VXLAN device (`ip link del flannel.<VNI>`, which
-    /// takes its neighbours and FDB entries along). Not used at shutdown (restarts are hitless);
-    /// for tests and tools. The desired state is kept, so a later reconcile rebuilds it all.
+    /// Removes everything this overlay installed: every route of its family with
+    /// [`ROUTE_PROTOCOL`] (`ip [-6] route flush proto 150`) and the VXLAN device (`ip link del
+    /// flannel.<VNI>`, which takes its neighbours and FDB entries along). Not used at shutdown
+    /// (restarts are hitless); for tests and tools. The desired state is kept, so a later
+    /// reconcile rebuilds it all.
     pub async fn remove_all(&mut self) -> Result<(), OverlayError> {
-        for family in [IpFamily::V4, IpFamily::V6] {
-            for r in self.kernel.routes(family).await? {
-                if r.protocol == ROUTE_PROTOCOL {
-                    self.kernel.del_route(&r).await?;
-                }
+        for r in self.kernel.routes(self.ext.family()).await? {
+            if r.protocol == ROUTE_PROTOCOL {
+                self.kernel.del_route(&r).await?;
             }
         }
         if let Some(DeviceSpec::Vxlan(spec)) = self.driver.device() {
@@ -158,14 +164,16 @@ impl<K: Kernel> Overlay<K> {
                 };
             }
         }
+        let family = self.ext.family();
         if let Some(idx) = self.dev_index {
-            observed.addresses = self.kernel.addresses(idx).await?;
+            observed.addresses = of_family(self.kernel.addresses(idx).await?, family);
             if matches!(self.driver.device(), Some(DeviceSpec::Vxlan(_))) {
                 observed.neighs = self
                     .kernel
                     .neighbours(idx)
                     .await?
                     .into_iter()
+                    .filter(|n| !is_link_local(&IpNetwork::from(n.ip)))
                     .map(|n| ObservedNeigh {
                         ip: n.ip,
                         mac: n.mac,
@@ -181,29 +189,26 @@ impl<K: Kernel> Overlay<K> {
                     .collect();
             }
         }
-        // Routes of both families: a route of ours in a family the driver no longer uses is
-        // stale like any other.
-        for family in [IpFamily::V4, IpFamily::V6] {
-            let routes = self.kernel.routes(family).await?;
-            observed.routes.extend(
-                routes
-                    .into_iter()
-                    .filter(|r| r.protocol == ROUTE_PROTOCOL)
-                    .map(|r| {
-                        let dev = match r.oif {
-                            Some(o) if Some(o) == self.dev_index => RouteDev::Overlay,
-                            Some(o) if o == self.ext.index => RouteDev::External,
-                            other => RouteDev::Other(other),
-                        };
-                        RouteSpec {
-                            dst: r.dst,
-                            gateway: r.gateway,
-                            dev,
-                            onlink: r.onlink,
-                        }
-                    }),
-            );
-        }
+        // Routes of our family only: the other family's belong to the other overlay.
+        let routes = self.kernel.routes(family).await?;
+        observed.routes.extend(
+            routes
+                .into_iter()
+                .filter(|r| r.protocol == ROUTE_PROTOCOL)
+                .map(|r| {
+                    let dev = match r.oif {
+                        Some(o) if Some(o) == self.dev_index => RouteDev::Overlay,
+                        Some(o) if o == self.ext.index => RouteDev::External,
+                        other => RouteDev::Other(other),
+                    };
+                    RouteSpec {
+                        dst: r.dst,
+                        gateway: r.gateway,
+                        dev,
+                        onlink: r.onlink,
+                    }
+                }),
+        );
         Ok(observed)
     }
 

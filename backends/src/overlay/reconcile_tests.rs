@@ -2,9 +2,9 @@
 //! `tests/overlay_netns.rs` prove with namespaces, here without root, plus failure paths the
 //! real kernel cannot be made to take on demand.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::IpNetwork;
 
 use crate::kernel::netlink::VxlanOutcome;
 use crate::kernel::recording::RecordingKernel;
@@ -12,11 +12,11 @@ use crate::overlay::hostgw::{HostGwConfig, HostGwDriver};
 use crate::overlay::vxlan::{VxlanConfig, VxlanDriver};
 use crate::overlay::*;
 
-fn net(s: &str) -> Ipv4Network {
+fn net(s: &str) -> IpNetwork {
     s.parse().expect("test network")
 }
 
-fn ip(s: &str) -> Ipv4Addr {
+fn ip(s: &str) -> IpAddr {
     s.parse().expect("test address")
 }
 
@@ -164,7 +164,7 @@ async fn a_failing_peer_gets_no_route_and_the_others_are_programmed() {
     let r = o.reconcile().await.expect("reconcile");
     assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
     assert!(
-        matches!(&r.errors[0], OverlayError::Peer { subnet, .. } if *subnet == IpNetwork::V4(net("10.244.2.0/24"))),
+        matches!(&r.errors[0], OverlayError::Peer { subnet, .. } if *subnet == net("10.244.2.0/24")),
         "{:?}",
         r.errors
     );
@@ -236,5 +236,113 @@ async fn host_gw_routes_on_link_peers_and_refuses_the_rest() {
     assert!(
         k.calls_of("ensure_vxlan").is_empty(),
         "host-gw has no device"
+    );
+}
+
+/// A dual-stack node: `eth0` also carries fd00:198:18::1/64, and a second overlay serves
+/// IPv6 on that view of the interface.
+fn dual_stack_ext(k: &RecordingKernel, v4: &ExternalInterface) -> ExternalInterface {
+    k.add_address_externally(v4.index, "fd00:198:18::1/64".parse().expect("cidr"));
+    ExternalInterface {
+        iface_addr: ip("fd00:198:18::1"),
+        public_ip: ip("fd00:198:18::1"),
+        ..v4.clone()
+    }
+}
+
+fn v6_peers() -> Vec<Peer> {
+    vec![
+        Peer {
+            subnet: net("fd00:10:244:2::/64"),
+            public_ip: ip("fd00:198:18::2"),
+            backend_data: vtep(0x62),
+        },
+        Peer {
+            subnet: net("fd00:10:244:3::/64"),
+            public_ip: ip("fd00:198:19::3"),
+            backend_data: vtep(0x63),
+        },
+    ]
+}
+
+#[tokio::test]
+async fn dual_stack_vxlan_overlays_own_their_family_and_never_delete_each_other() {
+    let (k, v4_ext) = node();
+    let v6_ext = dual_stack_ext(&k, &v4_ext);
+    let mut o4 = Overlay::new(
+        k.clone(),
+        Box::new(VxlanDriver::new(&VxlanConfig::default(), &v4_ext).expect("driver")),
+        v4_ext,
+    )
+    .await
+    .expect("overlay");
+    let mut o6 = Overlay::new(
+        k.clone(),
+        Box::new(VxlanDriver::new(&VxlanConfig::default(), &v6_ext).expect("driver")),
+        v6_ext,
+    )
+    .await
+    .expect("overlay");
+    assert_eq!(o6.device_name(), Some("flannel-v6.1"));
+    o4.set_own_subnet(net("10.244.1.0/24"));
+    o4.set_peers(peers());
+    o6.set_own_subnet(net("fd00:10:244:1::/64"));
+    o6.set_peers(v6_peers());
+    for _ in 0..2 {
+        let r4 = o4.reconcile().await.expect("v4");
+        let r6 = o6.reconcile().await.expect("v6");
+        assert!(r4.is_clean() && r6.is_clean(), "{r4:?} {r6:?}");
+    }
+    // Converged: a third round changes nothing in either family.
+    let (r4, r6) = (o4.reconcile().await.unwrap(), o6.reconcile().await.unwrap());
+    assert_eq!((r4.added + r4.removed, r6.added + r6.removed), (0, 0));
+
+    let v6_dev = k
+        .links_in("host")
+        .into_iter()
+        .find(|l| l.name == "flannel-v6.1")
+        .expect("v6 device");
+    assert_eq!(v6_dev.mtu, 1430, "1500 − 70 for an IPv6 underlay");
+    let addrs: Vec<IpNetwork> = k
+        .addresses_in("host")
+        .into_iter()
+        .filter(|(i, _)| *i == v6_dev.index)
+        .map(|(_, a)| a)
+        .collect();
+    assert_eq!(addrs, vec![net("fd00:10:244:1::/128")]);
+    let routes = ours(&k);
+    assert!(routes.contains(&(net("fd00:10:244:2::/64"), Some(ip("fd00:10:244:2::")), true)));
+    assert!(routes.contains(&(net("10.244.2.0/24"), Some(ip("10.244.2.0")), true)));
+    assert_eq!(routes.len(), 4, "{routes:?}");
+
+    // A v6 peer leaves: only its route goes; IPv4 untouched.
+    o6.set_peers(v6_peers()[..1].to_vec());
+    let r6 = o6.reconcile().await.unwrap();
+    assert_eq!(r6.removed, 3, "route, neighbour, FDB entry: {r6:?}");
+    assert_eq!(ours(&k).len(), 3);
+    assert_eq!(o4.reconcile().await.unwrap().added, 0);
+}
+
+#[tokio::test]
+async fn host_gw_ipv6_routes_via_the_peers_public_ipv6_and_refuses_off_link_peers() {
+    let (k, v4_ext) = node();
+    let v6_ext = dual_stack_ext(&k, &v4_ext);
+    let driver = HostGwDriver::new(&HostGwConfig::default(), &v6_ext).expect("driver");
+    let mut o = Overlay::new(k.clone(), Box::new(driver), v6_ext)
+        .await
+        .expect("overlay");
+    o.set_own_subnet(net("fd00:10:244:1::/64"));
+    o.set_peers(v6_peers());
+    let r = o.reconcile().await.expect("reconcile");
+    assert_eq!(r.added, 1, "{r:?}");
+    assert!(
+        matches!(&r.errors[..], [OverlayError::PeerNotDirectlyReachable { subnet, .. }]
+            if *subnet == net("fd00:10:244:3::/64")),
+        "{:?}",
+        r.errors
+    );
+    assert_eq!(
+        ours(&k),
+        vec![(net("fd00:10:244:2::/64"), Some(ip("fd00:198:18::2")), false)]
     );
 }

@@ -6,25 +6,46 @@
 //! (flannel's three steps, in that order). With `DirectRouting`, a peer on the same layer-2
 //! segment gets a plain route via its public IP instead, and no tunnel.
 //!
+//! IPv6 is the same driver on the IPv6 view of the external interface, as flannel does it:
+//! the device is `flannel-v6.<VNI>` with an IPv6 `local` (IPv6 underlay), carries
+//! `<own v6 subnet>::/128`, and per peer gets a permanent NDP entry, an FDB entry towards the
+//! peer's `PublicIPv6` and `<peer v6 subnet> via <peer v6 subnet>:: onlink`. Its
+//! `BackendData` goes into the lease's `BackendV6Data`. The outer IPv6 header is 20 bytes
+//! longer than IPv4's, so its MTU leaves 70 bytes rather than 50.
+//!
 //! The VTEP MAC is derived from the public IP and the VNI ([`vtep_mac`]) instead of being
 //! random, so a restarted (or rebooted) node keeps the MAC its peers have in their ARP and
 //! FDB tables: flannel picks a new one and leaves peers with stale entries until they catch up.
 
 use std::any::Any;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use super::driver::{BackendDriver, DeviceSpec, device_mtu};
 use super::plan::{PeerEntries, RouteDev, RouteSpec};
 use super::section::{Section, SectionError};
 use super::{ExternalInterface, OverlayError, Peer};
-use crate::kernel::netlink::{VxlanSpec, format_mac, parse_mac};
+use crate::kernel::netlink::{IpFamily, VxlanSpec, format_mac, parse_mac};
 
 /// VXLAN encapsulation overhead subtracted from the underlay MTU (outer IPv4 20 + UDP 8 +
 /// VXLAN 8 + inner Ethernet 14).
 pub const VXLAN_OVERHEAD: u32 = 50;
 
+/// The same over an IPv6 underlay (outer IPv6 header 40).
+pub const VXLAN_V6_OVERHEAD: u32 = 70;
+
 /// The largest VNI whose device name `flannel.<VNI>` fits in 15 bytes (and below 2^24).
 pub const MAX_VNI: u32 = 9_999_999;
+
+/// The largest VNI whose IPv6 device name `flannel-v6.<VNI>` fits in 15 bytes.
+pub const MAX_VNI_V6: u32 = 9_999;
+
+/// The device name prefix of `family`'s VXLAN device.
+pub fn device_prefix(family: IpFamily) -> &'static str {
+    match family {
+        IpFamily::V4 => "flannel.",
+        IpFamily::V6 => "flannel-v6.",
+    }
+}
 
 /// The VNI flannel uses when the config has none.
 pub const DEFAULT_VXLAN_VNI: u32 = 1;
@@ -95,20 +116,30 @@ pub struct VxlanDriver {
 }
 
 impl VxlanDriver {
-    /// The driver for `config` on `ext`: device `flannel.<VNI>` with `local <ext address> dev
-    /// <ext>`, MTU (`MTU` or the interface's) − 50, MAC [`vtep_mac`]. Refuses a VNI whose
-    /// device name would not fit and an MTU that leaves less than 68.
+    /// The driver for `config` on `ext` (either family's view): device `flannel.<VNI>`
+    /// (IPv6: `flannel-v6.<VNI>`) with `local <ext address> dev <ext>`, MTU (`MTU` or the
+    /// interface's) − 50 (IPv6 underlay: − 70), MAC [`vtep_mac`]. Refuses a VNI whose device
+    /// name would not fit and an MTU that leaves less than the family's minimum.
     pub fn new(config: &VxlanConfig, ext: &ExternalInterface) -> Result<VxlanDriver, OverlayError> {
-        if config.vni > MAX_VNI {
-            return Err(OverlayError::InvalidVni { vni: config.vni });
+        let family = ext.family();
+        let (max_vni, overhead) = match family {
+            IpFamily::V4 => (MAX_VNI, VXLAN_OVERHEAD),
+            IpFamily::V6 => (MAX_VNI_V6, VXLAN_V6_OVERHEAD),
+        };
+        if config.vni > max_vni {
+            return Err(OverlayError::InvalidVni {
+                vni: config.vni,
+                max: max_vni,
+                device: device_prefix(family),
+            });
         }
         let (underlay_mtu, source) = match config.mtu {
             Some(m) => (m, "Backend.MTU".to_string()),
             None => (ext.mtu, ext.name.clone()),
         };
-        let mtu = device_mtu(underlay_mtu, &source, VXLAN_OVERHEAD, "VXLAN device")?;
+        let mtu = device_mtu(underlay_mtu, &source, overhead, "VXLAN device", family)?;
         let spec = VxlanSpec {
-            name: format!("flannel.{}", config.vni),
+            name: format!("{}{}", device_prefix(family), config.vni),
             vni: config.vni,
             port: config.port,
             local: ext.iface_addr,
@@ -159,13 +190,13 @@ impl BackendDriver for VxlanDriver {
             Some(data) if data.get("VtepMAC").is_some() => vtep_mac_from_backend_data(data)?,
             _ => return Err(OverlayError::PeerMissingVtepMac { subnet: p.subnet }),
         };
-        let gw = IpAddr::V4(p.subnet.network());
+        let gw = p.subnet.network();
         Ok(Some(PeerEntries {
-            subnet: p.subnet.into(),
+            subnet: p.subnet,
             neigh: Some((gw, mac)),
-            fdb: Some((mac, p.public_ip.into())),
+            fdb: Some((mac, p.public_ip)),
             route: RouteSpec {
-                dst: p.subnet.into(),
+                dst: p.subnet,
                 gateway: Some(gw),
                 dev: RouteDev::Overlay,
                 onlink: true,
@@ -179,9 +210,14 @@ impl BackendDriver for VxlanDriver {
 }
 
 /// The deterministic VTEP MAC of a node: a locally administered unicast address derived
-/// (FNV-1a) from the public IP and the VNI, so it survives restarts and reboots.
-pub fn vtep_mac(public_ip: Ipv4Addr, vni: u32) -> [u8; 6] {
-    let (ip, vni) = (public_ip.octets(), vni.to_be_bytes());
+/// (FNV-1a) from the public IP and the VNI, so it survives restarts and reboots. The IPv4
+/// and IPv6 devices of a dual-stack node get different MACs (their public IPs differ).
+pub fn vtep_mac(public_ip: IpAddr, vni: u32) -> [u8; 6] {
+    let ip: Vec<u8> = match public_ip {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    };
+    let vni = vni.to_be_bytes();
     let seed = b"flannel-rs vtep".iter().chain(&ip).chain(&vni).copied();
     let b = ipam::net::fnv1a64(seed).to_be_bytes();
     [(b[0] & 0xfc) | 0x02, b[1], b[2], b[3], b[4], b[5]]
@@ -207,14 +243,84 @@ mod tests {
 
     #[test]
     fn vtep_mac_is_stable_unicast_local_and_distinct() {
-        let a: Ipv4Addr = "198.18.0.1".parse().expect("ip");
-        let b: Ipv4Addr = "198.18.0.2".parse().expect("ip");
+        let a: IpAddr = "198.18.0.1".parse().expect("ip");
+        let b: IpAddr = "198.18.0.2".parse().expect("ip");
+        let a6: IpAddr = "fd00:198:18::1".parse().expect("ip");
         let m = vtep_mac(a, 1);
         assert_eq!(m, vtep_mac(a, 1));
+        // The IPv4 derivation is what earlier releases used: a node keeps its MAC on upgrade.
+        assert_eq!(format_mac(&m), format_mac(&vtep_mac_v4_as_released(a, 1)));
+        assert_ne!(m, vtep_mac(a6, 1));
+        assert_eq!(
+            vtep_mac(a6, 1)[0] & 0x03,
+            0x02,
+            "v6: unicast, locally administered"
+        );
         assert_eq!(m[0] & 0x01, 0, "unicast");
         assert_eq!(m[0] & 0x02, 0x02, "locally administered");
         assert_ne!(m, vtep_mac(b, 1));
         assert_ne!(m, vtep_mac(a, 2));
+    }
+
+    /// The derivation of the IPv4-only releases, kept here to pin it.
+    fn vtep_mac_v4_as_released(ip: IpAddr, vni: u32) -> [u8; 6] {
+        let IpAddr::V4(ip) = ip else { unreachable!() };
+        let (ip, vni) = (ip.octets(), vni.to_be_bytes());
+        let seed = b"flannel-rs vtep".iter().chain(&ip).chain(&vni).copied();
+        let b = ipam::net::fnv1a64(seed).to_be_bytes();
+        [(b[0] & 0xfc) | 0x02, b[1], b[2], b[3], b[4], b[5]]
+    }
+
+    fn ext(addr: &str, mtu: u32) -> ExternalInterface {
+        let ip: IpAddr = addr.parse().expect("ip");
+        ExternalInterface {
+            index: 2,
+            name: "eth0".into(),
+            mtu,
+            iface_addr: ip,
+            public_ip: ip,
+        }
+    }
+
+    #[test]
+    fn the_ipv6_device_is_flannel_v6_with_an_ipv6_local_and_70_bytes_overhead() {
+        let d = VxlanDriver::new(&VxlanConfig::default(), &ext("fd00:198:18::1", 1500)).unwrap();
+        assert_eq!(d.spec().name, "flannel-v6.1");
+        assert_eq!(d.spec().local, "fd00:198:18::1".parse::<IpAddr>().unwrap());
+        assert_eq!(d.mtu(), 1430);
+        assert_eq!(d.device().unwrap().family(), IpFamily::V6);
+        let v4 = VxlanDriver::new(&VxlanConfig::default(), &ext("198.18.0.1", 1500)).unwrap();
+        assert_eq!((v4.spec().name.as_str(), v4.mtu()), ("flannel.1", 1450));
+
+        let big = VxlanConfig {
+            vni: 10_000,
+            ..VxlanConfig::default()
+        };
+        let err = VxlanDriver::new(&big, &ext("fd00:198:18::1", 1500)).unwrap_err();
+        assert!(err.to_string().contains("flannel-v6.<VNI>"), "{err}");
+        assert!(VxlanDriver::new(&big, &ext("198.18.0.1", 1500)).is_ok());
+        // IPv6 needs 1280 on the device: 1349 − 70 = 1279 is refused, 1350 accepted.
+        let err = VxlanDriver::new(&VxlanConfig::default(), &ext("fd00:198:18::1", 1349));
+        assert!(err.unwrap_err().to_string().contains("below 1280"));
+        assert!(VxlanDriver::new(&VxlanConfig::default(), &ext("fd00:198:18::1", 1350)).is_ok());
+    }
+
+    #[test]
+    fn an_ipv6_peer_gets_ndp_fdb_and_an_onlink_route_via_its_subnet_address() {
+        let d = VxlanDriver::new(&VxlanConfig::default(), &ext("fd00:198:18::1", 1500)).unwrap();
+        let peer = Peer {
+            subnet: "fd00:10:244:2::/64".parse().unwrap(),
+            public_ip: "fd00:198:18::2".parse().unwrap(),
+            backend_data: Some(serde_json::json!({"VNI": 1, "VtepMAC": "0a:00:00:00:00:02"})),
+        };
+        let e = d.peer_entries(&peer, true).unwrap().unwrap();
+        let gw: IpAddr = "fd00:10:244:2::".parse().unwrap();
+        let mac = [0x0a, 0, 0, 0, 0, 2];
+        assert_eq!(e.neigh, Some((gw, mac)));
+        assert_eq!(e.fdb, Some((mac, peer.public_ip)));
+        assert_eq!(e.route.gateway, Some(gw));
+        assert!(e.route.onlink);
+        assert_eq!(e.route.dev, RouteDev::Overlay);
     }
 
     #[test]

@@ -4,8 +4,9 @@
 //! [`BackendDriver::set_peers`].
 
 use std::any::Any;
-use std::net::SocketAddrV4;
+use std::net::{IpAddr, SocketAddrV4};
 
+use backends::kernel::netlink::IpFamily;
 use backends::kernel::netns::NetNs;
 use backends::overlay::driver::device_mtu;
 use backends::overlay::section::{Section, SectionError};
@@ -13,7 +14,7 @@ use backends::overlay::{
     BackendDriver, DeviceSpec, ExternalInterface, OverlayError, Peer, PeerEntries, RouteDev,
     RouteSpec,
 };
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network};
 
 use super::{DEFAULT_PORT, TUN_NAME, UDP_OVERHEAD, UdpBackend, UdpSetup};
 
@@ -58,10 +59,22 @@ impl UdpDriver {
         ext: &ExternalInterface,
         ns: Option<&NetNs>,
     ) -> Result<UdpDriver, OverlayError> {
-        let mtu = device_mtu(ext.mtu, &ext.name, UDP_OVERHEAD, "TUN device")?;
+        // flannel's udp backend is IPv4 only, and so is ours (its codec carries IPv4 packets
+        // over an IPv4 underlay).
+        let IpAddr::V4(iface_addr) = ext.iface_addr else {
+            return Err(OverlayError::Unsupported {
+                backend: "udp",
+                reason: format!(
+                    "IPv6 is not supported (external address {}); use vxlan or host-gw for \
+                     IPv6 or dual-stack networks",
+                    ext.iface_addr
+                ),
+            });
+        };
+        let mtu = device_mtu(ext.mtu, &ext.name, UDP_OVERHEAD, "TUN device", IpFamily::V4)?;
         let setup = UdpSetup {
             tun_name: TUN_NAME.to_string(),
-            local: SocketAddrV4::new(ext.iface_addr, config.port),
+            local: SocketAddrV4::new(iface_addr, config.port),
             offload: true,
         };
         let backend =
@@ -118,13 +131,18 @@ impl BackendDriver for UdpDriver {
         Ok(None)
     }
 
-    fn set_own_subnet(&mut self, subnet: Ipv4Network) {
-        self.backend.set_own_subnet(Some(subnet));
+    fn set_own_subnet(&mut self, subnet: IpNetwork) {
+        if let IpNetwork::V4(subnet) = subnet {
+            self.backend.set_own_subnet(Some(subnet));
+        }
     }
 
     fn set_peers(&mut self, peers: &[Peer]) {
-        self.backend
-            .set_peers(peers.iter().map(|p| (p.subnet, p.public_ip)).collect());
+        let v4 = peers.iter().filter_map(|p| match (p.subnet, p.public_ip) {
+            (IpNetwork::V4(subnet), IpAddr::V4(ip)) => Some((subnet, ip)),
+            _ => None,
+        });
+        self.backend.set_peers(v4.collect());
     }
 
     fn reopen_device(&mut self) -> Result<(), OverlayError> {

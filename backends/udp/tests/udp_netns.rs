@@ -46,7 +46,7 @@ struct Node {
 impl Node {
     fn peer(&self) -> Peer {
         Peer {
-            subnet: self.subnet,
+            subnet: self.subnet.into(),
             public_ip: self.ext.public_ip,
             backend_data: None,
         }
@@ -202,8 +202,8 @@ async fn topology() -> Vec<Node> {
                 index: eth0.index,
                 name: "eth0".into(),
                 mtu: eth0.mtu,
-                iface_addr: a.ip(),
-                public_ip: a.ip(),
+                iface_addr: a.ip().into(),
+                public_ip: a.ip().into(),
             },
             subnet: net4(&format!("10.244.{n}.0/24")),
             pod,
@@ -233,7 +233,7 @@ async fn start_overlay(node: &Node, peers: Vec<Peer>) -> Overlay {
     let mut o = Overlay::new(node.nl.clone(), driver, node.ext.clone())
         .await
         .expect("Overlay::new udp");
-    o.set_own_subnet(node.subnet);
+    o.set_own_subnet(node.subnet.into());
     o.set_peers(peers);
     let report = o.reconcile().await.expect("reconcile");
     assert!(report.is_clean(), "{:?}", report.errors);

@@ -138,11 +138,13 @@ pub struct Listing {
 
 impl Listing {
     /// Every occupied IPv4 subnet, readable or not.
+    /// IPv6-only leases (IPv4 half `0.0.0.0/0`) occupy no IPv4 subnet.
     pub fn taken_v4(&self) -> Vec<ipnetwork::Ipv4Network> {
         self.leases
             .iter()
             .map(|l| l.subnet)
             .chain(self.unreadable.iter().map(|(v4, _)| *v4))
+            .filter(|n| n.prefix() > 0)
             .collect()
     }
 

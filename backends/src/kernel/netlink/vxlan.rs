@@ -15,7 +15,7 @@
 //! The identity is read back from `IFLA_INFO_DATA` ([`Netlink::vxlan_link`]) rather than
 //! trusted from our own bookkeeping, because someone else may have created or changed the device.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::link::{InfoData, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage};
@@ -36,8 +36,9 @@ pub struct VxlanSpec {
     pub vni: u32,
     /// Destination UDP port (`dstport`); 0 means [`DEFAULT_VXLAN_PORT`].
     pub port: u16,
-    /// Source address of the encapsulated packets (`local`).
-    pub local: Ipv4Addr,
+    /// Source address of the encapsulated packets (`local`); its family is the underlay's
+    /// (`flannel.<VNI>` has an IPv4 one, `flannel-v6.<VNI>` an IPv6 one).
+    pub local: IpAddr,
     /// Underlay device (`dev`), as an ifindex.
     pub underlay_ifindex: u32,
     /// MAC learning from received packets (`[no]learning`); flannel runs with it off.
@@ -96,8 +97,8 @@ pub struct VxlanLink {
     pub link: Link,
     /// `IFLA_VXLAN_ID`.
     pub vni: Option<u32>,
-    /// `IFLA_VXLAN_LOCAL`.
-    pub local: Option<Ipv4Addr>,
+    /// `IFLA_VXLAN_LOCAL` or `IFLA_VXLAN_LOCAL6`.
+    pub local: Option<IpAddr>,
     /// `IFLA_VXLAN_PORT` (host byte order).
     pub port: Option<u16>,
     /// `IFLA_VXLAN_LINK`: the underlay ifindex.
@@ -157,7 +158,8 @@ impl VxlanLink {
                 for d in data {
                     match d {
                         InfoVxlan::Id(id) => v.vni = Some(id),
-                        InfoVxlan::Local(ip) => v.local = Some(ip),
+                        InfoVxlan::Local(ip) => v.local = Some(IpAddr::V4(ip)),
+                        InfoVxlan::Local6(ip) => v.local = Some(IpAddr::V6(ip)),
                         InfoVxlan::Port(p) => v.port = Some(p),
                         InfoVxlan::Link(l) if l != 0 => v.underlay = Some(l),
                         InfoVxlan::Learning(l) => v.learning = Some(l),
@@ -233,11 +235,13 @@ impl Netlink {
             outcome = VxlanOutcome::Recreated;
         }
 
-        let mut b = LinkVxlan::new(&spec.name, spec.vni)
-            .dev(spec.underlay_ifindex)
-            .local(spec.local)
-            .port(spec.effective_port())
-            .learning(spec.learning);
+        let b = LinkVxlan::new(&spec.name, spec.vni).dev(spec.underlay_ifindex);
+        let mut b = match spec.local {
+            IpAddr::V4(a) => b.local(a),
+            IpAddr::V6(a) => b.local6(a),
+        }
+        .port(spec.effective_port())
+        .learning(spec.learning);
         if spec.gbp {
             b = b.gbp();
         }

@@ -1,9 +1,8 @@
 //! Acquire: the decision (which key to take, given the listing, the config and the previous
 //! subnet) as a pure function, [`plan`], and the store round trip that carries it out.
 
-use ipam::lease::{Lease, LeaseAttrs};
+use ipam::lease::{Lease, LeaseAttrs, NO_IPV4_SUBNET, SubnetId};
 use ipam::subnet_alloc::{MAX_CANDIDATES, pick};
-use ipnetwork::Ipv4Network;
 
 use super::{ManagerError, SubnetManager};
 use crate::network_config::NetworkConfig;
@@ -25,21 +24,25 @@ pub(super) enum Plan {
 }
 
 /// Decides one acquire round, in flannel's order (see the `manager` module docs): (a) a key
-/// that carries our public IP, reservations first; (b) `previous` when it is in the pool and
-/// free; (c) a random free subnet, `random(n)` choosing among `n` candidates. No I/O.
+/// that carries our public IP (our `PublicIPv6` in an IPv6-only network), reservations
+/// first; (b) each half of `previous` when it is in its pool and free; (c) a random free
+/// subnet per family, `random(n)` choosing among `n` candidates. No I/O.
 pub(super) fn plan(
     network: &NetworkConfig,
     listing: &Listing,
     attrs: &LeaseAttrs,
-    previous: Option<Ipv4Network>,
+    previous: Option<SubnetId>,
     random: &mut impl FnMut(usize) -> usize,
 ) -> Result<Plan, ManagerError> {
     // (a) a key that already carries our public IP; reservations first.
-    let mut mine: Vec<&Lease> = listing
-        .leases
-        .iter()
-        .filter(|l| l.attrs.public_ip == attrs.public_ip)
-        .collect();
+    let ours = |l: &&Lease| {
+        if network.ipv4.is_some() {
+            l.attrs.public_ip == attrs.public_ip
+        } else {
+            l.attrs.public_ipv6.is_some() && l.attrs.public_ipv6 == attrs.public_ipv6
+        }
+    };
+    let mut mine: Vec<&Lease> = listing.leases.iter().filter(ours).collect();
     mine.sort_by_key(|l| l.leased);
     for l in mine {
         if !l.leased {
@@ -58,32 +61,46 @@ pub(super) fn plan(
         return Ok(Plan::Update(want));
     }
 
-    // (b) the previous subnet, (c) a random free one.
-    let pool = &network.ipv4;
-    let taken = listing.taken_v4();
-    let prev = previous
-        .filter(|p| pool.contains_subnet(p) && !taken.iter().any(|t| ipam::net::overlaps(*t, *p)));
-    let v4 = match prev {
-        Some(p) => p,
-        None => {
-            let free = pool.free_subnets(&taken, MAX_CANDIDATES);
-            pick(&free, random).ok_or(ManagerError::Exhausted {
-                network: pool.network,
-                subnet_len: pool.subnet_len,
-                min: pool.subnet_min,
-                max: pool.subnet_max,
-                taken: listing.leases.len() + listing.unreadable.len(),
-            })?
+    // (b) the previous subnet, (c) a random free one; per family.
+    let v4 = match &network.ipv4 {
+        None => NO_IPV4_SUBNET,
+        Some(pool) => {
+            let taken = listing.taken_v4();
+            let prev = previous.map(|p| p.0).filter(|p| {
+                pool.contains_subnet(p) && !taken.iter().any(|t| ipam::net::overlaps(*t, *p))
+            });
+            match prev {
+                Some(p) => p,
+                None => {
+                    let free = pool.free_subnets(&taken, MAX_CANDIDATES);
+                    pick(&free, random).ok_or(ManagerError::Exhausted {
+                        network: pool.network,
+                        subnet_len: pool.subnet_len,
+                        min: pool.subnet_min,
+                        max: pool.subnet_max,
+                        taken: listing.leases.len() + listing.unreadable.len(),
+                    })?
+                }
+            }
         }
     };
     let v6 = match &network.ipv6 {
         None => None,
         Some(p6) => {
-            let free = p6.free_subnets(&listing.taken_v6(), MAX_CANDIDATES);
-            Some(pick(&free, random).ok_or(ManagerError::Ipv6Exhausted {
-                network: p6.network,
-                subnet_len: p6.subnet_len,
-            })?)
+            let taken = listing.taken_v6();
+            let prev = previous
+                .and_then(|p| p.1)
+                .filter(|p| p6.contains_subnet(p) && !taken.iter().any(|t| t.overlaps(*p)));
+            match prev {
+                Some(p) => Some(p),
+                None => {
+                    let free = p6.free_subnets(&taken, MAX_CANDIDATES);
+                    Some(pick(&free, random).ok_or(ManagerError::Ipv6Exhausted {
+                        network: p6.network,
+                        subnet_len: p6.subnet_len,
+                    })?)
+                }
+            }
         }
     };
     Ok(Plan::Create(Lease::new(v4, v6, attrs.clone())))
@@ -92,10 +109,14 @@ pub(super) fn plan(
 /// A reservation of ours is honoured if it has the configured shape inside the network
 /// (operators may reserve outside `[SubnetMin, SubnetMax]`).
 fn reservation_fits(network: &NetworkConfig, l: &Lease) -> bool {
-    let p = &network.ipv4;
-    let v4 = l.subnet.prefix() == p.subnet_len
-        && l.subnet.ip() == l.subnet.network()
-        && p.network.contains(l.subnet.ip());
+    let v4 = match &network.ipv4 {
+        None => l.subnet == NO_IPV4_SUBNET,
+        Some(p) => {
+            l.subnet.prefix() == p.subnet_len
+                && l.subnet.ip() == l.subnet.network()
+                && p.network.contains(l.subnet.ip())
+        }
+    };
     let v6 = match &network.ipv6 {
         None => true,
         Some(p6) => l.ipv6_subnet.is_some_and(|s| {
@@ -111,22 +132,26 @@ fn lease_fits(network: &NetworkConfig, l: &Lease) -> bool {
         None => true,
         Some(p6) => l.ipv6_subnet.is_some_and(|s| p6.contains_subnet(&s)),
     };
-    network.ipv4.contains_subnet(&l.subnet) && v6
+    let v4 = match &network.ipv4 {
+        None => l.subnet == NO_IPV4_SUBNET,
+        Some(p) => p.contains_subnet(&l.subnet),
+    };
+    v4 && v6
 }
 
 impl<S: LeaseStore> SubnetManager<S> {
-    /// Acquires a lease for `attrs` (see the module docs for the order). `previous` is the
-    /// subnet recorded in `subnet.env`, if any.
+    /// Acquires a lease for `attrs` (see the module docs for the order). `previous` holds the
+    /// subnets recorded in `subnet.env`, if any (IPv4 half [`NO_IPV4_SUBNET`] when unknown).
     pub async fn acquire(
         &self,
         attrs: &LeaseAttrs,
-        previous: Option<Ipv4Network>,
+        previous: Option<SubnetId>,
     ) -> Result<Lease, ManagerError> {
         let rounds = self.cfg.race_rounds.max(1);
         for round in 1..=rounds {
             let listing = self.store.list().await?;
             if let Some(lease) = self.try_acquire(&listing, attrs, previous).await? {
-                tracing::info!(subnet = %lease.subnet, leased = lease.leased, round, "acquired subnet lease");
+                tracing::info!(key = %lease.key(), leased = lease.leased, round, "acquired subnet lease");
                 self.metrics.touch_renewal();
                 self.set_own(Some(lease.clone()));
                 return Ok(lease);
@@ -145,7 +170,7 @@ impl<S: LeaseStore> SubnetManager<S> {
         &self,
         listing: &Listing,
         attrs: &LeaseAttrs,
-        previous: Option<Ipv4Network>,
+        previous: Option<SubnetId>,
     ) -> Result<Option<Lease>, ManagerError> {
         let plan = plan(&self.network, listing, attrs, previous, &mut |n| {
             self.random_index(n)

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use ipam::lease::Lease;
+use ipam::lease::{Lease, same_node};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -59,10 +59,10 @@ impl<S: LeaseStore> SubnetManager<S> {
                         lease.expiration = SystemTime::now().checked_add(ttl);
                         self.set_own(Some(lease.clone()));
                         self.metrics.renewed();
-                        tracing::debug!(subnet = %lease.subnet, ?ttl, "renewed subnet lease");
+                        tracing::debug!(key = %lease.key(), ?ttl, "renewed subnet lease");
                     }
                     Ok(KeepAliveOutcome::Lost) => {
-                        tracing::warn!(subnet = %lease.subnet, "our subnet lease expired or was revoked");
+                        tracing::warn!(key = %lease.key(), "our subnet lease expired or was revoked");
                         lost = true;
                     }
                     Err(e) => {
@@ -78,7 +78,7 @@ impl<S: LeaseStore> SubnetManager<S> {
                 match self.store.get(&lease.id()).await {
                     Ok(Some(cur)) if same_lease(&cur, &lease) => {}
                     Ok(cur) => {
-                        tracing::warn!(subnet = %lease.subnet, now = ?cur.map(|c| c.attrs.public_ip),
+                        tracing::warn!(key = %lease.key(), now = ?cur.map(|c| c.attrs.public_ip),
                             "our subnet key was deleted or taken over");
                         lost = true;
                     }
@@ -119,9 +119,9 @@ impl<S: LeaseStore> SubnetManager<S> {
             if shutdown.is_requested() {
                 return None;
             }
-            match self.acquire(&old.attrs, Some(old.subnet)).await {
+            match self.acquire(&old.attrs, Some(old.id())).await {
                 Ok(l) => {
-                    tracing::info!(old = %old.subnet, new = %l.subnet, "re-acquired a subnet lease");
+                    tracing::info!(old = %old.key(), new = %l.key(), "re-acquired a subnet lease");
                     return Some(l);
                 }
                 Err(e) => {
@@ -152,8 +152,8 @@ impl<S: LeaseStore> SubnetManager<S> {
             return;
         };
         let touched = events.iter().any(|e| match e {
-            WatchEvent::Put(l) => l.subnet == own.subnet && !same_lease(l, &own),
-            WatchEvent::Delete { id, .. } => id.0 == own.subnet,
+            WatchEvent::Put(l) => same_node(&l.id(), &own.id()) && !same_lease(l, &own),
+            WatchEvent::Delete { id, .. } => same_node(id, &own.id()),
         });
         if touched {
             self.own_changed.notify_one();

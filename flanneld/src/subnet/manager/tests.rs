@@ -122,13 +122,105 @@ fn plan_is_a_pure_decision_over_the_listing() {
     // Else the free previous subnet; a taken (here: unreadable) one falls back to the pool.
     let other = lease("10.244.5.0/24", "198.18.0.2", true);
     let l = listing(vec![other]);
-    let mut created = |p: Option<&str>| match plan(&network, &l, &me, p.map(net), &mut first) {
-        Ok(Plan::Create(c)) => c.subnet,
-        other => panic!("{other:?}"),
-    };
+    let mut created =
+        |p: Option<&str>| match plan(&network, &l, &me, p.map(|p| (net(p), None)), &mut first) {
+            Ok(Plan::Create(c)) => c.subnet,
+            other => panic!("{other:?}"),
+        };
     assert_eq!(created(Some("10.244.9.0/24")), net("10.244.9.0/24"));
     assert_eq!(created(Some("10.244.8.0/24")), net("10.244.1.0/24"));
     assert_eq!(created(None), net("10.244.1.0/24"));
+}
+
+/// IPv6-only (flannel's `0.0.0.0-0&<v6>` keys, `PublicIP` `0.0.0.0`): our lease is found by
+/// `PublicIPv6` (flannel matches `PublicIP` and so hands every node the first node's lease),
+/// and the previous IPv6 subnet is reused when free.
+#[test]
+fn ipv6_only_plan_matches_by_public_ipv6_and_reuses_the_previous_v6_subnet() {
+    use super::acquire::{Plan, plan};
+    use ipam::lease::NO_IPV4_SUBNET;
+    let network = NetworkConfig::parse(
+        r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}"#,
+    )
+    .unwrap();
+    let v6 = |s: &str| -> ipnetwork::Ipv6Network { s.parse().unwrap() };
+    let attrs6 = |ip6: &str| {
+        let mut a = LeaseAttrs::new(std::net::Ipv4Addr::UNSPECIFIED, "vxlan");
+        a.public_ipv6 = Some(ip6.parse().unwrap());
+        a.backend_v6_data = Some(json!({"VNI": 1, "VtepMAC": "0a:00:00:00:00:06"}));
+        a
+    };
+    let first_node = {
+        let mut l = Lease::new(
+            NO_IPV4_SUBNET,
+            Some(v6("fd00:10:244:1::/64")),
+            attrs6("fd00:198:18::1"),
+        );
+        l.leased = true;
+        l
+    };
+    let l = Listing {
+        leases: vec![first_node.clone()],
+        unreadable: vec![],
+        revision: 1,
+    };
+    let mut first = |_n: usize| 0;
+
+    // A second node (same PublicIP 0.0.0.0, another PublicIPv6) gets a new subnet.
+    let me = attrs6("fd00:198:18::2");
+    let Plan::Create(mine) = plan(&network, &l, &me, None, &mut first).unwrap() else {
+        panic!("a second node must not take the first node's lease")
+    };
+    assert_eq!(mine.subnet, NO_IPV4_SUBNET);
+    assert_eq!(mine.ipv6_subnet, Some(v6("fd00:10:244:2::/64")));
+    assert_eq!(mine.key(), "0.0.0.0-0&fd00:10:244:2::-64");
+
+    // The previous IPv6 subnet from subnet.env, when free; a taken one falls back.
+    let prev = Some((NO_IPV4_SUBNET, Some(v6("fd00:10:244:9::/64"))));
+    let Plan::Create(again) = plan(&network, &l, &me, prev, &mut first).unwrap() else {
+        panic!("expected a create")
+    };
+    assert_eq!(again.ipv6_subnet, Some(v6("fd00:10:244:9::/64")));
+    let taken = Some((NO_IPV4_SUBNET, Some(v6("fd00:10:244:1::/64"))));
+    let Plan::Create(moved) = plan(&network, &l, &me, taken, &mut first).unwrap() else {
+        panic!("expected a create")
+    };
+    assert_eq!(moved.ipv6_subnet, Some(v6("fd00:10:244:2::/64")));
+
+    // The first node finds its own key again by its PublicIPv6.
+    let back = plan(&network, &l, &first_node.attrs, None, &mut first).unwrap();
+    assert!(
+        matches!(&back, Plan::Update(u) if u.id() == first_node.id()),
+        "{back:?}"
+    );
+}
+
+/// Dual stack: one lease carries both subnets; IPv6-only leases left by an earlier config
+/// (IPv4 half `0.0.0.0/0`) occupy no IPv4 subnet.
+#[test]
+fn dual_stack_plan_takes_one_subnet_per_family() {
+    use super::acquire::{Plan, plan};
+    use ipam::lease::NO_IPV4_SUBNET;
+    let network = NetworkConfig::parse(
+        r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}"#,
+    )
+    .unwrap();
+    let leftover = Lease::new(
+        NO_IPV4_SUBNET,
+        Some("fd00:10:244:1::/64".parse().unwrap()),
+        LeaseAttrs::new(std::net::Ipv4Addr::UNSPECIFIED, "vxlan"),
+    );
+    let l = Listing {
+        leases: vec![leftover],
+        unreadable: vec![],
+        revision: 1,
+    };
+    let mut me = attrs("198.18.0.1", "0a:00:00:00:00:01");
+    me.public_ipv6 = Some("fd00:198:18::1".parse().unwrap());
+    let Plan::Create(c) = plan(&network, &l, &me, None, &mut |_| 0).unwrap() else {
+        panic!("expected a create")
+    };
+    assert_eq!(c.key(), "10.244.1.0-24&fd00:10:244:2::-64");
 }
 
 #[tokio::test(start_paused = true)]
@@ -140,7 +232,10 @@ async fn acquire_order_own_ip_then_previous_then_random() {
     let me = attrs("198.18.0.1", "0a:00:00:00:00:99");
 
     // (a) our public IP wins over `previous`; the attrs are refreshed under a new lease.
-    let got = m.acquire(&me, Some(net("10.244.9.0/24"))).await.unwrap();
+    let got = m
+        .acquire(&me, Some((net("10.244.9.0/24"), None)))
+        .await
+        .unwrap();
     assert_eq!(got.subnet, old.subnet);
     assert_eq!(got.attrs, me);
     assert!(got.leased);
@@ -150,7 +245,10 @@ async fn acquire_order_own_ip_then_previous_then_random() {
 
     // (b) another node: its free previous subnet.
     let you = attrs("198.18.0.3", "0a:00:00:00:00:03");
-    let got = m.acquire(&you, Some(net("10.244.9.0/24"))).await.unwrap();
+    let got = m
+        .acquire(&you, Some((net("10.244.9.0/24"), None)))
+        .await
+        .unwrap();
     assert_eq!(got.subnet, net("10.244.9.0/24"));
 
     // (c) previous taken, outside [SubnetMin, SubnetMax] or misaligned: a random free one.
@@ -165,10 +263,17 @@ async fn acquire_order_own_ip_then_previous_then_random() {
     {
         let ip = format!("198.18.1.{}", i + 1);
         let got = m
-            .acquire(&attrs(&ip, "0a:00:00:00:01:01"), Some(net(prev)))
+            .acquire(&attrs(&ip, "0a:00:00:00:01:01"), Some((net(prev), None)))
             .await
             .unwrap();
-        assert!(m.network().ipv4.contains_subnet(&got.subnet), "{got:?}");
+        assert!(
+            m.network()
+                .ipv4
+                .as_ref()
+                .unwrap()
+                .contains_subnet(&got.subnet),
+            "{got:?}"
+        );
         assert_ne!(got.subnet, net(prev));
         assert_ne!(got.subnet, other.subnet);
     }
@@ -203,7 +308,7 @@ async fn reservation_is_honoured_and_never_gets_a_ttl() {
 
     // Same attrs: taken as is, no write at all.
     let got = m
-        .acquire(&reserved.attrs, Some(net("10.244.20.0/24")))
+        .acquire(&reserved.attrs, Some((net("10.244.20.0/24"), None)))
         .await
         .unwrap();
     assert_eq!(got, reserved);
@@ -274,7 +379,10 @@ async fn lost_race_relists_and_repicks() {
     let st = Arc::new(racing(inner.clone(), 3));
     let m = manager(st.clone(), NET16);
     let me = attrs("198.18.0.1", "0a:00:00:00:00:01");
-    let got = m.acquire(&me, Some(net("10.244.9.0/24"))).await.unwrap();
+    let got = m
+        .acquire(&me, Some((net("10.244.9.0/24"), None)))
+        .await
+        .unwrap();
     assert_ne!(got.subnet, net("10.244.9.0/24"), "previous was stolen");
     let c = st.counts();
     assert_eq!(
@@ -309,7 +417,7 @@ async fn exhausted_pool_is_a_clear_error_and_unreadable_keys_count_as_taken() {
     let err = m
         .acquire(
             &attrs("198.18.0.4", "0a:00:00:00:00:04"),
-            Some(net("10.244.3.0/24")),
+            Some((net("10.244.3.0/24"), None)),
         )
         .await
         .unwrap_err();
@@ -597,7 +705,7 @@ async fn watch_sends_snapshot_events_changed_values_and_resnapshots() {
         async move { m.run_watch(tx, shutdown).await }
     });
     let wait = Duration::from_secs(2);
-    let mut w = LeaseWatcher::new(Some(own.subnet));
+    let mut w = LeaseWatcher::new(Some(own.id()));
     let WatchUpdate::Snapshot(snap) = recv(&mut rx, wait).await else {
         panic!()
     };
