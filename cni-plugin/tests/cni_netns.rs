@@ -866,3 +866,191 @@ impl Ports for Node {
             .unwrap_or(0)
     }
 }
+
+fn routes6(ns: &Netns) -> Vec<(String, String)> {
+    ns.ip_json(&["-6", "route", "show"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["dst"].as_str().unwrap_or("").to_string(),
+                r["gateway"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+fn ping6(from: &Netns, dst: &str) -> bool {
+    from.exec(&["ping", "-6", "-c1", "-W2", "-q", dst])
+        .status
+        .success()
+}
+
+/// The `ips` of a result as (address/prefix, gateway).
+fn result_ips(res: &serde_json::Value) -> Vec<(String, String)> {
+    res["ips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["address"].as_str().unwrap().to_string(),
+                i["gateway"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn dual_stack_pods_get_an_address_gateway_and_default_route_per_family() {
+    if !require_root("dual_stack_pods_get_an_address_gateway_and_default_route_per_family") {
+        return;
+    }
+    let node = Node::new("ds");
+    node.write_dual_stack_subnet_env();
+    for (i, version) in ["0.3.1", "0.4.0", "1.0.0", "1.1.0"].iter().enumerate() {
+        let conf = node.conf(version);
+        let (a, b) = (Netns::new("dsa"), Netns::new("dsb"));
+        let (ca, cb) = (format!("dsa-{i}"), format!("dsb-{i}"));
+        let ra = node.add_ok(&ca, &a, &conf);
+        let rb = node.add_ok(&cb, &b, &conf);
+
+        // Result: IPv4 then IPv6 (flannel's range order), each with its gateway, on eth0.
+        let ips = result_ips(&ra);
+        assert_eq!(ips.len(), 2, "{ra}");
+        assert!(
+            ips[0].0.starts_with("10.244.1.") && ips[0].0.ends_with("/24"),
+            "{ips:?}"
+        );
+        assert_eq!(ips[0].1, "10.244.1.1");
+        assert!(
+            ips[1].0.starts_with("fd00:10:244:1::") && ips[1].0.ends_with("/64"),
+            "{ips:?}"
+        );
+        assert_eq!(ips[1].1, "fd00:10:244:1::1");
+        assert!(
+            ra["ips"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|i| i["interface"] == 2)
+        );
+        if !version.starts_with('1') {
+            assert_eq!(
+                (
+                    ra["ips"][0]["version"].as_str(),
+                    ra["ips"][1]["version"].as_str()
+                ),
+                (Some("4"), Some("6"))
+            );
+        }
+        let dsts: Vec<&str> = ra["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["dst"].as_str().unwrap())
+            .collect();
+        for want in ["0.0.0.0/0", "::/0", "10.244.0.0/16", "fd00:10:244::/56"] {
+            assert!(dsts.contains(&want), "{want} not in {dsts:?}");
+        }
+
+        // Node: the bridge carries both gateways; IPv6 forwarding on.
+        assert_eq!(
+            addrs(&node.ns, "cbr0"),
+            vec![
+                "10.244.1.1/24".to_string(),
+                "fd00:10:244:1::1/64".to_string()
+            ]
+        );
+        assert_eq!(sysctl_in(&node.ns, "net/ipv6/conf/all/forwarding"), "1");
+
+        // Pod: both addresses, a default route per family via the bridge.
+        let (ipa4, ipa6) = (
+            ips[0].0.split('/').next().unwrap().to_string(),
+            ips[1].0.split('/').next().unwrap().to_string(),
+        );
+        assert_eq!(addrs(&a, "eth0"), vec![ips[0].0.clone(), ips[1].0.clone()]);
+        assert!(routes(&a).contains(&("default".into(), "10.244.1.1".into())));
+        assert!(
+            routes6(&a).contains(&("default".into(), "fd00:10:244:1::1".into())),
+            "{:?}",
+            routes6(&a)
+        );
+        // Both families work at once (DAD is off: no wait for the addresses).
+        assert!(ping6(&a, "fd00:10:244:1::1"), "pod -> IPv6 gateway");
+        let ipb6 = result_ips(&rb)[1].0.split('/').next().unwrap().to_string();
+        assert!(ping6(&a, &ipb6), "pod a -> pod b over IPv6");
+        assert!(b.ping(&ipa4), "pod b -> pod a over IPv4");
+
+        // host-local: both addresses in the network's store, reference format.
+        let res = node.reservations("cbr0");
+        assert!(res.contains(&ipa4) && res.contains(&ipa6), "{res:?}");
+        assert_eq!(
+            std::fs::read(node.ipam_dir().join("cbr0").join(&ipa6)).unwrap(),
+            format!("{ca}\r\neth0").into_bytes()
+        );
+
+        // CHECK sees both families.
+        let mut with_prev = conf.clone();
+        with_prev["prevResult"] = ra.clone();
+        if !version.starts_with("0.3") {
+            let out = node.run("CHECK", &ca, Some(&a.path()), "eth0", &with_prev);
+            assert_eq!(out.code, 0, "CHECK {version}: {}", out.stdout);
+            // Drift in the IPv6 half is caught: remove the pod's IPv6 default route.
+            a.exec(&["ip", "-6", "route", "del", "default"]);
+            let out = node.run("CHECK", &ca, Some(&a.path()), "eth0", &with_prev);
+            assert_ne!(
+                out.code, 0,
+                "CHECK {version} missed a lost IPv6 default route"
+            );
+        }
+        node.del_ok(&ca, Some(&a.path()), &with_prev);
+        node.del_ok(&cb, Some(&b.path()), &conf);
+    }
+    assert!(node.reservations("cbr0").is_empty());
+}
+
+#[test]
+fn ipv6_only_pods_get_only_ipv6() {
+    if !require_root("ipv6_only_pods_get_only_ipv6") {
+        return;
+    }
+    let node = Node::new("v6o");
+    node.write_ipv6_only_subnet_env();
+    let conf = node.conf("1.0.0");
+    let (a, b) = (Netns::new("v6a"), Netns::new("v6b"));
+    let ra = node.add_ok("v6a", &a, &conf);
+    let rb = node.add_ok("v6b", &b, &conf);
+    let ips = result_ips(&ra);
+    assert_eq!(ips.len(), 1, "{ra}");
+    assert_eq!(ips[0].1, "fd00:10:244:1::1");
+    let dsts: Vec<&str> = ra["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["dst"].as_str().unwrap())
+        .collect();
+    assert!(
+        dsts.contains(&"::/0") && dsts.contains(&"fd00:10:244::/56"),
+        "{dsts:?}"
+    );
+    assert!(
+        !dsts.iter().any(|d| d.contains('.')),
+        "no IPv4 route: {dsts:?}"
+    );
+    assert_eq!(
+        addrs(&node.ns, "cbr0"),
+        vec!["fd00:10:244:1::1/64".to_string()]
+    );
+    assert_eq!(addrs(&a, "eth0"), vec![ips[0].0.clone()]);
+    let ipb = result_ips(&rb)[0].0.split('/').next().unwrap().to_string();
+    assert!(ping6(&a, &ipb), "pod a -> pod b");
+    let mut with_prev = conf.clone();
+    with_prev["prevResult"] = ra.clone();
+    let out = node.run("CHECK", "v6a", Some(&a.path()), "eth0", &with_prev);
+    assert_eq!(out.code, 0, "CHECK: {}", out.stdout);
+    node.del_ok("v6a", Some(&a.path()), &with_prev);
+    node.del_ok("v6b", Some(&b.path()), &conf);
+    assert!(node.reservations("cbr0").is_empty());
+}

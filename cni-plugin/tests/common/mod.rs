@@ -157,6 +157,27 @@ impl Node {
         .unwrap();
     }
 
+    /// Writes subnet.env as flanneld writes it for dual stack (both families' keys).
+    pub fn write_dual_stack_subnet_env(&self) {
+        std::fs::write(
+            self.subnet_file(),
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\n\
+             FLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:1::1/64\n\
+             FLANNEL_MTU=1430\nFLANNEL_IPMASQ=true\n",
+        )
+        .unwrap();
+    }
+
+    /// Writes subnet.env as flanneld writes it for an IPv6-only network (no IPv4 keys).
+    pub fn write_ipv6_only_subnet_env(&self) {
+        std::fs::write(
+            self.subnet_file(),
+            "FLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:1::1/64\n\
+             FLANNEL_MTU=1430\nFLANNEL_IPMASQ=true\n",
+        )
+        .unwrap();
+    }
+
     pub fn subnet_file(&self) -> PathBuf {
         self.dir.path().join("subnet.env")
     }
