@@ -7,13 +7,14 @@ use std::time::Duration;
 
 use flannel_testkit::etcd::EtcdCommand;
 
-use super::{Cluster, ETCD_IP, kill_child, run, wait_until};
+use super::{Cluster, ETCD_IP, ETCD_IP6, Stack, kill_child, run, wait_until};
 
 impl Cluster {
     /// The client URL(s) of etcd.
     pub fn etcd_endpoint(&self) -> String {
         match &self.tls_etcd {
             Some(t) => t.endpoints(),
+            None if self.spec.stack == Stack::V6Only => format!("http://[{ETCD_IP6}]:2379"),
             None => format!("http://{ETCD_IP}:2379"),
         }
     }
@@ -37,12 +38,14 @@ impl Cluster {
 
     /// Starts etcd inside the underlay namespace (data kept across stop/start).
     pub fn start_etcd(&mut self) -> Result<(), String> {
+        let listen = if self.spec.stack.ipv6() {
+            format!("http://{ETCD_IP}:2379,http://[{ETCD_IP6}]:2379,http://127.0.0.1:2379")
+        } else {
+            format!("http://{ETCD_IP}:2379,http://127.0.0.1:2379")
+        };
         let child = EtcdCommand::new("default", self.workdir.path().join("etcd"))
             .in_netns(&self.ul())
-            .client_urls(
-                &format!("http://{ETCD_IP}:2379,http://127.0.0.1:2379"),
-                &format!("http://{ETCD_IP}:2379"),
-            )
+            .client_urls(&listen, &self.etcd_endpoint())
             .peer_url("http://127.0.0.1:2380")
             .initial_cluster("default=http://127.0.0.1:2380")
             .flag("--listen-metrics-urls", "http://127.0.0.1:2381")
@@ -89,6 +92,18 @@ impl Cluster {
     /// The etcd key of a lease subnet like `10.244.5.0/24`.
     pub fn lease_key(subnet: &str) -> String {
         format!("/coreos.com/network/subnets/{}", subnet.replace('/', "-"))
+    }
+
+    /// The etcd key of node `i`'s lease, from its subnet.env: `10.244.3.0-24`, dual stack
+    /// `10.244.3.0-24&fd00:10:244:7::-64`, IPv6-only `0.0.0.0-0&fd00:10:244:7::-64`.
+    pub fn node_lease_key(&self, i: usize) -> Option<String> {
+        let v4 = self.node_subnet(i);
+        let v6 = self.node_subnet6(i);
+        let mut key = v4.unwrap_or_else(|| "0.0.0.0/0".into()).replace('/', "-");
+        if let Some(v6) = v6 {
+            key = format!("{key}&{}", v6.replace('/', "-"));
+        }
+        Some(format!("/coreos.com/network/subnets/{key}"))
     }
 
     /// Writes many keys quickly: `etcdctl txn` batches of at most 100 puts (etcd's default

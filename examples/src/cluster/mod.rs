@@ -3,7 +3,7 @@
 //! This file builds the topology and runs the nodes' flanneld; `etcd` starts the cluster's
 //! etcd and talks to it, `pods` attaches pods and checks connectivity between them.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -16,8 +16,37 @@ static CLUSTER_COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// Underlay address of etcd (on the underlay bridge).
 pub const ETCD_IP: &str = "198.18.0.254";
+/// Underlay IPv6 address of etcd in dual-stack and IPv6-only clusters.
+pub const ETCD_IP6: &str = "fd00:198:18::fe";
 /// The cluster network.
 pub const NETWORK: &str = "10.244.0.0/16";
+/// The cluster IPv6 network (dual-stack and IPv6-only clusters).
+pub const IPV6_NETWORK: &str = "fd00:10:244::/56";
+
+/// The address families of the cluster: node underlay addresses, the network config's
+/// `EnableIPv4`/`EnableIPv6`, and so the pods' addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Stack {
+    /// IPv4 only (flannel's default).
+    #[default]
+    V4,
+    /// IPv4 and IPv6: nodes on 198.18.0.N/16 and fd00:198:18::N/64, pods get one address of each.
+    Dual,
+    /// IPv6 only (`EnableIPv4: false`): nodes and etcd on fd00:198:18::/64 only.
+    V6Only,
+}
+
+impl Stack {
+    /// Whether the cluster has IPv4.
+    pub fn ipv4(self) -> bool {
+        self != Stack::V6Only
+    }
+
+    /// Whether the cluster has IPv6.
+    pub fn ipv6(self) -> bool {
+        self != Stack::V4
+    }
+}
 
 /// Which backend the cluster runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +125,8 @@ pub struct ClusterSpec {
     /// 0: one plain-http etcd on 198.18.0.254. N: an N-member etcd cluster with TLS and
     /// client certificates ([`crate::etcd_tls::TlsEtcd`]), which flanneld uses over mTLS.
     pub etcd_tls_members: usize,
+    /// Address families.
+    pub stack: Stack,
 }
 
 impl ClusterSpec {
@@ -111,7 +142,14 @@ impl ClusterSpec {
             bins: Binaries::from_target("debug"),
             start_daemons: true,
             etcd_tls_members: 0,
+            stack: Stack::V4,
         }
+    }
+
+    /// The same spec with address families `stack`.
+    pub fn with_stack(mut self, stack: Stack) -> ClusterSpec {
+        self.stack = stack;
+        self
     }
 }
 
@@ -124,8 +162,10 @@ pub struct Pod {
     pub id: String,
     /// Node index.
     pub node: usize,
-    /// Its IPv4 address.
+    /// Its IPv4 address (`0.0.0.0` in an IPv6-only cluster: use [`Pod::ips`]).
     pub ip: Ipv4Addr,
+    /// Every address of the pod, IPv4 first (the ADD result's `ips`).
+    pub ips: Vec<IpAddr>,
     /// The ADD result.
     pub result: serde_json::Value,
 }
@@ -134,8 +174,10 @@ pub struct Pod {
 pub struct Node {
     /// Namespace name.
     pub ns: String,
-    /// Underlay address.
+    /// Underlay address (`0.0.0.0` in an IPv6-only cluster).
     pub ip: Ipv4Addr,
+    /// Underlay IPv6 address (dual-stack and IPv6-only clusters).
+    pub ip6: Option<Ipv6Addr>,
     /// Working directory (subnet.env, IPAM store, logs).
     pub dir: PathBuf,
     daemon: Option<Child>,
@@ -286,6 +328,19 @@ impl Cluster {
             "dev",
             "br0",
         ])?;
+        if spec.stack.ipv6() {
+            ip(&[
+                "-n",
+                &ul,
+                "-6",
+                "addr",
+                "add",
+                &format!("{ETCD_IP6}/64"),
+                "dev",
+                "br0",
+                "nodad",
+            ])?;
+        }
         ip(&["-n", &ul, "link", "set", "br0", "up"])?;
         if spec.etcd_tls_members > 0 {
             let etcd = crate::etcd_tls::TlsEtcd::start(
@@ -304,7 +359,13 @@ impl Cluster {
                 b.insert(k.clone(), v.clone());
             }
         }
-        let mut config = serde_json::json!({"Network": NETWORK, "Backend": backend});
+        let mut config = match spec.stack {
+            Stack::V4 => serde_json::json!({"Network": NETWORK, "Backend": backend}),
+            Stack::Dual => serde_json::json!({"Network": NETWORK, "EnableIPv6": true,
+                "IPv6Network": IPV6_NETWORK, "Backend": backend}),
+            Stack::V6Only => serde_json::json!({"EnableIPv4": false, "EnableIPv6": true,
+                "IPv6Network": IPV6_NETWORK, "Backend": backend}),
+        };
         if let (Some(c), Some(extra)) = (config.as_object_mut(), spec.config_extra.as_object()) {
             for (k, v) in extra {
                 c.insert(k.clone(), v.clone());
@@ -321,22 +382,37 @@ impl Cluster {
                 &ns,
             ])?;
             ip(&["-n", &ul, "link", "set", &port, "master", "br0", "up"])?;
-            let addr = Ipv4Addr::new(198, 18, 0, (i + 1) as u8);
-            ip(&[
-                "-n",
-                &ns,
-                "addr",
-                "add",
-                &format!("{addr}/16"),
-                "dev",
-                "eth0",
-            ])?;
+            let addr = if spec.stack.ipv4() {
+                let a = Ipv4Addr::new(198, 18, 0, (i + 1) as u8);
+                ip(&["-n", &ns, "addr", "add", &format!("{a}/16"), "dev", "eth0"])?;
+                a
+            } else {
+                Ipv4Addr::UNSPECIFIED
+            };
+            let addr6 = if spec.stack.ipv6() {
+                let a = Ipv6Addr::new(0xfd00, 0x198, 0x18, 0, 0, 0, 0, (i + 1) as u16);
+                ip(&[
+                    "-n",
+                    &ns,
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{a}/64"),
+                    "dev",
+                    "eth0",
+                    "nodad",
+                ])?;
+                Some(a)
+            } else {
+                None
+            };
             ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
             let dir = c.workdir.path().join(format!("n{}", i + 1));
             std::fs::create_dir_all(&dir).map_err(|e| format!("mkdir: {e}"))?;
             c.nodes.push(Node {
                 ns,
                 ip: addr,
+                ip6: addr6,
                 dir,
                 daemon: None,
                 restarts: 0,
@@ -516,6 +592,20 @@ impl Cluster {
                 self.flanneld_log(i)
             ))
         }
+    }
+
+    /// Node `i`'s IPv6 lease subnet from subnet.env (network form, e.g. fd00:10:244:5::/64).
+    pub fn node_subnet6(&self, i: usize) -> Option<String> {
+        let s = self.nodes[i].subnet_env("FLANNEL_IPV6_SUBNET")?;
+        let (addr, len) = s.split_once('/')?;
+        let a: Ipv6Addr = addr.parse().ok()?;
+        let len: u32 = len.parse().ok()?;
+        let mask = if len == 0 {
+            0
+        } else {
+            u128::MAX << (128 - len)
+        };
+        Some(format!("{}/{len}", Ipv6Addr::from(u128::from(a) & mask)))
     }
 
     /// Node `i`'s lease subnet from subnet.env (network form, e.g. 10.244.5.0/24).

@@ -2,7 +2,7 @@
 //! connectivity and routing checks the tests make between them.
 
 use std::io::Write;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
@@ -91,16 +91,31 @@ impl Cluster {
         }
         let result: serde_json::Value =
             serde_json::from_slice(&out.stdout).map_err(|e| format!("ADD result: {e}"))?;
-        let ip = result["ips"][0]["address"]
-            .as_str()
-            .and_then(|a| a.split('/').next())
-            .and_then(|a| a.parse().ok())
-            .ok_or("ADD result without IPv4 address")?;
+        let ips: Vec<IpAddr> = result["ips"]
+            .as_array()
+            .map(|a| a.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|i| i["address"].as_str()?.split('/').next()?.parse().ok())
+            .collect();
+        let ip = match ips.first() {
+            Some(IpAddr::V4(a)) => *a,
+            Some(IpAddr::V6(_)) if !self.spec.stack.ipv4() => Ipv4Addr::UNSPECIFIED,
+            _ => {
+                return Err(format!(
+                    "ADD result without the expected addresses: {result}"
+                ));
+            }
+        };
+        if self.spec.stack.ipv6() && !ips.iter().any(IpAddr::is_ipv6) {
+            return Err(format!("ADD result without an IPv6 address: {result}"));
+        }
         let pod = Pod {
             ns,
             id,
             node: i,
             ip,
+            ips,
             result,
         };
         self.pods.push(pod.clone());
@@ -124,8 +139,9 @@ impl Cluster {
         Ok(())
     }
 
-    /// One ping from `pod` to `dst` (1 s timeout).
-    pub fn ping(&self, pod: &Pod, dst: Ipv4Addr) -> bool {
+    /// One ping from `pod` to `dst` (1 s timeout); either family.
+    pub fn ping(&self, pod: &Pod, dst: impl Into<IpAddr>) -> bool {
+        let dst: IpAddr = dst.into();
         run(Command::new("ip").args([
             "netns",
             "exec",
@@ -141,12 +157,19 @@ impl Cluster {
     }
 
     /// Pings until success or `timeout`.
-    pub fn ping_within(&self, pod: &Pod, dst: Ipv4Addr, timeout: Duration) -> bool {
+    pub fn ping_within(&self, pod: &Pod, dst: impl Into<IpAddr>, timeout: Duration) -> bool {
+        let dst: IpAddr = dst.into();
         wait_until(timeout, || self.ping(pod, dst))
     }
 
     /// Opens a TCP connection from `from` to `to` and moves a little data (iperf3 one-off).
     pub fn tcp(&self, from: &Pod, to: &Pod) -> Result<(), String> {
+        self.tcp_to(from, to, IpAddr::V4(to.ip))
+    }
+
+    /// Opens a TCP connection from `from` to `to`'s address `dst` (either family) and moves
+    /// a little data.
+    pub fn tcp_to(&self, from: &Pod, to: &Pod, dst: IpAddr) -> Result<(), String> {
         let mut server = Command::new("ip")
             .args(["netns", "exec", &to.ns, "iperf3", "-s", "-1", "-p", "5201"])
             .stdout(Stdio::null())
@@ -162,7 +185,7 @@ impl Cluster {
                 &from.ns,
                 "iperf3",
                 "-c",
-                &to.ip.to_string(),
+                &dst.to_string(),
                 "-p",
                 "5201",
                 "-n",
@@ -182,7 +205,7 @@ impl Cluster {
         if ok {
             Ok(())
         } else {
-            Err(format!("TCP {} -> {}: {last}", from.ip, to.ip))
+            Err(format!("TCP {} -> {dst}: {last}", from.ns))
         }
     }
 
@@ -198,9 +221,18 @@ impl Cluster {
         }
     }
 
+    /// IPv6 routes in node `i`'s main table as (dst, gateway, dev).
+    pub fn node_routes6(&self, i: usize) -> Vec<(String, String, String)> {
+        self.routes_of(i, &["-6", "route", "show"])
+    }
+
     /// Routes in node `i`'s main table as (dst, gateway, dev).
     pub fn node_routes(&self, i: usize) -> Vec<(String, String, String)> {
-        self.node_ip_json(i, &["route", "show"])
+        self.routes_of(i, &["route", "show"])
+    }
+
+    fn routes_of(&self, i: usize, args: &[&str]) -> Vec<(String, String, String)> {
+        self.node_ip_json(i, args)
             .as_array()
             .cloned()
             .unwrap_or_default()

@@ -2,7 +2,8 @@
 //!
 //! Reconcile is level-triggered: it reads the kernel tables and fixes whatever differs from the
 //! desired state. It runs periodically, and [`Monitor`] lets it also run soon after someone
-//! (an administrator, another agent, a NIC bounce) changed links, IPv4 routes or neighbours.
+//! (an administrator, another agent, a NIC bounce) changed links, IPv4 or IPv6 routes or
+//! neighbours.
 //!
 //! The events are deliberately coarse ([`Change`]): the consumer does not patch state from them,
 //! it only debounces and re-runs reconcile. That makes lost events harmless, and a socket buffer
@@ -37,15 +38,18 @@ pub enum MonitorGroup {
     Link,
     /// `RTNLGRP_IPV4_ROUTE`: IPv4 routes added or deleted.
     Ipv4Route,
+    /// `RTNLGRP_IPV6_ROUTE`: IPv6 routes added or deleted.
+    Ipv6Route,
     /// `RTNLGRP_NEIGH`: neighbour and FDB entries.
     Neigh,
 }
 
 impl MonitorGroup {
     /// Every group the overlay reconcile cares about.
-    pub const ALL: [MonitorGroup; 3] = [
+    pub const ALL: [MonitorGroup; 4] = [
         MonitorGroup::Link,
         MonitorGroup::Ipv4Route,
+        MonitorGroup::Ipv6Route,
         MonitorGroup::Neigh,
     ];
 
@@ -53,6 +57,7 @@ impl MonitorGroup {
         match self {
             MonitorGroup::Link => libc::RTNLGRP_LINK,
             MonitorGroup::Ipv4Route => libc::RTNLGRP_IPV4_ROUTE,
+            MonitorGroup::Ipv6Route => libc::RTNLGRP_IPV6_ROUTE,
             MonitorGroup::Neigh => libc::RTNLGRP_NEIGH,
         }
     }
