@@ -331,3 +331,69 @@ fn node_masq_ipv6_table_exact_and_independent_of_the_ipv4_one() {
         assert!(backends::masq::list_table().unwrap().is_some(), "v4 kept");
     });
 }
+
+/// Checking a bare host's iptables (flanneld's start-up: flannel's leftover chains, and
+/// whether FORWARD may drop pod traffic), for both families and both flavours, must not
+/// create legacy x_tables tables: `iptables-legacy-save -t nat` would create the nat table
+/// and put connection tracking on every packet of the node (measured: a few % of pod-to-pod
+/// throughput). On a host that has the tables, they are read as before.
+#[test]
+fn checking_a_bare_hosts_iptables_creates_no_tables() {
+    use backends::kernel::iptables::{FlavorOutcome, ForwardRules, legacy_table_exists};
+    use backends::kernel::netlink::IpFamily;
+    if !prerequisites(&[
+        "iptables-legacy-save",
+        "ip6tables-legacy-save",
+        "iptables-nft-save",
+        "ip6tables-nft-save",
+    ]) {
+        return;
+    }
+    in_new_netns(|| async {
+        let tables = |family| {
+            ["filter", "nat"]
+                .into_iter()
+                .filter(|t| legacy_table_exists(family, t))
+                .collect::<Vec<_>>()
+        };
+        assert!(
+            backends::kernel::iptables::remove_flannel_chains()
+                .unwrap()
+                .is_empty()
+        );
+        for net in ["10.244.0.0/16", "fd00:10:244::/56"] {
+            let outcomes = ForwardRules::ensure(net.parse().unwrap()).unwrap();
+            assert!(
+                outcomes.iter().all(|(_, o)| *o == FlavorOutcome::NotNeeded),
+                "{net}: {outcomes:?}"
+            );
+        }
+        assert_eq!(tables(IpFamily::V4), Vec::<&str>::new());
+        assert_eq!(tables(IpFamily::V6), Vec::<&str>::new());
+        let ruleset = Command::new("nft")
+            .args(["list", "ruleset"])
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&ruleset.stdout).trim(), "");
+
+        // A host whose legacy FORWARD drops: the table exists, is read and gets our jump.
+        let out = Command::new("ip6tables-legacy")
+            .args(["-P", "FORWARD", "DROP"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        assert!(legacy_table_exists(IpFamily::V6, "filter"));
+        let outcomes = ForwardRules::ensure("fd00:10:244::/56".parse().unwrap()).unwrap();
+        assert!(
+            outcomes.contains(&(
+                backends::kernel::iptables::Flavor::Legacy,
+                FlavorOutcome::Installed
+            )),
+            "{outcomes:?}"
+        );
+        assert!(
+            !legacy_table_exists(IpFamily::V6, "nat"),
+            "nat still untouched"
+        );
+    });
+}

@@ -145,8 +145,28 @@ fn run(tool: &'static str, args: &[&str], stdin: Option<&str>) -> Result<String,
 
 /// `ip[6]tables-save -t TABLE` of `flavor`; `None` when that flavour cannot be used here (not
 /// installed, or its kernel side missing) — one process whether or not it is there.
+///
+/// A legacy table that does not exist in this namespace is reported empty without running
+/// the tool: `iptables-legacy-save -t TABLE` *creates* the table it reads, and with it that
+/// table's netfilter hooks on every packet of the namespace — for `nat`, connection tracking
+/// of all traffic. (nft's `iptables-nft-save` creates nothing.)
 fn save_table(flavor: Flavor, family: IpFamily, table: &str) -> Option<String> {
+    if flavor == Flavor::Legacy && !legacy_table_exists(family, table) {
+        return Some(String::new());
+    }
     run(flavor.save(family), &["-t", table], None).ok()
+}
+
+/// Whether x_tables has `table` of `family` in the calling thread's namespace
+/// (`/proc/thread-self/net/ip{,6}_tables_names`; absent when the module is not loaded, and
+/// then there is no table either).
+pub fn legacy_table_exists(family: IpFamily, table: &str) -> bool {
+    let file = match family {
+        IpFamily::V4 => "ip_tables_names",
+        IpFamily::V6 => "ip6_tables_names",
+    };
+    std::fs::read_to_string(format!("/proc/thread-self/net/{file}"))
+        .is_ok_and(|names| names.lines().any(|l| l.trim() == table))
 }
 
 /// What `iptables-save -t filter` says about `FORWARD` and our chain.
