@@ -3,7 +3,7 @@
 # machine, each node a network namespace running flanneld, two pods per node attached by the
 # `flannel` CNI plugin, a ping/TCP connectivity matrix, then a full teardown.
 #
-#   examples/demo.sh [--backend vxlan|host-gw] [--nodes N] [--pods-per-node M]
+#   examples/demo.sh [--backend vxlan|host-gw|udp] [--stack v4|dual|v6] [--nodes N] [--pods-per-node M]
 #
 # Everything runs in namespaces the demo creates (underlay 198.18.0.0/24, pods 10.244.0.0/16)
 # and removes on exit, also on failure or Ctrl-C. The single-node CNI-only demo is

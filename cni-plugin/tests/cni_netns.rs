@@ -909,7 +909,10 @@ fn dual_stack_pods_get_an_address_gateway_and_default_route_per_family() {
     }
     let node = Node::new("ds");
     node.write_dual_stack_subnet_env();
-    for (i, version) in ["0.3.1", "0.4.0", "1.0.0", "1.1.0"].iter().enumerate() {
+    for (i, version) in ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
+        .iter()
+        .enumerate()
+    {
         let conf = node.conf(version);
         let (a, b) = (Netns::new("dsa"), Netns::new("dsb"));
         let (ca, cb) = (format!("dsa-{i}"), format!("dsb-{i}"));
@@ -1052,5 +1055,50 @@ fn ipv6_only_pods_get_only_ipv6() {
     assert_eq!(out.code, 0, "CHECK: {}", out.stdout);
     node.del_ok("v6a", Some(&a.path()), &with_prev);
     node.del_ok("v6b", Some(&b.path()), &conf);
+    assert!(node.reservations("cbr0").is_empty());
+}
+
+#[test]
+fn dual_stack_gc_releases_both_families_and_status_reads_the_ipv6_keys() {
+    if !require_root("dual_stack_gc_releases_both_families_and_status_reads_the_ipv6_keys") {
+        return;
+    }
+    let node = Node::new("dgc");
+    node.write_dual_stack_subnet_env();
+    let conf = node.conf("1.1.0");
+    let pods: Vec<Netns> = (0..3).map(|_| Netns::new("dgp")).collect();
+    for (i, p) in pods.iter().enumerate() {
+        node.add_ok(&format!("d{i}"), p, &conf);
+    }
+    assert_eq!(
+        node.reservations("cbr0").len(),
+        6,
+        "one address per family per pod"
+    );
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] = serde_json::json!([{"containerID": "d1", "ifname": "eth0"}]);
+    let out = node.run("GC", "", None, "", &gc);
+    assert_eq!(out.code, 0, "{}", out.stdout);
+    let left = node.reservations("cbr0");
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(left.iter().any(|a| a.contains(':')) && left.iter().any(|a| a.contains('.')));
+    for ip in &left {
+        let owner = std::fs::read_to_string(node.ipam_dir().join("cbr0").join(ip)).unwrap();
+        assert_eq!(owner, "d1\r\neth0");
+    }
+    assert_eq!(node.run("STATUS", "", None, "", &conf).code, 0);
+    // IPv6-only subnet.env: still ready; a broken IPv6 key is not.
+    node.write_ipv6_only_subnet_env();
+    assert_eq!(node.run("STATUS", "", None, "", &conf).code, 0);
+    std::fs::write(
+        node.subnet_file(),
+        "FLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=zz::/64\nFLANNEL_MTU=1430\nFLANNEL_IPMASQ=true\n",
+    )
+    .unwrap();
+    assert_eq!(node.run("STATUS", "", None, "", &conf).err_code(), 50);
+    node.write_dual_stack_subnet_env();
+    for (i, p) in pods.iter().enumerate() {
+        node.del_ok(&format!("d{i}"), Some(&p.path()), &conf);
+    }
     assert!(node.reservations("cbr0").is_empty());
 }

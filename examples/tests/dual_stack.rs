@@ -261,7 +261,10 @@ fn udp_with_ipv6_is_refused_clearly() {
 /// with the node's IPv6 address, and pod-to-pod IPv6 keeping the pod's.
 #[test]
 fn dual_stack_masquerade_and_ip6tables_forward_drop() {
-    if !prerequisites("dual_stack_masquerade_and_ip6tables_forward_drop") {
+    if !flannel_examples::cluster::prerequisites(
+        "dual_stack_masquerade_and_ip6tables_forward_drop",
+        &["iptables-nft", "ip6tables-nft", "ip6tables-nft-save"],
+    ) {
         return;
     }
     let mut spec = ClusterSpec::new(2, Backend::Vxlan).with_stack(Stack::Dual);

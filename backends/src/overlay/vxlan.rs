@@ -324,6 +324,26 @@ mod tests {
     }
 
     #[test]
+    fn direct_routing_sends_on_link_ipv6_peers_straight_to_their_public_ipv6() {
+        let cfg = VxlanConfig {
+            direct_routing: true,
+            ..VxlanConfig::default()
+        };
+        let d = VxlanDriver::new(&cfg, &ext("fd00:198:18::1", 1500)).unwrap();
+        let peer = Peer {
+            subnet: "fd00:10:244:2::/64".parse().unwrap(),
+            public_ip: "fd00:198:18::2".parse().unwrap(),
+            backend_data: Some(serde_json::json!({"VNI": 1, "VtepMAC": "0a:00:00:00:00:02"})),
+        };
+        let direct = d.peer_entries(&peer, true).unwrap().unwrap();
+        assert_eq!(direct.route.gateway, Some(peer.public_ip));
+        assert_eq!(direct.route.dev, RouteDev::External);
+        assert_eq!((direct.neigh, direct.fdb), (None, None));
+        let tunnelled = d.peer_entries(&peer, false).unwrap().unwrap();
+        assert_eq!(tunnelled.route.dev, RouteDev::Overlay);
+    }
+
+    #[test]
     fn mac_text_round_trip_and_backend_data_parsing() {
         let m = [0x0a, 0xbc, 0x00, 0x01, 0xfe, 0xff];
         assert_eq!(format_mac(&m), "0a:bc:00:01:fe:ff");

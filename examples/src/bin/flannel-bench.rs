@@ -5,7 +5,12 @@
 //!                                                         (etcd put over HTTP, routes polled via netlink)
 //! flannel-bench scale       [--backend B] [--leases N]   N synthetic leases -> all programmed; RSS
 //! flannel-bench acquire     [--leases N]                 acquire time with N existing leases
-//! flannel-bench throughput  [--backend B] [--dur S] [--reps R]   pod-to-pod TCP (iperf3)
+//! flannel-bench throughput  [--backend B] [--dur S] [--reps R] [--stack v4|dual|v6]
+//!                           [--pod-masq yes|no]           pod-to-pod TCP (iperf3); v6 and dual
+//!                                                         measure the pods' IPv6 addresses;
+//!                                                         `--pod-masq no` sets the delegate's
+//!                                                         `ipMasq: false` (no NAT chain, so no
+//!                                                         conntrack, like a hand-built topology)
 //! flannel-bench failover    [--rounds N]                 3-member TLS etcd: leader SIGKILLed ->
 //!                                                         a lease written after it programmed on
 //!                                                         all 3 nodes; lowest lease TTL left
@@ -18,12 +23,12 @@
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
-use flannel_examples::cluster::{Backend, Binaries, Cluster, ClusterSpec, wait_until};
+use flannel_examples::cluster::{Backend, Binaries, Cluster, ClusterSpec, Stack, wait_until};
 
 fn usage() -> ExitCode {
     eprintln!(
         "usage: flannel-bench convergence|scale|acquire|throughput|failover [--backend vxlan|host-gw] \
-         [--rounds N] [--leases N] [--dur S] [--reps R]"
+         [--rounds N] [--leases N] [--dur S] [--reps R] [--stack v4|dual|v6] [--pod-masq yes|no]"
     );
     ExitCode::from(2)
 }
@@ -34,6 +39,8 @@ struct Args {
     leases: usize,
     dur: u32,
     reps: usize,
+    stack: Stack,
+    pod_masq: bool,
 }
 
 fn bins() -> Binaries {
@@ -489,14 +496,25 @@ fn ping_rtts(from: &str, to: &str, count: u32) -> Vec<f64> {
 }
 
 fn throughput(a: &Args) -> Result<(), String> {
-    let mut c = Cluster::start(spec(2, a.backend))?;
+    let mut spec = spec(2, a.backend).with_stack(a.stack);
+    if !a.pod_masq {
+        spec.cni_delegate_extra = serde_json::json!({"ipMasq": false});
+    }
+    let mut c = Cluster::start(spec)?;
     let p1 = c.add_pod(0, "a")?;
     let p2 = c.add_pod(1, "b")?;
-    if !c.ping_within(&p1, p2.ip, Duration::from_secs(5)) {
+    // IPv4 unless the cluster has IPv6: then the pods' IPv6 addresses (`<backend>-v6`).
+    let (dst, b) = match p2.ips.iter().find(|ip| ip.is_ipv6()) {
+        Some(v6) if a.stack != Stack::V4 => (*v6, format!("{}-v6", a.backend.type_name())),
+        _ => (
+            std::net::IpAddr::V4(p2.ip),
+            a.backend.type_name().to_string(),
+        ),
+    };
+    if !c.ping_within(&p1, dst, Duration::from_secs(5)) {
         return Err("pods cannot reach each other".into());
     }
-    let b = a.backend.type_name();
-    let mut rtts = ping_rtts(&p1.ns, &p2.ip.to_string(), 200);
+    let mut rtts = ping_rtts(&p1.ns, &dst.to_string(), 200);
     if !rtts.is_empty() {
         rtts.sort_by(|x, y| x.total_cmp(y));
         let p99 = rtts[((rtts.len() * 99).div_ceil(100)).saturating_sub(1)];
@@ -516,7 +534,7 @@ fn throughput(a: &Args) -> Result<(), String> {
         let (busy0, total0) = cpu_jiffies();
         let out = Command::new("ip")
             .args(["netns", "exec", &p1.ns, "iperf3", "-c"])
-            .arg(p2.ip.to_string())
+            .arg(dst.to_string())
             .args(["-p", "5201", "-J", "-t"])
             .arg(a.dur.to_string())
             .output()
@@ -561,6 +579,8 @@ fn main() -> ExitCode {
         leases: 1000,
         dur: 10,
         reps: 3,
+        stack: Stack::V4,
+        pod_masq: true,
     };
     while let Some(flag) = argv.next() {
         let value = argv.next();
@@ -570,6 +590,22 @@ fn main() -> ExitCode {
             ("--leases", Some(v)) => v.parse().map(|n| a.leases = n).is_ok(),
             ("--dur", Some(v)) => v.parse().map(|n| a.dur = n).is_ok(),
             ("--reps", Some(v)) => v.parse().map(|n| a.reps = n).is_ok(),
+            ("--pod-masq", Some(v @ ("yes" | "no"))) => {
+                a.pod_masq = v == "yes";
+                true
+            }
+            ("--stack", Some("v4")) => {
+                a.stack = Stack::V4;
+                true
+            }
+            ("--stack", Some("dual")) => {
+                a.stack = Stack::Dual;
+                true
+            }
+            ("--stack", Some("v6")) => {
+                a.stack = Stack::V6Only;
+                true
+            }
             _ => false,
         };
         if !ok {

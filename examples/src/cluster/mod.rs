@@ -127,6 +127,8 @@ pub struct ClusterSpec {
     pub etcd_tls_members: usize,
     /// Address families.
     pub stack: Stack,
+    /// Extra keys merged into the CNI config's `delegate` object (e.g. `{"ipMasq": false}`).
+    pub cni_delegate_extra: serde_json::Value,
 }
 
 impl ClusterSpec {
@@ -143,6 +145,7 @@ impl ClusterSpec {
             start_daemons: true,
             etcd_tls_members: 0,
             stack: Stack::V4,
+            cni_delegate_extra: serde_json::json!({}),
         }
     }
 

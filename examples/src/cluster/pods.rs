@@ -13,12 +13,21 @@ impl Cluster {
     /// The stock flannel CNI config for node `i`.
     pub fn cni_conf(&self, i: usize) -> serde_json::Value {
         let d = &self.nodes[i].dir;
-        serde_json::json!({
+        let mut conf = serde_json::json!({
             "cniVersion": "0.3.1", "name": "cbr0", "type": "flannel",
             "subnetFile": self.nodes[i].subnet_file(), "dataDir": d.join("flannel"),
             "delegate": {"hairpinMode": true, "isDefaultGateway": true},
             "ipam": {"dataDir": d.join("ipam")},
-        })
+        });
+        if let (Some(delegate), Some(extra)) = (
+            conf["delegate"].as_object_mut(),
+            self.spec.cni_delegate_extra.as_object(),
+        ) {
+            for (k, v) in extra {
+                delegate.insert(k.clone(), v.clone());
+            }
+        }
+        conf
     }
 
     /// Runs the CNI plugin inside node `i`'s namespace.
