@@ -103,3 +103,80 @@ async fn lease_table_json_reservations_and_release() {
     let (ok, _, err) = ctl(&server, &["release", "10.244.2.0/24"]);
     assert!(!ok && err.contains("no key"), "{err}");
 }
+
+#[tokio::test]
+async fn dual_stack_and_ipv6_only_leases_show_both_families() {
+    let Some(server) = EtcdServer::start_or_skip().await else {
+        return;
+    };
+    let store = EtcdLeaseStore::connect(EtcdConfig {
+        endpoints: vec![server.endpoint()],
+        ..EtcdConfig::default()
+    })
+    .await
+    .unwrap();
+    let mut dual = LeaseAttrs::new("198.18.0.3".parse().unwrap(), "vxlan");
+    dual.public_ipv6 = Some("fd00:198:18::3".parse().unwrap());
+    dual.backend_data = Some(json!({"VNI": 1, "VtepMAC": "0a:00:00:00:00:03"}));
+    dual.backend_v6_data = Some(json!({"VNI": 1, "VtepMAC": "0a:00:00:00:06:03"}));
+    let mut v6_only = LeaseAttrs::new(std::net::Ipv4Addr::UNSPECIFIED, "vxlan");
+    v6_only.public_ipv6 = Some("fd00:198:18::4".parse().unwrap());
+    v6_only.backend_v6_data = Some(json!({"VNI": 1, "VtepMAC": "0a:00:00:00:06:04"}));
+    for lease in [
+        Lease::new(
+            "10.244.3.0/24".parse().unwrap(),
+            Some("fd00:10:244:3::/64".parse().unwrap()),
+            dual,
+        ),
+        Lease::new(
+            ipam::lease::NO_IPV4_SUBNET,
+            Some("fd00:10:244:4::/64".parse().unwrap()),
+            v6_only,
+        ),
+    ] {
+        let CreateOutcome::Created(_) = store
+            .create_if_absent(&lease, Duration::from_secs(600))
+            .await
+            .unwrap()
+        else {
+            panic!("create")
+        };
+    }
+    let (ok, table, err) = ctl(&server, &["leases"]);
+    assert!(ok, "{err}");
+    let row = |needle: &str| {
+        table
+            .lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("{needle} not in {table}"))
+            .to_string()
+    };
+    let d = row("10.244.3.0/24,fd00:10:244:3::/64");
+    assert!(
+        d.contains("198.18.0.3,fd00:198:18::3")
+            && d.contains("0a:00:00:00:00:03,0a:00:00:00:06:03"),
+        "{d}"
+    );
+    let v6 = row("fd00:10:244:4::/64");
+    assert!(
+        !v6.contains("0.0.0.0"),
+        "the empty IPv4 half is left out: {v6}"
+    );
+    assert!(
+        v6.contains(" fd00:198:18::4 ") && v6.contains("0a:00:00:00:06:04"),
+        "{v6}"
+    );
+
+    let (ok, out, err) = ctl(&server, &["leases", "-o", "json"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let v6_row = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["ipv6_subnet"] == "fd00:10:244:4::/64")
+        .expect("IPv6-only row");
+    assert_eq!(v6_row["subnet"], "0.0.0.0/0", "flannel's key, as stored");
+    assert_eq!(v6_row["public_ipv6"], "fd00:198:18::4");
+    assert_eq!(v6_row["vtep_mac_or_key_v6"], "0a:00:00:00:06:04");
+}

@@ -79,17 +79,21 @@ struct Row {
     subnet: String,
     ipv6_subnet: Option<String>,
     public_ip: String,
+    /// `PublicIPv6` (dual-stack and IPv6-only leases).
+    public_ipv6: Option<String>,
     backend: String,
     /// VTEP MAC (vxlan) or public key (wireguard), if the lease carries one.
     vtep_mac_or_key: Option<String>,
+    /// The same from `BackendV6Data`.
+    vtep_mac_or_key_v6: Option<String>,
     /// Seconds left on the etcd lease; `null` for a reservation.
     ttl_seconds: Option<i64>,
     kind: &'static str,
     lease_id: Option<String>,
 }
 
-fn backend_detail(attrs: &LeaseAttrs) -> Option<String> {
-    let data = attrs.backend_data.as_ref()?;
+fn backend_detail(data: Option<&serde_json::Value>) -> Option<String> {
+    let data = data?;
     ["VtepMAC", "PublicKey"]
         .iter()
         .find_map(|k| data.get(k).and_then(|v| v.as_str()).map(str::to_string))
@@ -114,8 +118,10 @@ async fn rows(store: &EtcdLeaseStore) -> anyhow::Result<Vec<Row>> {
             subnet: l.subnet.to_string(),
             ipv6_subnet: l.ipv6_subnet.map(|s| s.to_string()),
             public_ip: l.attrs.public_ip.to_string(),
+            public_ipv6: l.attrs.public_ipv6.map(|a| a.to_string()),
             backend: l.attrs.backend_type.clone(),
-            vtep_mac_or_key: backend_detail(&l.attrs),
+            vtep_mac_or_key: backend_detail(l.attrs.backend_data.as_ref()),
+            vtep_mac_or_key_v6: backend_detail(l.attrs.backend_v6_data.as_ref()),
             ttl_seconds: ttl,
             kind: if l.leased { "lease" } else { "reservation" },
             lease_id: l.lease_id.map(|id| format!("{id:x}")),
@@ -126,8 +132,10 @@ async fn rows(store: &EtcdLeaseStore) -> anyhow::Result<Vec<Row>> {
             subnet: v4.to_string(),
             ipv6_subnet: None,
             public_ip: "?".into(),
+            public_ipv6: None,
             backend: "?".into(),
             vtep_mac_or_key: None,
+            vtep_mac_or_key_v6: None,
             ttl_seconds: None,
             kind: "unreadable",
             lease_id: None,
@@ -154,11 +162,26 @@ fn print_table(rows: &[Row]) {
     let cells: Vec<[String; 6]> = rows
         .iter()
         .map(|r| {
+            // Both families, comma-separated; an IPv6-only lease's IPv4 half (flannel's empty
+            // 0.0.0.0/0, PublicIP 0.0.0.0) is left out.
+            let both = |v4: &str, v6: Option<&String>, empty: &str| {
+                let v4 = (v4 != empty).then(|| v4.to_string());
+                let all: Vec<String> = v4.into_iter().chain(v6.cloned()).collect();
+                if all.is_empty() {
+                    "-".to_string()
+                } else {
+                    all.join(",")
+                }
+            };
             [
-                r.subnet.clone(),
-                r.public_ip.clone(),
+                both(&r.subnet, r.ipv6_subnet.as_ref(), "0.0.0.0/0"),
+                both(&r.public_ip, r.public_ipv6.as_ref(), "0.0.0.0"),
                 r.backend.clone(),
-                r.vtep_mac_or_key.clone().unwrap_or_else(|| "-".into()),
+                both(
+                    r.vtep_mac_or_key.as_deref().unwrap_or(""),
+                    r.vtep_mac_or_key_v6.as_ref(),
+                    "",
+                ),
                 r.ttl_seconds
                     .map(|t| format_ttl(Duration::from_secs(t.max(0) as u64)))
                     .unwrap_or_else(|| "-".into()),
