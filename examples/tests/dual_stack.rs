@@ -91,6 +91,53 @@ fn assert_routes(c: &Cluster, backend: Backend, stack: Stack) {
     }
 }
 
+/// The permanent NDP entries (IP → MAC) and the FDB remotes on node `i`'s `flannel-v6.1`.
+fn v6_overlay_state(c: &Cluster, i: usize) -> (Vec<String>, Vec<String>) {
+    let mut neigh: Vec<String> = c
+        .node_ip_json(i, &["-6", "neigh", "show", "dev", "flannel-v6.1"])
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter(|n| {
+            n["state"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|x| x == "PERMANENT"))
+        })
+        .filter_map(|n| n["dst"].as_str().map(str::to_string))
+        .collect();
+    neigh.sort();
+    let fdb = c.node_exec(i, &["bridge", "-j", "fdb", "show", "dev", "flannel-v6.1"]);
+    let fdb: serde_json::Value = serde_json::from_slice(&fdb.stdout).unwrap_or_default();
+    let mut remotes: Vec<String> = fdb
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["dst"].as_str().map(str::to_string))
+        .collect();
+    remotes.sort();
+    (neigh, remotes)
+}
+
+/// What `flannel-v6.1` must hold for `peers`: their subnets' first addresses, their nodes'
+/// IPv6 addresses.
+fn expected_v6_overlay_state(c: &Cluster, peers: &[usize]) -> (Vec<String>, Vec<String>) {
+    let mut neigh: Vec<String> = peers
+        .iter()
+        .map(|j| {
+            let s = c.node_subnet6(*j).unwrap();
+            s.split('/').next().unwrap().to_string()
+        })
+        .collect();
+    neigh.sort();
+    let mut remotes: Vec<String> = peers
+        .iter()
+        .map(|j| c.nodes[*j].ip6.unwrap().to_string())
+        .collect();
+    remotes.sort();
+    (neigh, remotes)
+}
+
 fn scenario(backend: Backend, stack: Stack) {
     let name = format!("{}_{stack:?}", backend.type_name());
     if !prerequisites(&name) {
@@ -152,13 +199,18 @@ fn scenario(backend: Backend, stack: Stack) {
 
     // A deleted IPv6 route (and, vxlan, the IPv6 device) is put back.
     let peer6 = c.node_subnet6(1).expect("v6 subnet");
-    c.node_exec(0, &["ip", "-6", "route", "del", &peer6]);
+    let del = c.node_exec(0, &["ip", "-6", "route", "del", &peer6]);
+    assert!(del.status.success(), "ip -6 route del {peer6}: {del:?}");
     assert!(
         wait_until(Duration::from_secs(3), || v6_route(&c, 0, &peer6).is_some()),
         "route to {peer6} not restored; log:\n{}",
         c.flanneld_log(0)
     );
     if backend == Backend::Vxlan {
+        assert_eq!(
+            v6_overlay_state(&c, 0),
+            expected_v6_overlay_state(&c, &[1, 2])
+        );
         let out = c.node_exec(0, &["ip", "link", "del", "flannel-v6.1"]);
         assert!(out.status.success());
         assert!(
@@ -180,6 +232,10 @@ fn scenario(backend: Backend, stack: Stack) {
             .map(|j| c.nodes[j].ip6.unwrap().to_string())
             .collect();
         assert_eq!(dsts, want, "FDB entries to both peers' IPv6 addresses");
+        assert_eq!(
+            v6_overlay_state(&c, 0),
+            expected_v6_overlay_state(&c, &[1, 2])
+        );
     }
     assert_mesh_all_families(&c, &pods, false);
 
@@ -210,6 +266,15 @@ fn scenario(backend: Backend, stack: Stack) {
         c.node_routes(0),
         c.node_routes6(0)
     );
+    if backend == Backend::Vxlan {
+        // The departed peer's NDP and FDB entries went with its route.
+        assert!(
+            wait_until(Duration::from_secs(3), || v6_overlay_state(&c, 0)
+                == expected_v6_overlay_state(&c, &[1])),
+            "{:?}",
+            v6_overlay_state(&c, 0)
+        );
+    }
     let rest: Vec<Pod> = pods.iter().filter(|p| p.node < 2).cloned().collect();
     assert_mesh_all_families(&c, &rest, false);
 }

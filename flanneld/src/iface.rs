@@ -19,7 +19,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use backends::kernel::netlink::{IpFamily, Link, Netlink};
+use backends::kernel::netlink::{AddressEntry, IpFamily, Link, Netlink};
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
 /// Why no interface could be chosen; every message names the flag at fault.
@@ -124,15 +124,31 @@ fn usable_v6(a: &Ipv6Addr) -> bool {
     !a.is_loopback() && !a.is_multicast() && (a.segments()[0] & 0xffc0) != 0xfe80
 }
 
+/// A link's usable addresses. IPv6 as flannel's `GetInterfaceIP6Addrs`: deprecated and
+/// duplicate (DAD-failed) addresses are skipped, and configured (`permanent`) addresses come
+/// before autoconfigured ones, stable ones before temporary (privacy) ones — so the tunnel
+/// endpoint and `PublicIPv6` do not follow an address that rotates away.
 async fn candidate(nl: &Netlink, link: Link) -> Result<Candidate, IfaceError> {
     let (mut v4, mut v6) = (Vec::new(), Vec::new());
-    for a in nl.addresses(link.index).await? {
-        match a {
+    for a in nl.address_entries(link.index).await? {
+        match a.net {
             IpNetwork::V4(n) if !n.ip().is_link_local() && !n.ip().is_loopback() => v4.push(n),
-            IpNetwork::V6(n) if usable_v6(&n.ip()) => v6.push(n),
+            IpNetwork::V6(n)
+                if usable_v6(&n.ip())
+                    && !a.has(AddressEntry::DEPRECATED)
+                    && !a.has(AddressEntry::DADFAILED) =>
+            {
+                let rank = (
+                    !a.has(AddressEntry::PERMANENT),
+                    a.has(AddressEntry::TEMPORARY),
+                );
+                v6.push((rank, n));
+            }
             _ => {}
         }
     }
+    v6.sort_by_key(|(rank, _)| *rank);
+    let v6 = v6.into_iter().map(|(_, n)| n).collect();
     Ok(Candidate { link, v4, v6 })
 }
 

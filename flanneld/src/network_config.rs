@@ -181,6 +181,28 @@ impl NetworkConfig {
             Some(Value::Object(b)) => parse_backend(&Section::new(b, "Backend."))?,
             Some(v) => return Err(invalid("Backend", format!("expected an object, got {v}"))),
         };
+        if let (BackendConfig::Vxlan(v), Some(_)) = (&backend, &ipv6) {
+            use backends::overlay::vxlan::{MAX_VNI_V6, VXLAN_V6_OVERHEAD};
+            if v.vni > MAX_VNI_V6 {
+                return Err(invalid(
+                    "Backend.VNI",
+                    format!(
+                        "{} is too large with EnableIPv6: the device flannel-v6.<VNI> must fit \
+                         in 15 bytes (VNI <= {MAX_VNI_V6})",
+                        v.vni
+                    ),
+                ));
+            }
+            let floor = backends::overlay::MIN_IPV6_MTU + VXLAN_V6_OVERHEAD;
+            if let Some(m) = v.mtu.filter(|m| *m < floor) {
+                return Err(invalid(
+                    "Backend.MTU",
+                    format!(
+                        "{m} is too small with EnableIPv6: flannel-v6.<VNI> needs MTU - 70 >= 1280"
+                    ),
+                ));
+            }
+        }
         if matches!(backend, BackendConfig::Udp(_)) && ipv6.is_some() {
             return Err(invalid(
                 "Backend.Type",
@@ -372,6 +394,14 @@ mod tests {
             ),
             (
                 r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","MTU":100}}"#,
+                "Backend.MTU",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"vxlan","VNI":10000}}"#,
+                "Backend.VNI",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"vxlan","MTU":1349}}"#,
                 "Backend.MTU",
             ),
             (r#"not json"#, "<json>"),

@@ -325,6 +325,47 @@ fn ipv6_only_uses_the_ipv6_default_route_and_needs_no_ipv4() {
         );
         assert_eq!(s.name, "ul2");
 
+        // Newer addresses are listed first; a deprecated one and a dynamic (autoconfigured,
+        // not `permanent`) one must not become the tunnel endpoint.
+        ip(&[
+            "-6",
+            "addr",
+            "add",
+            "fd00:198:1a::d/64",
+            "dev",
+            "ul2",
+            "nodad",
+            "preferred_lft",
+            "0",
+        ]);
+        ip(&[
+            "-6",
+            "addr",
+            "add",
+            "fd00:198:1a::5/64",
+            "dev",
+            "ul2",
+            "nodad",
+            "valid_lft",
+            "300",
+            "preferred_lft",
+            "300",
+        ]);
+        let only_ul2 = IfaceSelector {
+            ifaces: vec!["ul2".into()],
+            ..v6_only.clone()
+        };
+        assert_eq!(
+            pick(&nl, &rt, only_ul2.clone()).iface_addr6,
+            Some(v6("fd00:198:1a::9"))
+        );
+        ip(&["-6", "addr", "del", "fd00:198:1a::9/64", "dev", "ul2"]);
+        assert_eq!(
+            pick(&nl, &rt, only_ul2).iface_addr6,
+            Some(v6("fd00:198:1a::5")),
+            "a dynamic address beats a deprecated one"
+        );
+
         ip(&["-6", "route", "del", "default"]);
         let e = pick_err(&nl, &rt, v6_only);
         assert!(e.contains("no IPv6 default route"), "{e}");

@@ -436,3 +436,56 @@ async fn watch_and_keeper_survive_an_etcd_restart() {
     watcher.await.unwrap();
     keeper.await.unwrap();
 }
+
+/// Dual stack over the real etcd: another node takes the IPv6 half we picked, under another
+/// key (another IPv4 subnet), between our listing and our create. The key compare alone
+/// would let both leases exist; the create's revision guard (a `mod_revision` compare over
+/// the whole `subnets/` prefix) makes ours lose the round, and the next round picks a free
+/// IPv6 subnet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dual_stack_create_guard_holds_on_etcd() {
+    let Some(server) = EtcdServer::start_or_skip().await else {
+        return;
+    };
+    const DUAL: &str = r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}"#;
+    let inner = store(&server).await;
+    let thief_store = inner.clone();
+    let stolen = Arc::new(AtomicBool::new(false));
+    let once = stolen.clone();
+    let hooked = HookedStore::new(inner.clone()).before(move |call| {
+        let StoreCall::CreateIfAbsent(lease, ttl) = call else {
+            return None;
+        };
+        if once.swap(true, Ordering::SeqCst) {
+            return None;
+        }
+        let other_v4 = ipam::net::next_subnet(lease.subnet).expect("next subnet");
+        let mut a = attrs("198.18.9.9", "0a:00:00:00:09:09");
+        a.public_ipv6 = Some("fd00:198:18::99".parse().unwrap());
+        let thief = Lease::new(other_v4, lease.ipv6_subnet, a);
+        let st = thief_store.clone();
+        Some(Box::pin(async move {
+            match st.create_if_absent(&thief, ttl).await {
+                Ok(CreateOutcome::Created(_)) => Ok(()),
+                other => panic!("thief: {other:?}"),
+            }
+        }))
+    });
+    let hooked = Arc::new(hooked);
+    let m = SubnetManager::new(
+        hooked.clone(),
+        NetworkConfig::parse(DUAL).unwrap(),
+        cfg(60, 10),
+    );
+    let mut me = attrs("198.18.0.1", "0a:00:00:00:00:01");
+    me.public_ipv6 = Some("fd00:198:18::1".parse().unwrap());
+    let got = m.acquire(&me, None).await.expect("acquire");
+    assert!(stolen.load(Ordering::SeqCst));
+    assert_eq!(hooked.counts().create_if_absent, 2, "lost one round");
+    let leases = inner.list().await.unwrap().leases;
+    assert_eq!(leases.len(), 2);
+    let v6: std::collections::HashSet<_> = leases.iter().map(|l| l.ipv6_subnet).collect();
+    let v4: std::collections::HashSet<_> = leases.iter().map(|l| l.subnet).collect();
+    assert_eq!((v4.len(), v6.len()), (2, 2), "{leases:#?}");
+    assert!(leases.iter().any(|l| l.id() == got.id()));
+}

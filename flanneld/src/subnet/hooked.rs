@@ -240,6 +240,16 @@ impl<S: LeaseStore> LeaseStore for HookedStore<S> {
         self.inner.create_if_absent(lease, ttl).await
     }
 
+    async fn create_if_unchanged(
+        &self,
+        lease: &Lease,
+        ttl: Duration,
+        listed: Revision,
+    ) -> Result<CreateOutcome, StoreError> {
+        self.enter(StoreCall::CreateIfAbsent(lease, ttl)).await?;
+        self.inner.create_if_unchanged(lease, ttl, listed).await
+    }
+
     async fn update(&self, lease: &Lease, ttl: Duration) -> Result<UpdateOutcome, StoreError> {
         self.enter(StoreCall::Update(lease, ttl)).await?;
         self.inner.update(lease, ttl).await

@@ -258,6 +258,17 @@ pub trait LeaseStore: Send + Sync + 'static {
         ttl: Duration,
     ) -> impl Future<Output = Result<CreateOutcome, StoreError>> + Send;
 
+    /// [`LeaseStore::create_if_absent`], and only if no subnet key was written after
+    /// revision `listed` (the listing the subnets were picked from); otherwise
+    /// `Exists(None)`. A dual-stack key names two subnets, so two nodes can pick the same
+    /// half under different keys: the key compare alone cannot see that, this guard can.
+    fn create_if_unchanged(
+        &self,
+        lease: &Lease,
+        ttl: Duration,
+        listed: Revision,
+    ) -> impl Future<Output = Result<CreateOutcome, StoreError>> + Send;
+
     /// Writes `lease.attrs` to an existing key, only if the key still has the TTL lease
     /// `lease.lease_id` (or, when `!lease.leased`, still has none). A leased key moves to a
     /// fresh TTL lease of `ttl` (the old one is revoked when nothing else uses it); a

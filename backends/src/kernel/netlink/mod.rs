@@ -61,7 +61,8 @@ pub use link::{Link, VethSpec, format_mac, parse_mac, valid_ifname};
 use link::{check_ifname, skip_stats};
 use route::route_ip;
 pub use route::{
-    IpFamily, RT_SCOPE_LINK, RT_SCOPE_UNIVERSE, RT_TABLE_MAIN, RTPROT_BOOT, RTPROT_STATIC, Route,
+    AddressEntry, IpFamily, RT_SCOPE_LINK, RT_SCOPE_UNIVERSE, RT_TABLE_MAIN, RTPROT_BOOT,
+    RTPROT_STATIC, Route,
 };
 
 /// A route-netlink socket bound to one network namespace, driven by a tokio runtime.

@@ -129,24 +129,38 @@ impl Netlink {
             .collect())
     }
 
-    /// The IPv4 neighbour entries of device `ifindex` (`ip -4 neigh show dev #IFINDEX`).
+    /// The neighbour entries of device `ifindex`, IPv4 (ARP) then IPv6 (NDP) (`ip -4 neigh
+    /// show dev #IFINDEX; ip -6 neigh show dev #IFINDEX`): `flannel-v6.<VNI>` keeps its
+    /// peers in the IPv6 table.
     pub async fn neighbours(&self, ifindex: u32) -> Result<Vec<Neighbour>> {
-        let op = format!("ip -4 neigh show dev #{ifindex}");
-        Ok(self
-            .neigh_dump(&op, AddressFamily::Inet)
-            .await?
-            .into_iter()
-            .filter(|n| n.header.ifindex == ifindex)
-            .filter_map(|n| {
-                let (ip, mac) = parse_attrs(&n);
-                Some(Neighbour {
-                    ifindex,
-                    ip: ip?,
-                    mac,
-                    permanent: n.header.state == NeighbourState::Permanent,
-                })
-            })
-            .collect())
+        let mut all = Vec::new();
+        for (op, family) in [
+            (
+                format!("ip -4 neigh show dev #{ifindex}"),
+                AddressFamily::Inet,
+            ),
+            (
+                format!("ip -6 neigh show dev #{ifindex}"),
+                AddressFamily::Inet6,
+            ),
+        ] {
+            all.extend(
+                self.neigh_dump(&op, family)
+                    .await?
+                    .into_iter()
+                    .filter(|n| n.header.ifindex == ifindex)
+                    .filter_map(|n| {
+                        let (ip, mac) = parse_attrs(&n);
+                        Some(Neighbour {
+                            ifindex,
+                            ip: ip?,
+                            mac,
+                            permanent: n.header.state == NeighbourState::Permanent,
+                        })
+                    }),
+            );
+        }
+        Ok(all)
     }
 
     /// `ip neigh replace IP lladdr MAC dev #IFINDEX nud permanent`.

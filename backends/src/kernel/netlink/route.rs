@@ -225,6 +225,31 @@ impl Route {
     }
 }
 
+/// An address of a link with its `IFA_F_*` flags (see [`Netlink::address_entries`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AddressEntry {
+    /// The address with its prefix length.
+    pub net: IpNetwork,
+    /// `IFA_F_*` bits.
+    pub flags: u32,
+}
+
+impl AddressEntry {
+    /// `IFA_F_TEMPORARY` (an IPv6 privacy address; the same bit as `IFA_F_SECONDARY`).
+    pub const TEMPORARY: u32 = 0x01;
+    /// `IFA_F_DADFAILED`.
+    pub const DADFAILED: u32 = 0x08;
+    /// `IFA_F_DEPRECATED`.
+    pub const DEPRECATED: u32 = 0x20;
+    /// `IFA_F_PERMANENT` (configured, not from autoconfiguration).
+    pub const PERMANENT: u32 = 0x80;
+
+    /// Whether `flag` is set.
+    pub fn has(&self, flag: u32) -> bool {
+        self.flags & flag != 0
+    }
+}
+
 pub(super) fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
     match a {
         RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
@@ -237,6 +262,18 @@ impl Netlink {
     /// Global- and link-scope addresses of link `index` with their prefix lengths
     /// (`ip addr show dev #INDEX scope global` plus `scope link`).
     pub async fn addresses(&self, index: u32) -> Result<Vec<IpNetwork>> {
+        Ok(self
+            .address_entries(index)
+            .await?
+            .into_iter()
+            .map(|a| a.net)
+            .collect())
+    }
+
+    /// [`Netlink::addresses`] with each address's `IFA_FLAGS` (`ip addr show` prints them:
+    /// `temporary`, `deprecated`, `dadfailed`, `permanent` ...), for choosing among IPv6
+    /// addresses the way flannel does.
+    pub async fn address_entries(&self, index: u32) -> Result<Vec<AddressEntry>> {
         let mut m = AddressMessage::default();
         m.header.index = index;
         let replies = self
@@ -258,17 +295,20 @@ impl Netlink {
             }
             let mut local = None;
             let mut address = None;
+            // The header carries the low 8 flag bits; IFA_FLAGS, when present, all of them.
+            let mut flags = u32::from(a.header.flags.bits());
             for attr in &a.attributes {
                 match attr {
                     AddressAttribute::Local(ip) => local = Some(*ip),
                     AddressAttribute::Address(ip) => address = Some(*ip),
+                    AddressAttribute::Flags(f) => flags = f.bits(),
                     _ => {}
                 }
             }
             if let Some(ip) = local.or(address)
                 && let Ok(net) = IpNetwork::new(ip, a.header.prefix_len)
             {
-                out.push(net);
+                out.push(AddressEntry { net, flags });
             }
         }
         Ok(out)

@@ -230,6 +230,52 @@ impl EtcdLeaseStore {
             _ => None,
         })
     }
+
+    /// `create_if_absent`, plus, with `listed`, `mod_revision < listed + 1` over every
+    /// subnet key (`etcdctl txn` compare with a prefix range): nothing under `subnets/` was
+    /// written since the listing.
+    async fn create_guarded(
+        &self,
+        lease: &Lease,
+        ttl: Duration,
+        listed: Option<Revision>,
+    ) -> Result<CreateOutcome, StoreError> {
+        let key = self.key_of(&lease.id());
+        let (lease_id, granted) = self.grant(ttl).await?;
+        let mut when = vec![Compare::version(key.as_str(), CompareOp::Equal, 0)];
+        if let Some(rev) = listed {
+            when.push(
+                Compare::mod_revision(self.subnets_prefix().as_str(), CompareOp::Less, rev + 1)
+                    .with_prefix(),
+            );
+        }
+        let txn = Txn::new()
+            .when(when)
+            .and_then([TxnOp::put(
+                key.as_str(),
+                lease.attrs.to_json(),
+                Some(PutOptions::new().with_lease(lease_id)),
+            )])
+            .or_else([TxnOp::get(key.as_str(), None)]);
+        let mut c = self.client.clone();
+        let resp = match self.timed("create subnet", c.txn(txn)).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.revoke(lease_id).await;
+                return Err(e);
+            }
+        };
+        if !resp.succeeded() {
+            self.revoke(lease_id).await;
+            // With the revision guard, a miss may be another key written since the listing.
+            return Ok(CreateOutcome::Exists(self.current_from(&resp)));
+        }
+        let mut created = lease.clone();
+        created.leased = true;
+        created.lease_id = Some(lease_id);
+        created.expiration = SystemTime::now().checked_add(granted);
+        Ok(CreateOutcome::Created(created))
+    }
 }
 
 impl LeaseStore for EtcdLeaseStore {
@@ -307,33 +353,16 @@ impl LeaseStore for EtcdLeaseStore {
         lease: &Lease,
         ttl: Duration,
     ) -> Result<CreateOutcome, StoreError> {
-        let key = self.key_of(&lease.id());
-        let (lease_id, granted) = self.grant(ttl).await?;
-        let txn = Txn::new()
-            .when([Compare::version(key.as_str(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(
-                key.as_str(),
-                lease.attrs.to_json(),
-                Some(PutOptions::new().with_lease(lease_id)),
-            )])
-            .or_else([TxnOp::get(key.as_str(), None)]);
-        let mut c = self.client.clone();
-        let resp = match self.timed("create subnet", c.txn(txn)).await {
-            Ok(r) => r,
-            Err(e) => {
-                self.revoke(lease_id).await;
-                return Err(e);
-            }
-        };
-        if !resp.succeeded() {
-            self.revoke(lease_id).await;
-            return Ok(CreateOutcome::Exists(self.current_from(&resp)));
-        }
-        let mut created = lease.clone();
-        created.leased = true;
-        created.lease_id = Some(lease_id);
-        created.expiration = SystemTime::now().checked_add(granted);
-        Ok(CreateOutcome::Created(created))
+        self.create_guarded(lease, ttl, None).await
+    }
+
+    async fn create_if_unchanged(
+        &self,
+        lease: &Lease,
+        ttl: Duration,
+        listed: Revision,
+    ) -> Result<CreateOutcome, StoreError> {
+        self.create_guarded(lease, ttl, Some(listed)).await
     }
 
     async fn update(&self, lease: &Lease, ttl: Duration) -> Result<UpdateOutcome, StoreError> {

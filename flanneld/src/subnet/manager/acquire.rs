@@ -186,10 +186,22 @@ impl<S: LeaseStore> SubnetManager<S> {
                 UpdateOutcome::Updated(u) => Ok(Some(u)),
                 UpdateOutcome::Conflict(_) => Ok(None),
             },
-            Plan::Create(want) => match self.store.create_if_absent(&want, self.cfg.ttl).await? {
-                CreateOutcome::Created(l) => Ok(Some(l)),
-                CreateOutcome::Exists(_) => Ok(None),
-            },
+            Plan::Create(want) => {
+                // A dual-stack key names two subnets: another node may have taken either half
+                // under another key since the listing, which only a revision guard sees.
+                let dual = want.ipv4_subnet().is_some() && want.ipv6_subnet.is_some();
+                let outcome = if dual {
+                    self.store
+                        .create_if_unchanged(&want, self.cfg.ttl, listing.revision)
+                        .await?
+                } else {
+                    self.store.create_if_absent(&want, self.cfg.ttl).await?
+                };
+                match outcome {
+                    CreateOutcome::Created(l) => Ok(Some(l)),
+                    CreateOutcome::Exists(_) => Ok(None),
+                }
+            }
         }
     }
 }

@@ -405,6 +405,65 @@ async fn lost_race_relists_and_repicks() {
     ));
 }
 
+const DUAL: &str = r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}"#;
+
+/// Dual stack: right before our first `n` creates, another node takes the IPv6 half we
+/// picked under a different key (another IPv4 subnet) — keys differ, so only the revision
+/// guard can see it.
+fn racing_for_the_ipv6_half<S: LeaseStore + 'static>(inner: Arc<S>, n: usize) -> HookedStore<S> {
+    let left = Arc::new(std::sync::atomic::AtomicUsize::new(n));
+    let thief_store = inner.clone();
+    HookedStore::new(inner).before(move |call| {
+        use std::sync::atomic::Ordering;
+        let StoreCall::CreateIfAbsent(lease, ttl) = call else {
+            return None;
+        };
+        if left.load(Ordering::SeqCst) == 0 {
+            return None;
+        }
+        left.fetch_sub(1, Ordering::SeqCst);
+        let other_v4 = ipam::net::next_subnet(lease.subnet).expect("a next subnet");
+        let mut a = attrs("198.18.9.9", "0a:00:00:00:09:09");
+        a.public_ipv6 = Some("fd00:198:18::99".parse().unwrap());
+        let thief = Lease::new(other_v4, lease.ipv6_subnet, a);
+        let st = thief_store.clone();
+        Some(Box::pin(async move {
+            st.create_if_absent(&thief, ttl).await.map(|_| ())
+        }))
+    })
+}
+
+/// No two dual-stack leases share a half: (IPv4 subnets, IPv6 subnets) all distinct.
+pub(crate) fn assert_halves_distinct(leases: &[Lease]) {
+    let v4: std::collections::HashSet<_> = leases.iter().map(|l| l.subnet).collect();
+    let v6: std::collections::HashSet<_> = leases.iter().map(|l| l.ipv6_subnet).collect();
+    assert_eq!(
+        (v4.len(), v6.len()),
+        (leases.len(), leases.len()),
+        "{leases:#?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn dual_stack_create_loses_to_a_node_that_took_either_half_under_another_key() {
+    let inner = Arc::new(MemoryLeaseStore::new());
+    let st = Arc::new(racing_for_the_ipv6_half(inner.clone(), 2));
+    let m = manager(st.clone(), DUAL);
+    let mut me = attrs("198.18.0.1", "0a:00:00:00:00:01");
+    me.public_ipv6 = Some("fd00:198:18::1".parse().unwrap());
+    let got = m.acquire(&me, None).await.unwrap();
+    let c = st.counts();
+    assert_eq!(
+        (c.list, c.create_if_absent),
+        (3, 3),
+        "two lost rounds: {c:?}"
+    );
+    let listing = inner.list().await.unwrap();
+    assert_eq!(listing.leases.len(), 3);
+    assert_halves_distinct(&listing.leases);
+    assert!(listing.leases.iter().any(|l| l.id() == got.id()));
+}
+
 #[tokio::test(start_paused = true)]
 async fn exhausted_pool_is_a_clear_error_and_unreadable_keys_count_as_taken() {
     let st = Arc::new(MemoryLeaseStore::new());

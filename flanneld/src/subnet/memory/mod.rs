@@ -283,6 +283,28 @@ impl LeaseStore for MemoryLeaseStore {
         Ok(CreateOutcome::Created(with_expiry(lease.clone(), id, ttl)))
     }
 
+    async fn create_if_unchanged(
+        &self,
+        lease: &Lease,
+        ttl: Duration,
+        listed: Revision,
+    ) -> Result<CreateOutcome, StoreError> {
+        self.check_fail("create_if_absent")?;
+        let key = lease.key();
+        let mut st = self.lock();
+        if let Some(e) = st.keys.get(&key) {
+            return Ok(CreateOutcome::Exists(entry_lease(&key, e)));
+        }
+        // Every revision here is a subnet write (or a TTL expiry): stricter than etcd's
+        // mod-revision compare over the prefix, never looser.
+        if st.revision > listed {
+            return Ok(CreateOutcome::Exists(None));
+        }
+        let id = Self::grant(&mut st, ttl);
+        self.put_entry(&mut st, &key, lease.attrs.to_json().into_bytes(), id);
+        Ok(CreateOutcome::Created(with_expiry(lease.clone(), id, ttl)))
+    }
+
     async fn update(&self, lease: &Lease, ttl: Duration) -> Result<UpdateOutcome, StoreError> {
         self.check_fail("update")?;
         let key = lease.key();
