@@ -179,4 +179,66 @@ async fn dual_stack_and_ipv6_only_leases_show_both_families() {
     assert_eq!(v6_row["subnet"], "0.0.0.0/0", "flannel's key, as stored");
     assert_eq!(v6_row["public_ipv6"], "fd00:198:18::4");
     assert_eq!(v6_row["vtep_mac_or_key_v6"], "0a:00:00:00:06:04");
+
+    // Reservations: dual stack (both halves, both addresses) and IPv6-only.
+    let (ok, out, err) = ctl(
+        &server,
+        &[
+            "reserve",
+            "10.244.9.0/24",
+            "--public-ip",
+            "198.18.0.9",
+            "--ipv6-subnet",
+            "fd00:10:244:9::/64",
+            "--public-ipv6",
+            "fd00:198:18::9",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("reserved 10.244.9.0/24,fd00:10:244:9::/64 for 198.18.0.9,fd00:198:18::9"),
+        "{out}"
+    );
+    let (ok, out, err) = ctl(
+        &server,
+        &[
+            "reserve",
+            "fd00:10:244:a::/64",
+            "--public-ipv6",
+            "fd00:198:18::a",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("reserved fd00:10:244:a::/64 for fd00:198:18::a"),
+        "{out}"
+    );
+    let (ok, _, err) = ctl(&server, &["reserve", "fd00:10:244:b::/64"]);
+    assert!(!ok && err.contains("--public-ipv6"), "{err}");
+    let keys: Vec<String> = store
+        .list()
+        .await
+        .unwrap()
+        .leases
+        .iter()
+        .map(Lease::key)
+        .collect();
+    assert!(
+        keys.contains(&"10.244.9.0-24&fd00:10:244:9::-64".to_string()),
+        "{keys:?}"
+    );
+
+    // Unreserve and release by either half of the key.
+    let (ok, out, err) = ctl(&server, &["unreserve", "fd00:10:244:9::/64"]);
+    assert!(
+        ok && out.contains("unreserved fd00:10:244:9::/64 (10.244.9.0-24&fd00:10:244:9::-64"),
+        "{out}{err}"
+    );
+    let (ok, out, err) = ctl(&server, &["unreserve", "fd00:10:244:a::/64"]);
+    assert!(ok, "{out}{err}");
+    let (ok, _, err) = ctl(&server, &["release", "10.244.3.0/24"]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = ctl(&server, &["release", "fd00:10:244:4::/64"]);
+    assert!(ok, "{err}");
+    assert!(store.list().await.unwrap().leases.is_empty());
 }

@@ -13,14 +13,14 @@
 //! is a subnet key without an etcd lease (flannel's convention): the node whose public IP it
 //! names gets that subnet, and it never expires.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use flanneld::subnet::{EtcdLeaseStore, LeaseStore};
-use ipam::lease::{Lease, LeaseAttrs, subnet_key};
-use ipnetwork::Ipv4Network;
+use ipam::lease::{Lease, LeaseAttrs, NO_IPV4_SUBNET, subnet_key};
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -50,26 +50,34 @@ enum Cmd {
         #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
         output: Output,
     },
-    /// Reserve SUBNET for the node with --public-ip (a key without TTL).
+    /// Reserve SUBNET for the node with --public-ip (a key without TTL). Dual stack: add
+    /// --ipv6-subnet and --public-ipv6; IPv6-only: an IPv6 SUBNET and --public-ipv6.
     Reserve {
-        /// e.g. 10.244.9.0/24
-        subnet: Ipv4Network,
-        /// The node's public IP.
+        /// e.g. 10.244.9.0/24, or fd00:10:244:9::/64 in an IPv6-only network
+        subnet: IpNetwork,
+        /// The node's public IP (needed with an IPv4 SUBNET).
         #[arg(long)]
-        public_ip: Ipv4Addr,
+        public_ip: Option<Ipv4Addr>,
+        /// The node's IPv6 subnet in a dual-stack network, e.g. fd00:10:244:9::/64.
+        #[arg(long)]
+        ipv6_subnet: Option<Ipv6Network>,
+        /// The node's public IPv6 address (needed with an IPv6 subnet).
+        #[arg(long)]
+        public_ipv6: Option<Ipv6Addr>,
         /// The backend type the node runs.
         #[arg(long, default_value = "vxlan")]
         backend_type: String,
     },
-    /// Delete the reservation of SUBNET (refuses a lease).
+    /// Delete the reservation of SUBNET (refuses a lease). Either half of a dual-stack key.
     Unreserve {
-        /// e.g. 10.244.9.0/24
-        subnet: Ipv4Network,
+        /// e.g. 10.244.9.0/24 or fd00:10:244:9::/64
+        subnet: IpNetwork,
     },
     /// Delete the lease of SUBNET, e.g. of a node that is gone (refuses a reservation).
+    /// Either half of a dual-stack key.
     Release {
-        /// e.g. 10.244.9.0/24
-        subnet: Ipv4Network,
+        /// e.g. 10.244.9.0/24 or fd00:10:244:9::/64
+        subnet: IpNetwork,
     },
 }
 
@@ -236,11 +244,37 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Reserve {
             subnet,
             public_ip,
+            ipv6_subnet,
+            public_ipv6,
             backend_type,
         } => {
-            let subnet = Ipv4Network::new(subnet.network(), subnet.prefix())?;
-            let attrs = LeaseAttrs::new(public_ip, backend_type);
-            let key = format!("{}{}", store.subnets_prefix(), subnet_key(&subnet, None));
+            let (v4, v6) = match subnet {
+                IpNetwork::V4(n) => (
+                    Ipv4Network::new(n.network(), n.prefix())?,
+                    ipv6_subnet
+                        .map(|n| Ipv6Network::new(n.network(), n.prefix()))
+                        .transpose()?,
+                ),
+                IpNetwork::V6(n) if ipv6_subnet.is_none() => (
+                    NO_IPV4_SUBNET,
+                    Some(Ipv6Network::new(n.network(), n.prefix())?),
+                ),
+                IpNetwork::V6(_) => {
+                    anyhow::bail!("--ipv6-subnet goes with an IPv4 SUBNET (dual stack)")
+                }
+            };
+            let public_ip = match (v4 == NO_IPV4_SUBNET, public_ip) {
+                (false, Some(ip)) => ip,
+                (false, None) => anyhow::bail!("--public-ip is required with an IPv4 subnet"),
+                (true, None) => Ipv4Addr::UNSPECIFIED,
+                (true, Some(_)) => anyhow::bail!("--public-ip: an IPv6-only reservation has none"),
+            };
+            if v6.is_some() != public_ipv6.is_some() {
+                anyhow::bail!("--public-ipv6 goes with an IPv6 subnet, and is required by one");
+            }
+            let mut attrs = LeaseAttrs::new(public_ip, backend_type);
+            attrs.public_ipv6 = public_ipv6;
+            let key = format!("{}{}", store.subnets_prefix(), subnet_key(&v4, v6.as_ref()));
             let mut c = store.client();
             let txn = etcd_client::Txn::new()
                 .when([etcd_client::Compare::version(
@@ -252,12 +286,41 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if !c.txn(txn).await?.succeeded() {
                 anyhow::bail!("{key} exists already (a lease or a reservation); not overwritten");
             }
-            println!("reserved {subnet} for {public_ip}");
+            let who: Vec<String> = (v4 != NO_IPV4_SUBNET)
+                .then(|| public_ip.to_string())
+                .into_iter()
+                .chain(public_ipv6.map(|a| a.to_string()))
+                .collect();
+            let what: Vec<String> = (v4 != NO_IPV4_SUBNET)
+                .then(|| v4.to_string())
+                .into_iter()
+                .chain(v6.map(|n| n.to_string()))
+                .collect();
+            println!("reserved {} for {}", what.join(","), who.join(","));
         }
         Cmd::Unreserve { subnet } | Cmd::Release { subnet } => {
             let releasing = matches!(cli.command, Cmd::Release { .. });
-            let Some(lease) = store.get(&(subnet, None)).await? else {
-                anyhow::bail!("no key for {subnet} under {}", store.subnets_prefix());
+            // The key may name two subnets (dual stack) or an IPv6 one only: find it by
+            // either half.
+            let subnet = IpNetwork::new(subnet.network(), subnet.prefix())?;
+            let matches: Vec<Lease> = store
+                .list()
+                .await?
+                .leases
+                .into_iter()
+                .filter(|l| match subnet {
+                    IpNetwork::V4(n) => l.ipv4_subnet() == Some(n),
+                    IpNetwork::V6(n) => l.ipv6_subnet == Some(n),
+                })
+                .collect();
+            let lease = match matches.as_slice() {
+                [] => anyhow::bail!("no key for {subnet} under {}", store.subnets_prefix()),
+                [one] => one.clone(),
+                many => anyhow::bail!(
+                    "{} keys hold {subnet}: {}; delete the right one with etcdctl",
+                    many.len(),
+                    many.iter().map(Lease::key).collect::<Vec<_>>().join(", ")
+                ),
             };
             match (releasing, lease.leased) {
                 (true, false) => anyhow::bail!(
@@ -273,14 +336,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 anyhow::bail!("{subnet} changed while deleting it; look again");
             }
             let what = if releasing { "released" } else { "unreserved" };
-            println!("{what} {subnet} ({})", lease_owner(&lease));
+            println!("{what} {subnet} ({}, {})", lease.key(), lease_owner(&lease));
         }
     }
     Ok(())
 }
 
 fn lease_owner(l: &Lease) -> String {
-    format!("public IP {}", l.attrs.public_ip)
+    match (l.ipv4_subnet(), l.attrs.public_ipv6) {
+        (Some(_), None) => format!("public IP {}", l.attrs.public_ip),
+        (Some(_), Some(v6)) => format!("public IPs {},{v6}", l.attrs.public_ip),
+        (None, v6) => format!("public IP {}", v6.map_or("-".into(), |a| a.to_string())),
+    }
 }
 
 fn main() -> ExitCode {
