@@ -781,9 +781,16 @@ fn monitor_reports_route_deletion() {
         let r = overlays[0].reconcile().await.unwrap();
         assert!(!r.changed(), "{r:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
+        // The kernel's own late IPv6 work on the new device (its fe80::/64 and multicast
+        // routes, once addrconf runs) may still arrive; nothing that would trigger another
+        // reconcile may.
+        let mut late = Vec::new();
+        while let Ok(c) = mon.try_recv() {
+            late.push(c);
+        }
         assert!(
-            mon.try_recv().is_err(),
-            "a no-op reconcile caused kernel events"
+            late.iter().all(|c| !overlays[0].is_relevant(c)),
+            "a no-op reconcile caused relevant kernel events: {late:?}"
         );
 
         // The monitor is bound to node1: changes in the underlay are not reported.

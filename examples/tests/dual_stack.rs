@@ -428,3 +428,61 @@ fn dual_stack_masquerade_and_ip6tables_forward_drop() {
         pods[0].ips
     );
 }
+
+/// Dual stack turned IPv4-only: on its next start a node removes what it had for IPv6
+/// (`flannel-v6.1`, IPv6 routes of ours, the `ip6 flannel-rs` table), and IPv4 keeps working.
+#[test]
+fn a_family_turned_off_leaves_nothing_behind() {
+    if !prerequisites("a_family_turned_off_leaves_nothing_behind") {
+        return;
+    }
+    let mut spec = ClusterSpec::new(2, Backend::Vxlan).with_stack(Stack::Dual);
+    spec.ip_masq = true;
+    let mut c = Cluster::start(spec).expect("cluster");
+    let ours6 = |c: &Cluster| {
+        c.node_ip_json(0, &["-6", "route", "show", "proto", "150"])
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || ours6(&c) == 1),
+        "{:?}",
+        c.node_routes6(0)
+    );
+    let has_v6_table = |c: &Cluster| {
+        c.node_exec(0, &["nft", "list", "table", "ip6", "flannel-rs"])
+            .status
+            .success()
+    };
+    assert!(has_v6_table(&c));
+    c.etcdctl(&[
+        "put",
+        "/coreos.com/network/config",
+        &format!(
+            r#"{{"Network":"{}","Backend":{{"Type":"vxlan"}}}}"#,
+            flannel_examples::cluster::NETWORK
+        ),
+    ])
+    .expect("put config");
+    c.stop_flanneld(0);
+    c.start_flanneld(0).expect("restart");
+    c.wait_ready(0, Duration::from_secs(20)).expect("ready");
+    let log = c.flanneld_log(0);
+    assert!(log.contains("address family no longer enabled"), "{log}");
+    assert!(
+        c.node_ip_json(0, &["link", "show", "flannel-v6.1"])
+            .as_array()
+            .is_none_or(Vec::is_empty)
+    );
+    assert_eq!(ours6(&c), 0, "{:?}", c.node_routes6(0));
+    assert!(!has_v6_table(&c));
+    assert!(
+        c.node_ip_json(0, &["link", "show", "flannel.1"])
+            .as_array()
+            .is_some_and(|a| a.len() == 1)
+    );
+    assert_eq!(c.nodes[0].subnet_env("FLANNEL_IPV6_SUBNET"), None);
+    c.spec.stack = Stack::V4; // node 2 has not restarted yet; IPv4 is what both still share
+    let pods: Vec<Pod> = (0..2).map(|i| c.add_pod(i, "p0").expect("ADD")).collect();
+    assert!(c.ping_within(&pods[0], pods[1].ip, Duration::from_secs(5)));
+}

@@ -86,6 +86,77 @@ pub fn is_our_device(name: &str, kind: Option<&str>) -> bool {
     }
 }
 
+/// What flanneld left for `family` on an earlier run, when the network config no longer
+/// enables it (dual stack turned IPv4-only, say): its proto-150 routes and blackholes, its
+/// VXLAN device (`flannel.<VNI>` / `flannel-v6.<VNI>`; `flannel0` for IPv4), its nftables
+/// table and its FORWARD accept jump. Otherwise they would keep routing and masquerading
+/// that family until `flanneld --cleanup`. Returns what was removed, for the log; failures
+/// are logged and skipped (the rest still goes).
+pub async fn retire_family(nl: &Netlink, family: IpFamily) -> Vec<String> {
+    let mut removed = Vec::new();
+    match nl.routes(family).await {
+        Ok(routes) => {
+            for r in routes.iter().filter(|r| r.protocol == ROUTE_PROTOCOL) {
+                match nl.del_route(r).await {
+                    Ok(()) => removed.push(format!("route {}", r.dst)),
+                    Err(e) => tracing::warn!(dst = %r.dst, error = %e, "removing a stale route"),
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "listing routes"),
+    }
+    if let Ok(holes) = nl.blackhole_routes(family).await {
+        for (dst, _) in holes.iter().filter(|(_, p)| *p == ROUTE_PROTOCOL) {
+            if nl.del_blackhole_route(*dst).await.is_ok() {
+                removed.push(format!("blackhole {dst}"));
+            }
+        }
+    }
+    let prefix = backends::overlay::vxlan::device_prefix(family);
+    if let Ok(links) = nl.links().await {
+        for l in links.iter().filter(|l| {
+            let vxlan = l.kind.as_deref() == Some("vxlan")
+                && l.name
+                    .strip_prefix(prefix)
+                    .is_some_and(|vni| !vni.is_empty() && vni.bytes().all(|b| b.is_ascii_digit()));
+            let tun = family == IpFamily::V4
+                && is_our_device(&l.name, l.kind.as_deref())
+                && l.kind.as_deref() == Some("tun");
+            vxlan || tun
+        }) {
+            match nl.del_link_index(l.index).await {
+                Ok(_) => removed.push(format!("device {}", l.name)),
+                Err(e) => tracing::warn!(device = %l.name, error = %e, "removing a stale device"),
+            }
+        }
+    }
+    let blocking = tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        if matches!(backends::masq::list_family_table(family), Ok(Some(_)))
+            && backends::masq::NodeMasq::for_family(family)
+                .remove()
+                .is_ok()
+        {
+            out.push(format!(
+                "nftables table {family:?} {}",
+                backends::masq::NODE_TABLE
+            ));
+        }
+        match backends::kernel::iptables::ForwardRules::remove_family(family) {
+            Ok(flavors) => out.extend(
+                flavors
+                    .iter()
+                    .map(|f| format!("{} FORWARD jump", f.binary(family))),
+            ),
+            Err(e) => tracing::warn!(error = %e, "removing a stale FORWARD jump"),
+        }
+        out
+    })
+    .await;
+    removed.extend(blocking.unwrap_or_default());
+    removed
+}
+
 /// Removes flanneld's node state (see the module docs).
 pub async fn run(opts: &Opts) -> Result<Removed> {
     let mut removed = Removed::default();

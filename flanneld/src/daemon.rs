@@ -133,6 +133,15 @@ pub async fn run_until(opts: Opts, cancel: CancellationToken) -> Result<()> {
         "using external interface"
     );
 
+    for family in [IpFamily::V4, IpFamily::V6] {
+        if crate::backend::families(&network).contains(&family) {
+            continue;
+        }
+        for what in crate::cleanup::retire_family(&nl, family).await {
+            tracing::info!(?family, removed = %what,
+                "address family no longer enabled: removed what an earlier run left");
+        }
+    }
     let mut overlays = NodeOverlays::new(&nl, &network, &ext)
         .await
         .context("set up the backend")?;

@@ -332,16 +332,25 @@ impl ForwardRules {
     /// stay.
     pub fn remove() -> Result<(), IptablesError> {
         for family in [IpFamily::V4, IpFamily::V6] {
-            for flavor in Flavor::ALL {
-                let Some(state) = Self::state(flavor, family)? else {
-                    continue;
-                };
-                if let Some(batch) = remove_batch(&state) {
-                    run(flavor.restore(family), &["--noflush"], Some(&batch))?;
-                }
-            }
+            Self::remove_family(family)?;
         }
         Ok(())
+    }
+
+    /// Removes our jumps and chain from every flavour of `family`; returns the flavours that
+    /// had any.
+    pub fn remove_family(family: IpFamily) -> Result<Vec<Flavor>, IptablesError> {
+        let mut removed = Vec::new();
+        for flavor in Flavor::ALL {
+            let Some(state) = Self::state(flavor, family)? else {
+                continue;
+            };
+            if let Some(batch) = remove_batch(&state) {
+                run(flavor.restore(family), &["--noflush"], Some(&batch))?;
+                removed.push(flavor);
+            }
+        }
+        Ok(removed)
     }
 }
 

@@ -53,9 +53,27 @@ impl<K: Kernel> Overlay<K> {
     /// not be read or the VXLAN device could not be ensured.
     pub async fn reconcile(&mut self) -> Result<ReconcileReport, OverlayError> {
         let mut report = ReconcileReport::default();
-        let observed = self.observe().await?;
         let family = self.ext.family();
-        let ext_nets = of_family(self.kernel.addresses(self.ext.index).await?, family);
+        let routes = self.kernel.routes(family).await?;
+        let observed = self.observe(&routes).await?;
+        // Directly reachable: the interface's prefixes; for IPv6 also the routes without a
+        // gateway through it, since an IPv6 host often has a /128 address (DHCPv6) and learns
+        // its on-link prefix from a router advertisement, as such a route. (IPv4 keeps the
+        // address-prefix rule.)
+        let mut ext_nets = of_family(self.kernel.addresses(self.ext.index).await?, family);
+        if family == IpFamily::V6 {
+            ext_nets.extend(
+                routes
+                    .iter()
+                    .filter(|r| {
+                        r.oif == Some(self.ext.index)
+                            && r.gateway.is_none()
+                            && r.protocol != ROUTE_PROTOCOL
+                            && !is_link_local(&r.dst)
+                    })
+                    .map(|r| r.dst),
+            );
+        }
         let (desired, refused) = desired_state(
             self.driver.as_ref(),
             &self.ext,
@@ -128,7 +146,7 @@ impl<K: Kernel> Overlay<K> {
     }
 
     /// Reads what we own from the kernel.
-    async fn observe(&mut self) -> Result<Observed, OverlayError> {
+    async fn observe(&mut self, routes: &[Route]) -> Result<Observed, OverlayError> {
         let mut observed = Observed::empty(DeviceState::Ok);
         self.dev_index = None;
         match self.driver.device() {
@@ -173,7 +191,13 @@ impl<K: Kernel> Overlay<K> {
                     .neighbours(idx)
                     .await?
                     .into_iter()
-                    .filter(|n| !is_link_local(&IpNetwork::from(n.ip)))
+                    // Ours are unicast of our family; the kernel's own (link-local,
+                    // multicast, the other family's) are not ours to plan.
+                    .filter(|n| {
+                        IpFamily::of(n.ip) == family
+                            && !is_link_local(&IpNetwork::from(n.ip))
+                            && !n.ip.is_multicast()
+                    })
                     .map(|n| ObservedNeigh {
                         ip: n.ip,
                         mac: n.mac,
@@ -189,11 +213,11 @@ impl<K: Kernel> Overlay<K> {
                     .collect();
             }
         }
-        // Routes of our family only: the other family's belong to the other overlay.
-        let routes = self.kernel.routes(family).await?;
+        // Routes of our family only (the caller's dump): the other family's belong to the
+        // other overlay.
         observed.routes.extend(
             routes
-                .into_iter()
+                .iter()
                 .filter(|r| r.protocol == ROUTE_PROTOCOL)
                 .map(|r| {
                     let dev = match r.oif {

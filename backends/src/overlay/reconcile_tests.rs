@@ -346,3 +346,36 @@ async fn host_gw_ipv6_routes_via_the_peers_public_ipv6_and_refuses_off_link_peer
         vec![(net("fd00:10:244:2::/64"), Some(ip("fd00:198:18::2")), false)]
     );
 }
+
+#[tokio::test]
+async fn a_slash_128_host_address_with_an_on_link_prefix_route_still_reaches_its_peers() {
+    use crate::kernel::Kernel;
+    use crate::kernel::netlink::Route;
+    // DHCPv6-style: fd00:198:18::1/128 on eth0, the /64 known only as a route (RA).
+    let k = RecordingKernel::new();
+    let index = k.add_link_externally("eth0", 1500);
+    k.add_address_externally(index, "fd00:198:18::1/128".parse().expect("cidr"));
+    k.replace_route(&Route::new(net("fd00:198:18::/64")).dev(index))
+        .await
+        .expect("prefix route");
+    let ext = ExternalInterface {
+        index,
+        name: "eth0".into(),
+        mtu: 1500,
+        iface_addr: ip("fd00:198:18::1"),
+        public_ip: ip("fd00:198:18::1"),
+    };
+    let driver = HostGwDriver::new(&HostGwConfig::default(), &ext).expect("driver");
+    let mut o = Overlay::new(k.clone(), Box::new(driver), ext)
+        .await
+        .expect("overlay");
+    o.set_own_subnet(net("fd00:10:244:1::/64"));
+    o.set_peers(v6_peers());
+    let r = o.reconcile().await.expect("reconcile");
+    assert_eq!(r.added, 1, "the on-link peer is programmed: {r:?}");
+    assert_eq!(
+        r.errors.len(),
+        1,
+        "the off-link one is still refused: {r:?}"
+    );
+}
