@@ -63,6 +63,9 @@ impl<S: LeaseStore> SubnetManager<S> {
                     }
                     Ok(KeepAliveOutcome::Lost) => {
                         tracing::warn!(key = %lease.key(), "our subnet lease expired or was revoked");
+                        // The store answered: re-acquiring starts from the shortest delay, not
+                        // from where an outage before this answer left the backoff.
+                        backoff.reset();
                         lost = true;
                     }
                     Err(e) => {
@@ -80,6 +83,7 @@ impl<S: LeaseStore> SubnetManager<S> {
                     Ok(cur) => {
                         tracing::warn!(key = %lease.key(), now = ?cur.map(|c| c.attrs.public_ip),
                             "our subnet key was deleted or taken over");
+                        backoff.reset();
                         lost = true;
                     }
                     Err(e) => {
