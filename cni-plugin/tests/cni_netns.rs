@@ -27,7 +27,16 @@ fn addrs(ns: &Netns, dev: &str) -> Vec<String> {
 }
 
 fn routes(ns: &Netns) -> Vec<(String, String)> {
-    ns.ip_json(&["route", "show"])
+    routes_of(ns, &["route", "show"])
+}
+
+fn routes6(ns: &Netns) -> Vec<(String, String)> {
+    routes_of(ns, &["-6", "route", "show"])
+}
+
+/// `ip -j ARGS` as (dst, gateway) pairs.
+fn routes_of(ns: &Netns, args: &[&str]) -> Vec<(String, String)> {
+    ns.ip_json(args)
         .as_array()
         .unwrap()
         .iter()
@@ -865,20 +874,6 @@ impl Ports for Node {
             .map(|a| a.len())
             .unwrap_or(0)
     }
-}
-
-fn routes6(ns: &Netns) -> Vec<(String, String)> {
-    ns.ip_json(&["-6", "route", "show"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                r["dst"].as_str().unwrap_or("").to_string(),
-                r["gateway"].as_str().unwrap_or("").to_string(),
-            )
-        })
-        .collect()
 }
 
 fn ping6(from: &Netns, dst: &str) -> bool {

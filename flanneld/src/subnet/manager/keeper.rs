@@ -50,6 +50,13 @@ impl<S: LeaseStore> SubnetManager<S> {
                 _ = self.own_changed.notified() => true,
                 _ = tokio::time::sleep_until(deadline) => false,
             };
+            if notified {
+                // The watch just heard from the store about our key: it is reachable again,
+                // so whatever an outage did to the backoff no longer applies. (After an
+                // outage the client may still return one stale connect error per member
+                // that was down; short delays get past them at once.)
+                backoff.reset();
+            }
             // Renew when due (the timer fired for it).
             let mut lost = false;
             if !notified && renew_due && lease.leased {

@@ -352,8 +352,12 @@ async fn reservation_is_honoured_and_never_gets_a_ttl() {
     assert!(inner.get(&got.id()).await.unwrap().is_some());
 }
 
-/// A memory store where another "node" grabs the key right before our first `n` creates.
-fn racing(inner: Arc<MemoryLeaseStore>, n: usize) -> HookedStore<MemoryLeaseStore> {
+/// A store where another "node" writes `thief(our lease)` right before our first `n` creates.
+fn racing_with<S: LeaseStore + 'static>(
+    inner: Arc<S>,
+    n: usize,
+    thief: impl Fn(&Lease) -> Lease + Send + Sync + 'static,
+) -> HookedStore<S> {
     let left = Arc::new(std::sync::atomic::AtomicUsize::new(n));
     let thief_store = inner.clone();
     HookedStore::new(inner).before(move |call| {
@@ -365,11 +369,18 @@ fn racing(inner: Arc<MemoryLeaseStore>, n: usize) -> HookedStore<MemoryLeaseStor
             return None;
         }
         left.fetch_sub(1, Ordering::SeqCst);
-        let thief = Lease::new(lease.subnet, None, attrs("198.18.9.9", "0a:00:00:00:09:09"));
+        let stolen = thief(lease);
         let st = thief_store.clone();
         Some(Box::pin(async move {
-            st.create_if_absent(&thief, ttl).await.map(|_| ())
+            st.create_if_absent(&stolen, ttl).await.map(|_| ())
         }))
+    })
+}
+
+/// A memory store where another "node" grabs the key right before our first `n` creates.
+fn racing(inner: Arc<MemoryLeaseStore>, n: usize) -> HookedStore<MemoryLeaseStore> {
+    racing_with(inner, n, |lease| {
+        Lease::new(lease.subnet, None, attrs("198.18.9.9", "0a:00:00:00:09:09"))
     })
 }
 
@@ -411,25 +422,11 @@ const DUAL: &str = r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network"
 /// picked under a different key (another IPv4 subnet) — keys differ, so only the revision
 /// guard can see it.
 fn racing_for_the_ipv6_half<S: LeaseStore + 'static>(inner: Arc<S>, n: usize) -> HookedStore<S> {
-    let left = Arc::new(std::sync::atomic::AtomicUsize::new(n));
-    let thief_store = inner.clone();
-    HookedStore::new(inner).before(move |call| {
-        use std::sync::atomic::Ordering;
-        let StoreCall::CreateIfAbsent(lease, ttl) = call else {
-            return None;
-        };
-        if left.load(Ordering::SeqCst) == 0 {
-            return None;
-        }
-        left.fetch_sub(1, Ordering::SeqCst);
+    racing_with(inner, n, |lease| {
         let other_v4 = ipam::net::next_subnet(lease.subnet).expect("a next subnet");
         let mut a = attrs("198.18.9.9", "0a:00:00:00:09:09");
         a.public_ipv6 = Some("fd00:198:18::99".parse().unwrap());
-        let thief = Lease::new(other_v4, lease.ipv6_subnet, a);
-        let st = thief_store.clone();
-        Some(Box::pin(async move {
-            st.create_if_absent(&thief, ttl).await.map(|_| ())
-        }))
+        Lease::new(other_v4, lease.ipv6_subnet, a)
     })
 }
 

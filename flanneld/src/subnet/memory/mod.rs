@@ -229,6 +229,31 @@ fn with_expiry(mut lease: Lease, id: i64, ttl: Duration) -> Lease {
     lease
 }
 
+impl MemoryLeaseStore {
+    /// Both creates: the key must be absent and, with `listed`, no write may have happened
+    /// after that revision. Every revision here is a subnet write (or a TTL expiry), so this
+    /// is stricter than etcd's mod-revision compare over the prefix, never looser.
+    fn create(
+        &self,
+        lease: &Lease,
+        ttl: Duration,
+        listed: Option<Revision>,
+    ) -> Result<CreateOutcome, StoreError> {
+        self.check_fail("create_if_absent")?;
+        let key = lease.key();
+        let mut st = self.lock();
+        if let Some(e) = st.keys.get(&key) {
+            return Ok(CreateOutcome::Exists(entry_lease(&key, e)));
+        }
+        if listed.is_some_and(|rev| st.revision > rev) {
+            return Ok(CreateOutcome::Exists(None));
+        }
+        let id = Self::grant(&mut st, ttl);
+        self.put_entry(&mut st, &key, lease.attrs.to_json().into_bytes(), id);
+        Ok(CreateOutcome::Created(with_expiry(lease.clone(), id, ttl)))
+    }
+}
+
 impl LeaseStore for MemoryLeaseStore {
     fn config_location(&self) -> String {
         format!("{}/config", self.prefix)
@@ -272,15 +297,7 @@ impl LeaseStore for MemoryLeaseStore {
         lease: &Lease,
         ttl: Duration,
     ) -> Result<CreateOutcome, StoreError> {
-        self.check_fail("create_if_absent")?;
-        let key = lease.key();
-        let mut st = self.lock();
-        if let Some(e) = st.keys.get(&key) {
-            return Ok(CreateOutcome::Exists(entry_lease(&key, e)));
-        }
-        let id = Self::grant(&mut st, ttl);
-        self.put_entry(&mut st, &key, lease.attrs.to_json().into_bytes(), id);
-        Ok(CreateOutcome::Created(with_expiry(lease.clone(), id, ttl)))
+        self.create(lease, ttl, None)
     }
 
     async fn create_if_unchanged(
@@ -289,20 +306,7 @@ impl LeaseStore for MemoryLeaseStore {
         ttl: Duration,
         listed: Revision,
     ) -> Result<CreateOutcome, StoreError> {
-        self.check_fail("create_if_absent")?;
-        let key = lease.key();
-        let mut st = self.lock();
-        if let Some(e) = st.keys.get(&key) {
-            return Ok(CreateOutcome::Exists(entry_lease(&key, e)));
-        }
-        // Every revision here is a subnet write (or a TTL expiry): stricter than etcd's
-        // mod-revision compare over the prefix, never looser.
-        if st.revision > listed {
-            return Ok(CreateOutcome::Exists(None));
-        }
-        let id = Self::grant(&mut st, ttl);
-        self.put_entry(&mut st, &key, lease.attrs.to_json().into_bytes(), id);
-        Ok(CreateOutcome::Created(with_expiry(lease.clone(), id, ttl)))
+        self.create(lease, ttl, Some(listed))
     }
 
     async fn update(&self, lease: &Lease, ttl: Duration) -> Result<UpdateOutcome, StoreError> {
