@@ -441,6 +441,29 @@ mod tests {
         assert_eq!(c.ipv4, None);
     }
 
+    /// The shipped example configs (`examples/config/network-*.json`) are valid.
+    #[test]
+    fn example_configs_parse() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/config");
+        let mut seen = 0;
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let path = e.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if name.starts_with("network-") && name.ends_with(".json") {
+                let json = std::fs::read_to_string(&path).unwrap();
+                let c = NetworkConfig::parse(&json).unwrap_or_else(|e| panic!("{name}: {e}"));
+                if name.contains("dual") {
+                    assert!(c.ipv4.is_some() && c.ipv6.is_some(), "{name}");
+                }
+                if name.contains("ipv6-only") {
+                    assert!(c.ipv4.is_none() && c.ipv6.is_some(), "{name}");
+                }
+                seen += 1;
+            }
+        }
+        assert_eq!(seen, 4, "network-*.json files in {}", dir.display());
+    }
+
     #[test]
     fn udp_with_ipv6_is_refused_naming_the_backend() {
         for json in [
