@@ -18,7 +18,7 @@ use backends::overlay::hostgw::HostGwDriver;
 use backends::overlay::vxlan::VxlanDriver;
 use backends::overlay::{BackendDriver, ExternalInterface, OverlayError, Peer};
 use flannel_udp::UdpDriver;
-use ipam::lease::LeaseWatcher;
+use ipam::lease::{Lease, LeaseWatcher};
 use ipnetwork::IpNetwork;
 
 use crate::iface::SelectedInterface;
@@ -81,35 +81,45 @@ pub fn external(ext: &SelectedInterface, family: IpFamily) -> Option<ExternalInt
 pub fn peers(watcher: &LeaseWatcher, backend_type: &str, family: IpFamily) -> Vec<Peer> {
     watcher
         .leases()
-        .filter_map(|lease| {
-            if lease.attrs.backend_type != backend_type {
-                tracing::debug!(key = %lease.key(), kind = %lease.attrs.backend_type,
-                    "ignoring a lease of another backend type");
-                return None;
-            }
-            match family {
-                IpFamily::V4 => Some(Peer {
-                    subnet: IpNetwork::V4(lease.ipv4_subnet()?),
-                    public_ip: IpAddr::V4(lease.attrs.public_ip),
-                    backend_data: lease.attrs.backend_data.clone(),
-                }),
-                IpFamily::V6 => {
-                    let (Some(subnet), Some(public_ip)) =
-                        (lease.ipv6_subnet, lease.attrs.public_ipv6)
-                    else {
-                        tracing::debug!(key = %lease.key(),
-                            "lease has no IPv6 subnet or PublicIPv6: no IPv6 peer");
-                        return None;
-                    };
-                    Some(Peer {
-                        subnet: IpNetwork::V6(subnet),
-                        public_ip: IpAddr::V6(public_ip),
-                        backend_data: lease.attrs.backend_v6_data.clone(),
-                    })
-                }
-            }
-        })
+        .filter_map(|lease| peer_of(lease, backend_type, family))
         .collect()
+}
+
+/// `lease` as a peer of `family` (see [`peers`]); `None` when it is not one.
+pub fn peer_of(lease: &Lease, backend_type: &str, family: IpFamily) -> Option<Peer> {
+    if lease.attrs.backend_type != backend_type {
+        tracing::debug!(key = %lease.key(), kind = %lease.attrs.backend_type,
+            "ignoring a lease of another backend type");
+        return None;
+    }
+    match family {
+        IpFamily::V4 => Some(Peer {
+            subnet: IpNetwork::V4(lease.ipv4_subnet()?),
+            public_ip: IpAddr::V4(lease.attrs.public_ip),
+            backend_data: lease.attrs.backend_data.clone(),
+        }),
+        IpFamily::V6 => {
+            let (Some(subnet), Some(public_ip)) = (lease.ipv6_subnet, lease.attrs.public_ipv6)
+            else {
+                tracing::debug!(key = %lease.key(),
+                    "lease has no IPv6 subnet or PublicIPv6: no IPv6 peer");
+                return None;
+            };
+            Some(Peer {
+                subnet: IpNetwork::V6(subnet),
+                public_ip: IpAddr::V6(public_ip),
+                backend_data: lease.attrs.backend_v6_data.clone(),
+            })
+        }
+    }
+}
+
+/// The subnet of `family` a lease names, if any.
+pub fn subnet_of(lease: &Lease, family: IpFamily) -> Option<IpNetwork> {
+    match family {
+        IpFamily::V4 => lease.ipv4_subnet().map(IpNetwork::V4),
+        IpFamily::V6 => lease.ipv6_subnet.map(IpNetwork::V6),
+    }
 }
 
 #[cfg(test)]

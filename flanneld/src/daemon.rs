@@ -200,7 +200,9 @@ pub async fn run_until(opts: Opts, cancel: CancellationToken) -> Result<()> {
     // First snapshot (bounded wait: with etcd gone we still come up from the kernel state).
     let mut watcher = LeaseWatcher::new(Some(own.id()));
     match tokio::time::timeout(Duration::from_secs(5), watch_rx.recv()).await {
-        Ok(Some(update)) => apply_update(&mut watcher, update),
+        Ok(Some(update)) => {
+            apply_update(&mut watcher, update, &mut Vec::new());
+        }
         _ => tracing::warn!("no lease snapshot yet; starting with no peers"),
     }
     overlays.set_own(&own);
@@ -249,13 +251,18 @@ pub async fn run_until(opts: Opts, cancel: CancellationToken) -> Result<()> {
         tokio::select! {
             _ = cancel.cancelled() => break,
             Some(update) = watch_rx.recv() => {
-                apply_update(&mut watcher, update);
-                // Drain whatever else is queued: one reconcile per burst.
+                // Incremental events cost only their peers' entries; a snapshot (start,
+                // compaction, restore) or a failed single-peer write costs a full reconcile.
+                let mut events = Vec::new();
+                let mut full = apply_update(&mut watcher, update, &mut events);
+                // Drain whatever else is queued: one pass per burst.
                 while let Ok(more) = watch_rx.try_recv() {
-                    apply_update(&mut watcher, more);
+                    full |= apply_update(&mut watcher, more, &mut events);
                 }
-                overlays.set_peers(&watcher);
-                overlays.reconcile().await;
+                if full || !overlays.apply_events(&events).await {
+                    overlays.set_peers(&watcher);
+                    overlays.reconcile().await;
+                }
             }
             Some(event) = own_rx.recv() => match event {
                 OwnLeaseEvent::Lost(_) => {
@@ -478,18 +485,29 @@ async fn acquire_with_retry<S: LeaseStore>(
     }
 }
 
-fn apply_update(watcher: &mut LeaseWatcher, update: WatchUpdate) {
+/// Feeds `update` to the watcher; the resulting changes go to `changes`. Returns whether
+/// the update was a snapshot (which the overlays take as a whole, with a full reconcile).
+fn apply_update(
+    watcher: &mut LeaseWatcher,
+    update: WatchUpdate,
+    changes: &mut Vec<ipam::lease::LeaseEvent>,
+) -> bool {
     match update {
         WatchUpdate::Snapshot(leases) => {
-            let changes = watcher.reset(&leases);
-            for c in &changes {
+            let diff = watcher.reset(&leases);
+            for c in &diff {
                 tracing::info!(%c, "lease change (resync)");
             }
+            changes.extend(diff);
+            true
         }
         WatchUpdate::Events(events) => {
-            for c in watcher.update(&events) {
+            let diff = watcher.update(&events);
+            for c in &diff {
                 tracing::info!(%c, "lease change");
             }
+            changes.extend(diff);
+            false
         }
     }
 }

@@ -11,10 +11,10 @@ use std::net::Ipv4Addr;
 use anyhow::{Context, Result};
 use backends::kernel::netlink::{Change, IpFamily, Netlink};
 use backends::overlay::Overlay;
-use ipam::lease::{Lease, LeaseAttrs, LeaseWatcher};
+use ipam::lease::{Lease, LeaseAttrs, LeaseEvent, LeaseWatcher};
 use ipnetwork::IpNetwork;
 
-use crate::backend::{backend_driver, external, families, peers};
+use crate::backend::{backend_driver, external, families, peer_of, peers, subnet_of};
 use crate::iface::SelectedInterface;
 use crate::network_config::NetworkConfig;
 
@@ -100,6 +100,48 @@ impl NodeOverlays {
         for o in &mut self.overlays {
             o.set_peers(peers(watcher, backend_type, o.family()));
         }
+    }
+
+    /// Applies lease changes one peer at a time ([`Overlay::upsert_peer`],
+    /// [`Overlay::remove_peer`]): a change costs that peer's kernel entries, not a dump of
+    /// every table. `false` when some change could not be applied that way: the caller
+    /// then sets the full peer list and reconciles.
+    pub async fn apply_events(&mut self, events: &[LeaseEvent]) -> bool {
+        let backend_type = self.backend_type();
+        for o in &mut self.overlays {
+            let family = o.family();
+            for event in events {
+                let result = match event {
+                    LeaseEvent::Added(lease) => match peer_of(lease, backend_type, family) {
+                        Some(peer) => o.upsert_peer(peer).await,
+                        None => match subnet_of(lease, family) {
+                            Some(s) => o.remove_peer(s).await,
+                            None => continue,
+                        },
+                    },
+                    LeaseEvent::Removed(lease) => match subnet_of(lease, family) {
+                        Some(s) => o.remove_peer(s).await,
+                        None => continue,
+                    },
+                };
+                match result {
+                    Ok(report) => {
+                        for e in &report.errors {
+                            tracing::warn!(?family, error = %e, "peer not programmed");
+                        }
+                        if report.changed() {
+                            tracing::debug!(?family, ?report, "peer programmed");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(?family, error = %e,
+                            "single-peer update failed; reconciling everything");
+                        return false;
+                    }
+                }
+            }
+        }
+        true
     }
 
     /// Whether `change` may concern any overlay.

@@ -37,11 +37,13 @@
 pub mod driver;
 mod error;
 pub mod hostgw;
+mod incremental;
 pub mod plan;
 mod reconcile;
 pub mod section;
 pub mod vxlan;
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
@@ -138,6 +140,14 @@ pub struct Overlay<K: Kernel = Netlink> {
     dev_index: Option<u32>,
     own: Option<IpNetwork>,
     peers: Vec<Peer>,
+    /// Position of each peer in `peers`, by subnet (O(1) updates of one peer).
+    peer_index: HashMap<IpNetwork, usize>,
+    /// What is in the kernel for each peer, as of the last reconcile and the single-peer
+    /// updates since: what a lease change diffs against and what `is_relevant` compares
+    /// notifications with.
+    programmed: incremental::Programmed,
+    /// The external interface's directly connected networks, as of the last reconcile.
+    ext_nets: Vec<IpNetwork>,
 }
 
 impl<K: Kernel> Overlay<K> {
@@ -157,6 +167,9 @@ impl<K: Kernel> Overlay<K> {
             dev_index: None,
             own: None,
             peers: Vec::new(),
+            peer_index: HashMap::new(),
+            programmed: incremental::Programmed::default(),
+            ext_nets: Vec::new(),
         };
         if let Some(device) = overlay.driver.device().cloned() {
             let outcome = overlay.ensure_device(&device).await?;
@@ -219,6 +232,11 @@ impl<K: Kernel> Overlay<K> {
     /// reconcile; a userspace data path (udp) swaps its table at once.
     pub fn set_peers(&mut self, peers: Vec<Peer>) {
         self.driver.set_peers(&peers);
+        self.peer_index = peers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.subnet, i))
+            .collect();
         self.peers = peers;
     }
 
@@ -238,11 +256,32 @@ impl<K: Kernel> Overlay<K> {
                     || *index == self.ext.index
                     || (name.is_some() && name.as_deref() == self.device_name())
             }
-            Change::Route { dst, protocol, .. } => {
-                *protocol == ROUTE_PROTOCOL
-                    || dst.is_some_and(|d| self.peers.iter().any(|p| p.subnet == d))
+            // Our own writes come back as notifications too: a route of ours appearing where
+            // we want one, or going where we want none, is an echo, not news. What is news: a
+            // wanted route deleted, an unwanted one of ours appearing, anyone else's route to
+            // a peer's subnet.
+            Change::Route {
+                dst,
+                protocol,
+                deleted,
+            } => {
+                let wanted = dst.is_some_and(|d| self.programmed.wants_route(&d));
+                if *protocol == ROUTE_PROTOCOL {
+                    wanted == *deleted
+                } else {
+                    dst.is_some_and(|d| self.peer_index.contains_key(&d))
+                }
             }
-            Change::Neigh { ifindex, .. } => Some(*ifindex) == self.dev_index,
+            Change::Neigh {
+                ifindex,
+                deleted,
+                fdb,
+                ip,
+                mac,
+            } => {
+                Some(*ifindex) == self.dev_index
+                    && self.programmed.neigh_is_news(*deleted, *fdb, *ip, *mac)
+            }
             Change::Overrun => true,
             Change::Other => false,
         }

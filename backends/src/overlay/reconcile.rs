@@ -82,6 +82,7 @@ impl<K: Kernel> Overlay<K> {
             &self.peers,
         );
         report.errors.extend(refused);
+        self.ext_nets = ext_nets;
         let plan = plan_by_family(&desired, &observed, family);
         report.kept = plan.kept;
 
@@ -115,6 +116,15 @@ impl<K: Kernel> Overlay<K> {
                 }
             }
         }
+        // What is in the kernel now, for the single-peer updates until the next reconcile
+        // (a peer whose ops failed is left out: its next update writes it all).
+        let fixed = self.driver.fixed_entries();
+        let programmed: Vec<_> = desired
+            .peers
+            .into_iter()
+            .filter(|p| !failed.contains(&p.subnet) && !fixed.contains(p))
+            .collect();
+        self.programmed.reset(programmed, &fixed);
         if report.added + report.removed > 0 || !report.errors.is_empty() {
             tracing::info!(
                 added = report.added,
@@ -312,7 +322,7 @@ impl<K: Kernel> Overlay<K> {
     }
 
     /// Applies one op. Returns the device outcome for [`Op::EnsureDevice`].
-    async fn apply(&mut self, op: &Op) -> Result<Option<VxlanOutcome>, OverlayError> {
+    pub(super) async fn apply(&mut self, op: &Op) -> Result<Option<VxlanOutcome>, OverlayError> {
         match op {
             Op::EnsureDevice => {
                 let Some(device) = self.driver.device().cloned() else {

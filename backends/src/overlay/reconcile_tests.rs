@@ -379,3 +379,155 @@ async fn a_slash_128_host_address_with_an_on_link_prefix_route_still_reaches_its
         "the off-link one is still refused: {r:?}"
     );
 }
+
+/// `n` vxlan peers 10.244.<i>.0/24 behind 198.18.0.<i> (i from 2), VTEP MAC 02:..:<i>.
+fn many_peers(n: u16) -> Vec<Peer> {
+    (2..2 + n)
+        .map(|i| {
+            let (hi, lo) = ((i >> 8) as u8, (i & 0xff) as u8);
+            Peer {
+                subnet: net(&format!(
+                    "10.{}.{lo}.0/24",
+                    244 - u16::from(hi > 0) * 10 + u16::from(hi)
+                )),
+                public_ip: ip(&format!("198.18.{hi}.{lo}")),
+                backend_data: Some(serde_json::json!({
+                    "VNI": 1,
+                    "VtepMAC": format!("02:00:00:00:{hi:02x}:{lo:02x}")
+                })),
+            }
+        })
+        .collect()
+}
+
+/// What one lease change costs at `n` peers: the calls made by the single-peer updates
+/// (an added peer, a changed VTEP MAC, a removed peer), after a full reconcile.
+async fn single_peer_calls(n: u16) -> Vec<Vec<String>> {
+    let (k, ext) = node();
+    // Every peer on-link for the recording kernel's address table: a /16 on eth0.
+    k.add_address_externally(ext.index, "198.18.0.1/16".parse().expect("cidr"));
+    let driver = VxlanDriver::new(&VxlanConfig::default(), &ext).expect("driver");
+    let mut o = Overlay::new(k.clone(), Box::new(driver), ext)
+        .await
+        .expect("overlay");
+    o.set_own_subnet(net("10.244.1.0/24"));
+    let peers = many_peers(n);
+    o.set_peers(peers.clone());
+    assert!(o.reconcile().await.expect("reconcile").is_clean());
+    let strip = |calls: Vec<String>| -> Vec<String> {
+        calls
+            .into_iter()
+            .map(|c| c.split_whitespace().nth(1).unwrap_or_default().to_string())
+            .collect()
+    };
+    let mut out = Vec::new();
+    // Added.
+    k.clear_calls();
+    let other_vtep = |last: u8| {
+        Some(serde_json::json!({"VNI": 1, "VtepMAC": format!("0a:00:00:00:00:{last:02x}")}))
+    };
+    let new = Peer {
+        subnet: net("10.250.1.0/24"),
+        public_ip: ip("198.18.250.1"),
+        backend_data: other_vtep(0xfe),
+    };
+    let r = o.upsert_peer(new.clone()).await.expect("upsert");
+    assert_eq!((r.added, r.removed), (3, 0), "{r:?}");
+    out.push(strip(k.calls()));
+    // Changed: a new VTEP MAC (the node was rebuilt).
+    k.clear_calls();
+    let mut moved = new.clone();
+    moved.backend_data = other_vtep(0xfd);
+    o.upsert_peer(moved).await.expect("upsert");
+    out.push(strip(k.calls()));
+    // Unchanged: nothing at all.
+    k.clear_calls();
+    let mut again = new.clone();
+    again.backend_data = other_vtep(0xfd);
+    o.upsert_peer(again).await.expect("upsert");
+    out.push(strip(k.calls()));
+    // Removed.
+    k.clear_calls();
+    o.remove_peer(new.subnet).await.expect("remove");
+    out.push(strip(k.calls()));
+    // And a full reconcile afterwards finds nothing to do: the single-peer path left the
+    // kernel exactly as planned.
+    k.clear_calls();
+    let r = o.reconcile().await.expect("reconcile");
+    assert!(!r.changed(), "{r:?} {:?}", writes(&k));
+    assert_eq!(r.kept, 3 * peers.len() + 1);
+    out
+}
+
+#[tokio::test]
+async fn a_lease_change_costs_a_constant_number_of_netlink_requests() {
+    let small = single_peer_calls(10).await;
+    let large = single_peer_calls(1000).await;
+    assert_eq!(small, large, "the same requests at 10 and at 1,000 peers");
+    assert_eq!(
+        large,
+        vec![
+            vec!["replace_neigh", "replace_fdb", "replace_route"],
+            vec!["del_fdb", "replace_neigh", "replace_fdb"],
+            Vec::<&str>::new(),
+            vec!["del_route", "del_neigh", "del_fdb"],
+        ]
+    );
+}
+
+#[tokio::test]
+async fn echoes_of_our_own_writes_are_not_relevant_and_real_changes_are() {
+    use crate::kernel::netlink::Change;
+    let (_k, mut o) = vxlan_overlay().await;
+    o.reconcile().await.expect("reconcile");
+    let dev = o.dev_index.expect("device");
+    let route = |dst: &str, protocol: u8, deleted: bool| Change::Route {
+        dst: Some(net(dst)),
+        protocol,
+        deleted,
+    };
+    // Our route to a peer appearing: an echo. Disappearing: news.
+    assert!(!o.is_relevant(&route("10.244.2.0/24", ROUTE_PROTOCOL, false)));
+    assert!(o.is_relevant(&route("10.244.2.0/24", ROUTE_PROTOCOL, true)));
+    // A route of ours nobody wants appearing (a leftover): news; going: an echo.
+    assert!(o.is_relevant(&route("10.244.99.0/24", ROUTE_PROTOCOL, false)));
+    assert!(!o.is_relevant(&route("10.244.99.0/24", ROUTE_PROTOCOL, true)));
+    // Someone else's route to a peer's subnet: news.
+    assert!(o.is_relevant(&route("10.244.2.0/24", 4, false)));
+    let neigh = |deleted, fdb, ip_: &str, mac: [u8; 6]| Change::Neigh {
+        ifindex: dev,
+        deleted,
+        fdb,
+        ip: Some(ip(ip_)),
+        mac: Some(mac),
+    };
+    let mac2 = [2, 0, 0, 0, 0, 2];
+    assert!(
+        !o.is_relevant(&neigh(false, false, "10.244.2.0", mac2)),
+        "echo"
+    );
+    assert!(
+        o.is_relevant(&neigh(true, false, "10.244.2.0", mac2)),
+        "deleted"
+    );
+    assert!(
+        o.is_relevant(&neigh(false, false, "10.244.2.0", [2, 0, 0, 0, 0, 9])),
+        "rewritten"
+    );
+    assert!(
+        !o.is_relevant(&neigh(false, false, "10.244.7.7", mac2)),
+        "the kernel's own"
+    );
+    assert!(
+        !o.is_relevant(&neigh(false, true, "198.18.0.2", mac2)),
+        "FDB echo"
+    );
+    assert!(
+        o.is_relevant(&neigh(true, true, "198.18.0.2", mac2)),
+        "FDB deleted"
+    );
+    assert!(
+        o.is_relevant(&neigh(false, true, "198.18.0.77", mac2)),
+        "FDB moved"
+    );
+}

@@ -90,6 +90,12 @@ pub enum Change {
         ifindex: u32,
         /// `RTM_DELNEIGH`.
         deleted: bool,
+        /// An FDB entry (`AF_BRIDGE`) rather than an ARP/NDP entry.
+        fdb: bool,
+        /// The entry's IP address (a neighbour's; an FDB entry's remote), when present.
+        ip: Option<std::net::IpAddr>,
+        /// The link-layer address, when present.
+        mac: Option<[u8; 6]>,
     },
     /// The kernel dropped notifications (socket buffer overrun): anything may have changed.
     Overrun,
@@ -214,9 +220,13 @@ fn classify(msg: NetlinkMessage<RouteNetlinkMessage>) -> Change {
                 }
             }
             RouteNetlinkMessage::NewNeighbour(n) | RouteNetlinkMessage::DelNeighbour(n) => {
+                let (ip, mac) = super::neigh::parse_attrs(&n);
                 Change::Neigh {
                     ifindex: n.header.ifindex,
                     deleted: msg.header.message_type == libc::RTM_DELNEIGH,
+                    fdb: n.header.family == netlink_packet_route::AddressFamily::Bridge,
+                    ip,
+                    mac,
                 }
             }
             _ => Change::Other,

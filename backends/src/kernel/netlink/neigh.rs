@@ -80,7 +80,7 @@ fn family_of(ip: IpAddr) -> AddressFamily {
 }
 
 /// Parses `NDA_DST` and `NDA_LLADDR` out of a dumped entry.
-fn parse_attrs(m: &NeighbourMessage) -> (Option<IpAddr>, Option<[u8; 6]>) {
+pub(super) fn parse_attrs(m: &NeighbourMessage) -> (Option<IpAddr>, Option<[u8; 6]>) {
     let mut ip = None;
     let mut mac = None;
     for attr in &m.attributes {

@@ -1,0 +1,273 @@
+//! # One peer at a time: a lease change costs that peer's entries, not a kernel dump
+//!
+//! [`Overlay::reconcile`] reads every table we own and plans the whole difference: right at
+//! start, after a netlink notification and every 10 s, where it catches whatever anyone did
+//! to the kernel. Paying it for every lease change makes one change cost O(peers) (a
+//! rolling upgrade of a 5,000-node cluster keeps a core busy). So a lease change goes
+//! through [`Overlay::upsert_peer`] / [`Overlay::remove_peer`] instead: the driver's entries
+//! for that one peer are compared with what [`Programmed`] says is in the kernel for it, and
+//! only the difference is written (`ip neigh replace`, `bridge fdb replace`, `ip route
+//! replace`, or their deletes) — no dump, a constant number of requests.
+//!
+//! Our own writes come back as netlink notifications. [`Programmed`] also answers whether a
+//! notification is news (a wanted entry deleted or changed by someone else) or the echo of
+//! our own write, so that those echoes do not trigger the full reconcile we just avoided.
+//!
+//! If a single-peer write fails, or the device is not there, the caller falls back to the
+//! full reconcile, which repairs everything.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
+
+use super::plan::{Op, PeerEntries, on_link};
+use super::{Overlay, OverlayError, Peer, ReconcileReport};
+use crate::kernel::Kernel;
+
+/// What is programmed in the kernel for each peer (its subnet), plus the fixed entries, and
+/// indexes over them for classifying notifications.
+#[derive(Debug, Default)]
+pub(super) struct Programmed {
+    per_peer: HashMap<IpNetwork, PeerEntries>,
+    /// Every wanted route destination (peers' and fixed entries').
+    routes: HashMap<IpNetwork, usize>,
+    /// Wanted neighbours: IP → MAC.
+    neighs: HashMap<IpAddr, [u8; 6]>,
+    /// Wanted FDB entries: MAC → remote.
+    fdb: HashMap<[u8; 6], IpAddr>,
+}
+
+impl Programmed {
+    /// Replaces everything with `entries` (after a full reconcile).
+    pub(super) fn reset(&mut self, peers: Vec<PeerEntries>, fixed: &[PeerEntries]) {
+        *self = Programmed::default();
+        for e in fixed {
+            *self.routes.entry(e.route.dst).or_default() += 1;
+        }
+        for e in peers {
+            self.insert(e);
+        }
+    }
+
+    fn insert(&mut self, e: PeerEntries) {
+        *self.routes.entry(e.route.dst).or_default() += 1;
+        if let Some((ip, mac)) = e.neigh {
+            self.neighs.insert(ip, mac);
+        }
+        if let Some((mac, dst)) = e.fdb {
+            self.fdb.insert(mac, dst);
+        }
+        if let Some(old) = self.per_peer.insert(e.subnet, e) {
+            self.forget(&old);
+        }
+    }
+
+    fn remove(&mut self, subnet: &IpNetwork) -> Option<PeerEntries> {
+        let old = self.per_peer.remove(subnet)?;
+        self.forget(&old);
+        Some(old)
+    }
+
+    /// Drops `old`'s index entries, unless the entry now in `per_peer` (a replacement
+    /// already inserted) still wants them.
+    fn forget(&mut self, old: &PeerEntries) {
+        if let Some(n) = self.routes.get_mut(&old.route.dst) {
+            *n -= 1;
+            if *n == 0 {
+                self.routes.remove(&old.route.dst);
+            }
+        }
+        let current = self.per_peer.get(&old.subnet);
+        if let Some((ip, _)) = old.neigh
+            && current.and_then(|c| c.neigh).map(|(i, _)| i) != Some(ip)
+        {
+            self.neighs.remove(&ip);
+        }
+        if let Some((mac, _)) = old.fdb
+            && current.and_then(|c| c.fdb).map(|(m, _)| m) != Some(mac)
+        {
+            self.fdb.remove(&mac);
+        }
+    }
+
+    /// Whether a route to `dst` is wanted.
+    pub(super) fn wants_route(&self, dst: &IpNetwork) -> bool {
+        self.routes.contains_key(dst)
+    }
+
+    /// Whether a neighbour/FDB notification on our device is news: a wanted entry deleted,
+    /// or rewritten with another MAC (neighbour) or another remote (FDB). Additions of
+    /// wanted entries are our own echoes; anything the kernel adds by itself is left to
+    /// the periodic reconcile.
+    pub(super) fn neigh_is_news(
+        &self,
+        deleted: bool,
+        fdb: bool,
+        ip: Option<IpAddr>,
+        mac: Option<[u8; 6]>,
+    ) -> bool {
+        if fdb {
+            match mac.and_then(|m| self.fdb.get(&m)) {
+                Some(want) => deleted || ip.is_some_and(|i| i != *want),
+                None => false,
+            }
+        } else {
+            match ip.and_then(|i| self.neighs.get(&i)) {
+                Some(want) => deleted || mac.is_some_and(|m| m != *want),
+                None => false,
+            }
+        }
+    }
+
+    /// The entries programmed for `subnet`.
+    pub(super) fn get(&self, subnet: &IpNetwork) -> Option<&PeerEntries> {
+        self.per_peer.get(subnet)
+    }
+
+    /// Whether `mac` is wanted in the FDB for a peer other than `subnet`.
+    fn mac_wanted_by_other(&self, mac: [u8; 6], subnet: &IpNetwork) -> bool {
+        self.per_peer
+            .values()
+            .any(|e| e.subnet != *subnet && e.fdb.is_some_and(|(m, _)| m == mac))
+    }
+}
+
+impl<K: Kernel> Overlay<K> {
+    /// One peer added or changed (its lease appeared, or its public IP or `BackendData`
+    /// changed): writes only the difference between its entries and what is programmed for
+    /// it. `Err` means the single-peer path could not do it (device gone, a write failed):
+    /// run [`Overlay::reconcile`].
+    pub async fn upsert_peer(&mut self, peer: Peer) -> Result<ReconcileReport, OverlayError> {
+        let mut report = ReconcileReport::default();
+        if Some(peer.subnet) == self.own {
+            return Ok(report);
+        }
+        match self.peer_index.get(&peer.subnet) {
+            Some(&i) if self.peers[i] == peer => {}
+            Some(&i) => self.peers[i] = peer.clone(),
+            None => {
+                self.peer_index.insert(peer.subnet, self.peers.len());
+                self.peers.push(peer.clone());
+            }
+        }
+        self.driver.set_peers(&self.peers);
+        let on = on_link(peer.public_ip, &self.ext, &self.ext_nets);
+        let wanted = match self.driver.peer_entries(&peer, on) {
+            Ok(w) => w,
+            Err(e) => {
+                report.errors.push(e);
+                None
+            }
+        };
+        let old = self.programmed.get(&peer.subnet).cloned();
+        if old == wanted {
+            report.kept += usize::from(wanted.is_some());
+            return Ok(report);
+        }
+        let mut ops = Vec::new();
+        if let Some(old) = &old {
+            let new = wanted.as_ref();
+            if new.is_none_or(|n| n.route.dst != old.route.dst) {
+                ops.push(Op::DelRoute(old.route.clone()));
+            }
+            if let Some((ip, _)) = old.neigh
+                && new.and_then(|n| n.neigh).map(|(i, _)| i) != Some(ip)
+            {
+                ops.push(Op::DelNeigh(ip));
+            }
+            if let Some((mac, dst)) = old.fdb
+                && new.and_then(|n| n.fdb).map(|(m, _)| m) != Some(mac)
+                && !self.programmed.mac_wanted_by_other(mac, &peer.subnet)
+            {
+                ops.push(Op::DelFdb {
+                    mac,
+                    dst: Some(dst),
+                });
+            }
+        }
+        if let Some(new) = &wanted {
+            if let Some((ip, mac)) = new.neigh
+                && old.as_ref().is_none_or(|o| o.neigh != new.neigh)
+            {
+                ops.push(Op::ReplaceNeigh {
+                    peer: new.subnet,
+                    ip,
+                    mac,
+                });
+            }
+            if let Some((mac, dst)) = new.fdb
+                && old.as_ref().is_none_or(|o| o.fdb != new.fdb)
+            {
+                ops.push(Op::ReplaceFdb {
+                    peer: new.subnet,
+                    mac,
+                    dst,
+                });
+            }
+            if old.as_ref().is_none_or(|o| o.route != new.route) {
+                ops.push(Op::ReplaceRoute {
+                    peer: new.subnet,
+                    route: new.route.clone(),
+                });
+            }
+        }
+        self.apply_single(&ops, &mut report).await?;
+        self.programmed.remove(&peer.subnet);
+        if let Some(new) = wanted {
+            self.programmed.insert(new);
+        }
+        Ok(report)
+    }
+
+    /// One peer gone (its lease expired or was deleted): deletes exactly its entries.
+    /// `Err`: run [`Overlay::reconcile`].
+    pub async fn remove_peer(
+        &mut self,
+        subnet: IpNetwork,
+    ) -> Result<ReconcileReport, OverlayError> {
+        let mut report = ReconcileReport::default();
+        if let Some(i) = self.peer_index.remove(&subnet) {
+            self.peers.swap_remove(i);
+            if let Some(moved) = self.peers.get(i) {
+                self.peer_index.insert(moved.subnet, i);
+            }
+            self.driver.set_peers(&self.peers);
+        }
+        let Some(old) = self.programmed.get(&subnet).cloned() else {
+            return Ok(report);
+        };
+        let mut ops = vec![Op::DelRoute(old.route.clone())];
+        if let Some((ip, _)) = old.neigh {
+            ops.push(Op::DelNeigh(ip));
+        }
+        if let Some((mac, dst)) = old.fdb
+            && !self.programmed.mac_wanted_by_other(mac, &subnet)
+        {
+            ops.push(Op::DelFdb {
+                mac,
+                dst: Some(dst),
+            });
+        }
+        self.apply_single(&ops, &mut report).await?;
+        self.programmed.remove(&subnet);
+        Ok(report)
+    }
+
+    /// Applies one peer's ops in order; the first failure ends it (the caller reconciles).
+    async fn apply_single(
+        &mut self,
+        ops: &[Op],
+        report: &mut ReconcileReport,
+    ) -> Result<(), OverlayError> {
+        for op in ops {
+            self.apply(op).await?;
+            if op.is_removal() {
+                report.removed += 1;
+            } else {
+                report.added += 1;
+            }
+        }
+        Ok(())
+    }
+}
