@@ -3,7 +3,10 @@
 //! ```text
 //! flannel-bench convergence [--backend B] [--rounds N]   new lease -> programmed on all 3 nodes
 //!                                                         (etcd put over HTTP, routes polled via netlink)
-//! flannel-bench scale       [--backend B] [--leases N]   N synthetic leases -> all programmed; RSS
+//! flannel-bench scale       [--backend B] [--leases N] [--churn S]
+//!                                                         N synthetic leases (up to 16,383) -> all
+//!                                                         programmed; RSS; with --churn, S s of
+//!                                                         200 lease changes/s: flanneld CPU per change
 //! flannel-bench acquire     [--leases N]                 acquire time with N existing leases
 //! flannel-bench throughput  [--backend B] [--dur S] [--reps R] [--stack v4|dual|v6]
 //!                           [--pod-masq yes|no]           pod-to-pod TCP (iperf3); v6 and dual
@@ -28,7 +31,7 @@ use flannel_examples::cluster::{Backend, Binaries, Cluster, ClusterSpec, Stack, 
 fn usage() -> ExitCode {
     eprintln!(
         "usage: flannel-bench convergence|scale|acquire|throughput|failover [--backend vxlan|host-gw] \
-         [--rounds N] [--leases N] [--dur S] [--reps R] [--stack v4|dual|v6] [--pod-masq yes|no]"
+         [--rounds N] [--leases N] [--churn S] [--dur S] [--reps R] [--stack v4|dual|v6] [--pod-masq yes|no]"
     );
     ExitCode::from(2)
 }
@@ -41,6 +44,7 @@ struct Args {
     reps: usize,
     stack: Stack,
     pod_masq: bool,
+    churn: usize,
 }
 
 fn bins() -> Binaries {
@@ -365,15 +369,33 @@ fn failover(a: &Args) -> Result<(), String> {
     Ok(())
 }
 
+/// flanneld's CPU time so far (`utime + stime` of `/proc/<pid>/stat`), in seconds.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces: fields count from after its closing parenthesis.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some(ticks / hz)
+}
+
 fn scale(a: &Args) -> Result<(), String> {
     let mut s = spec(1, a.backend);
-    // /26 leases: 1024 of them fit in 10.244.0.0/16.
-    s.config_extra = serde_json::json!({"SubnetLen": 26});
+    // Leases small enough that `--leases` of them fit in 10.244.0.0/16: /26 (1,024) up to
+    // 1,023 leases, else /30 (16,384).
+    let (len, per_third) = if a.leases < 1024 { (26, 4) } else { (30, 64) };
+    if a.leases >= 16_384 {
+        return Err("--leases: at most 16,383 (/30 subnets of 10.244.0.0/16)".into());
+    }
+    s.config_extra = serde_json::json!({ "SubnetLen": len });
     let c = Cluster::start(s)?;
     let own = c.node_subnet(0).unwrap_or_default();
+    let step = 256 / per_third;
     let mut pairs = Vec::new();
     for k in 0..(a.leases + 1) {
-        let dst = format!("10.244.{}.{}/26", k / 4, (k % 4) * 64);
+        let dst = format!("10.244.{}.{}/{len}", k / per_third, (k % per_third) * step);
         if dst == own {
             continue;
         }
@@ -411,6 +433,50 @@ fn scale(a: &Args) -> Result<(), String> {
     );
     println!("RESULT scale_{b}_rss_idle {rss_before} KiB");
     println!("RESULT scale_{b}_rss_{}_leases {rss} KiB", a.leases);
+
+    if a.churn > 0 {
+        // A rolling upgrade: every second 100 leases are deleted and, half a second later,
+        // written back (200 changes/s), for `--churn` seconds. flanneld's CPU time over the
+        // whole phase, divided by the changes, is the cost of one change.
+        let cpu0 = cpu_seconds(pid).ok_or("flanneld's /proc/<pid>/stat")?;
+        let t0 = Instant::now();
+        let mut changes = 0usize;
+        for sec in 0..a.churn {
+            let from = (sec * 100) % pairs.len();
+            let batch: Vec<(String, String)> =
+                pairs.iter().cycle().skip(from).take(100).cloned().collect();
+            let keys: Vec<String> = batch.iter().map(|(k, _)| k.clone()).collect();
+            c.etcd_del_many(&keys)?;
+            changes += keys.len();
+            let half = Duration::from_millis(500 + 1000 * sec as u64);
+            std::thread::sleep(half.saturating_sub(t0.elapsed()));
+            c.etcd_put_many(&batch)?;
+            changes += batch.len();
+            let next = Duration::from_millis(1000 * (sec as u64 + 1));
+            std::thread::sleep(next.saturating_sub(t0.elapsed()));
+        }
+        let settled = wait_until(Duration::from_secs(30), || owned_routes(&c, 0) == a.leases);
+        let cpu1 = cpu_seconds(pid).ok_or("flanneld's /proc/<pid>/stat")?;
+        if !settled {
+            return Err(format!(
+                "after churn {} routes, want {}",
+                owned_routes(&c, 0),
+                a.leases
+            ));
+        }
+        let rss = rss_kib(pid).unwrap_or(0);
+        println!(
+            "RESULT scale_{b}_{}_churn_changes {changes} ({:.0} changes/s)",
+            a.leases,
+            changes as f64 / t0.elapsed().as_secs_f64()
+        );
+        println!(
+            "RESULT scale_{b}_{}_cpu_per_change {:.3} ms",
+            a.leases,
+            (cpu1 - cpu0) * 1e3 / changes as f64
+        );
+        println!("RESULT scale_{b}_rss_after_churn {rss} KiB");
+    }
     Ok(())
 }
 
@@ -581,6 +647,7 @@ fn main() -> ExitCode {
         reps: 3,
         stack: Stack::V4,
         pod_masq: true,
+        churn: 0,
     };
     while let Some(flag) = argv.next() {
         let value = argv.next();
@@ -590,6 +657,7 @@ fn main() -> ExitCode {
             ("--leases", Some(v)) => v.parse().map(|n| a.leases = n).is_ok(),
             ("--dur", Some(v)) => v.parse().map(|n| a.dur = n).is_ok(),
             ("--reps", Some(v)) => v.parse().map(|n| a.reps = n).is_ok(),
+            ("--churn", Some(v)) => v.parse().map(|n| a.churn = n).is_ok(),
             ("--pod-masq", Some(v @ ("yes" | "no"))) => {
                 a.pod_masq = v == "yes";
                 true

@@ -109,12 +109,30 @@ impl Cluster {
     /// Writes many keys quickly: `etcdctl txn` batches of at most 100 puts (etcd's default
     /// limit is 128 operations per transaction).
     pub fn etcd_put_many(&self, pairs: &[(String, String)]) -> Result<(), String> {
-        for chunk in pairs.chunks(100) {
-            let mut script = String::from("\n");
-            for (k, v) in chunk {
+        let ops: Vec<String> = pairs
+            .iter()
+            .map(|(k, v)| {
                 // etcdctl's txn reader unquotes double-quoted words like Go's strconv.Unquote.
                 let quoted = v.replace('\\', "\\\\").replace('"', "\\\"");
-                script.push_str(&format!("put {k} \"{quoted}\"\n"));
+                format!("put {k} \"{quoted}\"")
+            })
+            .collect();
+        self.etcd_txn_many(&ops)
+    }
+
+    /// Deletes many keys quickly, 100 per `etcdctl txn`.
+    pub fn etcd_del_many(&self, keys: &[String]) -> Result<(), String> {
+        let ops: Vec<String> = keys.iter().map(|k| format!("del {k}")).collect();
+        self.etcd_txn_many(&ops)
+    }
+
+    /// `etcdctl txn` with `ops` (`put K "V"`, `del K` lines), 100 per transaction.
+    fn etcd_txn_many(&self, ops: &[String]) -> Result<(), String> {
+        for chunk in ops.chunks(100) {
+            let mut script = String::from("\n");
+            for op in chunk {
+                script.push_str(op);
+                script.push('\n');
             }
             script.push_str("\n\n");
             let mut child = self
