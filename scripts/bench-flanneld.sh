@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # flanneld benchmarks (issue 3), all inside namespaces the harness creates and removes:
 #   1. convergence: a new lease -> programmed on all 3 nodes (vxlan, host-gw)
-#   2. scale: 1000 synthetic leases -> all programmed on a node; flanneld RSS
+#   2. scale: 1000 and 10000 synthetic leases -> all programmed on a node; flanneld RSS;
+#      10 s of 200 lease changes/s -> flanneld CPU per change
 #   3. acquire: acquire time with 5000 existing leases
 #   4. pod-to-pod TCP throughput for vxlan and host-gw through our cluster, compared in the
 #      same run with the hand-built kernel topology of shared/bench/dataplane-limits.sh
@@ -21,7 +22,8 @@ echo "# results in $OUT"
 run() { echo "## flannel-bench $*"; "$B" "$@" | tee -a "$OUT/results.txt"; }
 run convergence --backend vxlan --rounds 20
 run convergence --backend host-gw --rounds 20
-run scale --backend vxlan --leases 1000
+run scale --backend vxlan --leases 1000 --churn 10
+run scale --backend vxlan --leases 10000 --churn 10
 run scale --backend host-gw --leases 1000
 run acquire --leases 5000
 
