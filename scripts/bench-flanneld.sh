@@ -23,7 +23,7 @@ run() { echo "## flannel-bench $*"; "$B" "$@" | tee -a "$OUT/results.txt"; }
 run convergence --backend vxlan --rounds 20
 run convergence --backend host-gw --rounds 20
 run scale --backend vxlan --leases 1000 --churn 10
-run scale --backend vxlan --leases 10000 --churn 10
+run scale --backend vxlan --leases 10000 --churn 10 --relist yes
 run scale --backend host-gw --leases 1000
 run acquire --leases 5000
 

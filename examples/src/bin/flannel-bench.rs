@@ -6,7 +6,9 @@
 //! flannel-bench scale       [--backend B] [--leases N] [--churn S]
 //!                                                         N synthetic leases (up to 16,383) -> all
 //!                                                         programmed; RSS; with --churn, S s of
-//!                                                         200 lease changes/s: flanneld CPU per change
+//!                                                         200 lease changes/s: flanneld CPU per change;
+//!                           [--relist yes]                with --relist, a forced re-list after a
+//!                                                         compaction: time until converged
 //! flannel-bench acquire     [--leases N]                 acquire time with N existing leases
 //! flannel-bench throughput  [--backend B] [--dur S] [--reps R] [--stack v4|dual|v6]
 //!                           [--pod-masq yes|no]           pod-to-pod TCP (iperf3); v6 and dual
@@ -31,7 +33,7 @@ use flannel_examples::cluster::{Backend, Binaries, Cluster, ClusterSpec, Stack, 
 fn usage() -> ExitCode {
     eprintln!(
         "usage: flannel-bench convergence|scale|acquire|throughput|failover [--backend vxlan|host-gw] \
-         [--rounds N] [--leases N] [--churn S] [--dur S] [--reps R] [--stack v4|dual|v6] [--pod-masq yes|no]"
+         [--rounds N] [--leases N] [--churn S] [--relist yes|no] [--dur S] [--reps R] [--stack v4|dual|v6] [--pod-masq yes|no]"
     );
     ExitCode::from(2)
 }
@@ -45,6 +47,7 @@ struct Args {
     stack: Stack,
     pod_masq: bool,
     churn: usize,
+    relist: bool,
 }
 
 fn bins() -> Binaries {
@@ -390,7 +393,7 @@ fn scale(a: &Args) -> Result<(), String> {
         return Err("--leases: at most 16,383 (/30 subnets of 10.244.0.0/16)".into());
     }
     s.config_extra = serde_json::json!({ "SubnetLen": len });
-    let c = Cluster::start(s)?;
+    let mut c = Cluster::start(s)?;
     let own = c.node_subnet(0).unwrap_or_default();
     let step = 256 / per_third;
     let mut pairs = Vec::new();
@@ -476,6 +479,61 @@ fn scale(a: &Args) -> Result<(), String> {
             (cpu1 - cpu0) * 1e3 / changes as f64
         );
         println!("RESULT scale_{b}_rss_after_churn {rss} KiB");
+    }
+
+    if a.relist {
+        // A re-list: flanneld frozen while etcd restarts (its watch dropped), 100 leases
+        // are replaced by 100 others and the history compacted away; thawed, it cannot
+        // resume and must re-list all N leases. Time from the thaw until its routes are
+        // exactly the new set.
+        let gone: Vec<(String, String)> = pairs.iter().take(100).cloned().collect();
+        let mut fresh = Vec::new();
+        for k in 0..100usize {
+            // /30s of 10.244.255.0/24 (or /26s of 10.244.255.0/24 for small runs): not
+            // used by the first N leases unless N is near the maximum.
+            let sub = if len == 30 {
+                format!("10.244.255.{}/30", k * 4 % 256)
+            } else {
+                format!("10.244.255.{}/26", (k % 4) * 64)
+            };
+            if fresh
+                .iter()
+                .any(|(key, _): &(String, String)| *key == Cluster::lease_key(&sub))
+            {
+                continue;
+            }
+            fresh.push((
+                Cluster::lease_key(&sub),
+                lease_value(a.backend, &format!("198.19.255.{}", 1 + k), 60_000 + k),
+            ));
+        }
+        c.signal_flanneld(0, nix::sys::signal::Signal::SIGSTOP);
+        c.stop_etcd();
+        c.start_etcd()?;
+        let keys: Vec<String> = gone.iter().map(|(k, _)| k.clone()).collect();
+        c.etcd_del_many(&keys)?;
+        c.etcd_put_many(&fresh)?;
+        let rev = c.etcd_revision().ok_or("etcd revision")?;
+        c.etcdctl(&["compact", &rev.to_string()])?;
+        let want = a.leases - gone.len() + fresh.len();
+        let t0 = Instant::now();
+        c.signal_flanneld(0, nix::sys::signal::Signal::SIGCONT);
+        let ok = wait_until(Duration::from_secs(30), || owned_routes(&c, 0) == want);
+        let took = t0.elapsed();
+        if !ok {
+            return Err(format!(
+                "after the re-list {} routes, want {want}",
+                owned_routes(&c, 0)
+            ));
+        }
+        if !c.flanneld_log(0).contains("fell behind a compaction") {
+            return Err("the watch did not hit the compaction; no re-list measured".into());
+        }
+        println!(
+            "RESULT scale_{b}_{}_relist_converged {:.0} ms",
+            a.leases,
+            took.as_secs_f64() * 1e3
+        );
     }
     Ok(())
 }
@@ -648,6 +706,7 @@ fn main() -> ExitCode {
         stack: Stack::V4,
         pod_masq: true,
         churn: 0,
+        relist: false,
     };
     while let Some(flag) = argv.next() {
         let value = argv.next();
@@ -658,6 +717,10 @@ fn main() -> ExitCode {
             ("--dur", Some(v)) => v.parse().map(|n| a.dur = n).is_ok(),
             ("--reps", Some(v)) => v.parse().map(|n| a.reps = n).is_ok(),
             ("--churn", Some(v)) => v.parse().map(|n| a.churn = n).is_ok(),
+            ("--relist", Some(v @ ("yes" | "no"))) => {
+                a.relist = v == "yes";
+                true
+            }
             ("--pod-masq", Some(v @ ("yes" | "no"))) => {
                 a.pod_masq = v == "yes";
                 true
