@@ -31,8 +31,10 @@ pub struct Removed {
     pub devices: Vec<String>,
     /// Routes, as `dst`.
     pub routes: Vec<String>,
-    /// Whether the nftables table existed.
+    /// Whether an nftables table of ours existed.
     pub nft_table: bool,
+    /// The iptables flavours our FORWARD jump was removed from (`ip6tables-nft`, ...).
+    pub forward: Vec<String>,
     /// Whether the subnet file existed.
     pub subnet_file: bool,
     /// The lease deleted from etcd (with `--release-lease-on-shutdown`).
@@ -76,13 +78,23 @@ async fn release_lease(opts: &Opts, local: &[std::net::IpAddr]) -> Result<Option
 
 /// Whether a device of this name and kind is one flanneld creates.
 pub fn is_our_device(name: &str, kind: Option<&str>) -> bool {
+    device_family(name, kind).is_some()
+}
+
+/// The address family a device of ours carries (`flannel.<VNI>` and udp's `flannel0` IPv4,
+/// `flannel-v6.<VNI>` IPv6); `None` for any other device.
+pub fn device_family(name: &str, kind: Option<&str>) -> Option<IpFamily> {
+    use backends::overlay::vxlan::device_prefix;
+    let vxlan_of = |family| {
+        name.strip_prefix(device_prefix(family))
+            .is_some_and(|vni| !vni.is_empty() && vni.bytes().all(|b| b.is_ascii_digit()))
+    };
     match kind {
-        Some("vxlan") => name
-            .strip_prefix("flannel.")
-            .or_else(|| name.strip_prefix("flannel-v6."))
-            .is_some_and(|vni| !vni.is_empty() && vni.bytes().all(|b| b.is_ascii_digit())),
-        Some("tun") => name == "flannel0",
-        _ => false,
+        Some("vxlan") => [IpFamily::V4, IpFamily::V6]
+            .into_iter()
+            .find(|f| vxlan_of(*f)),
+        Some("tun") if name == "flannel0" => Some(IpFamily::V4),
+        _ => None,
     }
 }
 
@@ -93,68 +105,107 @@ pub fn is_our_device(name: &str, kind: Option<&str>) -> bool {
 /// that family until `flanneld --cleanup`. Returns what was removed, for the log; failures
 /// are logged and skipped (the rest still goes).
 pub async fn retire_family(nl: &Netlink, family: IpFamily) -> Vec<String> {
-    let mut removed = Vec::new();
+    let mut removed = Removed::default();
+    let mut errors = Vec::new();
+    remove_family_state(nl, family, &mut removed, &mut errors).await;
+    for e in errors {
+        tracing::warn!(?family, error = %e, "removing what an earlier run left");
+    }
+    // Routes come as `dst` or `blackhole dst`.
+    let routes = removed.routes.into_iter().map(|r| {
+        if r.starts_with("blackhole ") {
+            r
+        } else {
+            format!("route {r}")
+        }
+    });
+    let devices = removed.devices.into_iter().map(|d| format!("device {d}"));
+    let table = removed
+        .nft_table
+        .then(|| format!("nftables table {family:?} {}", backends::masq::NODE_TABLE));
+    let forward = removed
+        .forward
+        .into_iter()
+        .map(|f| format!("{f} FORWARD jump"));
+    routes.chain(devices).chain(table).chain(forward).collect()
+}
+
+/// Removes everything of ours for `family`: proto-150 routes and blackholes (`ip [-6] route
+/// del ... proto 150`), its devices, its nftables table and its FORWARD jump in every
+/// iptables flavour. Each step carries on when another failed.
+async fn remove_family_state(
+    nl: &Netlink,
+    family: IpFamily,
+    removed: &mut Removed,
+    errors: &mut Vec<String>,
+) {
     match nl.routes(family).await {
         Ok(routes) => {
             for r in routes.iter().filter(|r| r.protocol == ROUTE_PROTOCOL) {
                 match nl.del_route(r).await {
-                    Ok(()) => removed.push(format!("route {}", r.dst)),
-                    Err(e) => tracing::warn!(dst = %r.dst, error = %e, "removing a stale route"),
+                    Ok(()) => removed.routes.push(r.dst.to_string()),
+                    Err(e) => errors.push(format!("route {}: {e}", r.dst)),
                 }
             }
         }
-        Err(e) => tracing::warn!(error = %e, "listing routes"),
+        Err(e) => errors.push(format!("listing routes: {e}")),
     }
-    if let Ok(holes) = nl.blackhole_routes(family).await {
-        for (dst, _) in holes.iter().filter(|(_, p)| *p == ROUTE_PROTOCOL) {
-            if nl.del_blackhole_route(*dst).await.is_ok() {
-                removed.push(format!("blackhole {dst}"));
+    match nl.blackhole_routes(family).await {
+        Ok(routes) => {
+            for (dst, _) in routes.iter().filter(|(_, p)| *p == ROUTE_PROTOCOL) {
+                match nl.del_blackhole_route(*dst).await {
+                    Ok(()) => removed.routes.push(format!("blackhole {dst}")),
+                    Err(e) => errors.push(format!("blackhole route {dst}: {e}")),
+                }
             }
         }
+        Err(e) => errors.push(format!("listing blackhole routes: {e}")),
     }
-    let prefix = backends::overlay::vxlan::device_prefix(family);
-    if let Ok(links) = nl.links().await {
-        for l in links.iter().filter(|l| {
-            let vxlan = l.kind.as_deref() == Some("vxlan")
-                && l.name
-                    .strip_prefix(prefix)
-                    .is_some_and(|vni| !vni.is_empty() && vni.bytes().all(|b| b.is_ascii_digit()));
-            let tun = family == IpFamily::V4
-                && is_our_device(&l.name, l.kind.as_deref())
-                && l.kind.as_deref() == Some("tun");
-            vxlan || tun
-        }) {
-            match nl.del_link_index(l.index).await {
-                Ok(_) => removed.push(format!("device {}", l.name)),
-                Err(e) => tracing::warn!(device = %l.name, error = %e, "removing a stale device"),
+    match nl.links().await {
+        Ok(links) => {
+            for l in links
+                .iter()
+                .filter(|l| device_family(&l.name, l.kind.as_deref()) == Some(family))
+            {
+                match nl.del_link_index(l.index).await {
+                    Ok(_) => removed.devices.push(l.name.clone()),
+                    Err(e) => errors.push(format!("device {}: {e}", l.name)),
+                }
             }
         }
+        Err(e) => errors.push(format!("listing devices: {e}")),
     }
-    let blocking = tokio::task::spawn_blocking(move || {
-        let mut out = Vec::new();
-        if matches!(backends::masq::list_family_table(family), Ok(Some(_)))
-            && backends::masq::NodeMasq::for_family(family)
-                .remove()
-                .is_ok()
-        {
-            out.push(format!(
-                "nftables table {family:?} {}",
+    // nft and iptables are child processes: keep them off the async worker.
+    let rules = tokio::task::spawn_blocking(move || {
+        let mut errs = Vec::new();
+        let had = matches!(backends::masq::list_family_table(family), Ok(Some(_)));
+        if had && let Err(e) = backends::masq::NodeMasq::for_family(family).remove() {
+            errs.push(format!(
+                "nftables table {family:?} {}: {e}",
                 backends::masq::NODE_TABLE
             ));
         }
-        match backends::kernel::iptables::ForwardRules::remove_family(family) {
-            Ok(flavors) => out.extend(
-                flavors
-                    .iter()
-                    .map(|f| format!("{} FORWARD jump", f.binary(family))),
-            ),
-            Err(e) => tracing::warn!(error = %e, "removing a stale FORWARD jump"),
-        }
-        out
+        let forward = match backends::kernel::iptables::ForwardRules::remove_family(family) {
+            Ok(flavors) => flavors
+                .iter()
+                .map(|f| f.binary(family).to_string())
+                .collect(),
+            Err(e) => {
+                errs.push(format!("iptables FORWARD rules: {e}"));
+                Vec::new()
+            }
+        };
+        (had, forward, errs)
     })
     .await;
-    removed.extend(blocking.unwrap_or_default());
-    removed
+    match rules {
+        Ok((had, forward, errs)) => {
+            removed.nft_table |= had;
+            removed.forward.extend(forward);
+            errors.extend(errs);
+        }
+        Err(e) => errors.push(format!("firewall clean-up task: {e}")),
+    }
 }
 
 /// Removes flanneld's node state (see the module docs).
@@ -175,65 +226,8 @@ pub async fn run(opts: &Opts) -> Result<Removed> {
         }
     }
     for family in [IpFamily::V4, IpFamily::V6] {
-        match nl.routes(family).await {
-            Ok(routes) => {
-                for r in routes.iter().filter(|r| r.protocol == ROUTE_PROTOCOL) {
-                    match nl.del_route(r).await {
-                        Ok(()) => removed.routes.push(r.dst.to_string()),
-                        Err(e) => errors.push(format!("route {}: {e}", r.dst)),
-                    }
-                }
-            }
-            Err(e) => errors.push(format!("listing routes: {e}")),
-        }
-        match nl.blackhole_routes(family).await {
-            Ok(routes) => {
-                for (dst, _) in routes.iter().filter(|(_, p)| *p == ROUTE_PROTOCOL) {
-                    match nl.del_blackhole_route(*dst).await {
-                        Ok(()) => removed.routes.push(format!("blackhole {dst}")),
-                        Err(e) => errors.push(format!("blackhole route {dst}: {e}")),
-                    }
-                }
-            }
-            Err(e) => errors.push(format!("listing blackhole routes: {e}")),
-        }
+        remove_family_state(&nl, family, &mut removed, &mut errors).await;
     }
-    match nl.links().await {
-        Ok(links) => {
-            for l in links
-                .iter()
-                .filter(|l| is_our_device(&l.name, l.kind.as_deref()))
-            {
-                match nl.del_link_index(l.index).await {
-                    Ok(_) => removed.devices.push(l.name.clone()),
-                    Err(e) => errors.push(format!("device {}: {e}", l.name)),
-                }
-            }
-        }
-        Err(e) => errors.push(format!("listing devices: {e}")),
-    }
-    let blocking = tokio::task::spawn_blocking(|| {
-        let mut errs = Vec::new();
-        let mut had_table = false;
-        for family in [IpFamily::V4, IpFamily::V6] {
-            let had = matches!(backends::masq::list_family_table(family), Ok(Some(_)));
-            had_table |= had;
-            if had && let Err(e) = backends::masq::NodeMasq::for_family(family).remove() {
-                errs.push(format!(
-                    "nftables table {family:?} {}: {e}",
-                    backends::masq::NODE_TABLE
-                ));
-            }
-        }
-        if let Err(e) = backends::kernel::iptables::ForwardRules::remove() {
-            errs.push(format!("iptables FORWARD rules: {e}"));
-        }
-        (had_table, errs)
-    })
-    .await
-    .context("cleanup task panicked")?;
-    removed.nft_table = blocking.0;
-    errors.extend(blocking.1);
     match std::fs::remove_file(&opts.subnet_file) {
         Ok(()) => removed.subnet_file = true,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -261,6 +255,15 @@ mod tests {
         assert!(is_our_device("flannel.4096", Some("vxlan")));
         assert!(is_our_device("flannel-v6.1", Some("vxlan")));
         assert!(!is_our_device("flannel-v6.", Some("vxlan")));
+        assert_eq!(
+            device_family("flannel.1", Some("vxlan")),
+            Some(IpFamily::V4)
+        );
+        assert_eq!(
+            device_family("flannel-v6.1", Some("vxlan")),
+            Some(IpFamily::V6)
+        );
+        assert_eq!(device_family("flannel0", Some("tun")), Some(IpFamily::V4));
         assert!(is_our_device("flannel0", Some("tun")));
         assert!(!is_our_device("flannel.1", Some("bridge")));
         assert!(!is_our_device("flannel.x", Some("vxlan")));

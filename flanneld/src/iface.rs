@@ -121,7 +121,7 @@ impl Candidate {
 
 /// IPv6 addresses that can be a tunnel endpoint: not loopback, link-local or multicast.
 fn usable_v6(a: &Ipv6Addr) -> bool {
-    !a.is_loopback() && !a.is_multicast() && (a.segments()[0] & 0xffc0) != 0xfe80
+    !a.is_loopback() && !a.is_multicast() && !a.is_unicast_link_local()
 }
 
 /// A link's usable addresses. IPv6 as flannel's `GetInterfaceIP6Addrs`: deprecated and

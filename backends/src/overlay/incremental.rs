@@ -25,17 +25,64 @@ use super::plan::{Op, PeerEntries, on_link};
 use super::{Overlay, OverlayError, Peer, ReconcileReport};
 use crate::kernel::Kernel;
 
+/// Keys wanted by one or more programmed entries, each with the value of the latest one
+/// (a neighbour's MAC, an FDB entry's remote) and how many entries want it: an entry
+/// replaced or removed gives up only its own claim.
+#[derive(Debug)]
+struct Claims<K, V>(HashMap<K, (V, usize)>);
+
+impl<K, V> Default for Claims<K, V> {
+    fn default() -> Self {
+        Claims(HashMap::new())
+    }
+}
+
+impl<K: std::hash::Hash + Eq, V> Claims<K, V> {
+    /// One more entry wants `key`; its `value` becomes the wanted one.
+    fn claim(&mut self, key: K, value: V) {
+        use std::collections::hash_map::Entry;
+        match self.0.entry(key) {
+            Entry::Occupied(mut o) => {
+                let slot = o.get_mut();
+                slot.0 = value;
+                slot.1 += 1;
+            }
+            Entry::Vacant(v) => {
+                v.insert((value, 1));
+            }
+        }
+    }
+
+    /// One entry fewer wants `key`.
+    fn release(&mut self, key: &K) {
+        if let Some(slot) = self.0.get_mut(key) {
+            slot.1 -= 1;
+            if slot.1 == 0 {
+                self.0.remove(key);
+            }
+        }
+    }
+
+    fn get(&self, key: &K) -> Option<&V> {
+        self.0.get(key).map(|(v, _)| v)
+    }
+
+    fn count(&self, key: &K) -> usize {
+        self.0.get(key).map_or(0, |(_, n)| *n)
+    }
+}
+
 /// What is programmed in the kernel for each peer (its subnet), plus the fixed entries, and
 /// indexes over them for classifying notifications.
 #[derive(Debug, Default)]
 pub(super) struct Programmed {
     per_peer: HashMap<IpNetwork, PeerEntries>,
     /// Every wanted route destination (peers' and fixed entries').
-    routes: HashMap<IpNetwork, usize>,
+    routes: Claims<IpNetwork, ()>,
     /// Wanted neighbours: IP → MAC.
-    neighs: HashMap<IpAddr, [u8; 6]>,
+    neighs: Claims<IpAddr, [u8; 6]>,
     /// Wanted FDB entries: MAC → remote.
-    fdb: HashMap<[u8; 6], IpAddr>,
+    fdb: Claims<[u8; 6], IpAddr>,
 }
 
 impl Programmed {
@@ -43,7 +90,7 @@ impl Programmed {
     pub(super) fn reset(&mut self, peers: Vec<PeerEntries>, fixed: &[PeerEntries]) {
         *self = Programmed::default();
         for e in fixed {
-            *self.routes.entry(e.route.dst).or_default() += 1;
+            self.routes.claim(e.route.dst, ());
         }
         for e in peers {
             self.insert(e);
@@ -51,12 +98,12 @@ impl Programmed {
     }
 
     fn insert(&mut self, e: PeerEntries) {
-        *self.routes.entry(e.route.dst).or_default() += 1;
+        self.routes.claim(e.route.dst, ());
         if let Some((ip, mac)) = e.neigh {
-            self.neighs.insert(ip, mac);
+            self.neighs.claim(ip, mac);
         }
         if let Some((mac, dst)) = e.fdb {
-            self.fdb.insert(mac, dst);
+            self.fdb.claim(mac, dst);
         }
         if let Some(old) = self.per_peer.insert(e.subnet, e) {
             self.forget(&old);
@@ -69,31 +116,20 @@ impl Programmed {
         Some(old)
     }
 
-    /// Drops `old`'s index entries, unless the entry now in `per_peer` (a replacement
-    /// already inserted) still wants them.
+    /// Gives up `old`'s claims (a replacement inserted before keeps its own).
     fn forget(&mut self, old: &PeerEntries) {
-        if let Some(n) = self.routes.get_mut(&old.route.dst) {
-            *n -= 1;
-            if *n == 0 {
-                self.routes.remove(&old.route.dst);
-            }
+        self.routes.release(&old.route.dst);
+        if let Some((ip, _)) = old.neigh {
+            self.neighs.release(&ip);
         }
-        let current = self.per_peer.get(&old.subnet);
-        if let Some((ip, _)) = old.neigh
-            && current.and_then(|c| c.neigh).map(|(i, _)| i) != Some(ip)
-        {
-            self.neighs.remove(&ip);
-        }
-        if let Some((mac, _)) = old.fdb
-            && current.and_then(|c| c.fdb).map(|(m, _)| m) != Some(mac)
-        {
-            self.fdb.remove(&mac);
+        if let Some((mac, _)) = old.fdb {
+            self.fdb.release(&mac);
         }
     }
 
     /// Whether a route to `dst` is wanted.
     pub(super) fn wants_route(&self, dst: &IpNetwork) -> bool {
-        self.routes.contains_key(dst)
+        self.routes.count(dst) > 0
     }
 
     /// Whether a neighbour/FDB notification on our device is news: a wanted entry deleted,
@@ -127,9 +163,11 @@ impl Programmed {
 
     /// Whether `mac` is wanted in the FDB for a peer other than `subnet`.
     fn mac_wanted_by_other(&self, mac: [u8; 6], subnet: &IpNetwork) -> bool {
-        self.per_peer
-            .values()
-            .any(|e| e.subnet != *subnet && e.fdb.is_some_and(|(m, _)| m == mac))
+        let own = self
+            .per_peer
+            .get(subnet)
+            .is_some_and(|e| e.fdb.is_some_and(|(m, _)| m == mac));
+        self.fdb.count(&mac) > usize::from(own)
     }
 }
 

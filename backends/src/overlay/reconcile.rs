@@ -29,7 +29,7 @@ use crate::kernel::netlink::{IpFamily, NetlinkError, Route, VxlanOutcome};
 /// the VXLAN device included; they are the kernel's, not ours to plan.
 fn is_link_local(n: &IpNetwork) -> bool {
     match n {
-        IpNetwork::V6(v6) => (v6.ip().segments()[0] & 0xffc0) == 0xfe80,
+        IpNetwork::V6(v6) => v6.ip().is_unicast_link_local(),
         IpNetwork::V4(_) => false,
     }
 }

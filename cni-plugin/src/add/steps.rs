@@ -115,7 +115,7 @@ pub async fn ensure_bridge<K: Kernel>(
         if let Some(other) = other_bridge_holding(host, &bridge, gw).await? {
             let unused = present
                 .iter()
-                .all(|p| matches!(p.ip(), IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80));
+                .all(|p| matches!(p.ip(), IpAddr::V6(v6) if v6.is_unicast_link_local()));
             if unused {
                 // No address but link-local: made for this pod only; take it away again.
                 let _ = host.del_link_index(bridge.index).await;
