@@ -152,6 +152,8 @@ impl<K: Kernel> Overlay<K> {
             self.kernel.del_link(&spec.name).await?;
         }
         self.dev_index = None;
+        // Nothing is programmed any more: a single-peer update must write everything again.
+        self.programmed = Default::default();
         Ok(())
     }
 

@@ -531,3 +531,16 @@ async fn echoes_of_our_own_writes_are_not_relevant_and_real_changes_are() {
         "FDB moved"
     );
 }
+
+#[tokio::test]
+async fn after_remove_all_a_single_peer_update_writes_its_entries_again() {
+    let (k, mut o) = vxlan_overlay().await;
+    assert!(o.reconcile().await.expect("reconcile").is_clean());
+    o.remove_all().await.expect("remove_all");
+    // The device is gone too: the single-peer path cannot write and says so (the caller
+    // then reconciles), instead of believing the entries are still there.
+    let peer = peers()[0].clone();
+    assert!(o.upsert_peer(peer.clone()).await.is_err());
+    assert!(o.reconcile().await.expect("reconcile").is_clean());
+    assert!(ours(&k).iter().any(|(dst, _, _)| *dst == peer.subnet));
+}
