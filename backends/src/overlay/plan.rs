@@ -55,6 +55,20 @@ pub struct RouteSpec {
     pub dev: RouteDev,
     /// `onlink`: the next hop is not inside any subnet of the device (VXLAN routes).
     pub onlink: bool,
+    /// Written as a nexthop object plus a route naming it (`ip nexthop replace id ID via
+    /// GATEWAY dev DEV [onlink]`, `ip route replace DST nhid ID`) instead of with the gateway
+    /// inline: the overlay sets this for IPv4 gateway routes where the kernel has nexthop
+    /// objects (an inline one costs the kernel O(routes) per insert; see
+    /// [`crate::kernel::netlink::nexthop_id_for`]). Drivers leave it `false`.
+    pub via_nexthop: bool,
+}
+
+impl RouteSpec {
+    /// Whether this route is one that goes through a nexthop object when the kernel has them:
+    /// IPv4, with a gateway, and a destination that gives a usable object id.
+    pub fn wants_nexthop(&self) -> bool {
+        self.gateway.is_some() && crate::kernel::netlink::nexthop_id_for(&self.dst).is_some()
+    }
 }
 
 /// Everything one peer needs in the kernel.
@@ -83,6 +97,7 @@ impl PeerEntries {
                 gateway: Some(p.public_ip),
                 dev: RouteDev::External,
                 onlink: false,
+                via_nexthop: false,
             },
         }
     }
@@ -359,13 +374,22 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
         }
     }
 
-    // Per peer: neighbour, FDB, route.
+    // Per peer: neighbour, FDB, route. The observed entries are indexed once, so a plan is
+    // O(entries), not O(peers × entries) (10,000 peers: milliseconds, not a tenth of a second).
+    let right_neighs: HashSet<(IpAddr, [u8; 6])> = neighs
+        .iter()
+        .filter(|n| n.permanent)
+        .filter_map(|n| n.mac.map(|mac| (n.ip, mac)))
+        .collect();
+    let observed_fdb: HashSet<&([u8; 6], Option<IpAddr>)> = fdb.iter().collect();
+    let observed_routes: HashMap<IpNetwork, Vec<&RouteSpec>> =
+        routes.iter().fold(HashMap::new(), |mut by_dst, r| {
+            by_dst.entry(r.dst).or_default().push(*r);
+            by_dst
+        });
     for p in &desired.peers {
         if let Some((ip, mac)) = p.neigh {
-            if neighs
-                .iter()
-                .any(|n| n.ip == ip && n.mac == Some(mac) && n.permanent)
-            {
+            if right_neighs.contains(&(ip, mac)) {
                 kept += 1;
             } else {
                 ops.push(Op::ReplaceNeigh {
@@ -376,7 +400,7 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
             }
         }
         if let Some((mac, dst)) = p.fdb {
-            if fdb.contains(&(mac, Some(dst))) {
+            if observed_fdb.contains(&(mac, Some(dst))) {
                 kept += 1;
             } else {
                 ops.push(Op::ReplaceFdb {
@@ -386,7 +410,10 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
                 });
             }
         }
-        if routes.iter().any(|r| **r == p.route) {
+        if observed_routes
+            .get(&p.route.dst)
+            .is_some_and(|same_dst| same_dst.iter().any(|r| **r == p.route))
+        {
             kept += 1;
         } else {
             ops.push(Op::ReplaceRoute {
