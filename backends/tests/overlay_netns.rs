@@ -340,11 +340,20 @@ fn vxlan_device_entries_and_ping_across_three_nodes() {
             kernel_state(n1, "flannel.1").await,
             expected_vxlan_state(&nodes, &macs).await
         );
+        // IPv4 peer routes name a nexthop object (id = the subnet's address as a number,
+        // 10.244.2.0 = 183763456) that carries the gateway, tagged with our protocol.
         let routes = n1.ip(&["route", "show", "proto", &ROUTE_PROTOCOL.to_string()]);
         assert!(
-            routes.contains("10.244.2.0/24 via 10.244.2.0 dev flannel.1 onlink"),
+            routes.contains("10.244.2.0/24 nhid 183763456 via 10.244.2.0 dev flannel.1 onlink"),
             "{routes}"
         );
+        let objects = n1.ip(&["nexthop", "show", "proto", &ROUTE_PROTOCOL.to_string()]);
+        assert!(
+            objects
+                .contains("id 183763456 via 10.244.2.0 dev flannel.1 scope link proto 150 onlink"),
+            "{objects}"
+        );
+        assert_eq!(objects.lines().count(), 2, "one object per peer: {objects}");
         let fdb = n1.ip(&["neigh", "show", "dev", "flannel.1"]);
         assert!(
             fdb.contains(&format!(
@@ -814,5 +823,111 @@ fn monitor_reports_route_deletion() {
         .await
         .expect("the node1 route event");
         assert!(next, "an underlay link change leaked into node1's monitor");
+    });
+}
+
+/// IPv4 peer routes through nexthop objects: an inline route of ours (an older release's, or
+/// flannel's form) is rewritten to name an object; an object deleted or changed by someone
+/// is restored by the next reconcile (deleting an object takes its routes without a route
+/// notification); `nexthop_compat_mode=0`, where routes do not show the object's gateway,
+/// changes nothing; a removed peer's object goes with it, and `remove_all` leaves none.
+#[test]
+fn nexthop_objects_are_converged_repaired_and_removed() {
+    if !prerequisites(&["ip", "ping", "sysctl"]) {
+        return;
+    }
+    in_new_netns(|| async {
+        let nodes = cluster().await;
+        let (mut overlays, peers) = start_all(&nodes, &vxlan(false)).await;
+        for o in overlays.iter_mut() {
+            assert!(o.reconcile().await.unwrap().is_clean());
+        }
+        let n1 = &nodes[0];
+        let macs = macs_of(&peers);
+        let objects = || n1.ip(&["nexthop", "show", "proto", "150"]);
+        let route_to_2 = || n1.ip(&["route", "show", "10.244.2.0/24"]);
+        let expected = expected_vxlan_state(&nodes, &macs).await;
+        let settled = |r: &backends::overlay::ReconcileReport| {
+            assert!(r.is_clean(), "{:?}", r.errors);
+        };
+
+        // The inline form (what flannel writes) is converted.
+        n1.ip(&[
+            "route",
+            "replace",
+            "10.244.2.0/24",
+            "via",
+            "10.244.2.0",
+            "dev",
+            "flannel.1",
+            "onlink",
+            "proto",
+            "150",
+        ]);
+        assert!(!route_to_2().contains("nhid"), "{}", route_to_2());
+        let r = overlays[0].reconcile().await.unwrap();
+        settled(&r);
+        assert_eq!(r.added, 1, "{r:?}");
+        assert!(route_to_2().contains("nhid 183763456"), "{}", route_to_2());
+
+        // Someone deletes the object: the route goes silently; the reconcile restores both.
+        n1.ip(&["nexthop", "del", "id", "183763456"]);
+        assert_eq!(route_to_2(), "");
+        let r = overlays[0].reconcile().await.unwrap();
+        settled(&r);
+        assert_eq!(r.added, 1, "{r:?}");
+        assert_eq!(kernel_state(n1, "flannel.1").await, expected);
+        assert!(
+            nodes[0].ping(nodes[1].pod_ip()),
+            "node1 -> node2 after repair"
+        );
+
+        // Someone points the object elsewhere: put back.
+        n1.ip(&[
+            "nexthop",
+            "replace",
+            "id",
+            "183763456",
+            "via",
+            "10.244.9.0",
+            "dev",
+            "flannel.1",
+            "onlink",
+            "proto",
+            "150",
+        ]);
+        let r = overlays[0].reconcile().await.unwrap();
+        settled(&r);
+        assert_eq!(r.added, 1, "{r:?}");
+        assert_eq!(kernel_state(n1, "flannel.1").await, expected);
+
+        // Routes that show only `nhid`: read through the objects, nothing to do.
+        n1.ns
+            .run(|| {
+                let st = Command::new("sysctl")
+                    .args(["-qw", "net.ipv4.nexthop_compat_mode=0"])
+                    .status()
+                    .expect("run sysctl");
+                assert!(st.success(), "sysctl nexthop_compat_mode=0");
+            })
+            .unwrap();
+        assert!(!route_to_2().contains("via"), "{}", route_to_2());
+        let r = overlays[0].reconcile().await.unwrap();
+        settled(&r);
+        assert_eq!((r.added, r.removed), (0, 0), "{r:?}");
+        assert_eq!(kernel_state(n1, "flannel.1").await, expected);
+
+        // A peer leaves: its object goes, the other stays.
+        overlays[0]
+            .remove_peer(nodes[1].subnet.into())
+            .await
+            .unwrap();
+        let left = objects();
+        assert!(!left.contains("183763456"), "{left}");
+        assert!(left.contains("id 183763712 via 10.244.3.0"), "{left}");
+
+        // Everything of ours removed: no object left either.
+        overlays[0].remove_all().await.unwrap();
+        assert_eq!(objects(), "");
     });
 }

@@ -29,7 +29,7 @@ use crate::config::Opts;
 pub struct Removed {
     /// Device names.
     pub devices: Vec<String>,
-    /// Routes, as `dst`.
+    /// Routes, as `dst` (`blackhole dst` for blackholes, `nexthop id N` for nexthop objects).
     pub routes: Vec<String>,
     /// Whether an nftables table of ours existed.
     pub nft_table: bool,
@@ -111,9 +111,9 @@ pub async fn retire_family(nl: &Netlink, family: IpFamily) -> Vec<String> {
     for e in errors {
         tracing::warn!(?family, error = %e, "removing what an earlier run left");
     }
-    // Routes come as `dst` or `blackhole dst`.
+    // Routes come as `dst`, `blackhole dst` or `nexthop id N`.
     let routes = removed.routes.into_iter().map(|r| {
-        if r.starts_with("blackhole ") {
+        if r.starts_with("blackhole ") || r.starts_with("nexthop ") {
             r
         } else {
             format!("route {r}")
@@ -149,6 +149,22 @@ async fn remove_family_state(
             }
         }
         Err(e) => errors.push(format!("listing routes: {e}")),
+    }
+    // Nexthop objects of ours that no route used any more (a crash between writing the object
+    // and its route); the routes' own went with them above. Kernels without nexthop objects
+    // have none.
+    if family == IpFamily::V4 && nl.nexthops_supported().await {
+        match nl.nexthops().await {
+            Ok(objects) => {
+                for n in objects.iter().filter(|n| n.protocol == ROUTE_PROTOCOL) {
+                    match nl.del_nexthop(n.id).await {
+                        Ok(()) => removed.routes.push(format!("nexthop id {}", n.id)),
+                        Err(e) => errors.push(format!("nexthop id {}: {e}", n.id)),
+                    }
+                }
+            }
+            Err(e) => errors.push(format!("listing nexthop objects: {e}")),
+        }
     }
     match nl.blackhole_routes(family).await {
         Ok(routes) => {

@@ -67,6 +67,13 @@ impl Kernel for LazyNetlink {
         Ok((lazy, results))
     }
 
+    async fn nexthops_supported(&self) -> bool {
+        match self.get() {
+            Ok(nl) => nl.nexthops_supported().await,
+            Err(_) => false,
+        }
+    }
+
     delegate! {
         fn link(&self, name: &str) -> Result<Option<Link>>;
         fn links(&self) -> Result<Vec<Link>>;

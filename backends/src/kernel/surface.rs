@@ -86,6 +86,8 @@ pub trait Kernel: Sized {
     async fn replace_route(&self, route: &Route) -> Result<()>;
     /// `ip route del ROUTE`.
     async fn del_route(&self, route: &Route) -> Result<()>;
+    /// Whether routes may name nexthop objects ([`Route::nexthop`]; Linux 5.3+).
+    async fn nexthops_supported(&self) -> bool;
 
     // --- neighbours and FDB ---
 
@@ -199,6 +201,9 @@ impl Kernel for Netlink {
     }
     async fn del_route(&self, route: &Route) -> Result<()> {
         Netlink::del_route(self, route).await
+    }
+    async fn nexthops_supported(&self) -> bool {
+        Netlink::nexthops_supported(self).await
     }
     async fn neighbours(&self, ifindex: u32) -> Result<Vec<Neighbour>> {
         Netlink::neighbours(self, ifindex).await

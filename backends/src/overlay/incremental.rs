@@ -192,7 +192,12 @@ impl<K: Kernel> Overlay<K> {
         self.driver.set_peers(&self.peers);
         let on = on_link(peer.public_ip, &self.ext, &self.ext_nets);
         let wanted = match self.driver.peer_entries(&peer, on) {
-            Ok(w) => w,
+            Ok(mut w) => {
+                if let Some(w) = &mut w {
+                    self.encode_route(&mut w.route);
+                }
+                w
+            }
             Err(e) => {
                 report.errors.push(e);
                 None

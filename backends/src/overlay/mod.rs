@@ -148,6 +148,9 @@ pub struct Overlay<K: Kernel = Netlink> {
     programmed: incremental::Programmed,
     /// The external interface's directly connected networks, as of the last reconcile.
     ext_nets: Vec<IpNetwork>,
+    /// IPv4 gateway routes go through nexthop objects ([`plan::RouteSpec::via_nexthop`]):
+    /// the overlay is IPv4 and the kernel has them.
+    nexthops: bool,
 }
 
 impl<K: Kernel> Overlay<K> {
@@ -170,7 +173,11 @@ impl<K: Kernel> Overlay<K> {
             peer_index: HashMap::new(),
             programmed: incremental::Programmed::default(),
             ext_nets: Vec::new(),
+            nexthops: false,
         };
+        if overlay.family() == IpFamily::V4 {
+            overlay.nexthops = overlay.kernel.nexthops_supported().await;
+        }
         if let Some(device) = overlay.driver.device().cloned() {
             let outcome = overlay.ensure_device(&device).await?;
             tracing::info!(device = device.name(), ?outcome, index = ?overlay.dev_index,

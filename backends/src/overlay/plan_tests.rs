@@ -77,6 +77,7 @@ fn vx_route(subnet: &str) -> RouteSpec {
         gateway: Some(net::<IpNetwork>(subnet).network()),
         dev: RouteDev::Overlay,
         onlink: true,
+        via_nexthop: false,
     }
 }
 
@@ -193,6 +194,7 @@ fn missing_device_voids_observed_device_entries() {
         gateway: Some(ip("198.18.0.7")),
         dev: RouteDev::External,
         onlink: false,
+        via_nexthop: false,
     });
     let p = plan(&d, &o);
     assert_eq!(p.ops[0], Op::EnsureDevice);
@@ -281,6 +283,7 @@ fn direct_routing_uses_plain_routes_only_for_on_link_peers() {
                 gateway: Some(ip("198.18.0.2")),
                 dev: RouteDev::External,
                 onlink: false,
+                via_nexthop: false,
             },
         }
     );
@@ -346,6 +349,7 @@ fn families_are_planned_apart_with_the_device_family_first() {
         gateway: Some(ip(gw)),
         dev: RouteDev::External,
         onlink: false,
+        via_nexthop: false,
     };
     let wanted_v6 = v6_route("fd00:10:244:2::/64", "fd00:198:18::2");
     let stale_v6 = v6_route("fd00:10:244:9::/64", "fd00:198:18::9");

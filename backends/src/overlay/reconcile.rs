@@ -23,7 +23,7 @@ use super::plan::{
 };
 use super::{Overlay, OverlayError, ROUTE_PROTOCOL, ReconcileReport};
 use crate::kernel::Kernel;
-use crate::kernel::netlink::{IpFamily, NetlinkError, Route, VxlanOutcome};
+use crate::kernel::netlink::{IpFamily, NetlinkError, Route, VxlanOutcome, nexthop_id_for};
 
 /// IPv6 link-local addresses (`fe80::/10`): the kernel gives every IPv6-capable device one,
 /// the VXLAN device included; they are the kernel's, not ours to plan.
@@ -74,7 +74,7 @@ impl<K: Kernel> Overlay<K> {
                     .map(|r| r.dst),
             );
         }
-        let (desired, refused) = desired_state(
+        let (mut desired, refused) = desired_state(
             self.driver.as_ref(),
             &self.ext,
             &ext_nets,
@@ -82,6 +82,9 @@ impl<K: Kernel> Overlay<K> {
             &self.peers,
         );
         report.errors.extend(refused);
+        for p in &mut desired.peers {
+            self.encode_route(&mut p.route);
+        }
         self.ext_nets = ext_nets;
         let plan = plan_by_family(&desired, &observed, family);
         report.kept = plan.kept;
@@ -242,6 +245,8 @@ impl<K: Kernel> Overlay<K> {
                         gateway: r.gateway,
                         dev,
                         onlink: r.onlink,
+                        via_nexthop: r.nexthop_id.is_some()
+                            && r.nexthop_id == nexthop_id_for(&r.dst),
                     }
                 }),
         );
@@ -302,6 +307,12 @@ impl<K: Kernel> Overlay<K> {
         })
     }
 
+    /// How `route` is written in this kernel: through a nexthop object where it can be
+    /// ([`RouteSpec::via_nexthop`]).
+    pub(super) fn encode_route(&self, route: &mut RouteSpec) {
+        route.via_nexthop = self.nexthops && route.wants_nexthop();
+    }
+
     fn kernel_route(&self, r: &RouteSpec) -> Result<Route, NetlinkError> {
         let mut route = Route::new(r.dst).protocol(ROUTE_PROTOCOL);
         if let Some(gw) = r.gateway {
@@ -315,6 +326,11 @@ impl<K: Kernel> Overlay<K> {
         };
         if r.onlink {
             route = route.onlink();
+        }
+        if r.via_nexthop
+            && let Some(id) = nexthop_id_for(&r.dst)
+        {
+            route = route.nexthop(id);
         }
         if r.gateway.is_none() {
             // A device route (udp's `<Network> dev flannel0`), as `ip route add` makes it.

@@ -544,3 +544,43 @@ async fn after_remove_all_a_single_peer_update_writes_its_entries_again() {
     assert!(o.reconcile().await.expect("reconcile").is_clean());
     assert!(ours(&k).iter().any(|(dst, _, _)| *dst == peer.subnet));
 }
+
+#[tokio::test]
+async fn ipv4_gateway_routes_name_nexthop_objects_unless_the_kernel_has_none() {
+    let ids = |k: &RecordingKernel| -> Vec<Option<u32>> {
+        let mut ids: Vec<_> = k
+            .routes_in("host")
+            .into_iter()
+            .filter(|r| r.protocol == ROUTE_PROTOCOL)
+            .map(|r| r.nexthop_id)
+            .collect();
+        ids.sort();
+        ids
+    };
+    // Ids are the subnets' addresses: 10.244.2.0 and 10.244.3.0.
+    let (k, mut o) = vxlan_overlay().await;
+    assert!(o.reconcile().await.unwrap().is_clean());
+    assert_eq!(ids(&k), vec![Some(0x0af4_0200), Some(0x0af4_0300)]);
+    // Converged: nothing more to write.
+    let again = o.reconcile().await.unwrap();
+    assert_eq!((again.added, again.removed), (0, 0), "{again:?}");
+
+    // A kernel before 5.3: the gateway inline, as flannel writes it.
+    let (k, ext) = node();
+    k.without_nexthops();
+    let driver = VxlanDriver::new(&VxlanConfig::default(), &ext).expect("driver");
+    let mut o = Overlay::new(k.clone(), Box::new(driver), ext)
+        .await
+        .expect("overlay");
+    o.set_own_subnet(net("10.244.1.0/24"));
+    o.set_peers(peers());
+    assert!(o.reconcile().await.unwrap().is_clean());
+    assert_eq!(ids(&k), vec![None, None]);
+    assert_eq!(
+        ours(&k),
+        vec![
+            (net("10.244.2.0/24"), Some(ip("10.244.2.0")), true),
+            (net("10.244.3.0/24"), Some(ip("10.244.3.0")), true),
+        ]
+    );
+}

@@ -200,6 +200,7 @@ impl BackendDriver for VxlanDriver {
                 gateway: Some(gw),
                 dev: RouteDev::Overlay,
                 onlink: true,
+                via_nexthop: false,
             },
         }))
     }

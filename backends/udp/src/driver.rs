@@ -123,6 +123,7 @@ impl BackendDriver for UdpDriver {
                 gateway: None,
                 dev: RouteDev::Overlay,
                 onlink: false,
+                via_nexthop: false,
             },
         }]
     }

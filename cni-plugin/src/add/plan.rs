@@ -86,6 +86,7 @@ impl Attachment {
                     protocol: backends::kernel::netlink::RTPROT_BOOT,
                     table: r.table.unwrap_or(backends::kernel::netlink::RT_TABLE_MAIN),
                     scope: r.scope.unwrap_or(0),
+                    nexthop_id: None,
                 }
             })
             .collect();

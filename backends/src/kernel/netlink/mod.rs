@@ -48,12 +48,14 @@ mod error;
 mod link;
 mod monitor;
 mod neigh;
+mod nexthop;
 mod route;
 mod vxlan;
 
 pub use blackhole::BLACKHOLE_METRIC;
 pub use monitor::{Change, Monitor, MonitorEmpty, MonitorGroup};
 pub use neigh::{FdbEntry, Neighbour};
+pub use nexthop::{Nexthop, nexthop_id_for};
 pub use vxlan::{DEFAULT_VXLAN_PORT, VxlanLink, VxlanOutcome, VxlanSpec};
 
 pub use error::{NetlinkError, Result};
@@ -74,6 +76,8 @@ pub struct Netlink {
     /// A duplicate of the socket's descriptor, for [`Netlink::netns`]: the connection task
     /// owns the socket, and a duplicate cannot be closed (and its number reused) under us.
     socket: Arc<OwnedFd>,
+    /// The connection for nexthop objects (see `nexthop`), opened on first use.
+    nexthop: Arc<tokio::sync::OnceCell<nexthop::NexthopHandle>>,
 }
 
 impl Netlink {
@@ -142,16 +146,12 @@ impl Netlink {
             .try_clone_to_owned()
             .map(Arc::new)
             .map_err(|e| NetlinkError::other(op, e))?;
-        let raw = socket.into_raw_fd();
-        // SAFETY: `raw` is an open netlink socket whose ownership we just released from `socket`;
-        // the TokioSocket takes it over (and closes it on drop). We are inside a runtime context
-        // (checked above), which `from_raw_fd` needs to register the descriptor.
-        let socket = unsafe { netlink_sys::TokioSocket::from_raw_fd(raw) };
-        let (conn, handle, _) = rtnetlink::from_socket(socket);
+        let (conn, handle, _) = rtnetlink::from_socket(tokio_socket(socket));
         rt.spawn(conn);
         Ok(Netlink {
             handle,
             socket: duplicate,
+            nexthop: Arc::default(),
         })
     }
 
@@ -222,6 +222,15 @@ fn bound_route_socket() -> io::Result<netlink_sys::Socket> {
     let mut s = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE)?;
     s.bind_auto()?;
     Ok(s)
+}
+
+/// Hands a bound socket to tokio. Must be called inside a runtime context (callers check with
+/// [`runtime`] first), which registering the descriptor needs.
+fn tokio_socket(socket: netlink_sys::Socket) -> netlink_sys::TokioSocket {
+    let raw = socket.into_raw_fd();
+    // SAFETY: `raw` is an open netlink socket whose ownership we just released from `socket`;
+    // the TokioSocket takes it over (and closes it on drop).
+    unsafe { netlink_sys::TokioSocket::from_raw_fd(raw) }
 }
 
 /// The runtime to spawn connection tasks on.

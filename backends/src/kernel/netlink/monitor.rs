@@ -15,7 +15,6 @@
 //! (on a throw-away thread, see [`NetNs::run`]) and drives it from the caller's runtime.
 
 use std::io;
-use std::os::fd::{FromRawFd, IntoRawFd};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -26,7 +25,7 @@ use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::link::LinkAttribute;
 use netlink_packet_route::route::RouteAttribute;
-use netlink_sys::{SocketAddr, TokioSocket};
+use netlink_sys::SocketAddr;
 
 use super::{Netlink, NetlinkError, Result, route_ip, runtime};
 use crate::kernel::netns::NetNs;
@@ -152,12 +151,7 @@ impl Netlink {
 impl Monitor {
     fn from_socket(op: &str, socket: netlink_sys::Socket) -> Result<Monitor> {
         let rt = runtime(op)?;
-        let raw = socket.into_raw_fd();
-        // SAFETY: `raw` is an open, bound netlink socket whose ownership we just released; the
-        // TokioSocket takes it over and closes it on drop. We are inside a runtime (checked
-        // above), which registering the descriptor needs.
-        let socket = unsafe { TokioSocket::from_raw_fd(raw) };
-        let (conn, handle, rx) = rtnetlink::from_socket(socket);
+        let (conn, handle, rx) = rtnetlink::from_socket(super::tokio_socket(socket));
         rt.spawn(conn);
         Ok(Monitor {
             rx,

@@ -72,6 +72,10 @@ pub struct Route {
     pub table: u32,
     /// `RT_SCOPE_*`; [`RT_SCOPE_UNIVERSE`] for gateway routes, [`RT_SCOPE_LINK`] for device routes.
     pub scope: u8,
+    /// `nhid ID`: the gateway, device and `onlink` live in nexthop object `ID` (see the
+    /// `nexthop` module for why). Writing such a route writes the object first; a dumped one
+    /// shows the object's gateway and device in the other fields.
+    pub nexthop_id: Option<u32>,
 }
 
 impl Route {
@@ -86,7 +90,15 @@ impl Route {
             protocol: RTPROT_BOOT,
             table: RT_TABLE_MAIN,
             scope: RT_SCOPE_UNIVERSE,
+            nexthop_id: None,
         }
+    }
+
+    /// `nhid ID`: write the gateway, device and `onlink` as nexthop object `ID`, and the route
+    /// pointing at it.
+    pub fn nexthop(mut self, id: u32) -> Route {
+        self.nexthop_id = Some(id);
+        self
     }
 
     /// `via GATEWAY`.
@@ -127,6 +139,9 @@ impl Route {
 
     pub(super) fn describe(&self) -> String {
         let mut s = self.dst.to_string();
+        if let Some(id) = self.nexthop_id {
+            s.push_str(&format!(" nhid {id}"));
+        }
         if let Some(g) = self.gateway {
             s.push_str(&format!(" via {g}"));
         }
@@ -143,8 +158,10 @@ impl Route {
     }
 
     /// The `RTM_NEWROUTE`/`RTM_DELROUTE` body. A delete leaves protocol, scope and type
-    /// unspecified, like `ip route del`, so it matches whatever installed the route.
+    /// unspecified, like `ip route del`, so it matches whatever installed the route; it names
+    /// the gateway inline (a route through a nexthop object goes with the object).
     pub(super) fn to_message(&self, for_delete: bool) -> RouteMessage {
+        let by_object = self.nexthop_id.filter(|_| !for_delete);
         let mut m = RouteMessage::default();
         let h = &mut m.header;
         h.address_family = if self.dst.is_ipv4() {
@@ -168,7 +185,7 @@ impl Route {
             h.scope = RouteScope::from(self.scope);
             h.kind = RouteType::Unicast;
         }
-        if self.onlink {
+        if self.onlink && by_object.is_none() {
             h.flags.insert(RouteFlags::Onlink);
         }
         if self.dst.prefix() != 0 {
@@ -176,6 +193,10 @@ impl Route {
                 .push(RouteAttribute::Destination(RouteAddress::from(
                     self.dst.ip(),
                 )));
+        }
+        if let Some(id) = by_object {
+            m.attributes.push(RouteAttribute::NhId(id));
+            return m;
         }
         if let Some(g) = self.gateway {
             m.attributes
@@ -185,6 +206,17 @@ impl Route {
             m.attributes.push(RouteAttribute::Oif(o));
         }
         m
+    }
+
+    /// The nexthop object a route with [`Route::nexthop_id`] needs.
+    fn nexthop_object(&self, id: u32) -> Nexthop {
+        Nexthop {
+            id,
+            gateway: self.gateway,
+            oif: self.oif,
+            onlink: self.onlink,
+            protocol: self.protocol,
+        }
     }
 
     /// Parses a dumped route; `None` for routes this type cannot describe (non-unicast,
@@ -198,8 +230,10 @@ impl Route {
         let mut dst_ip: Option<IpAddr> = None;
         let mut gateway = None;
         let mut oif = None;
+        let mut nexthop_id = None;
         for attr in &m.attributes {
             match attr {
+                RouteAttribute::NhId(id) => nexthop_id = Some(*id),
                 RouteAttribute::Table(t) => table = *t,
                 RouteAttribute::Destination(a) => dst_ip = route_ip(a),
                 RouteAttribute::Gateway(a) => gateway = route_ip(a),
@@ -221,6 +255,7 @@ impl Route {
             protocol: u8::from(h.protocol),
             table,
             scope: u8::from(h.scope),
+            nexthop_id,
         })
     }
 }
@@ -377,14 +412,38 @@ impl Netlink {
                 NLM_F_REQUEST | NLM_F_DUMP,
             )
             .await?;
-        Ok(replies
+        let mut routes: Vec<Route> = replies
             .into_iter()
             .filter_map(|r| match r {
                 RouteNetlinkMessage::NewRoute(r) => Route::from_message(r),
                 _ => None,
             })
             .filter(|r| r.table == RT_TABLE_MAIN)
-            .collect())
+            .collect();
+        // With `net.ipv4.nexthop_compat_mode=0` a route through an object shows only `nhid`:
+        // fill in the object's gateway and device, so callers see the same either way.
+        if routes
+            .iter()
+            .any(|r| r.nexthop_id.is_some() && r.gateway.is_none() && r.oif.is_none())
+        {
+            let objects: std::collections::HashMap<u32, Nexthop> = self
+                .nexthops()
+                .await?
+                .into_iter()
+                .map(|n| (n.id, n))
+                .collect();
+            for r in routes
+                .iter_mut()
+                .filter(|r| r.gateway.is_none() && r.oif.is_none())
+            {
+                if let Some(n) = r.nexthop_id.and_then(|id| objects.get(&id)) {
+                    r.gateway = n.gateway;
+                    r.oif = n.oif;
+                    r.onlink = n.onlink;
+                }
+            }
+        }
+        Ok(routes)
     }
 
     /// `ip route add ROUTE`. [`NetlinkError::Exists`] if the same route is already there (the
@@ -396,15 +455,25 @@ impl Netlink {
     }
 
     /// `ip route replace ROUTE`: creates it, or overwrites the route to the same destination.
+    /// With [`Route::nexthop_id`], `ip nexthop replace id ID via GATEWAY dev DEV [onlink]`
+    /// first, then `ip route replace DST nhid ID`.
     pub async fn replace_route(&self, route: &Route) -> Result<()> {
+        if let Some(id) = route.nexthop_id {
+            self.replace_nexthop(&route.nexthop_object(id)).await?;
+        }
         let op = format!("ip route replace {}", route.describe());
         let msg = RouteNetlinkMessage::NewRoute(route.to_message(false));
         self.ack(&op, msg, NLM_F_CREATE | NLM_F_REPLACE).await
     }
 
     /// `ip route del ROUTE`, matching destination, gateway, device and table (not protocol or
-    /// scope). A route (or device) that is already gone is success.
+    /// scope). A route (or device) that is already gone is success. With
+    /// [`Route::nexthop_id`], `ip nexthop del id ID` first (which takes the route along); the
+    /// route delete then catches the same route written the old way.
     pub async fn del_route(&self, route: &Route) -> Result<()> {
+        if let Some(id) = route.nexthop_id {
+            self.del_nexthop(id).await?;
+        }
         let op = format!("ip route del {}", route.describe());
         let msg = RouteNetlinkMessage::DelRoute(route.to_message(true));
         match self.ack(&op, msg, 0).await {

@@ -107,6 +107,8 @@ struct World {
     failures: Vec<(String, i32)>,
     sysctls: BTreeMap<(String, String), String>,
     masq: BTreeMap<String, BTreeMap<IpAddr, String>>,
+    /// Behave like a kernel older than 5.3 ([`RecordingKernel::without_nexthops`]).
+    no_nexthops: bool,
 }
 
 /// An in-memory kernel bound to one of its namespaces; clones and [`Kernel::enter`] handles
@@ -157,6 +159,19 @@ impl RecordingKernel {
             .into_iter()
             .filter(|c| c.split_whitespace().nth(1) == Some(op))
             .collect()
+    }
+
+    /// From now on, answer [`Kernel::nexthops_supported`] with `false`, like a kernel older
+    /// than 5.3.
+    pub fn without_nexthops(&self) {
+        self.world().no_nexthops = true;
+    }
+
+    /// Whether [`RecordingKernel::without_nexthops`] was called (the answer of
+    /// [`Kernel::nexthops_supported`], which is not recorded as a call: it asks about the
+    /// kernel, not its state).
+    pub(super) fn has_nexthops(&self) -> bool {
+        !self.world().no_nexthops
     }
 
     /// Forgets the calls recorded so far.

@@ -304,6 +304,10 @@ impl Kernel for RecordingKernel {
         })
     }
 
+    async fn nexthops_supported(&self) -> bool {
+        self.has_nexthops()
+    }
+
     async fn neighbours(&self, ifindex: u32) -> Result<Vec<Neighbour>> {
         self.call(format!("neighbours {ifindex}"))?;
         Ok(self.with(|t, _| {
