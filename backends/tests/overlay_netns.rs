@@ -754,6 +754,31 @@ fn monitor_reports_route_deletion() {
         .expect("a route deletion event within 5 s");
         assert_eq!(got, ROUTE_PROTOCOL);
 
+        // Deleting the route's nexthop object takes the route without a route notification;
+        // the object's deletion is reported, and is news.
+        assert!(overlays[0].reconcile().await.unwrap().is_clean());
+        n1.ip(&["nexthop", "del", "id", "183763456"]);
+        tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match mon.next_change().await {
+                    Some(
+                        c @ Change::Nexthop {
+                            id: Some(183763456),
+                            deleted: true,
+                            ..
+                        },
+                    ) => {
+                        assert!(overlays[0].is_relevant(&c), "{c:?}");
+                        break;
+                    }
+                    Some(_) => continue,
+                    None => panic!("monitor ended"),
+                }
+            }
+        })
+        .await
+        .expect("a nexthop deletion event within 5 s");
+
         // A link deletion is reported too, and the reconcile it triggers repairs everything.
         assert!(n1.nl.del_link("flannel.1").await.unwrap());
         tokio::time::timeout(Duration::from_secs(5), async {

@@ -83,6 +83,8 @@ pub(super) struct Programmed {
     neighs: Claims<IpAddr, [u8; 6]>,
     /// Wanted FDB entries: MAC → remote.
     fdb: Claims<[u8; 6], IpAddr>,
+    /// Wanted nexthop objects: id → gateway.
+    nexthops: Claims<u32, Option<IpAddr>>,
 }
 
 impl Programmed {
@@ -99,6 +101,9 @@ impl Programmed {
 
     fn insert(&mut self, e: PeerEntries) {
         self.routes.claim(e.route.dst, ());
+        if let Some(id) = nexthop_of(&e) {
+            self.nexthops.claim(id, e.route.gateway);
+        }
         if let Some((ip, mac)) = e.neigh {
             self.neighs.claim(ip, mac);
         }
@@ -119,6 +124,9 @@ impl Programmed {
     /// Gives up `old`'s claims (a replacement inserted before keeps its own).
     fn forget(&mut self, old: &PeerEntries) {
         self.routes.release(&old.route.dst);
+        if let Some(id) = nexthop_of(old) {
+            self.nexthops.release(&id);
+        }
         if let Some((ip, _)) = old.neigh {
             self.neighs.release(&ip);
         }
@@ -156,6 +164,21 @@ impl Programmed {
         }
     }
 
+    /// Whether a nexthop notification is news: a wanted object deleted (its route went with
+    /// it, unannounced) or pointed at another gateway. Our own writes come back with the
+    /// wanted gateway; deletions of objects no longer wanted are our own too.
+    pub(super) fn nexthop_is_news(
+        &self,
+        id: Option<u32>,
+        gateway: Option<IpAddr>,
+        deleted: bool,
+    ) -> bool {
+        match id.and_then(|id| self.nexthops.get(&id)) {
+            Some(want) => deleted || gateway != *want,
+            None => false,
+        }
+    }
+
     /// The entries programmed for `subnet`.
     pub(super) fn get(&self, subnet: &IpNetwork) -> Option<&PeerEntries> {
         self.per_peer.get(subnet)
@@ -169,6 +192,14 @@ impl Programmed {
             .is_some_and(|e| e.fdb.is_some_and(|(m, _)| m == mac));
         self.fdb.count(&mac) > usize::from(own)
     }
+}
+
+/// The nexthop object id `e`'s route is written through, if any.
+fn nexthop_of(e: &PeerEntries) -> Option<u32> {
+    e.route
+        .via_nexthop
+        .then(|| crate::kernel::netlink::nexthop_id_for(&e.route.dst))
+        .flatten()
 }
 
 impl<K: Kernel> Overlay<K> {

@@ -289,6 +289,11 @@ impl<K: Kernel> Overlay<K> {
                 Some(*ifindex) == self.dev_index
                     && self.programmed.neigh_is_news(*deleted, *fdb, *ip, *mac)
             }
+            Change::Nexthop {
+                id,
+                gateway,
+                deleted,
+            } => self.programmed.nexthop_is_news(*id, *gateway, *deleted),
             Change::Overrun => true,
             Change::Other => false,
         }

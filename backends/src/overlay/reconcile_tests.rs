@@ -530,6 +530,32 @@ async fn echoes_of_our_own_writes_are_not_relevant_and_real_changes_are() {
         o.is_relevant(&neigh(false, true, "198.18.0.77", mac2)),
         "FDB moved"
     );
+    // Nexthop objects (10.244.2.0's is id 0x0af40200): our own write comes back with the
+    // wanted gateway; deleted (its route went silently) or repointed is news; others' are not.
+    let object = |id: u32, gw: &str, deleted| Change::Nexthop {
+        id: Some(id),
+        gateway: Some(ip(gw)),
+        deleted,
+    };
+    assert!(
+        !o.is_relevant(&object(0x0af4_0200, "10.244.2.0", false)),
+        "echo"
+    );
+    assert!(
+        o.is_relevant(&object(0x0af4_0200, "10.244.2.0", true)),
+        "deleted"
+    );
+    assert!(
+        o.is_relevant(&object(0x0af4_0200, "10.244.9.0", false)),
+        "repointed"
+    );
+    assert!(!o.is_relevant(&object(77, "10.1.1.1", true)), "not ours");
+    // A peer removed: the deletion of its object that follows is our own.
+    o.remove_peer(net("10.244.2.0/24")).await.expect("remove");
+    assert!(
+        !o.is_relevant(&object(0x0af4_0200, "10.244.2.0", true)),
+        "own delete"
+    );
 }
 
 #[tokio::test]

@@ -10,6 +10,11 @@
 //! overrun (`ENOBUFS`, when the kernel produces events faster than we read them) is simply
 //! reported as [`Change::Overrun`], which means "something changed, look again".
 //!
+//! Nexthop objects ([`MonitorGroup::Nexthop`]) come on a second socket with our own message
+//! type (`netlink-packet-route` has none for them); deleting an object removes its routes
+//! without any route notification, so this is the only way to hear of it. Kernels without
+//! nexthop objects refuse that group; the monitor then goes on without it.
+//!
 //! The multicast socket is bound to the namespace it is created in: [`Netlink::monitor`] uses
 //! the calling thread's namespace, [`Netlink::monitor_in`] creates the socket inside another one
 //! (on a throw-away thread, see [`NetNs::run`]) and drives it from the caller's runtime.
@@ -27,6 +32,7 @@ use netlink_packet_route::link::LinkAttribute;
 use netlink_packet_route::route::RouteAttribute;
 use netlink_sys::SocketAddr;
 
+use super::nexthop::NexthopMessage;
 use super::{Netlink, NetlinkError, Result, route_ip, runtime};
 use crate::kernel::netns::NetNs;
 
@@ -41,15 +47,18 @@ pub enum MonitorGroup {
     Ipv6Route,
     /// `RTNLGRP_NEIGH`: neighbour and FDB entries.
     Neigh,
+    /// `RTNLGRP_NEXTHOP`: nexthop objects created, changed, deleted (Linux 5.3+).
+    Nexthop,
 }
 
 impl MonitorGroup {
     /// Every group the overlay reconcile cares about.
-    pub const ALL: [MonitorGroup; 4] = [
+    pub const ALL: [MonitorGroup; 5] = [
         MonitorGroup::Link,
         MonitorGroup::Ipv4Route,
         MonitorGroup::Ipv6Route,
         MonitorGroup::Neigh,
+        MonitorGroup::Nexthop,
     ];
 
     fn rtnlgrp(self) -> u32 {
@@ -58,6 +67,7 @@ impl MonitorGroup {
             MonitorGroup::Ipv4Route => libc::RTNLGRP_IPV4_ROUTE,
             MonitorGroup::Ipv6Route => libc::RTNLGRP_IPV6_ROUTE,
             MonitorGroup::Neigh => libc::RTNLGRP_NEIGH,
+            MonitorGroup::Nexthop => libc::RTNLGRP_NEXTHOP,
         }
     }
 }
@@ -96,6 +106,16 @@ pub enum Change {
         /// The link-layer address, when present.
         mac: Option<[u8; 6]>,
     },
+    /// A nexthop object was created or changed (`deleted: false`) or deleted (which takes the
+    /// routes using it along, silently).
+    Nexthop {
+        /// The object's id.
+        id: Option<u32>,
+        /// Its gateway, when it has one.
+        gateway: Option<std::net::IpAddr>,
+        /// `RTM_DELNEXTHOP`.
+        deleted: bool,
+    },
     /// The kernel dropped notifications (socket buffer overrun): anything may have changed.
     Overrun,
     /// Some other notification on a subscribed group.
@@ -109,7 +129,14 @@ pub struct Monitor {
     rx: UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, SocketAddr)>,
     // Keeps the connection task's request side open for as long as the monitor lives.
     _handle: rtnetlink::Handle,
+    /// Nexthop notifications, when subscribed and the kernel has them.
+    nexthops: Option<NexthopReceiver>,
 }
+
+type NexthopReceiver = (
+    UnboundedReceiver<(NetlinkMessage<NexthopMessage>, SocketAddr)>,
+    netlink_proto::ConnectionHandle<NexthopMessage>,
+);
 
 impl std::fmt::Debug for Monitor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -117,13 +144,34 @@ impl std::fmt::Debug for Monitor {
     }
 }
 
-fn open_socket(groups: &[MonitorGroup]) -> io::Result<netlink_sys::Socket> {
+/// The route-message socket for `groups`, and a second one for nexthop objects when asked
+/// for (`None` inside when the kernel refuses the group; the reason is logged).
+type MonitorSockets = (netlink_sys::Socket, Option<netlink_sys::Socket>);
+
+fn open_socket(groups: &[MonitorGroup]) -> io::Result<MonitorSockets> {
     let mut s = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE)?;
     s.bind(&SocketAddr::new(0, 0))?;
-    for g in groups {
+    for g in groups.iter().filter(|g| **g != MonitorGroup::Nexthop) {
         s.add_membership(g.rtnlgrp())?;
     }
-    Ok(s)
+    let nexthops = if groups.contains(&MonitorGroup::Nexthop) {
+        let open = || -> io::Result<netlink_sys::Socket> {
+            let mut n = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE)?;
+            n.bind(&SocketAddr::new(0, 0))?;
+            n.add_membership(MonitorGroup::Nexthop.rtnlgrp())?;
+            Ok(n)
+        };
+        match open() {
+            Ok(n) => Some(n),
+            Err(e) => {
+                tracing::info!(error = %e, "no nexthop notifications from this kernel");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    Ok((s, nexthops))
 }
 
 impl Netlink {
@@ -149,13 +197,23 @@ impl Netlink {
 }
 
 impl Monitor {
-    fn from_socket(op: &str, socket: netlink_sys::Socket) -> Result<Monitor> {
+    fn from_socket(op: &str, (socket, nexthop_socket): MonitorSockets) -> Result<Monitor> {
         let rt = runtime(op)?;
         let (conn, handle, rx) = rtnetlink::from_socket(super::tokio_socket(socket));
         rt.spawn(conn);
+        let nexthops = nexthop_socket.map(|s| {
+            let (conn, handle, rx) = netlink_proto::from_socket_with_codec::<
+                NexthopMessage,
+                netlink_sys::TokioSocket,
+                netlink_proto::NetlinkCodec,
+            >(super::tokio_socket(s));
+            rt.spawn(conn);
+            (rx, handle)
+        });
         Ok(Monitor {
             rx,
             _handle: handle,
+            nexthops,
         })
     }
 
@@ -172,10 +230,16 @@ impl Monitor {
     /// An already queued change, without waiting (for draining a burst after a debounce).
     /// `Err` when nothing is queued or the socket failed.
     pub fn try_recv(&mut self) -> std::result::Result<Change, MonitorEmpty> {
-        self.rx
-            .try_recv()
-            .map(|(msg, _)| classify(msg))
-            .map_err(|_| MonitorEmpty)
+        if let Ok((msg, _)) = self.rx.try_recv() {
+            return Ok(classify(msg));
+        }
+        match &mut self.nexthops {
+            Some((rx, _)) => rx
+                .try_recv()
+                .map(|(msg, _)| classify_nexthop(msg))
+                .map_err(|_| MonitorEmpty),
+            None => Err(MonitorEmpty),
+        }
     }
 }
 
@@ -231,12 +295,37 @@ fn classify(msg: NetlinkMessage<RouteNetlinkMessage>) -> Change {
     }
 }
 
+fn classify_nexthop(msg: NetlinkMessage<NexthopMessage>) -> Change {
+    match msg.payload {
+        NetlinkPayload::InnerMessage(m) => Change::Nexthop {
+            id: m.id(),
+            gateway: m.gateway(),
+            deleted: msg.header.message_type == super::nexthop::RTM_DELNEXTHOP,
+        },
+        NetlinkPayload::Overrun(_) => Change::Overrun,
+        NetlinkPayload::Error(e) if e.raw_code() == -libc::ENOBUFS => Change::Overrun,
+        _ => Change::Other,
+    }
+}
+
 impl Stream for Monitor {
     type Item = Change;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Change>> {
-        Pin::new(&mut self.rx)
-            .poll_next(cx)
-            .map(|m| m.map(|(msg, _)| classify(msg)))
+        if let Poll::Ready(m) = Pin::new(&mut self.rx).poll_next(cx) {
+            return Poll::Ready(m.map(|(msg, _)| classify(msg)));
+        }
+        match &mut self.nexthops {
+            // A nexthop socket that failed leaves the route socket going.
+            Some((rx, _)) => match Pin::new(rx).poll_next(cx) {
+                Poll::Ready(Some((msg, _))) => Poll::Ready(Some(classify_nexthop(msg))),
+                Poll::Ready(None) => {
+                    self.nexthops = None;
+                    Poll::Pending
+                }
+                Poll::Pending => Poll::Pending,
+            },
+            None => Poll::Pending,
+        }
     }
 }

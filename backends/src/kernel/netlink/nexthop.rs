@@ -42,7 +42,7 @@ use netlink_packet_core::{
 use super::{Netlink, NetlinkError, Result, runtime};
 
 const RTM_NEWNEXTHOP: u16 = 104;
-const RTM_DELNEXTHOP: u16 = 105;
+pub(super) const RTM_DELNEXTHOP: u16 = 105;
 const RTM_GETNEXTHOP: u16 = 106;
 
 const NHA_ID: u16 = 1;
@@ -137,6 +137,16 @@ impl NexthopMessage {
             oif: nh.oif,
             gateway: nh.gateway,
         }
+    }
+
+    /// `NHA_ID`.
+    pub(super) fn id(&self) -> Option<u32> {
+        self.id
+    }
+
+    /// `NHA_GATEWAY`.
+    pub(super) fn gateway(&self) -> Option<IpAddr> {
+        self.gateway
     }
 
     fn to_nexthop(&self) -> Option<Nexthop> {

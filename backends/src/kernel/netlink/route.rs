@@ -158,10 +158,11 @@ impl Route {
     }
 
     /// The `RTM_NEWROUTE`/`RTM_DELROUTE` body. A delete leaves protocol, scope and type
-    /// unspecified, like `ip route del`, so it matches whatever installed the route; it names
-    /// the gateway inline (a route through a nexthop object goes with the object).
+    /// unspecified, like `ip route del`, so it matches whatever installed the route. With
+    /// [`Route::nexthop_id`] the message names the object (`nhid ID`) instead of the gateway
+    /// and device.
     pub(super) fn to_message(&self, for_delete: bool) -> RouteMessage {
-        let by_object = self.nexthop_id.filter(|_| !for_delete);
+        let by_object = self.nexthop_id;
         let mut m = RouteMessage::default();
         let h = &mut m.header;
         h.address_family = if self.dst.is_ipv4() {
@@ -467,17 +468,34 @@ impl Netlink {
     }
 
     /// `ip route del ROUTE`, matching destination, gateway, device and table (not protocol or
-    /// scope). A route (or device) that is already gone is success. With
-    /// [`Route::nexthop_id`], `ip nexthop del id ID` first (which takes the route along); the
-    /// route delete then catches the same route written the old way.
+    /// scope). A route (or device) that is already gone is success.
+    ///
+    /// With [`Route::nexthop_id`]: `ip route del DST nhid ID` (or, if the route is written
+    /// the old way, with its gateway inline), then `ip nexthop del id ID`. In that order:
+    /// deleting an object that a route still uses makes the kernel sweep the whole FIB for
+    /// its routes (`fib_flush`), O(routes) per delete.
     pub async fn del_route(&self, route: &Route) -> Result<()> {
+        let deleted = self.del_route_message(route).await?;
         if let Some(id) = route.nexthop_id {
+            if !deleted {
+                let inline = Route {
+                    nexthop_id: None,
+                    ..route.clone()
+                };
+                self.del_route_message(&inline).await?;
+            }
             self.del_nexthop(id).await?;
         }
+        Ok(())
+    }
+
+    /// One `RTM_DELROUTE`; `false` if there was no such route.
+    async fn del_route_message(&self, route: &Route) -> Result<bool> {
         let op = format!("ip route del {}", route.describe());
         let msg = RouteNetlinkMessage::DelRoute(route.to_message(true));
         match self.ack(&op, msg, 0).await {
-            Ok(()) | Err(NetlinkError::NotFound(_)) => Ok(()),
+            Ok(()) => Ok(true),
+            Err(NetlinkError::NotFound(_)) => Ok(false),
             Err(e) => Err(e),
         }
     }
