@@ -7,6 +7,9 @@
 //! half of the own lease and of every peer lease. The daemon's loop talks to this type only.
 
 use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use anyhow::{Context, Result};
 use backends::kernel::netlink::{Change, IpFamily, Netlink};
@@ -22,6 +25,24 @@ use crate::network_config::NetworkConfig;
 #[derive(Debug)]
 pub struct NodeOverlays {
     overlays: Vec<Overlay>,
+    /// When the last full reconcile ended and how long it took (for the periodic pass).
+    last_pass: (Instant, Duration),
+}
+
+/// The shortest interval between periodic full reconciles (flannel's `routeCheck` runs every
+/// 10 s for host-gw).
+pub const PERIODIC_PASS_MIN: Duration = Duration::from_secs(10);
+/// The longest: drift nobody told us about (a lost notification) is repaired within this.
+pub const PERIODIC_PASS_MAX: Duration = Duration::from_secs(60);
+/// A periodic pass may take at most 1/this of the time: a pass over 10,000 peers (three
+/// kernel dumps, ~50 ms) then runs every 25 s instead of every 10 s, so holding a large
+/// cluster costs ~2 ms of CPU per second rather than 5. Changes that arrive as netlink
+/// notifications are repaired at once regardless.
+pub const PERIODIC_PASS_SHARE: u32 = 500;
+
+/// The interval after a full pass that took `pass`.
+pub fn periodic_interval(pass: Duration) -> Duration {
+    (pass * PERIODIC_PASS_SHARE).clamp(PERIODIC_PASS_MIN, PERIODIC_PASS_MAX)
 }
 
 impl NodeOverlays {
@@ -44,7 +65,17 @@ impl NodeOverlays {
                 .with_context(|| format!("set up the {family:?} backend"))?;
             overlays.push(overlay);
         }
-        Ok(NodeOverlays { overlays })
+        Ok(NodeOverlays {
+            overlays,
+            last_pass: (Instant::now(), Duration::ZERO),
+        })
+    }
+
+    /// When the next periodic full reconcile is due: [`periodic_interval`] after the last full
+    /// reconcile of any cause.
+    pub fn next_periodic_pass(&self) -> Instant {
+        let (ended, took) = self.last_pass;
+        ended + periodic_interval(took)
     }
 
     /// The overlays, IPv4 first.
@@ -151,6 +182,12 @@ impl NodeOverlays {
 
     /// Reconciles every overlay, logging what each did.
     pub async fn reconcile(&mut self) {
+        let started = Instant::now();
+        self.reconcile_all().await;
+        self.last_pass = (Instant::now(), started.elapsed());
+    }
+
+    async fn reconcile_all(&mut self) {
         for o in &mut self.overlays {
             let family = o.family();
             match o.reconcile().await {
@@ -182,5 +219,23 @@ impl NodeOverlays {
                 .map(|l| l + "\n")
                 .collect()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_periodic_pass_stretches_with_its_own_cost() {
+        let ms = Duration::from_millis;
+        // Small clusters: flannel's 10 s.
+        assert_eq!(periodic_interval(Duration::ZERO), PERIODIC_PASS_MIN);
+        assert_eq!(periodic_interval(ms(5)), PERIODIC_PASS_MIN);
+        assert_eq!(periodic_interval(ms(20)), PERIODIC_PASS_MIN);
+        // 10,000 peers (~50 ms a pass): every 25 s.
+        assert_eq!(periodic_interval(ms(50)), Duration::from_secs(25));
+        // Never longer than a minute.
+        assert_eq!(periodic_interval(Duration::from_secs(1)), PERIODIC_PASS_MAX);
     }
 }

@@ -6,7 +6,8 @@
 //! flannel-bench scale       [--backend B] [--leases N] [--churn S]
 //!                                                         N synthetic leases (up to 16,383) -> all
 //!                                                         programmed; RSS; with --churn, S s of
-//!                                                         200 lease changes/s: flanneld CPU per change;
+//!                                                         200 lease changes/s: flanneld CPU per change
+//!                                                         (and, first, its CPU over S idle seconds);
 //!                           [--relist yes]                with --relist, a forced re-list after a
 //!                                                         compaction: time until converged
 //! flannel-bench acquire     [--leases N]                 acquire time with N existing leases
@@ -441,6 +442,17 @@ fn scale(a: &Args) -> Result<(), String> {
         // A rolling upgrade: every second 100 leases are deleted and, half a second later,
         // written back (200 changes/s), for `--churn` seconds. flanneld's CPU time over the
         // whole phase, divided by the changes, is the cost of one change.
+        // First the same time without any change: what holding N leases costs (the periodic
+        // full reconcile, the etcd keepalives), which the churn figure below includes too.
+        let idle0 = cpu_seconds(pid).ok_or("flanneld's /proc/<pid>/stat")?;
+        let idle_start = Instant::now();
+        std::thread::sleep(Duration::from_secs(a.churn as u64));
+        let idle1 = cpu_seconds(pid).ok_or("flanneld's /proc/<pid>/stat")?;
+        println!(
+            "RESULT scale_{b}_{}_idle_cpu {:.2} ms/s",
+            a.leases,
+            (idle1 - idle0) * 1e3 / idle_start.elapsed().as_secs_f64()
+        );
         let cpu0 = cpu_seconds(pid).ok_or("flanneld's /proc/<pid>/stat")?;
         let t0 = Instant::now();
         let mut changes = 0usize;
