@@ -155,9 +155,12 @@ fn peer_of(node: &Node, overlay: &Overlay) -> Peer {
     Peer {
         subnet: node.subnet.into(),
         public_ip: node.ext.public_ip,
-        backend_data: overlay.backend_data().inspect(|d| {
-            vtep_mac_from_backend_data(d).expect("own BackendData parses");
-        }),
+        backend_data: overlay
+            .backend_data()
+            .inspect(|d| {
+                vtep_mac_from_backend_data(d).expect("own BackendData parses");
+            })
+            .map(Into::into),
     }
 }
 
@@ -262,8 +265,8 @@ fn macs_of(peers: &[Peer]) -> Vec<[u8; 6]> {
     peers
         .iter()
         .map(|p| {
-            vtep_mac_from_backend_data(p.backend_data.as_ref().expect("vxlan peer has data"))
-                .expect("vxlan peer has a MAC")
+            let data = p.backend_data.as_ref().expect("vxlan peer has data");
+            vtep_mac_from_backend_data(&data.value()).expect("vxlan peer has a MAC")
         })
         .collect()
 }
@@ -608,7 +611,7 @@ fn peer_value_changes_replace_entries() {
         let old = macs_of(&peers);
         let new_mac = [0x02, 0x11, 0x22, 0x33, 0x44, 0x55];
         peers[1].backend_data =
-            Some(serde_json::json!({"VNI": 1, "VtepMAC": format_mac(&new_mac)})); // node2 got a new MAC
+            Some(serde_json::json!({"VNI": 1, "VtepMAC": format_mac(&new_mac)}).into()); // node2 got a new MAC
         peers[2].public_ip = v4("198.18.1.33").into(); // node3 moved
         overlays[0].set_peers(peers.clone());
         let r = overlays[0].reconcile().await.unwrap();

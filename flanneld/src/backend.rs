@@ -132,7 +132,7 @@ mod tests {
 
     fn lease(subnet: &str, ip: [u8; 4], kind: &str, data: Option<serde_json::Value>) -> Lease {
         let mut attrs = LeaseAttrs::new(Ipv4Addr::from(ip), kind);
-        attrs.backend_data = data;
+        attrs.backend_data = data.map(Into::into);
         Lease::new(subnet.parse().unwrap(), None, attrs)
     }
 
@@ -198,8 +198,10 @@ mod tests {
         use ipam::lease::NO_IPV4_SUBNET;
         let mut dual = LeaseAttrs::new(Ipv4Addr::new(198, 18, 0, 2), "vxlan");
         dual.public_ipv6 = Some("fd00:198:18::2".parse().unwrap());
-        dual.backend_data = Some(serde_json::json!({"VNI": 1, "VtepMAC": "0a:00:00:00:00:04"}));
-        dual.backend_v6_data = Some(serde_json::json!({"VNI": 1, "VtepMAC": "0a:00:00:00:00:06"}));
+        dual.backend_data =
+            Some(serde_json::json!({"VNI": 1, "VtepMAC": "0a:00:00:00:00:04"}).into());
+        dual.backend_v6_data =
+            Some(serde_json::json!({"VNI": 1, "VtepMAC": "0a:00:00:00:00:06"}).into());
         let mut v6_only = LeaseAttrs::new(Ipv4Addr::UNSPECIFIED, "vxlan");
         v6_only.public_ipv6 = Some("fd00:198:18::3".parse().unwrap());
         v6_only.backend_v6_data = dual.backend_v6_data.clone();
@@ -221,7 +223,7 @@ mod tests {
         let v4_subnets: Vec<String> = v4.iter().map(|p| p.subnet.to_string()).collect();
         assert_eq!(v4_subnets, ["10.244.2.0/24", "10.244.4.0/24"]);
         assert_eq!(
-            v4[0].backend_data.as_ref().unwrap()["VtepMAC"],
+            v4[0].backend_data.as_ref().unwrap().value()["VtepMAC"],
             "0a:00:00:00:00:04"
         );
         let mut v6 = peers(&w, "vxlan", IpFamily::V6);
@@ -238,7 +240,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            v6[0].backend_data.as_ref().unwrap()["VtepMAC"],
+            v6[0].backend_data.as_ref().unwrap().value()["VtepMAC"],
             "0a:00:00:00:00:06"
         );
     }

@@ -103,11 +103,11 @@ impl NodeOverlays {
         let public_ip = ext.public_ip.unwrap_or(Ipv4Addr::UNSPECIFIED);
         let mut attrs = LeaseAttrs::new(public_ip, self.backend_type());
         if let Some(v4) = self.of(IpFamily::V4) {
-            attrs.backend_data = v4.backend_data();
+            attrs.backend_data = v4.backend_data().map(Into::into);
         }
         if let Some(v6) = self.of(IpFamily::V6) {
             attrs.public_ipv6 = ext.public_ipv6;
-            attrs.backend_v6_data = v6.backend_data();
+            attrs.backend_v6_data = v6.backend_data().map(Into::into);
         }
         attrs
     }

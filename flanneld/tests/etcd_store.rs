@@ -17,7 +17,7 @@ const TTL: Duration = Duration::from_secs(30);
 
 fn vxlan_lease(subnet: &str, ip: &str, mac: &str) -> Lease {
     let mut attrs = LeaseAttrs::new(ip.parse().unwrap(), "vxlan");
-    attrs.backend_data = Some(json!({"VNI": 1, "VtepMAC": mac}));
+    attrs.backend_data = Some(json!({"VNI": 1, "VtepMAC": mac}).into());
     Lease::new(subnet.parse().unwrap(), None, attrs)
 }
 
@@ -147,7 +147,7 @@ async fn writes_are_conditional_and_leases_are_not_leaked() {
     ));
     assert!(!st.delete(&stale).await.unwrap());
     let mut want = mine.clone();
-    want.attrs.backend_data = Some(json!({"VNI": 1, "VtepMAC": "0a:00:00:00:00:11"}));
+    want.attrs.backend_data = Some(json!({"VNI": 1, "VtepMAC": "0a:00:00:00:00:11"}).into());
     let UpdateOutcome::Updated(new) = st.update(&want, TTL).await.unwrap() else {
         panic!()
     };
@@ -267,7 +267,7 @@ async fn watch_maps_events_and_compaction() {
     );
     // A changed VTEP MAC arrives as a Put with the new value.
     let mut want = mine.clone();
-    want.attrs.backend_data = Some(json!({"VNI": 1, "VtepMAC": "0a:00:00:00:00:99"}));
+    want.attrs.backend_data = Some(json!({"VNI": 1, "VtepMAC": "0a:00:00:00:00:99"}).into());
     let UpdateOutcome::Updated(upd) = st.update(&want, TTL).await.unwrap() else {
         panic!()
     };

@@ -37,7 +37,7 @@ async fn lease_table_json_reservations_and_release() {
     .await
     .unwrap();
     let mut attrs = LeaseAttrs::new("198.18.0.2".parse().unwrap(), "vxlan");
-    attrs.backend_data = Some(json!({"VNI": 1, "VtepMAC": "0a:1b:2c:3d:4e:5f"}));
+    attrs.backend_data = Some(json!({"VNI": 1, "VtepMAC": "0a:1b:2c:3d:4e:5f"}).into());
     let lease = Lease::new("10.244.2.0/24".parse().unwrap(), None, attrs);
     let CreateOutcome::Created(_) = store
         .create_if_absent(&lease, Duration::from_secs(600))
@@ -117,11 +117,11 @@ async fn dual_stack_and_ipv6_only_leases_show_both_families() {
     .unwrap();
     let mut dual = LeaseAttrs::new("198.18.0.3".parse().unwrap(), "vxlan");
     dual.public_ipv6 = Some("fd00:198:18::3".parse().unwrap());
-    dual.backend_data = Some(json!({"VNI": 1, "VtepMAC": "0a:00:00:00:00:03"}));
-    dual.backend_v6_data = Some(json!({"VNI": 1, "VtepMAC": "0a:00:00:00:06:03"}));
+    dual.backend_data = Some(json!({"VNI": 1, "VtepMAC": "0a:00:00:00:00:03"}).into());
+    dual.backend_v6_data = Some(json!({"VNI": 1, "VtepMAC": "0a:00:00:00:06:03"}).into());
     let mut v6_only = LeaseAttrs::new(std::net::Ipv4Addr::UNSPECIFIED, "vxlan");
     v6_only.public_ipv6 = Some("fd00:198:18::4".parse().unwrap());
-    v6_only.backend_v6_data = Some(json!({"VNI": 1, "VtepMAC": "0a:00:00:00:06:04"}));
+    v6_only.backend_v6_data = Some(json!({"VNI": 1, "VtepMAC": "0a:00:00:00:06:04"}).into());
     for lease in [
         Lease::new(
             "10.244.3.0/24".parse().unwrap(),

@@ -22,7 +22,7 @@ const NET16: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
 
 fn attrs(ip: &str, mac: &str) -> LeaseAttrs {
     let mut a = LeaseAttrs::new(ip.parse().unwrap(), "vxlan");
-    a.backend_data = Some(json!({"VNI": 1, "VtepMAC": mac}));
+    a.backend_data = Some(json!({"VNI": 1, "VtepMAC": mac}).into());
     a
 }
 

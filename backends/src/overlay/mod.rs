@@ -98,8 +98,8 @@ pub struct Peer {
     /// or tunnel remote.
     pub public_ip: IpAddr,
     /// The lease's `BackendData` (IPv6: `BackendV6Data`), as published by the peer's driver
-    /// (vxlan: its VTEP MAC); read by our driver of the same type.
-    pub backend_data: Option<serde_json::Value>,
+    /// (vxlan: its VTEP MAC); read by our driver of the same type. Shared with the lease.
+    pub backend_data: Option<ipam::lease::BackendData>,
 }
 
 /// What one [`Overlay::reconcile`] did.

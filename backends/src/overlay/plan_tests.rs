@@ -45,8 +45,8 @@ fn vxlan(direct_routing: bool) -> VxlanDriver {
 }
 
 /// A vxlan lease's `BackendData` carrying `mac`.
-fn vtep(mac: [u8; 6]) -> Option<serde_json::Value> {
-    Some(serde_json::json!({"VNI": 1, "VtepMAC": format_mac(&mac)}))
+fn vtep(mac: [u8; 6]) -> Option<ipam::lease::BackendData> {
+    Some(serde_json::json!({"VNI": 1, "VtepMAC": format_mac(&mac)}).into())
 }
 
 const MAC2: [u8; 6] = [0x02, 0, 0, 0, 0, 2];

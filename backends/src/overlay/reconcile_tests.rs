@@ -35,8 +35,8 @@ fn node() -> (RecordingKernel, ExternalInterface) {
     (k, ext)
 }
 
-fn vtep(last: u8) -> Option<serde_json::Value> {
-    Some(serde_json::json!({"VNI": 1, "VtepMAC": format!("02:00:00:00:00:{last:02x}")}))
+fn vtep(last: u8) -> Option<ipam::lease::BackendData> {
+    Some(serde_json::json!({"VNI": 1, "VtepMAC": format!("02:00:00:00:00:{last:02x}")}).into())
 }
 
 fn peers() -> Vec<Peer> {
@@ -391,10 +391,13 @@ fn many_peers(n: u16) -> Vec<Peer> {
                     244 - u16::from(hi > 0) * 10 + u16::from(hi)
                 )),
                 public_ip: ip(&format!("198.18.{hi}.{lo}")),
-                backend_data: Some(serde_json::json!({
-                    "VNI": 1,
-                    "VtepMAC": format!("02:00:00:00:{hi:02x}:{lo:02x}")
-                })),
+                backend_data: Some(
+                    serde_json::json!({
+                        "VNI": 1,
+                        "VtepMAC": format!("02:00:00:00:{hi:02x}:{lo:02x}")
+                    })
+                    .into(),
+                ),
             }
         })
         .collect()
@@ -424,7 +427,7 @@ async fn single_peer_calls(n: u16) -> Vec<Vec<String>> {
     // Added.
     k.clear_calls();
     let other_vtep = |last: u8| {
-        Some(serde_json::json!({"VNI": 1, "VtepMAC": format!("0a:00:00:00:00:{last:02x}")}))
+        Some(serde_json::json!({"VNI": 1, "VtepMAC": format!("0a:00:00:00:00:{last:02x}")}).into())
     };
     let new = Peer {
         subnet: net("10.250.1.0/24"),

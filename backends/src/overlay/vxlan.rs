@@ -186,7 +186,8 @@ impl BackendDriver for VxlanDriver {
         if self.config.direct_routing && on_link {
             return Ok(Some(PeerEntries::direct(p)));
         }
-        let mac = match &p.backend_data {
+        let data = p.backend_data.as_ref().map(|d| d.value());
+        let mac = match &data {
             Some(data) if data.get("VtepMAC").is_some() => vtep_mac_from_backend_data(data)?,
             _ => return Err(OverlayError::PeerMissingVtepMac { subnet: p.subnet }),
         };
@@ -312,7 +313,9 @@ mod tests {
         let peer = Peer {
             subnet: "fd00:10:244:2::/64".parse().unwrap(),
             public_ip: "fd00:198:18::2".parse().unwrap(),
-            backend_data: Some(serde_json::json!({"VNI": 1, "VtepMAC": "0a:00:00:00:00:02"})),
+            backend_data: Some(
+                serde_json::json!({"VNI": 1, "VtepMAC": "0a:00:00:00:00:02"}).into(),
+            ),
         };
         let e = d.peer_entries(&peer, true).unwrap().unwrap();
         let gw: IpAddr = "fd00:10:244:2::".parse().unwrap();
@@ -334,7 +337,9 @@ mod tests {
         let peer = Peer {
             subnet: "fd00:10:244:2::/64".parse().unwrap(),
             public_ip: "fd00:198:18::2".parse().unwrap(),
-            backend_data: Some(serde_json::json!({"VNI": 1, "VtepMAC": "0a:00:00:00:00:02"})),
+            backend_data: Some(
+                serde_json::json!({"VNI": 1, "VtepMAC": "0a:00:00:00:00:02"}).into(),
+            ),
         };
         let direct = d.peer_entries(&peer, true).unwrap().unwrap();
         assert_eq!(direct.route.gateway, Some(peer.public_ip));

@@ -100,8 +100,8 @@ struct Row {
     lease_id: Option<String>,
 }
 
-fn backend_detail(data: Option<&serde_json::Value>) -> Option<String> {
-    let data = data?;
+fn backend_detail(data: Option<&ipam::lease::BackendData>) -> Option<String> {
+    let data = data?.value();
     ["VtepMAC", "PublicKey"]
         .iter()
         .find_map(|k| data.get(k).and_then(|v| v.as_str()).map(str::to_string))

@@ -22,7 +22,7 @@ fn net(s: &str) -> Ipv4Network {
 
 fn attrs(ip: &str, mac: &str) -> LeaseAttrs {
     let mut a = LeaseAttrs::new(ip.parse().unwrap(), "vxlan");
-    a.backend_data = Some(json!({"VNI": 1, "VtepMAC": mac}));
+    a.backend_data = Some(json!({"VNI": 1, "VtepMAC": mac}).into());
     a
 }
 
@@ -147,7 +147,7 @@ fn ipv6_only_plan_matches_by_public_ipv6_and_reuses_the_previous_v6_subnet() {
     let attrs6 = |ip6: &str| {
         let mut a = LeaseAttrs::new(std::net::Ipv4Addr::UNSPECIFIED, "vxlan");
         a.public_ipv6 = Some(ip6.parse().unwrap());
-        a.backend_v6_data = Some(json!({"VNI": 1, "VtepMAC": "0a:00:00:00:00:06"}));
+        a.backend_v6_data = Some(json!({"VNI": 1, "VtepMAC": "0a:00:00:00:00:06"}).into());
         a
     };
     let first_node = {
