@@ -15,6 +15,7 @@ pub mod cleanup;
 pub mod config;
 pub mod daemon;
 pub mod healthz;
+pub mod heap;
 pub mod iface;
 pub mod network_config;
 pub mod notify;

@@ -185,6 +185,7 @@ impl NodeOverlays {
         let started = Instant::now();
         self.reconcile_all().await;
         self.last_pass = (Instant::now(), started.elapsed());
+        crate::heap::release_free_heap();
     }
 
     async fn reconcile_all(&mut self) {
