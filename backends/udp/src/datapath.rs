@@ -19,6 +19,15 @@
 //! Without TUN offloads (`IFF_VNET_HDR` refused) both threads do one packet per TUN read or
 //! write, as flannel does; without UDP GSO/GRO the batches are plain `sendmmsg`/`recvmmsg`.
 //!
+//! **The answer goes out on the thread that brought the question.** A packet written to the
+//! TUN is processed by the kernel inside that `write`, so a reply (an echo reply, a TCP ACK)
+//! is often queued on the TUN before the call returns. Left to the TX thread, it would wait
+//! for that thread to be woken and scheduled — a second hand-off per hop that flannel's
+//! single-threaded proxy does not pay, and why our low-rate RTT used to be higher than its.
+//! So after each batch written to the TUN, the RX thread drains the TUN itself if the TX
+//! state is free ([`std::sync::Mutex::try_lock`]); the TX thread finds nothing left and
+//! sleeps again. Under load the TX thread usually holds the state and RX carries on.
+//!
 //! Threads wake at least every [`POLL_MS`] to look at the stop flag, so [`Datapath::stop`] (and
 //! `Drop`) joins them within that time. The table is re-read once per batch ([`TableReader`]),
 //! so a peer removed from the leases stops receiving traffic within one batch.
@@ -26,8 +35,8 @@
 use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use super::codec::{
@@ -92,6 +101,7 @@ counters! {
     rx_syscalls => "recvmmsg calls that returned data.",
     tx_gso_messages => "UDP GSO messages sent (each carries several datagrams).",
     rx_gro_segments => "Received segments merged into TUN super-packets.",
+    tx_drained_by_rx => "TUN packets read and sent by the RX thread right after its own TUN writes.",
 }
 
 impl Counters {
@@ -152,20 +162,23 @@ impl Datapath {
             threads: Vec::new(),
             offloads,
         };
-        let tx = Tx {
+        let tx = Arc::new(Mutex::new(Tx {
             tun: tun.clone(),
             sock: sock.clone(),
             table: table.reader(),
             counters: counters.clone(),
             gso: sock.gso(),
+            buf: vec![0u8; TUN_BUF],
             out: Vec::with_capacity(FLUSH_BYTES + TUN_BUF * 2),
             msgs: Vec::with_capacity(MAX_TUN_READS * 2),
-        };
+        }));
         let s = stop.clone();
+        let tx_thread = tx.clone();
+        let tun_fd = tun.as_raw_fd();
         dp.threads.push(
             std::thread::Builder::new()
                 .name("flannel-udp-tx".into())
-                .spawn(move || tx.run(&s))?,
+                .spawn(move || Tx::run(&tx_thread, tun_fd, &s))?,
         );
         let rx = Rx {
             tun,
@@ -174,6 +187,7 @@ impl Datapath {
             counters,
             bufs: (0..RECV_BATCH).map(|_| vec![0u8; 65_536]).collect(),
             coalescer: Coalescer::new(),
+            tx,
         };
         dp.threads.push(
             std::thread::Builder::new()
@@ -224,21 +238,23 @@ fn write_plain(tun: &Tun, pkt: &[u8], counters: &Counters) {
     }
 }
 
+/// The TX state: whichever thread holds it drains the TUN (see the module docs).
 struct Tx {
     tun: Arc<Tun>,
     sock: Arc<UdpSocket>,
     table: TableReader,
     counters: Arc<Counters>,
     gso: bool,
+    buf: Vec<u8>,
     out: Vec<u8>,
     msgs: Vec<OutMsg>,
 }
 
 impl Tx {
-    fn run(mut self, stop: &AtomicBool) {
-        let mut buf = vec![0u8; TUN_BUF];
+    /// The TX thread: sleeps until the TUN is readable, then drains it.
+    fn run(tx: &Mutex<Tx>, tun_fd: std::os::fd::RawFd, stop: &AtomicBool) {
         while !stop.load(Ordering::Relaxed) {
-            match poll_readable(self.tun.as_raw_fd(), POLL_MS) {
+            match poll_readable(tun_fd, POLL_MS) {
                 Ok(true) => {}
                 Ok(false) => continue,
                 Err(e) => {
@@ -246,24 +262,38 @@ impl Tx {
                     return;
                 }
             }
-            for _ in 0..MAX_TUN_READS {
-                match self.tun.read(&mut buf) {
-                    Ok(Some(n)) => {
-                        Counters::add(&self.counters.tun_reads, 1);
-                        self.handle(&mut buf[..n]);
-                        if self.out.len() >= FLUSH_BYTES {
-                            self.flush();
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(_) => {
-                        Counters::add(&self.counters.tun_read_errors, 1);
-                        break;
+            // A poisoned lock means the other thread panicked mid-batch; the state is still
+            // a valid (possibly half-filled) batch, which drain sends or clears.
+            let mut state = tx.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            state.drain();
+        }
+    }
+
+    /// Reads what the TUN holds (up to [`MAX_TUN_READS`] packets, without waiting) and sends
+    /// it. Returns the number of packets read.
+    fn drain(&mut self) -> usize {
+        let mut buf = std::mem::take(&mut self.buf);
+        let mut read = 0;
+        for _ in 0..MAX_TUN_READS {
+            match self.tun.read(&mut buf) {
+                Ok(Some(n)) => {
+                    read += 1;
+                    Counters::add(&self.counters.tun_reads, 1);
+                    self.handle(&mut buf[..n]);
+                    if self.out.len() >= FLUSH_BYTES {
+                        self.flush();
                     }
                 }
+                Ok(None) => break,
+                Err(_) => {
+                    Counters::add(&self.counters.tun_read_errors, 1);
+                    break;
+                }
             }
-            self.flush();
         }
+        self.buf = buf;
+        self.flush();
+        read
     }
 
     fn handle(&mut self, buf: &mut [u8]) {
@@ -417,6 +447,8 @@ struct Rx {
     counters: Arc<Counters>,
     bufs: Vec<Vec<u8>>,
     coalescer: Coalescer,
+    /// The TX state, drained here after each TUN write when the TX thread is not using it.
+    tx: Arc<Mutex<Tx>>,
 }
 
 impl Rx {
@@ -437,6 +469,11 @@ impl Rx {
                     Ok(_) => {
                         Counters::add(&self.counters.rx_syscalls, 1);
                         self.handle(&ins);
+                        // Replies the kernel queued during those writes leave now.
+                        if let Ok(mut tx) = self.tx.try_lock() {
+                            let sent = tx.drain();
+                            Counters::add(&self.counters.tx_drained_by_rx, sent as u64);
+                        }
                     }
                     Err(e) => {
                         tracing::debug!(error = %e, "udp receive failed");

@@ -320,6 +320,13 @@ fn udp_backend_sets_up_the_node_and_carries_ping_and_tcp() {
         iperf(&nodes[0].pod, &nodes[1].pod, nodes[1].pod_ip, "20M", true);
 
         let (c1, c2) = (counters(&o1), counters(&o2));
+        // Pod 2's echo replies and TCP ACKs were queued on its TUN while node 2's RX thread
+        // wrote the requests and data there; at least some left from that thread at once.
+        assert!(
+            get(&c2.tx_drained_by_rx) > 0,
+            "replies sent by the RX thread: {}",
+            get(&c2.tx_drained_by_rx)
+        );
         assert!(get(&c1.tx_packets) > 10_000, "tx {}", get(&c1.tx_packets));
         assert!(get(&c2.rx_packets) > 10_000, "rx {}", get(&c2.rx_packets));
         assert_eq!(get(&c2.rx_dropped_non_member), 0);
