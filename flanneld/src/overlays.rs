@@ -167,10 +167,12 @@ impl NodeOverlays {
                     Err(e) => {
                         tracing::warn!(?family, error = %e,
                             "single-peer update failed; reconciling everything");
+                        o.sync_driver_peers();
                         return false;
                     }
                 }
             }
+            o.sync_driver_peers();
         }
         true
     }

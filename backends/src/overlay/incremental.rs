@@ -220,7 +220,7 @@ impl<K: Kernel> Overlay<K> {
                 self.peers.push(peer.clone());
             }
         }
-        self.driver.set_peers(&self.peers);
+        self.driver_peers_stale = true;
         let on = on_link(peer.public_ip, &self.ext, &self.ext_nets);
         let wanted = match self.driver.peer_entries(&peer, on) {
             Ok(mut w) => {
@@ -306,7 +306,7 @@ impl<K: Kernel> Overlay<K> {
             if let Some(moved) = self.peers.get(i) {
                 self.peer_index.insert(moved.subnet, i);
             }
-            self.driver.set_peers(&self.peers);
+            self.driver_peers_stale = true;
         }
         let Some(old) = self.programmed.get(&subnet).cloned() else {
             return Ok(report);
@@ -326,6 +326,15 @@ impl<K: Kernel> Overlay<K> {
         self.apply_single(&ops, &mut report).await?;
         self.programmed.remove(&subnet);
         Ok(report)
+    }
+
+    /// Hands the driver the peer list once after a burst of [`Overlay::upsert_peer`] /
+    /// [`Overlay::remove_peer`] calls (a userspace data path rebuilds its forwarding table from
+    /// it: O(peers) once per burst rather than per change). A no-op when nothing changed.
+    pub fn sync_driver_peers(&mut self) {
+        if std::mem::take(&mut self.driver_peers_stale) {
+            self.driver.set_peers(&self.peers);
+        }
     }
 
     /// Applies one peer's ops in order; the first failure ends it (the caller reconciles).

@@ -148,6 +148,9 @@ pub struct Overlay<K: Kernel = Netlink> {
     programmed: incremental::Programmed,
     /// The external interface's directly connected networks, as of the last reconcile.
     ext_nets: Vec<IpNetwork>,
+    /// The driver has not been handed the latest `peers` yet
+    /// ([`Overlay::sync_driver_peers`]).
+    driver_peers_stale: bool,
     /// IPv4 gateway routes go through nexthop objects ([`plan::RouteSpec::via_nexthop`]):
     /// the overlay is IPv4 and the kernel has them.
     nexthops: bool,
@@ -174,6 +177,7 @@ impl<K: Kernel> Overlay<K> {
             programmed: incremental::Programmed::default(),
             ext_nets: Vec::new(),
             nexthops: false,
+            driver_peers_stale: false,
         };
         if overlay.family() == IpFamily::V4 {
             overlay.nexthops = overlay.kernel.nexthops_supported().await;
@@ -239,6 +243,7 @@ impl<K: Kernel> Overlay<K> {
     /// reconcile; a userspace data path (udp) swaps its table at once.
     pub fn set_peers(&mut self, peers: Vec<Peer>) {
         self.driver.set_peers(&peers);
+        self.driver_peers_stale = false;
         self.peer_index = peers
             .iter()
             .enumerate()
