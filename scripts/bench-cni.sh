@@ -31,18 +31,22 @@ case $PLUGIN_BIN in *musl*) LIBC=musl ;; *) LIBC=glibc ;; esac
 echo "# plugin $PLUGIN_BIN: $(stat -c %s "$BIN/flannel") bytes (LTO, stripped, opt-level s, static non-PIE, $LIBC)"
 
 export SEQ_COUNTS=${SEQ_COUNTS-"10 100"} PARALLEL=${PARALLEL-"16"} CONC_N=${CONC_N:-64}
+# More than 253 pods in a row need a larger node subnet than the default /24: a /22 (1,021).
+max_seq=$(printf '%s\n' $SEQ_COUNTS 0 | sort -n | tail -1)
+if (( max_seq > 253 )); then export NODE_SUBNET=${NODE_SUBNET:-10.244.0.0/22}; fi
 settle() { # before every run: let /tmp forget earlier deletions, so all runs start alike
   if (( PAUSE > 0 )); then echo "# pausing ${PAUSE}s (see PAUSE in $0)"; sleep "$PAUSE"; fi
 }
 run_ref() {
   settle
   echo "# round $1: reference: /usr/lib/cni bridge + host-local"
-  bash "$BENCH" | tee "$OUT/ref.$1.txt"
+  RESULTS_DIR="$OUT/ref.$1.raw" bash "$BENCH" | tee "$OUT/ref.$1.txt"
 }
 run_ours() {
   settle
   echo "# round $1: ours: flannel (bridge + veth + host-local in-process)"
-  CNI_BIN_DIR=$BIN PLUGIN=flannel IPAM_TYPE= CONF_STYLE=flannel bash "$BENCH" | tee "$OUT/ours.$1.txt"
+  RESULTS_DIR="$OUT/ours.$1.raw" CNI_BIN_DIR=$BIN PLUGIN=flannel IPAM_TYPE= CONF_STYLE=flannel \
+    bash "$BENCH" | tee "$OUT/ours.$1.txt"
 }
 for r in $(seq 1 "$ROUNDS"); do
   if (( r % 2 == 1 )); then run_ref "$r"; run_ours "$r"; else run_ours "$r"; run_ref "$r"; fi
@@ -78,3 +82,25 @@ for p in $PARALLEL; do
   row "ADD x$p throughput, ref/ours" "par$p " ADD phase_total inverse
 done
 row "exec floor VERSION (ms)" "exec floor" VERSION med
+
+# ADD latency against the number of pods already on the node: for a sequential phase of 500
+# or more pods, the median ADD of pods 1-50 and of pods 451-500 (from the raw timings).
+# range_median IMPL ROUND PHASE LO HI: the median ADD (ms) of pods LO..HI in that run
+range_median() {
+  awk -v lo="$4" -v hi="$5" '$1=="ADD" && $2>=lo && $2<=hi {print $4/1000}' \
+    "$OUT/$1.$2.raw/times/$3.add" | median
+}
+for n in $SEQ_COUNTS; do
+  (( n >= 500 )) || continue
+  echo
+  echo "==== seq$n: ADD median (ms) by pods already on the node, per round ===="
+  printf '%-6s %-10s %10s %10s %8s\n' round impl "pods 1-50" "451-500" growth
+  for r in $(seq 1 "$ROUNDS"); do
+    for impl in ref ours; do
+      a=$(range_median "$impl" "$r" "seq$n" 1 50); b=$(range_median "$impl" "$r" "seq$n" 451 500)
+      awk -v r="$r" -v i="$impl" -v a="$a" -v b="$b" 'BEGIN{printf "%-6s %-10s %10.2f %10.2f %8.2f\n", r, i, a, b, b/a}'
+    done
+    a=$(range_median ref "$r" "seq$n" 451 500); b=$(range_median ours "$r" "seq$n" 451 500)
+    awk -v r="$r" -v a="$a" -v b="$b" 'BEGIN{printf "%-6s %-10s %21s %8.3f\n", r, "ours/ref", "pods 451-500", b/a}'
+  done
+done
