@@ -20,7 +20,7 @@ B=target/release/flannel-bench
 OUT=$(mktemp -d /tmp/flanneld-bench.XXXXXX)
 echo "# results in $OUT"
 
-run() { echo "## flannel-bench $*"; "$B" "$@" | tee -a "$OUT/results.txt"; }
+run() { echo "## flannel-bench $*" | tee -a "$OUT/results.txt"; "$B" "$@" | tee -a "$OUT/results.txt"; }
 run convergence --backend vxlan --rounds 20
 run convergence --backend host-gw --rounds 20
 # Scale: 1,000 and 10,000 leases alternating, SCALE_REPS rounds, each with 20 s idle and 20 s
@@ -56,7 +56,14 @@ for f in glob.glob(f"{out}/limits.*/results.tsv"):
         if test == "tcp1" and key == "gbps" and mode in ref:
             ref[mode].append(float(val))
 scale = {}
+churn_run = False
 for line in open(f"{out}/results.txt"):
+    if line.startswith("## "):
+        # Only the churn runs enter the scale summary (the re-list run is reported alone).
+        churn_run = line.startswith("## flannel-bench scale") and "--churn" in line
+        continue
+    if not churn_run:
+        continue
     m = re.match(r"RESULT scale_vxlan_(\d+)_(cpu_per_change|programmed|write|idle_cpu) ([0-9.]+)", line)
     if m:
         scale.setdefault((int(m.group(1)), m.group(2)), []).append(float(m.group(3)))
