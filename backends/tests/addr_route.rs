@@ -248,3 +248,93 @@ fn routes_add_replace_dump_delete() {
         assert!(matches!(e, NetlinkError::Kernel { .. }), "{e:?}");
     });
 }
+
+/// A batch of writes (one netlink datagram, plus the nexthop objects around it): one result
+/// per write, a refused write in the middle does not stop the ones after it, deletions of
+/// absent entries succeed, and a route through an object leaves no object behind when
+/// deleted in a batch.
+#[test]
+fn write_batch_answers_each_write_and_goes_on_after_a_refusal() {
+    use backends::kernel::netlink::KernelWrite;
+    if !prerequisites(&["ip"]) {
+        return;
+    }
+    in_new_netns(|| async {
+        let nl = Netlink::new().unwrap();
+        let idx = uplink(&nl).await;
+        nl.add_address(idx, net("198.18.0.1/24")).await.unwrap();
+        let mac = [0x02, 0, 0, 0, 0, 0x07];
+        let via_object = Route::new(net("10.244.3.0/24"))
+            .via(addr("10.244.3.0"))
+            .dev(idx)
+            .onlink()
+            .protocol(150)
+            .nexthop(0x0af4_0300);
+        // No subnet of rt0 covers 10.244.200.1 and there is no `onlink`: the kernel refuses.
+        let unreachable = Route::new(net("10.244.4.0/24"))
+            .via(addr("10.244.200.1"))
+            .dev(idx)
+            .protocol(150);
+        let writes = [
+            KernelWrite::ReplaceNeigh {
+                ifindex: idx,
+                ip: addr("198.18.0.7"),
+                mac,
+            },
+            KernelWrite::ReplaceRoute(via_object.clone()),
+            KernelWrite::ReplaceRoute(unreachable),
+            KernelWrite::DelNeigh {
+                ifindex: idx,
+                ip: addr("198.18.0.99"),
+            },
+            KernelWrite::DelRoute(Route::new(net("10.244.9.0/24")).dev(idx)),
+            KernelWrite::ReplaceNeigh {
+                ifindex: idx,
+                ip: addr("198.18.0.8"),
+                mac,
+            },
+        ];
+        let results = nl.write_batch(&writes).await;
+        assert_eq!(results.len(), writes.len());
+        for (i, r) in results.iter().enumerate() {
+            assert_eq!(r.is_ok(), i != 2, "write {i}: {r:?}");
+        }
+        let refused = results[2].as_ref().unwrap_err().to_string();
+        assert!(
+            refused.starts_with("ip route replace 10.244.4.0/24"),
+            "{refused}"
+        );
+
+        let neighs = ip(&["neigh", "show", "dev", "rt0"]);
+        assert!(
+            neighs.contains("198.18.0.7 lladdr 02:00:00:00:00:07 PERMANENT"),
+            "{neighs}"
+        );
+        assert!(
+            neighs.contains("198.18.0.8 lladdr 02:00:00:00:00:07 PERMANENT"),
+            "{neighs}"
+        );
+        let routes = ip(&["route", "show", "proto", "150"]);
+        assert!(
+            routes.contains("10.244.3.0/24 nhid 183763712 via 10.244.3.0 dev rt0 onlink"),
+            "{routes}"
+        );
+        assert!(!routes.contains("10.244.4.0"), "{routes}");
+        assert!(ip(&["nexthop", "show"]).contains("id 183763712 via 10.244.3.0 dev rt0"));
+
+        // Deleted in a batch: route, then its object; the neighbour too.
+        let results = nl
+            .write_batch(&[
+                KernelWrite::DelRoute(via_object),
+                KernelWrite::DelNeigh {
+                    ifindex: idx,
+                    ip: addr("198.18.0.7"),
+                },
+            ])
+            .await;
+        assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+        assert_eq!(ip(&["route", "show", "proto", "150"]), "");
+        assert_eq!(ip(&["nexthop", "show"]), "");
+        assert!(!ip(&["neigh", "show", "dev", "rt0"]).contains("198.18.0.7 "));
+    });
+}

@@ -953,6 +953,16 @@ fn nexthop_objects_are_converged_repaired_and_removed() {
         let left = objects();
         assert!(!left.contains("183763456"), "{left}");
         assert!(left.contains("id 183763712 via 10.244.3.0"), "{left}");
+        assert_eq!(route_to_2(), "");
+        // It comes back (one batch: object, then neighbour, FDB entry and route together).
+        let back = overlays[0].upsert_peer(peers[1].clone()).await.unwrap();
+        assert_eq!(back.added, 3, "{back:?}");
+        assert!(route_to_2().contains("nhid 183763456"), "{}", route_to_2());
+        assert_eq!(kernel_state(n1, "flannel.1").await, expected);
+        assert!(
+            nodes[0].ping(nodes[1].pod_ip()),
+            "node1 -> node2 after re-adding"
+        );
 
         // Everything of ours removed: no object left either.
         overlays[0].remove_all().await.unwrap();

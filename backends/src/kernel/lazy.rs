@@ -67,6 +67,16 @@ impl Kernel for LazyNetlink {
         Ok((lazy, results))
     }
 
+    async fn write_batch(&self, writes: &[crate::kernel::netlink::KernelWrite]) -> Vec<Result<()>> {
+        match self.get() {
+            Ok(nl) => nl.write_batch(writes).await,
+            Err(e) => writes
+                .iter()
+                .map(|_| Err(crate::kernel::netlink::NetlinkError::Other(e.to_string())))
+                .collect(),
+        }
+    }
+
     async fn nexthops_supported(&self) -> bool {
         match self.get() {
             Ok(nl) => nl.nexthops_supported().await,

@@ -14,8 +14,8 @@ use ipnetwork::IpNetwork;
 
 use super::masq_table::MasqTable;
 use super::netlink::{
-    FdbEntry, IpFamily, Link, Neighbour, Netlink, Result, Route, VethSpec, VxlanLink, VxlanOutcome,
-    VxlanSpec,
+    FdbEntry, IpFamily, KernelWrite, Link, Neighbour, Netlink, Result, Route, VethSpec, VxlanLink,
+    VxlanOutcome, VxlanSpec,
 };
 use super::netns::NetNs;
 use super::nft::PodMasq;
@@ -88,6 +88,30 @@ pub trait Kernel: Sized {
     async fn del_route(&self, route: &Route) -> Result<()>;
     /// Whether routes may name nexthop objects ([`Route::nexthop`]; Linux 5.3+).
     async fn nexthops_supported(&self) -> bool;
+
+    /// Several neighbour/FDB/route writes in order, sent together where the kernel allows it
+    /// ([`Netlink::write_batch`]: one datagram); one result per write, and a failed write does
+    /// not stop the others. The default does them one at a time.
+    async fn write_batch(&self, writes: &[KernelWrite]) -> Vec<Result<()>> {
+        let mut results = Vec::with_capacity(writes.len());
+        for w in writes {
+            results.push(match w {
+                KernelWrite::ReplaceNeigh { ifindex, ip, mac } => {
+                    self.replace_neigh(*ifindex, *ip, *mac).await
+                }
+                KernelWrite::DelNeigh { ifindex, ip } => self.del_neigh(*ifindex, *ip).await,
+                KernelWrite::ReplaceFdb { ifindex, mac, dst } => {
+                    self.replace_fdb(*ifindex, *mac, *dst).await
+                }
+                KernelWrite::DelFdb { ifindex, mac, dst } => {
+                    self.del_fdb(*ifindex, *mac, *dst).await
+                }
+                KernelWrite::ReplaceRoute(r) => self.replace_route(r).await,
+                KernelWrite::DelRoute(r) => self.del_route(r).await,
+            });
+        }
+        results
+    }
 
     // --- neighbours and FDB ---
 
@@ -204,6 +228,9 @@ impl Kernel for Netlink {
     }
     async fn nexthops_supported(&self) -> bool {
         Netlink::nexthops_supported(self).await
+    }
+    async fn write_batch(&self, writes: &[KernelWrite]) -> Vec<Result<()>> {
+        Netlink::write_batch(self, writes).await
     }
     async fn neighbours(&self, ifindex: u32) -> Result<Vec<Neighbour>> {
         Netlink::neighbours(self, ifindex).await

@@ -337,20 +337,32 @@ impl<K: Kernel> Overlay<K> {
         }
     }
 
-    /// Applies one peer's ops in order; the first failure ends it (the caller reconciles).
+    /// Applies one peer's ops in order, as one batch ([`Kernel::write_batch`]: one netlink
+    /// datagram, plus the route's nexthop object); any failure makes it `Err` (the caller
+    /// reconciles).
     async fn apply_single(
         &mut self,
         ops: &[Op],
         report: &mut ReconcileReport,
     ) -> Result<(), OverlayError> {
-        for op in ops {
-            self.apply(op).await?;
-            if op.is_removal() {
-                report.removed += 1;
-            } else {
-                report.added += 1;
+        let writes = ops
+            .iter()
+            .map(|op| self.kernel_write(op))
+            .collect::<Result<Vec<_>, _>>()?;
+        let results = self.kernel.write_batch(&writes).await;
+        let mut first_error = None;
+        for (op, result) in ops.iter().zip(results) {
+            match result {
+                Ok(()) if op.is_removal() => report.removed += 1,
+                Ok(()) => report.added += 1,
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
             }
         }
-        Ok(())
+        match first_error {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
     }
 }

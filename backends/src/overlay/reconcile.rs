@@ -23,7 +23,9 @@ use super::plan::{
 };
 use super::{Overlay, OverlayError, ROUTE_PROTOCOL, ReconcileReport};
 use crate::kernel::Kernel;
-use crate::kernel::netlink::{IpFamily, NetlinkError, Route, VxlanOutcome, nexthop_id_for};
+use crate::kernel::netlink::{
+    IpFamily, KernelWrite, NetlinkError, Route, VxlanOutcome, nexthop_id_for,
+};
 
 /// IPv6 link-local addresses (`fe80::/10`): the kernel gives every IPv6-capable device one,
 /// the VXLAN device included; they are the kernel's, not ours to plan.
@@ -337,6 +339,39 @@ impl<K: Kernel> Overlay<K> {
             route = route.scope(crate::kernel::netlink::RT_SCOPE_LINK);
         }
         Ok(route)
+    }
+
+    /// The kernel write of a per-peer op (neighbour, FDB entry or route); the device and its
+    /// addresses are not written in batches.
+    pub(super) fn kernel_write(&self, op: &Op) -> Result<KernelWrite, OverlayError> {
+        Ok(match op {
+            Op::ReplaceNeigh { ip, mac, .. } => KernelWrite::ReplaceNeigh {
+                ifindex: self.device_index()?,
+                ip: *ip,
+                mac: *mac,
+            },
+            Op::ReplaceFdb { mac, dst, .. } => KernelWrite::ReplaceFdb {
+                ifindex: self.device_index()?,
+                mac: *mac,
+                dst: *dst,
+            },
+            Op::ReplaceRoute { route, .. } => KernelWrite::ReplaceRoute(self.kernel_route(route)?),
+            Op::DelRoute(route) => KernelWrite::DelRoute(self.kernel_route(route)?),
+            Op::DelNeigh(ip) => KernelWrite::DelNeigh {
+                ifindex: self.device_index()?,
+                ip: *ip,
+            },
+            Op::DelFdb { mac, dst } => KernelWrite::DelFdb {
+                ifindex: self.device_index()?,
+                mac: *mac,
+                dst: *dst,
+            },
+            Op::EnsureDevice | Op::AddAddress(_) | Op::DelAddress(_) => {
+                return Err(OverlayError::Netlink(NetlinkError::Other(format!(
+                    "{op:?} is not a per-peer write"
+                ))));
+            }
+        })
     }
 
     /// Applies one op. Returns the device outcome for [`Op::EnsureDevice`].

@@ -22,7 +22,8 @@
 //!   exists is an [`NetlinkError::Exists`] the caller can match on.
 //!
 //! Requests go through the private `Netlink::request`, which sends one raw message and collects
-//! the replies, so every method shares the same error mapping. Sibling modules under `netlink/`
+//! the replies, so every method shares the same error mapping; [`Netlink::write_batch`] sends
+//! several writes in one datagram (module `batch`). Sibling modules under `netlink/`
 //! (neighbours, vxlan, monitoring) are children of this module and use the same private helpers
 //! (`request`, `ack`, `create_link`, `NetlinkError::from_message`). The exception is
 //! [`del_link_detached`], which speaks raw netlink from a forked child so that a CNI DEL need
@@ -42,6 +43,7 @@ use crate::kernel::netns::NetNs;
 
 pub use detached_del::del_link_detached;
 
+mod batch;
 mod blackhole;
 mod detached_del;
 mod error;
@@ -52,6 +54,7 @@ mod nexthop;
 mod route;
 mod vxlan;
 
+pub use batch::KernelWrite;
 pub use blackhole::BLACKHOLE_METRIC;
 pub use monitor::{Change, Monitor, MonitorEmpty, MonitorGroup};
 pub use neigh::{FdbEntry, Neighbour};
@@ -72,7 +75,7 @@ pub use route::{
 /// Cheap to clone: clones share the socket.
 #[derive(Clone, Debug)]
 pub struct Netlink {
-    handle: rtnetlink::Handle,
+    handle: netlink_proto::ConnectionHandle<RouteNetlinkMessage>,
     /// A duplicate of the socket's descriptor, for [`Netlink::netns`]: the connection task
     /// owns the socket, and a duplicate cannot be closed (and its number reused) under us.
     socket: Arc<OwnedFd>,
@@ -146,7 +149,14 @@ impl Netlink {
             .try_clone_to_owned()
             .map(Arc::new)
             .map_err(|e| NetlinkError::other(op, e))?;
-        let (conn, handle, _) = rtnetlink::from_socket(tokio_socket(socket));
+        let (mut conn, handle, _) = netlink_proto::from_socket_with_codec::<
+            RouteNetlinkMessage,
+            netlink_sys::TokioSocket,
+            netlink_proto::NetlinkCodec,
+        >(tokio_socket(socket));
+        // ACKs reach the caller: a batch (`write_batch`) tells its writes' outcomes apart by
+        // them (a lone request's stream simply ends with its ACK either way).
+        conn.set_forward_ack(true);
         rt.spawn(conn);
         Ok(Netlink {
             handle,
@@ -165,9 +175,9 @@ impl Netlink {
     ) -> Result<Vec<RouteNetlinkMessage>> {
         let mut req = NetlinkMessage::from(msg);
         req.header.flags = flags;
-        let mut handle = self.handle.clone();
-        let mut replies = handle
-            .request(req)
+        let mut replies = self
+            .handle
+            .request(req, netlink_sys::SocketAddr::new(0, 0))
             .map_err(|e| NetlinkError::other(op, e))?;
         let mut out = Vec::new();
         while let Some(reply) = replies.next().await {

@@ -23,6 +23,7 @@ use netlink_packet_route::neighbour::{
 use netlink_packet_route::route::RouteType;
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
+use super::batch::Prepared;
 use super::{Netlink, NetlinkError, Result, format_mac};
 
 /// A neighbour (ARP/NDP) entry, as `ip neigh show dev D` describes it.
@@ -165,6 +166,11 @@ impl Netlink {
 
     /// `ip neigh replace IP lladdr MAC dev #IFINDEX nud permanent`.
     pub async fn replace_neigh(&self, ifindex: u32, ip: IpAddr, mac: [u8; 6]) -> Result<()> {
+        self.send_prepared(Self::replace_neigh_request(ifindex, ip, mac))
+            .await
+    }
+
+    pub(super) fn replace_neigh_request(ifindex: u32, ip: IpAddr, mac: [u8; 6]) -> Prepared {
         let mut m = entry(ifindex, ip);
         m.header.state = NeighbourState::Permanent;
         m.header.kind = RouteType::Unspec;
@@ -174,12 +180,7 @@ impl Netlink {
             "ip neigh replace {ip} lladdr {} dev #{ifindex} nud permanent",
             format_mac(&mac)
         );
-        self.ack(
-            &op,
-            RouteNetlinkMessage::NewNeighbour(m),
-            NLM_F_CREATE | NLM_F_REPLACE,
-        )
-        .await
+        Prepared::write(op, RouteNetlinkMessage::NewNeighbour(m))
     }
 
     /// The link-layer address device `ifindex` has cached for `ip` (`ip neigh get IP dev
@@ -228,12 +229,14 @@ impl Netlink {
 
     /// `ip neigh del IP dev #IFINDEX`. An entry (or device) that is already gone is success.
     pub async fn del_neigh(&self, ifindex: u32, ip: IpAddr) -> Result<()> {
+        self.send_prepared(Self::del_neigh_request(ifindex, ip))
+            .await
+    }
+
+    pub(super) fn del_neigh_request(ifindex: u32, ip: IpAddr) -> Prepared {
         let m = entry(ifindex, ip);
         let op = format!("ip neigh del {ip} dev #{ifindex}");
-        match self.ack(&op, RouteNetlinkMessage::DelNeighbour(m), 0).await {
-            Ok(()) | Err(NetlinkError::NotFound(_)) => Ok(()),
-            Err(e) => Err(e),
-        }
+        Prepared::delete(op, RouteNetlinkMessage::DelNeighbour(m))
     }
 
     /// The FDB entries of device `ifindex` (`bridge fdb show dev #IFINDEX`). For a VXLAN device
@@ -277,23 +280,28 @@ impl Netlink {
     /// `bridge fdb replace MAC dev #IFINDEX dst DST self permanent`. On a VXLAN device this
     /// overwrites the remote of an existing entry for `mac`.
     pub async fn replace_fdb(&self, ifindex: u32, mac: [u8; 6], dst: IpAddr) -> Result<()> {
+        self.send_prepared(Self::replace_fdb_request(ifindex, mac, dst))
+            .await
+    }
+
+    pub(super) fn replace_fdb_request(ifindex: u32, mac: [u8; 6], dst: IpAddr) -> Prepared {
         let m = Self::fdb_message(ifindex, mac, Some(dst));
         let op = format!(
             "bridge fdb replace {} dev #{ifindex} dst {dst} self permanent",
             format_mac(&mac)
         );
-        self.ack(
-            &op,
-            RouteNetlinkMessage::NewNeighbour(m),
-            NLM_F_CREATE | NLM_F_REPLACE,
-        )
-        .await
+        Prepared::write(op, RouteNetlinkMessage::NewNeighbour(m))
     }
 
     /// `bridge fdb del MAC dev #IFINDEX [dst DST] self`. With `dst`, only that remote of the
     /// entry is removed; without, the whole entry. An entry (or device) that is already gone is
     /// success.
     pub async fn del_fdb(&self, ifindex: u32, mac: [u8; 6], dst: Option<IpAddr>) -> Result<()> {
+        self.send_prepared(Self::del_fdb_request(ifindex, mac, dst))
+            .await
+    }
+
+    pub(super) fn del_fdb_request(ifindex: u32, mac: [u8; 6], dst: Option<IpAddr>) -> Prepared {
         let m = Self::fdb_message(ifindex, mac, dst);
         let op = match dst {
             Some(d) => format!(
@@ -302,9 +310,6 @@ impl Netlink {
             ),
             None => format!("bridge fdb del {} dev #{ifindex} self", format_mac(&mac)),
         };
-        match self.ack(&op, RouteNetlinkMessage::DelNeighbour(m), 0).await {
-            Ok(()) | Err(NetlinkError::NotFound(_)) => Ok(()),
-            Err(e) => Err(e),
-        }
+        Prepared::delete(op, RouteNetlinkMessage::DelNeighbour(m))
     }
 }

@@ -4,7 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnetwork::IpNetwork;
-use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST};
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST};
 use netlink_packet_route::address::{
     AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, AddressScope,
 };
@@ -15,6 +15,7 @@ use netlink_packet_route::route::{
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::AddressMessageBuilder;
 
+use super::batch::Prepared;
 use super::*;
 
 /// IP version of a dump.
@@ -210,7 +211,7 @@ impl Route {
     }
 
     /// The nexthop object a route with [`Route::nexthop_id`] needs.
-    fn nexthop_object(&self, id: u32) -> Nexthop {
+    pub(super) fn nexthop_object(&self, id: u32) -> Nexthop {
         Nexthop {
             id,
             gateway: self.gateway,
@@ -462,9 +463,20 @@ impl Netlink {
         if let Some(id) = route.nexthop_id {
             self.replace_nexthop(&route.nexthop_object(id)).await?;
         }
+        self.send_prepared(Self::replace_route_request(route)).await
+    }
+
+    /// The `RTM_NEWROUTE` of [`Netlink::replace_route`] (the object, if any, not included).
+    pub(super) fn replace_route_request(route: &Route) -> Prepared {
         let op = format!("ip route replace {}", route.describe());
-        let msg = RouteNetlinkMessage::NewRoute(route.to_message(false));
-        self.ack(&op, msg, NLM_F_CREATE | NLM_F_REPLACE).await
+        Prepared::write(op, RouteNetlinkMessage::NewRoute(route.to_message(false)))
+    }
+
+    /// One `RTM_DELROUTE` for `route` as given (`nhid` form when it names an object); "no
+    /// such route" is success.
+    pub(super) fn del_route_request(route: &Route) -> Prepared {
+        let op = format!("ip route del {}", route.describe());
+        Prepared::delete(op, RouteNetlinkMessage::DelRoute(route.to_message(true)))
     }
 
     /// `ip route del ROUTE`, matching destination, gateway, device and table (not protocol or
