@@ -118,11 +118,12 @@ fn a_flannel_node_is_migrated_with_its_pod_reachable() {
         ],
     );
 
-    // --- flanneld takes over.
+    // --- flanneld takes over. Node 1 first: started together, node 2 (no subnet.env) picks
+    // a random free subnet and can pick 10.244.77.0/24 before node 1 has leased it, after
+    // which node 1 rightly takes another (the likely cause of one CI failure in which node
+    // 1 ended up with 10.244.98.0/24).
     for i in 0..2 {
         c.start_flanneld(i).expect("start flanneld");
-    }
-    for i in 0..2 {
         c.wait_ready(i, Duration::from_secs(30))
             .unwrap_or_else(|e| panic!("{e}"));
     }

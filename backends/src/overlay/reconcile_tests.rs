@@ -56,6 +56,14 @@ fn peers() -> Vec<Peer> {
 
 async fn vxlan_overlay() -> (RecordingKernel, Overlay<RecordingKernel>) {
     let (k, ext) = node();
+    vxlan_overlay_on(k, ext).await
+}
+
+/// [`vxlan_overlay`] on a kernel prepared by the caller.
+async fn vxlan_overlay_on(
+    k: RecordingKernel,
+    ext: ExternalInterface,
+) -> (RecordingKernel, Overlay<RecordingKernel>) {
     let driver = VxlanDriver::new(&VxlanConfig::default(), &ext).expect("driver");
     let mut o = Overlay::new(k.clone(), Box::new(driver), ext)
         .await
@@ -597,12 +605,7 @@ async fn ipv4_gateway_routes_name_nexthop_objects_unless_the_kernel_has_none() {
     // A kernel before 5.3: the gateway inline, as flannel writes it.
     let (k, ext) = node();
     k.without_nexthops();
-    let driver = VxlanDriver::new(&VxlanConfig::default(), &ext).expect("driver");
-    let mut o = Overlay::new(k.clone(), Box::new(driver), ext)
-        .await
-        .expect("overlay");
-    o.set_own_subnet(net("10.244.1.0/24"));
-    o.set_peers(peers());
+    let (k, mut o) = vxlan_overlay_on(k, ext).await;
     assert!(o.reconcile().await.unwrap().is_clean());
     assert_eq!(ids(&k), vec![None, None]);
     assert_eq!(

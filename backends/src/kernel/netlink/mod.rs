@@ -175,26 +175,11 @@ impl Netlink {
     ) -> Result<Vec<RouteNetlinkMessage>> {
         let mut req = NetlinkMessage::from(msg);
         req.header.flags = flags;
-        let mut replies = self
+        let replies = self
             .handle
             .request(req, netlink_sys::SocketAddr::new(0, 0))
             .map_err(|e| NetlinkError::other(op, e))?;
-        let mut out = Vec::new();
-        while let Some(reply) = replies.next().await {
-            match reply.payload {
-                NetlinkPayload::InnerMessage(m) => out.push(m),
-                NetlinkPayload::Error(e) if e.code.is_some() => {
-                    return Err(NetlinkError::from_message(op, &e));
-                }
-                NetlinkPayload::Error(_) | NetlinkPayload::Done(_) => break,
-                NetlinkPayload::Noop => {}
-                NetlinkPayload::Overrun(_) => {
-                    return Err(NetlinkError::Other(format!("{op}: netlink reply overrun")));
-                }
-                _ => {}
-            }
-        }
-        Ok(out)
+        collect_replies(op, replies).await
     }
 
     /// Sends a request that expects only an ACK.
@@ -227,6 +212,30 @@ impl Netlink {
         }))
     }
 }
+/// The messages of one request's replies (dump parts, echoes) up to its ACK or `NLM_DONE`; a
+/// kernel error becomes a [`NetlinkError`] for `op`. Shared by the route and nexthop
+/// connections.
+async fn collect_replies<T>(
+    op: &str,
+    mut replies: impl futures::Stream<Item = NetlinkMessage<T>> + Unpin,
+) -> Result<Vec<T>> {
+    let mut out = Vec::new();
+    while let Some(reply) = replies.next().await {
+        match reply.payload {
+            NetlinkPayload::InnerMessage(m) => out.push(m),
+            NetlinkPayload::Error(e) if e.code.is_some() => {
+                return Err(NetlinkError::from_message(op, &e));
+            }
+            NetlinkPayload::Error(_) | NetlinkPayload::Done(_) => break,
+            NetlinkPayload::Overrun(_) => {
+                return Err(NetlinkError::Other(format!("{op}: netlink reply overrun")));
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
 /// A `NETLINK_ROUTE` socket bound in the calling thread's namespace.
 fn bound_route_socket() -> io::Result<netlink_sys::Socket> {
     let mut s = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE)?;

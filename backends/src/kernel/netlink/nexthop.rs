@@ -32,7 +32,6 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use futures::StreamExt;
 use ipnetwork::IpNetwork;
 use netlink_packet_core::{
     NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkDeserializable,
@@ -307,24 +306,10 @@ impl Netlink {
         let mut req =
             NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::InnerMessage(msg));
         req.header.flags = flags;
-        let mut replies = handle
+        let replies = handle
             .request(req, netlink_sys::SocketAddr::new(0, 0))
             .map_err(|e| NetlinkError::other(op, e))?;
-        let mut out = Vec::new();
-        while let Some(reply) = replies.next().await {
-            match reply.payload {
-                NetlinkPayload::InnerMessage(m) => out.push(m),
-                NetlinkPayload::Error(e) if e.code.is_some() => {
-                    return Err(NetlinkError::from_message(op, &e));
-                }
-                NetlinkPayload::Error(_) | NetlinkPayload::Done(_) => break,
-                NetlinkPayload::Overrun(_) => {
-                    return Err(NetlinkError::Other(format!("{op}: netlink reply overrun")));
-                }
-                _ => {}
-            }
-        }
-        Ok(out)
+        super::collect_replies(op, replies).await
     }
 
     /// `ip nexthop replace id ID via GATEWAY dev DEV [onlink] proto P`: creates the object or
