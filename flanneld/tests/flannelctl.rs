@@ -25,17 +25,23 @@ fn ctl(server: &EtcdServer, args: &[&str]) -> (bool, String, String) {
     )
 }
 
-#[tokio::test]
-async fn lease_table_json_reservations_and_release() {
-    let Some(server) = EtcdServer::start_or_skip().await else {
-        return;
-    };
+/// A fresh etcd and a lease store on it; `None` when the test is to be skipped.
+async fn etcd_with_store() -> Option<(EtcdServer, EtcdLeaseStore)> {
+    let server = EtcdServer::start_or_skip().await?;
     let store = EtcdLeaseStore::connect(EtcdConfig {
         endpoints: vec![server.endpoint()],
         ..EtcdConfig::default()
     })
     .await
     .unwrap();
+    Some((server, store))
+}
+
+#[tokio::test]
+async fn lease_table_json_reservations_and_release() {
+    let Some((server, store)) = etcd_with_store().await else {
+        return;
+    };
     let mut attrs = LeaseAttrs::new("198.18.0.2".parse().unwrap(), "vxlan");
     attrs.backend_data = Some(json!({"VNI": 1, "VtepMAC": "0a:1b:2c:3d:4e:5f"}).into());
     let lease = Lease::new("10.244.2.0/24".parse().unwrap(), None, attrs);
@@ -106,15 +112,9 @@ async fn lease_table_json_reservations_and_release() {
 
 #[tokio::test]
 async fn dual_stack_and_ipv6_only_leases_show_both_families() {
-    let Some(server) = EtcdServer::start_or_skip().await else {
+    let Some((server, store)) = etcd_with_store().await else {
         return;
     };
-    let store = EtcdLeaseStore::connect(EtcdConfig {
-        endpoints: vec![server.endpoint()],
-        ..EtcdConfig::default()
-    })
-    .await
-    .unwrap();
     let mut dual = LeaseAttrs::new("198.18.0.3".parse().unwrap(), "vxlan");
     dual.public_ipv6 = Some("fd00:198:18::3".parse().unwrap());
     dual.backend_data = Some(json!({"VNI": 1, "VtepMAC": "0a:00:00:00:00:03"}).into());

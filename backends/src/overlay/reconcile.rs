@@ -385,27 +385,12 @@ impl<K: Kernel> Overlay<K> {
             }
             Op::AddAddress(a) => self.kernel.add_address(self.device_index()?, *a).await?,
             Op::DelAddress(a) => self.kernel.del_address(self.device_index()?, *a).await?,
-            Op::ReplaceNeigh { ip, mac, .. } => {
-                self.kernel
-                    .replace_neigh(self.device_index()?, *ip, *mac)
-                    .await?
-            }
-            Op::ReplaceFdb { mac, dst, .. } => {
-                self.kernel
-                    .replace_fdb(self.device_index()?, *mac, *dst)
-                    .await?
-            }
-            Op::ReplaceRoute { route, .. } => {
-                self.kernel
-                    .replace_route(&self.kernel_route(route)?)
-                    .await?
-            }
-            Op::DelRoute(route) => self.kernel.del_route(&self.kernel_route(route)?).await?,
-            Op::DelNeigh(ip) => self.kernel.del_neigh(self.device_index()?, *ip).await?,
-            Op::DelFdb { mac, dst } => {
-                self.kernel
-                    .del_fdb(self.device_index()?, *mac, *dst)
-                    .await?
+            // Per-peer entries: the same write a single-peer update batches.
+            _ => {
+                let write = self.kernel_write(op)?;
+                for result in self.kernel.write_batch(std::slice::from_ref(&write)).await {
+                    result?;
+                }
             }
         }
         Ok(None)

@@ -97,20 +97,29 @@ impl Prepared {
             absent_ok: true,
         }
     }
+}
 
-    fn outcome(&self, result: Result<()>) -> Result<()> {
-        match result {
-            Err(NetlinkError::NotFound(_)) if self.absent_ok => Ok(()),
-            other => other,
-        }
+/// `result`, with "no such entry" turned into success when `absent_ok`.
+fn outcome(absent_ok: bool, result: Result<()>) -> Result<()> {
+    match result {
+        Err(NetlinkError::NotFound(_)) if absent_ok => Ok(()),
+        other => other,
     }
 }
 
 impl Netlink {
     /// Sends one prepared request alone and waits for its ACK.
     pub(super) async fn send_prepared(&self, p: Prepared) -> Result<()> {
-        let result = self.ack(&p.op, p.msg.clone(), p.flags).await;
-        p.outcome(result)
+        let result = self.ack(&p.op, p.msg, p.flags).await;
+        outcome(p.absent_ok, result)
+    }
+
+    /// One write through [`Netlink::write_batch`] (the methods that do a write alone).
+    pub(super) async fn write_one(&self, write: KernelWrite) -> Result<()> {
+        self.write_batch(std::slice::from_ref(&write))
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(NetlinkError::Other("empty batch result".into())))
     }
 
     /// `writes` in order (see the module docs): one result per write.
@@ -190,14 +199,18 @@ impl Netlink {
         if n == 0 {
             return Vec::new();
         }
-        let messages: Vec<NetlinkMessage<RouteNetlinkMessage>> = requests
-            .iter()
+        // What each request is (for its error and its verdict), and the messages themselves.
+        let (requests, messages): (
+            Vec<(String, bool)>,
+            Vec<NetlinkMessage<RouteNetlinkMessage>>,
+        ) = requests
+            .into_iter()
             .map(|p| {
-                let mut m = NetlinkMessage::from(p.msg.clone());
+                let mut m = NetlinkMessage::from(p.msg);
                 m.header.flags = p.flags | NLM_F_REQUEST | NLM_F_ACK;
-                m
+                ((p.op, p.absent_ok), m)
             })
-            .collect();
+            .unzip();
         let mut acks: Vec<Result<()>> = Vec::with_capacity(n);
         match self
             .handle
@@ -211,7 +224,7 @@ impl Netlink {
                     }
                     match reply.payload {
                         NetlinkPayload::Error(e) if e.code.is_some() => {
-                            acks.push(Err(NetlinkError::from_message(&requests[i].op, &e)));
+                            acks.push(Err(NetlinkError::from_message(&requests[i].0, &e)));
                         }
                         NetlinkPayload::Error(_) => acks.push(Ok(())),
                         NetlinkPayload::Overrun(_) => break,
@@ -223,18 +236,17 @@ impl Netlink {
             Err(e) => {
                 return requests
                     .iter()
-                    .map(|p| Err(NetlinkError::other(&p.op, &e)))
+                    .map(|(op, _)| Err(NetlinkError::other(op, &e)))
                     .collect();
             }
         }
+        let mut acks = acks.into_iter();
         requests
-            .iter()
-            .enumerate()
-            .map(|(i, p)| match acks.get_mut(i) {
-                Some(r) => p.outcome(std::mem::replace(r, Ok(()))),
+            .into_iter()
+            .map(|(op, absent_ok)| match acks.next() {
+                Some(r) => outcome(absent_ok, r),
                 None => Err(NetlinkError::Other(format!(
-                    "{}: no answer from the kernel",
-                    p.op
+                    "{op}: no answer from the kernel"
                 ))),
             })
             .collect()

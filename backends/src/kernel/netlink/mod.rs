@@ -149,11 +149,7 @@ impl Netlink {
             .try_clone_to_owned()
             .map(Arc::new)
             .map_err(|e| NetlinkError::other(op, e))?;
-        let (mut conn, handle, _) = netlink_proto::from_socket_with_codec::<
-            RouteNetlinkMessage,
-            netlink_sys::TokioSocket,
-            netlink_proto::NetlinkCodec,
-        >(tokio_socket(socket));
+        let (mut conn, handle, _) = connection::<RouteNetlinkMessage>(socket);
         // ACKs reach the caller: a batch (`write_batch`) tells its writes' outcomes apart by
         // them (a lone request's stream simply ends with its ACK either way).
         conn.set_forward_ack(true);
@@ -250,6 +246,28 @@ fn tokio_socket(socket: netlink_sys::Socket) -> netlink_sys::TokioSocket {
     // SAFETY: `raw` is an open netlink socket whose ownership we just released from `socket`;
     // the TokioSocket takes it over (and closes it on drop).
     unsafe { netlink_sys::TokioSocket::from_raw_fd(raw) }
+}
+
+/// A netlink-proto connection over `socket` for messages of type `T` (route messages, or our
+/// own nexthop messages), to be spawned by the caller. Same runtime requirement as
+/// [`tokio_socket`].
+#[allow(clippy::type_complexity)]
+fn connection<T>(
+    socket: netlink_sys::Socket,
+) -> (
+    netlink_proto::Connection<T, netlink_sys::TokioSocket>,
+    netlink_proto::ConnectionHandle<T>,
+    futures::channel::mpsc::UnboundedReceiver<(NetlinkMessage<T>, netlink_sys::SocketAddr)>,
+)
+where
+    T: std::fmt::Debug
+        + netlink_packet_core::NetlinkSerializable
+        + netlink_packet_core::NetlinkDeserializable
+        + Unpin,
+{
+    netlink_proto::from_socket_with_codec::<T, netlink_sys::TokioSocket, netlink_proto::NetlinkCodec>(
+        tokio_socket(socket),
+    )
 }
 
 /// The runtime to spawn connection tasks on.

@@ -148,20 +148,22 @@ impl std::fmt::Debug for Monitor {
 /// for (`None` inside when the kernel refuses the group; the reason is logged).
 type MonitorSockets = (netlink_sys::Socket, Option<netlink_sys::Socket>);
 
-fn open_socket(groups: &[MonitorGroup]) -> io::Result<MonitorSockets> {
+/// A route-netlink socket subscribed to `groups`.
+fn subscribed<'a>(
+    groups: impl IntoIterator<Item = &'a MonitorGroup>,
+) -> io::Result<netlink_sys::Socket> {
     let mut s = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE)?;
     s.bind(&SocketAddr::new(0, 0))?;
-    for g in groups.iter().filter(|g| **g != MonitorGroup::Nexthop) {
+    for g in groups {
         s.add_membership(g.rtnlgrp())?;
     }
+    Ok(s)
+}
+
+fn open_socket(groups: &[MonitorGroup]) -> io::Result<MonitorSockets> {
+    let s = subscribed(groups.iter().filter(|g| **g != MonitorGroup::Nexthop))?;
     let nexthops = if groups.contains(&MonitorGroup::Nexthop) {
-        let open = || -> io::Result<netlink_sys::Socket> {
-            let mut n = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE)?;
-            n.bind(&SocketAddr::new(0, 0))?;
-            n.add_membership(MonitorGroup::Nexthop.rtnlgrp())?;
-            Ok(n)
-        };
-        match open() {
+        match subscribed(&[MonitorGroup::Nexthop]) {
             Ok(n) => Some(n),
             Err(e) => {
                 tracing::info!(error = %e, "no nexthop notifications from this kernel");
@@ -202,11 +204,7 @@ impl Monitor {
         let (conn, handle, rx) = rtnetlink::from_socket(super::tokio_socket(socket));
         rt.spawn(conn);
         let nexthops = nexthop_socket.map(|s| {
-            let (conn, handle, rx) = netlink_proto::from_socket_with_codec::<
-                NexthopMessage,
-                netlink_sys::TokioSocket,
-                netlink_proto::NetlinkCodec,
-            >(super::tokio_socket(s));
+            let (conn, handle, rx) = super::connection::<NexthopMessage>(s);
             rt.spawn(conn);
             (rx, handle)
         });

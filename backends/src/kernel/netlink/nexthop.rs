@@ -80,17 +80,11 @@ pub struct Nexthop {
 
 impl Nexthop {
     fn describe(&self) -> String {
-        let mut s = format!("id {}", self.id);
-        if let Some(g) = self.gateway {
-            s.push_str(&format!(" via {g}"));
-        }
-        if let Some(o) = self.oif {
-            s.push_str(&format!(" dev #{o}"));
-        }
-        if self.onlink {
-            s.push_str(" onlink");
-        }
-        s
+        format!(
+            "id {}{}",
+            self.id,
+            super::route::next_hop_text(self.gateway, self.oif, self.onlink)
+        )
     }
 }
 
@@ -283,12 +277,7 @@ impl Netlink {
                     .and_then(|r| r)
                     .map_err(|e| NetlinkError::other(op, e))?;
                 let rt = runtime(op)?;
-                let socket = super::tokio_socket(socket);
-                let (conn, handle, _) = netlink_proto::from_socket_with_codec::<
-                    NexthopMessage,
-                    netlink_sys::TokioSocket,
-                    netlink_proto::NetlinkCodec,
-                >(socket);
+                let (conn, handle, _) = super::connection::<NexthopMessage>(socket);
                 rt.spawn(conn);
                 Ok(handle)
             })

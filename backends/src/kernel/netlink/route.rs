@@ -15,7 +15,7 @@ use netlink_packet_route::route::{
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::AddressMessageBuilder;
 
-use super::batch::Prepared;
+use super::batch::{KernelWrite, Prepared};
 use super::*;
 
 /// IP version of a dump.
@@ -143,15 +143,7 @@ impl Route {
         if let Some(id) = self.nexthop_id {
             s.push_str(&format!(" nhid {id}"));
         }
-        if let Some(g) = self.gateway {
-            s.push_str(&format!(" via {g}"));
-        }
-        if let Some(o) = self.oif {
-            s.push_str(&format!(" dev #{o}"));
-        }
-        if self.onlink {
-            s.push_str(" onlink");
-        }
+        s.push_str(&next_hop_text(self.gateway, self.oif, self.onlink));
         if self.table != RT_TABLE_MAIN {
             s.push_str(&format!(" table {}", self.table));
         }
@@ -285,6 +277,22 @@ impl AddressEntry {
     pub fn has(&self, flag: u32) -> bool {
         self.flags & flag != 0
     }
+}
+
+/// ` via GATEWAY dev #OIF onlink`, each part only when set: how `ip route` and `ip nexthop`
+/// name a next hop, for messages.
+pub(super) fn next_hop_text(gateway: Option<IpAddr>, oif: Option<u32>, onlink: bool) -> String {
+    let mut s = String::new();
+    if let Some(g) = gateway {
+        s.push_str(&format!(" via {g}"));
+    }
+    if let Some(o) = oif {
+        s.push_str(&format!(" dev #{o}"));
+    }
+    if onlink {
+        s.push_str(" onlink");
+    }
+    s
 }
 
 pub(super) fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
@@ -460,10 +468,8 @@ impl Netlink {
     /// With [`Route::nexthop_id`], `ip nexthop replace id ID via GATEWAY dev DEV [onlink]`
     /// first, then `ip route replace DST nhid ID`.
     pub async fn replace_route(&self, route: &Route) -> Result<()> {
-        if let Some(id) = route.nexthop_id {
-            self.replace_nexthop(&route.nexthop_object(id)).await?;
-        }
-        self.send_prepared(Self::replace_route_request(route)).await
+        self.write_one(KernelWrite::ReplaceRoute(route.clone()))
+            .await
     }
 
     /// The `RTM_NEWROUTE` of [`Netlink::replace_route`] (the object, if any, not included).
@@ -482,33 +488,10 @@ impl Netlink {
     /// `ip route del ROUTE`, matching destination, gateway, device and table (not protocol or
     /// scope). A route (or device) that is already gone is success.
     ///
-    /// With [`Route::nexthop_id`]: `ip route del DST nhid ID` (or, if the route is written
-    /// the old way, with its gateway inline), then `ip nexthop del id ID`. In that order:
-    /// deleting an object that a route still uses makes the kernel sweep the whole FIB for
-    /// its routes (`fib_flush`), O(routes) per delete.
+    /// With [`Route::nexthop_id`]: `ip route del DST nhid ID` and, for a route written the old
+    /// way, the same with its gateway inline, then `ip nexthop del id ID` (see
+    /// [`Netlink::write_batch`] for why in that order).
     pub async fn del_route(&self, route: &Route) -> Result<()> {
-        let deleted = self.del_route_message(route).await?;
-        if let Some(id) = route.nexthop_id {
-            if !deleted {
-                let inline = Route {
-                    nexthop_id: None,
-                    ..route.clone()
-                };
-                self.del_route_message(&inline).await?;
-            }
-            self.del_nexthop(id).await?;
-        }
-        Ok(())
-    }
-
-    /// One `RTM_DELROUTE`; `false` if there was no such route.
-    async fn del_route_message(&self, route: &Route) -> Result<bool> {
-        let op = format!("ip route del {}", route.describe());
-        let msg = RouteNetlinkMessage::DelRoute(route.to_message(true));
-        match self.ack(&op, msg, 0).await {
-            Ok(()) => Ok(true),
-            Err(NetlinkError::NotFound(_)) => Ok(false),
-            Err(e) => Err(e),
-        }
+        self.write_one(KernelWrite::DelRoute(route.clone())).await
     }
 }
