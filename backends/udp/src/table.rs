@@ -1,7 +1,7 @@
 //! # The forwarding and membership table of the udp backend
 //!
 //! Built from the leases ([`Table::new`]) and swapped whole whenever they change
-//! ([`SharedTable::store`]), so the datapath threads never see a half-updated table and never
+//! ([`Shared::store`]), so the datapath threads never see a half-updated table and never
 //! wait for the control plane:
 //!
 //! * **Forwarding** ([`Table::lookup`]): longest-prefix match of an inner destination address
@@ -148,24 +148,31 @@ impl Table {
     }
 }
 
-/// The table shared between the control plane (one writer) and the datapath threads.
+/// A snapshot shared between one writer and the datapath threads: the writer swaps it whole
+/// ([`Shared::store`]), readers keep their own `Arc` and re-read only when the generation
+/// moved. The udp backend shares its [`Table`] this way, the wireguard backend its peers.
 #[derive(Debug, Default)]
-pub struct SharedTable {
-    current: RwLock<Arc<Table>>,
+pub struct Shared<T> {
+    current: RwLock<Arc<T>>,
     generation: AtomicU64,
 }
 
-impl SharedTable {
-    /// A shared table starting with `t`.
-    pub fn new(t: Table) -> SharedTable {
-        SharedTable {
+/// The udp backend's shared forwarding table.
+pub type SharedTable = Shared<Table>;
+/// A datapath thread's view of the [`SharedTable`].
+pub type TableReader = Reader<Table>;
+
+impl<T> Shared<T> {
+    /// A shared snapshot holding `t`.
+    pub fn new(t: T) -> Shared<T> {
+        Shared {
             current: RwLock::new(Arc::new(t)),
             generation: AtomicU64::new(0),
         }
     }
 
-    /// Replaces the table; readers pick it up at their next [`TableReader::get`].
-    pub fn store(&self, t: Table) {
+    /// Replaces the snapshot; readers pick it up at their next [`Reader::get`].
+    pub fn store(&self, t: T) {
         let new = Arc::new(t);
         match self.current.write() {
             Ok(mut g) => *g = new,
@@ -174,47 +181,47 @@ impl SharedTable {
         self.generation.fetch_add(1, Ordering::Release);
     }
 
-    /// The current table.
-    pub fn load(&self) -> Arc<Table> {
+    /// The current snapshot.
+    pub fn load(&self) -> Arc<T> {
         match self.current.read() {
             Ok(g) => g.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
     }
 
-    /// A per-thread cached reader.
-    pub fn reader(self: &Arc<Self>) -> TableReader {
-        TableReader {
+    /// A reader for one datapath thread.
+    pub fn reader(self: &Arc<Self>) -> Reader<T> {
+        Reader {
             shared: self.clone(),
             seen: self.generation.load(Ordering::Acquire),
-            table: self.load(),
+            snapshot: self.load(),
         }
     }
 }
 
-/// A datapath thread's view of a [`SharedTable`].
+/// A datapath thread's view of a [`Shared`] snapshot.
 #[derive(Debug)]
-pub struct TableReader {
-    shared: Arc<SharedTable>,
+pub struct Reader<T> {
+    shared: Arc<Shared<T>>,
     seen: u64,
-    table: Arc<Table>,
+    snapshot: Arc<T>,
 }
 
-impl TableReader {
-    /// The current table: one atomic load, plus a read lock only when it changed.
-    pub fn get(&mut self) -> &Table {
+impl<T> Reader<T> {
+    /// The current snapshot: one atomic load, plus a read-lock only when it changed.
+    pub fn get(&mut self) -> &T {
         let g = self.shared.generation.load(Ordering::Acquire);
         if g != self.seen {
             self.seen = g;
-            self.table = self.shared.load();
+            self.snapshot = self.shared.load();
         }
-        &self.table
+        &self.snapshot
     }
 
-    /// Like [`TableReader::get`], as a shared handle (a reference-count increment).
-    pub fn current(&mut self) -> Arc<Table> {
+    /// Like [`Reader::get`], as a shared handle (a reference-count increment).
+    pub fn current(&mut self) -> Arc<T> {
         self.get();
-        self.table.clone()
+        self.snapshot.clone()
     }
 }
 

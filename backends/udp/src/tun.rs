@@ -30,6 +30,8 @@ const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_VNET_HDR: libc::c_short = 0x4000;
 /// `TUNSETIFF` = `_IOW('T', 202, int)`.
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+/// `TUNSETPERSIST` = `_IOW('T', 203, int)`.
+const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
 /// `TUNSETOFFLOAD` = `_IOW('T', 208, unsigned int)`.
 const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 /// `TUN_F_CSUM`.
@@ -143,6 +145,25 @@ impl Tun {
             name: String::from_utf8_lossy(&req.name[..end]).into_owned(),
             vnet_hdr: vnet,
         })
+    }
+
+    /// Makes the device outlive this descriptor (or not): a persistent TUN device keeps its
+    /// addresses and routes while no process has it open, so traffic routed into it is
+    /// queued or dropped, never sent elsewhere, until a process attaches again
+    /// ([`Tun::open`] attaches to an existing device of the same name).
+    ///
+    /// Equivalent of `ip tuntap add dev NAME mode tun` (persistent) / `ip tuntap del`.
+    pub fn set_persist(&self, persist: bool) -> io::Result<()> {
+        // SAFETY: TUNSETPERSIST takes its argument by value.
+        cvt(unsafe {
+            libc::ioctl(
+                self.fd.as_raw_fd(),
+                TUNSETPERSIST as _,
+                libc::c_ulong::from(persist),
+            )
+        })
+        .map(|_| ())
+        .map_err(|e| with_context(e, format!("TUNSETPERSIST {}", self.name)))
     }
 
     /// The device name the kernel gave.
