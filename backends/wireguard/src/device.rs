@@ -1,0 +1,834 @@
+//! # The userspace WireGuard device: boringtun's protocol on the udp backend's data path
+//!
+//! Where the kernel has no WireGuard module, flanneld is the device. The kernel routes the
+//! cluster network into the TUN device `flannel-wg`; three threads do what the module would:
+//!
+//! * **`flannel-wg-tx`** (TUN → UDP): drains the TUN (a TCP window arrives as one super-packet
+//!   behind a virtio-net header: `IFF_VNET_HDR` + TSO, as in the udp backend), picks the peer
+//!   whose allowed IPs hold the destination ([`PeerTable::route`]; none: ICMP unreachable back
+//!   into the TUN), cuts super-packets into MTU-size packets ([`flannel_udp::codec::segment`]),
+//!   and encrypts each with the peer's current session (`Tunn::encapsulate`: no session yet
+//!   means the packet waits in boringtun's queue and a handshake initiation goes out). The
+//!   equal-size data messages of one super-packet leave as one UDP GSO send, all of a batch in
+//!   one `sendmmsg`.
+//! * **`flannel-wg-rx`** (UDP → TUN): `recvmmsg` with UDP GRO; each message is dispatched by
+//!   type, as boringtun's own device does: handshake initiations pass the shared rate limiter
+//!   first (under load it answers with a cookie reply instead of doing Diffie-Hellman) and are
+//!   matched to a peer by the initiator's static key; responses, cookie replies and data by
+//!   receiver index. A decrypted packet whose inner source is outside the sending peer's
+//!   allowed IPs is dropped and counted; the rest are glued back into TCP super-packets
+//!   ([`flannel_udp::codec::Coalescer`]) and written to the TUN. Any authenticated message
+//!   moves the peer's endpoint to where it came from (roaming). After writing, the RX thread
+//!   drains the TUN itself when the TX state is free, so a reply leaves without waking TX
+//!   (see the udp backend's datapath docs for why that matters for latency).
+//! * **`flannel-wg-timers`**: every 250 ms runs each peer's `update_timers` (handshake retries,
+//!   rekeying, keepalives, session expiry) and resets the rate limiter's count once a second.
+//!
+//! The inner packets are IPv4 (flannel's `flannel-wg` device carries the IPv4 pod network);
+//! the underlay is IPv4.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use boringtun::noise::errors::WireGuardError;
+use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::rate_limiter::RateLimiter;
+use boringtun::noise::{Packet, Tunn, TunnResult};
+use flannel_udp::codec::{self, Coalescer, Ipv4Header, VNET_HDR_LEN, VirtioNetHdr};
+use flannel_udp::datapath::{MAX_GSO_BYTES, MAX_GSO_SEGMENTS, Offloads, POLL_MS};
+use flannel_udp::table::{Reader, Shared};
+use flannel_udp::tun::{InMsg, OutMsg, Tun, UdpSocket, poll_readable};
+
+use crate::peers::{PeerState, PeerTable};
+
+/// TUN reads per wake-up before the batch is sent.
+const MAX_TUN_READS: usize = 64;
+/// Messages per `recvmmsg`.
+const RECV_BATCH: usize = 8;
+/// Send the queued batch once it holds this many bytes.
+const FLUSH_BYTES: usize = 256 * 1024;
+/// TUN read buffer: vnet header plus the largest IPv4 packet.
+const TUN_BUF: usize = VNET_HDR_LEN + 65_536;
+/// boringtun's minimum output buffer (a handshake initiation).
+const MIN_DST: usize = 148;
+/// Data message overhead: type, receiver index, counter (16) + tag (16).
+pub const DATA_OVERHEAD: usize = 32;
+/// How often the timers run (boringtun's device uses the same period).
+pub const TIMER_TICK: Duration = Duration::from_millis(250);
+/// Handshakes per second all peers together may ask of us before cookies are required
+/// (boringtun's device default).
+pub const HANDSHAKE_RATE_LIMIT: u64 = 100;
+
+macro_rules! counters {
+    ($( $field:ident => $help:literal ),* $(,)?) => {
+        /// The device's counters (monotonic, relaxed atomics).
+        #[derive(Debug, Default)]
+        pub struct Counters {
+            $( #[doc = $help] pub $field: AtomicU64, )*
+        }
+
+        impl Counters {
+            /// Every counter as `(name, help, value)`.
+            pub fn values(&self) -> Vec<(&'static str, &'static str, u64)> {
+                vec![$( (stringify!($field), $help, self.$field.load(Ordering::Relaxed)), )*]
+            }
+        }
+    };
+}
+
+counters! {
+    tx_packets => "Inner packets encrypted and sent to peers.",
+    tx_bytes => "Bytes of inner packets sent to peers.",
+    rx_packets => "Inner packets decrypted, accepted and written to the TUN.",
+    rx_bytes => "Bytes of inner packets accepted from peers.",
+    tx_no_peer => "TUN packets whose destination is in no peer's allowed IPs.",
+    tx_queued => "TUN packets queued while a handshake is in progress.",
+    tx_errors => "Datagrams the kernel refused to send.",
+    tx_dropped_malformed => "TUN packets dropped as malformed or with unsupported offload requests.",
+    handshake_initiations_sent => "Handshake initiations sent (first contact, retries and rekeys).",
+    handshake_responses_sent => "Handshake responses sent (a peer's initiation accepted).",
+    handshakes_completed => "Handshakes completed, as initiator or responder.",
+    rekeys => "Handshake initiations sent to replace a session that was getting old.",
+    cookie_replies_sent => "Cookie replies sent because handshakes came in faster than the rate limit.",
+    keepalives_sent => "Keepalive messages sent.",
+    rx_dropped_unknown_peer => "Messages dropped: no peer for the key or receiver index.",
+    rx_dropped_allowed_ips => "Decrypted packets dropped: inner source outside the peer's allowed IPs.",
+    rx_dropped_invalid_mac => "Handshake messages dropped: bad MAC (not meant for our key).",
+    rx_dropped_decrypt => "Data messages dropped: authentication failed.",
+    rx_dropped_replay => "Data messages dropped: counter replayed or too old.",
+    rx_dropped_no_session => "Messages dropped: no session for the receiver index.",
+    rx_dropped_handshake => "Handshake messages dropped: stale timestamp, unexpected or invalid.",
+    rx_dropped_under_load => "Handshake initiations dropped under load without a valid cookie.",
+    rx_dropped_malformed => "Datagrams that are no WireGuard message or hold no IPv4 packet.",
+    tun_writes => "TUN writes (a coalesced super-packet counts once).",
+    tun_write_errors => "Failed TUN writes.",
+    tun_reads => "TUN reads that returned a packet.",
+    tx_syscalls => "sendmmsg calls.",
+    rx_syscalls => "recvmmsg calls that returned data.",
+    tx_gso_messages => "UDP GSO messages sent (each carries several datagrams).",
+    tx_drained_by_rx => "TUN packets read and sent by the RX thread right after its own TUN writes.",
+}
+
+impl Counters {
+    fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts an error boringtun returned for a received message.
+    fn count_rx_error(&self, e: &WireGuardError) {
+        let c = match e {
+            WireGuardError::InvalidMac => &self.rx_dropped_invalid_mac,
+            WireGuardError::InvalidAeadTag => &self.rx_dropped_decrypt,
+            WireGuardError::InvalidCounter | WireGuardError::DuplicateCounter => {
+                &self.rx_dropped_replay
+            }
+            WireGuardError::NoCurrentSession | WireGuardError::WrongIndex => {
+                &self.rx_dropped_no_session
+            }
+            WireGuardError::UnderLoad => &self.rx_dropped_under_load,
+            WireGuardError::InvalidPacket | WireGuardError::IncorrectPacketLength => {
+                &self.rx_dropped_malformed
+            }
+            _ => &self.rx_dropped_handshake,
+        };
+        Counters::add(c, 1);
+    }
+
+    /// Prometheus text of every counter, `flannel_wireguard_<name>_total`.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        for (name, help, v) in self.values() {
+            s.push_str(&format!(
+                "# HELP flannel_wireguard_{name}_total {help}\n# TYPE flannel_wireguard_{name}_total counter\nflannel_wireguard_{name}_total {v}\n"
+            ));
+        }
+        s
+    }
+}
+
+/// The running device threads; stopped and joined on [`Device::stop`] or drop.
+#[derive(Debug)]
+pub struct Device {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    offloads: Offloads,
+}
+
+/// The key material the RX thread needs to identify an initiator.
+#[derive(Clone)]
+pub struct Responder {
+    /// Our private key.
+    pub private: boringtun::x25519::StaticSecret,
+    /// Our public key.
+    pub public: boringtun::x25519::PublicKey,
+    /// The rate limiter shared with every peer's `Tunn`.
+    pub rate_limiter: Arc<RateLimiter>,
+}
+
+impl Device {
+    /// Starts the threads on `tun` and `sock` (both opened in the node's namespace).
+    pub fn start(
+        tun: Tun,
+        sock: UdpSocket,
+        peers: Arc<Shared<PeerTable>>,
+        responder: Responder,
+        counters: Arc<Counters>,
+    ) -> io::Result<Device> {
+        let offloads = Offloads {
+            tun_vnet_hdr: tun.vnet_hdr(),
+            udp_gso: sock.gso(),
+            udp_gro: sock.gro(),
+        };
+        let tun = Arc::new(tun);
+        let sock = Arc::new(sock);
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut dev = Device {
+            stop: stop.clone(),
+            threads: Vec::new(),
+            offloads,
+        };
+        let tx = Arc::new(Mutex::new(Tx {
+            tun: tun.clone(),
+            sock: sock.clone(),
+            peers: peers.reader(),
+            counters: counters.clone(),
+            gso: sock.gso(),
+            buf: vec![0u8; TUN_BUF],
+            plain: Vec::with_capacity(TUN_BUF * 2),
+            out: Vec::with_capacity(FLUSH_BYTES + TUN_BUF * 2),
+            msgs: Vec::with_capacity(MAX_TUN_READS * 2),
+        }));
+        let (s, tx_thread, tun_fd) = (stop.clone(), tx.clone(), tun.as_raw_fd());
+        dev.threads.push(
+            std::thread::Builder::new()
+                .name("flannel-wg-tx".into())
+                .spawn(move || Tx::run(&tx_thread, tun_fd, &s))?,
+        );
+        let timers = Timers {
+            sock: sock.clone(),
+            peers: peers.reader(),
+            counters: counters.clone(),
+            rate_limiter: responder.rate_limiter.clone(),
+        };
+        let s = stop.clone();
+        dev.threads.push(
+            std::thread::Builder::new()
+                .name("flannel-wg-timers".into())
+                .spawn(move || timers.run(&s))?,
+        );
+        let rx = Rx {
+            tun,
+            sock,
+            peers: peers.reader(),
+            counters,
+            responder,
+            bufs: (0..RECV_BATCH).map(|_| vec![0u8; 65_536]).collect(),
+            plain: vec![0u8; 65_536],
+            coalescer: Coalescer::new(),
+            tx,
+        };
+        dev.threads.push(
+            std::thread::Builder::new()
+                .name("flannel-wg-rx".into())
+                .spawn(move || rx.run(&stop))?,
+        );
+        Ok(dev)
+    }
+
+    /// What the kernel granted.
+    pub fn offloads(&self) -> Offloads {
+        self.offloads
+    }
+
+    /// Stops the threads and waits for them (at most about [`POLL_MS`]).
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+
+    /// Whether every thread still runs.
+    pub fn is_running(&self) -> bool {
+        !self.threads.is_empty() && self.threads.iter().all(|t| !t.is_finished())
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Counts and classifies a message we are about to send (first byte = message type).
+fn count_sent(counters: &Counters, msg: &[u8], rekey_of: Option<&PeerState>) {
+    match msg.first() {
+        Some(1) => {
+            Counters::add(&counters.handshake_initiations_sent, 1);
+            if let Some(p) = rekey_of {
+                Counters::add(&counters.rekeys, 1);
+                Counters::add(&p.counters.rekeys, 1);
+            }
+        }
+        Some(2) => Counters::add(&counters.handshake_responses_sent, 1),
+        Some(3) => Counters::add(&counters.cookie_replies_sent, 1),
+        Some(4) if msg.len() == DATA_OVERHEAD => Counters::add(&counters.keepalives_sent, 1),
+        _ => {}
+    }
+}
+
+fn send_one(sock: &UdpSocket, counters: &Counters, msg: &[u8], to: SocketAddrV4) {
+    if let Err(e) = sock.send_to(msg, to) {
+        tracing::debug!(%to, error = %e, "wireguard send failed");
+        Counters::add(&counters.tx_errors, 1);
+    }
+}
+
+/// The TX state: whichever thread holds it drains the TUN.
+struct Tx {
+    tun: Arc<Tun>,
+    sock: Arc<UdpSocket>,
+    peers: Reader<PeerTable>,
+    counters: Arc<Counters>,
+    gso: bool,
+    buf: Vec<u8>,
+    /// Plaintext packets of the super-packet being sent.
+    plain: Vec<u8>,
+    /// Encrypted messages of the batch, back to back.
+    out: Vec<u8>,
+    msgs: Vec<OutMsg>,
+}
+
+impl Tx {
+    fn run(tx: &Mutex<Tx>, tun_fd: std::os::fd::RawFd, stop: &AtomicBool) {
+        while !stop.load(Ordering::Relaxed) {
+            match poll_readable(tun_fd, POLL_MS) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::error!(error = %e, "poll on the TUN failed; wireguard tx thread stops");
+                    return;
+                }
+            }
+            let mut state = tx.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            state.drain();
+        }
+    }
+
+    /// Reads what the TUN holds (up to [`MAX_TUN_READS`] packets) and sends it.
+    fn drain(&mut self) -> usize {
+        let mut buf = std::mem::take(&mut self.buf);
+        let table = self.peers.current();
+        let mut read = 0;
+        for _ in 0..MAX_TUN_READS {
+            match self.tun.read(&mut buf) {
+                Ok(Some(n)) => {
+                    read += 1;
+                    Counters::add(&self.counters.tun_reads, 1);
+                    self.handle(&table, &mut buf[..n]);
+                    if self.out.len() >= FLUSH_BYTES {
+                        self.flush();
+                    }
+                }
+                Ok(None) => break,
+                Err(_) => break,
+            }
+        }
+        self.buf = buf;
+        self.flush();
+        read
+    }
+
+    fn handle(&mut self, table: &PeerTable, buf: &mut [u8]) {
+        let (hdr, pkt) = if self.tun.vnet_hdr() {
+            if buf.len() < VNET_HDR_LEN {
+                Counters::add(&self.counters.tx_dropped_malformed, 1);
+                return;
+            }
+            let (h, p) = buf.split_at_mut(VNET_HDR_LEN);
+            match VirtioNetHdr::parse(h) {
+                Ok(h) => (h, p),
+                Err(_) => {
+                    Counters::add(&self.counters.tx_dropped_malformed, 1);
+                    return;
+                }
+            }
+        } else {
+            (VirtioNetHdr::default(), buf)
+        };
+        let Ok(ip) = Ipv4Header::parse(pkt) else {
+            Counters::add(&self.counters.tx_dropped_malformed, 1);
+            return;
+        };
+        let Some(peer) = table.route(ip.dst) else {
+            Counters::add(&self.counters.tx_no_peer, 1);
+            if let Some(own) = table.own
+                && let Some(icmp) = codec::icmp_net_unreachable(pkt, own.network())
+            {
+                write_plain(&self.tun, &icmp, &self.counters);
+            }
+            return;
+        };
+        self.plain.clear();
+        let segs = match codec::segment(&hdr, pkt, &mut self.plain) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(error = %e, "dropping a TUN packet");
+                Counters::add(&self.counters.tx_dropped_malformed, 1);
+                return;
+            }
+        };
+        let endpoint = peer.endpoint();
+        let mut tunn = peer.lock();
+        let had_session = tunn.time_since_last_handshake().is_some();
+        // Data messages of this super-packet: (start, len), contiguous in `out`.
+        let first_data = self.msgs.len();
+        for i in 0..segs.count {
+            let at = i * segs.size;
+            let len = if i + 1 == segs.count {
+                segs.last
+            } else {
+                segs.size
+            };
+            let src = &self.plain[at..at + len];
+            let start = self.out.len();
+            self.out
+                .resize(start + (len + DATA_OVERHEAD).max(MIN_DST), 0);
+            match tunn.encapsulate(src, &mut self.out[start..]) {
+                TunnResult::WriteToNetwork(m) => {
+                    let n = m.len();
+                    let kind = m[0];
+                    self.out.truncate(start + n);
+                    if kind == 4 {
+                        Counters::add(&self.counters.tx_packets, 1);
+                        Counters::add(&self.counters.tx_bytes, len as u64);
+                    } else {
+                        // No session: boringtun queued the packet and asks for a handshake.
+                        Counters::add(&self.counters.tx_queued, 1);
+                        count_sent(
+                            &self.counters,
+                            &self.out[start..],
+                            had_session.then_some(peer),
+                        );
+                    }
+                    self.msgs.push(OutMsg {
+                        to: endpoint,
+                        start,
+                        len: n,
+                        seg: 0,
+                    });
+                }
+                TunnResult::Done => {
+                    // Queued behind a handshake already in flight.
+                    self.out.truncate(start);
+                    Counters::add(&self.counters.tx_queued, 1);
+                }
+                TunnResult::Err(e) => {
+                    self.out.truncate(start);
+                    tracing::debug!(error = ?e, "encapsulate failed");
+                    Counters::add(&self.counters.tx_errors, 1);
+                }
+                TunnResult::WriteToTunnelV4(..) | TunnResult::WriteToTunnelV6(..) => {
+                    self.out.truncate(start);
+                }
+            }
+        }
+        drop(tunn);
+        if self.gso {
+            merge_gso_runs(&mut self.msgs, first_data);
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.msgs.is_empty() {
+            self.out.clear();
+            return;
+        }
+        let counters = self.counters.clone();
+        let mut refused_gso = Vec::new();
+        let (_, calls) = self.sock.send_batch(&self.out, &self.msgs, |m, e| {
+            if m.seg > 0 && matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL)) {
+                refused_gso.push(*m);
+            } else {
+                tracing::debug!(to = %m.to, error = %e, "wireguard send failed");
+                Counters::add(&counters.tx_errors, 1);
+            }
+        });
+        Counters::add(&self.counters.tx_syscalls, calls as u64);
+        let gso = self.msgs.iter().filter(|m| m.seg > 0).count() - refused_gso.len();
+        Counters::add(&self.counters.tx_gso_messages, gso as u64);
+        if !refused_gso.is_empty() {
+            tracing::warn!("UDP GSO refused by the kernel; sending datagrams one by one");
+            self.gso = false;
+            let single: Vec<OutMsg> = refused_gso.iter().flat_map(split_gso).collect();
+            let (_, calls) = self.sock.send_batch(&self.out, &single, |m, e| {
+                tracing::debug!(to = %m.to, error = %e, "wireguard send failed");
+                Counters::add(&counters.tx_errors, 1);
+            });
+            Counters::add(&self.counters.tx_syscalls, calls as u64);
+        }
+        self.msgs.clear();
+        self.out.clear();
+    }
+}
+
+/// Merges `msgs[from..]` runs of contiguous, equal-size messages to one endpoint (the last of a
+/// run may be shorter) into UDP GSO messages of at most [`MAX_GSO_SEGMENTS`] /
+/// [`MAX_GSO_BYTES`].
+pub fn merge_gso_runs(msgs: &mut Vec<OutMsg>, from: usize) {
+    let tail: Vec<OutMsg> = msgs.drain(from..).collect();
+    let mut i = 0;
+    while i < tail.len() {
+        let first = tail[i];
+        let size = first.len;
+        let mut end = first.start + size;
+        let mut count = 1;
+        let mut j = i + 1;
+        while j < tail.len() {
+            let m = tail[j];
+            let fits = count < MAX_GSO_SEGMENTS && (end - first.start) + m.len <= MAX_GSO_BYTES;
+            if m.to != first.to || m.start != end || m.len > size || !fits {
+                break;
+            }
+            end += m.len;
+            count += 1;
+            j += 1;
+            if m.len < size {
+                break;
+            }
+        }
+        msgs.push(OutMsg {
+            to: first.to,
+            start: first.start,
+            len: end - first.start,
+            seg: if count > 1 { size as u16 } else { 0 },
+        });
+        i = j;
+    }
+}
+
+fn split_gso(m: &OutMsg) -> Vec<OutMsg> {
+    let seg = usize::from(m.seg);
+    let mut v = Vec::new();
+    let mut at = m.start;
+    while at < m.start + m.len {
+        let len = seg.min(m.start + m.len - at);
+        v.push(OutMsg {
+            to: m.to,
+            start: at,
+            len,
+            seg: 0,
+        });
+        at += len;
+    }
+    v
+}
+
+/// Writes `pkt` to the TUN, with an all-zero vnet header when the TUN wants one.
+fn write_plain(tun: &Tun, pkt: &[u8], counters: &Counters) {
+    let r = if tun.vnet_hdr() {
+        let mut b = Vec::with_capacity(VNET_HDR_LEN + pkt.len());
+        b.extend_from_slice(&[0u8; VNET_HDR_LEN]);
+        b.extend_from_slice(pkt);
+        tun.write(&b)
+    } else {
+        tun.write(pkt)
+    };
+    match r {
+        Ok(()) => Counters::add(&counters.tun_writes, 1),
+        Err(_) => Counters::add(&counters.tun_write_errors, 1),
+    }
+}
+
+struct Rx {
+    tun: Arc<Tun>,
+    sock: Arc<UdpSocket>,
+    peers: Reader<PeerTable>,
+    counters: Arc<Counters>,
+    responder: Responder,
+    bufs: Vec<Vec<u8>>,
+    /// Decryption output (and handshake replies).
+    plain: Vec<u8>,
+    coalescer: Coalescer,
+    tx: Arc<Mutex<Tx>>,
+}
+
+impl Rx {
+    fn run(mut self, stop: &AtomicBool) {
+        let mut ins: Vec<InMsg> = Vec::with_capacity(RECV_BATCH);
+        while !stop.load(Ordering::Relaxed) {
+            match poll_readable(self.sock.as_raw_fd(), POLL_MS) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::error!(error = %e, "poll on the UDP socket failed; wireguard rx thread stops");
+                    return;
+                }
+            }
+            for _ in 0..16 {
+                match self.sock.recv_batch(&mut self.bufs, &mut ins) {
+                    Ok(0) => break,
+                    Ok(_) => {
+                        Counters::add(&self.counters.rx_syscalls, 1);
+                        self.handle(&ins);
+                        if let Ok(mut tx) = self.tx.try_lock() {
+                            let sent = tx.drain();
+                            Counters::add(&self.counters.tx_drained_by_rx, sent as u64);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "udp receive failed");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, ins: &[InMsg]) {
+        let table = self.peers.current();
+        let bufs = std::mem::take(&mut self.bufs);
+        for (i, m) in ins.iter().enumerate() {
+            let seg = if m.seg == 0 { m.len } else { m.seg };
+            if seg == 0 {
+                Counters::add(&self.counters.rx_dropped_malformed, 1);
+                continue;
+            }
+            for dg in bufs[i][..m.len].chunks(seg) {
+                self.message(&table, m.from, dg);
+            }
+        }
+        self.bufs = bufs;
+        self.coalescer.flush();
+        for p in self.coalescer.packets() {
+            match self.tun.write(p) {
+                Ok(()) => Counters::add(&self.counters.tun_writes, 1),
+                Err(_) => Counters::add(&self.counters.tun_write_errors, 1),
+            }
+        }
+        self.coalescer.clear();
+    }
+
+    /// One WireGuard message from `from`.
+    fn message(&mut self, table: &PeerTable, from: SocketAddrV4, dg: &[u8]) {
+        let c = &*self.counters;
+        let peer = match Tunn::parse_incoming_packet(dg) {
+            Err(_) => {
+                Counters::add(&c.rx_dropped_malformed, 1);
+                return;
+            }
+            Ok(Packet::HandshakeInit(_)) => {
+                // Rate limit (cookie under load) before any Diffie-Hellman.
+                let mut cookie = [0u8; 64];
+                let r = &self.responder;
+                let init = match r.rate_limiter.verify_packet(
+                    Some(IpAddr::V4(*from.ip())),
+                    dg,
+                    &mut cookie,
+                ) {
+                    Ok(Packet::HandshakeInit(p)) => p,
+                    Ok(_) => return,
+                    Err(TunnResult::WriteToNetwork(reply)) => {
+                        count_sent(c, reply, None);
+                        send_one(&self.sock, c, reply, from);
+                        return;
+                    }
+                    Err(TunnResult::Err(e)) => {
+                        c.count_rx_error(&e);
+                        return;
+                    }
+                    Err(_) => return,
+                };
+                match parse_handshake_anon(&r.private, &r.public, &init) {
+                    Ok(half) => match table.by_key(&half.peer_static_public) {
+                        Some(p) => p.clone(),
+                        None => {
+                            Counters::add(&c.rx_dropped_unknown_peer, 1);
+                            return;
+                        }
+                    },
+                    Err(e) => {
+                        c.count_rx_error(&e);
+                        return;
+                    }
+                }
+            }
+            Ok(Packet::HandshakeResponse(p)) => match table.by_index(p.receiver_idx) {
+                Some(p) => p.clone(),
+                None => {
+                    Counters::add(&c.rx_dropped_unknown_peer, 1);
+                    return;
+                }
+            },
+            Ok(Packet::PacketCookieReply(p)) => match table.by_index(p.receiver_idx) {
+                Some(p) => p.clone(),
+                None => {
+                    Counters::add(&c.rx_dropped_unknown_peer, 1);
+                    return;
+                }
+            },
+            Ok(Packet::PacketData(p)) => match table.by_index(p.receiver_idx) {
+                Some(p) => p.clone(),
+                None => {
+                    Counters::add(&c.rx_dropped_unknown_peer, 1);
+                    return;
+                }
+            },
+        };
+        let kind = dg[0];
+        let mut tunn = peer.lock();
+        let before = tunn.time_since_last_handshake();
+        let result = tunn.decapsulate(Some(IpAddr::V4(*from.ip())), dg, &mut self.plain);
+        let authenticated = !matches!(result, TunnResult::Err(_));
+        match result {
+            TunnResult::WriteToTunnelV4(pkt, src) => {
+                if !table.allows(&peer, src) {
+                    Counters::add(&c.rx_dropped_allowed_ips, 1);
+                    Counters::add(&peer.counters.rx_dropped_allowed_ips, 1);
+                } else if Ipv4Header::parse(pkt).is_ok() {
+                    Counters::add(&c.rx_packets, 1);
+                    Counters::add(&c.rx_bytes, pkt.len() as u64);
+                    if self.tun.vnet_hdr() {
+                        self.coalescer.push(pkt);
+                    } else {
+                        match self.tun.write(pkt) {
+                            Ok(()) => Counters::add(&c.tun_writes, 1),
+                            Err(_) => Counters::add(&c.tun_write_errors, 1),
+                        }
+                    }
+                } else {
+                    Counters::add(&c.rx_dropped_malformed, 1);
+                }
+            }
+            TunnResult::WriteToTunnelV6(..) => {
+                // flannel-wg carries IPv4; an IPv6 packet is outside any allowed IP we give.
+                Counters::add(&c.rx_dropped_allowed_ips, 1);
+                Counters::add(&peer.counters.rx_dropped_allowed_ips, 1);
+            }
+            TunnResult::WriteToNetwork(reply) => {
+                count_sent(c, reply, None);
+                send_one(&self.sock, c, reply, from);
+                if kind == 1 || kind == 2 {
+                    Counters::add(&c.handshakes_completed, 1);
+                    Counters::add(&peer.counters.handshakes, 1);
+                }
+                // Packets queued behind the handshake leave now.
+                let endpoint = from;
+                while let TunnResult::WriteToNetwork(m) =
+                    tunn.decapsulate(None, &[], &mut self.plain)
+                {
+                    Counters::add(&c.tx_packets, 1);
+                    Counters::add(&c.tx_bytes, (m.len() - DATA_OVERHEAD) as u64);
+                    send_one(&self.sock, c, m, endpoint);
+                }
+            }
+            TunnResult::Done => {
+                if kind == 2 && before != tunn.time_since_last_handshake() {
+                    Counters::add(&c.handshakes_completed, 1);
+                    Counters::add(&peer.counters.handshakes, 1);
+                }
+            }
+            TunnResult::Err(e) => c.count_rx_error(&e),
+        }
+        drop(tunn);
+        if authenticated && peer.set_endpoint(from) {
+            tracing::info!(peer = %crate::config::encode_key(&peer.public_key), endpoint = %from,
+                "wireguard peer roamed");
+        }
+    }
+}
+
+/// The timer thread: protocol timers of every peer, and the rate limiter's second.
+struct Timers {
+    sock: Arc<UdpSocket>,
+    peers: Reader<PeerTable>,
+    counters: Arc<Counters>,
+    rate_limiter: Arc<RateLimiter>,
+}
+
+impl Timers {
+    fn run(mut self, stop: &AtomicBool) {
+        let mut buf = vec![0u8; 256];
+        let mut last_reset = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(TIMER_TICK);
+            if last_reset.elapsed() >= Duration::from_secs(1) {
+                self.rate_limiter.reset_count();
+                last_reset = Instant::now();
+            }
+            let table = self.peers.current();
+            for (peer, _) in table.iter() {
+                let mut tunn = peer.lock();
+                let had_session = tunn.time_since_last_handshake().is_some();
+                if let TunnResult::WriteToNetwork(m) = tunn.update_timers(&mut buf) {
+                    let m: &[u8] = m;
+                    count_sent(&self.counters, m, had_session.then_some(&**peer));
+                    send_one(&self.sock, &self.counters, m, peer.endpoint());
+                }
+            }
+        }
+    }
+}
+
+/// `Ipv4Addr` of an IPv4 packet's source (for tests and logs).
+pub fn source_of(pkt: &[u8]) -> Option<Ipv4Addr> {
+    Ipv4Header::parse(pkt).ok().map(|h| h.src)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(start: usize, len: usize, to: &str) -> OutMsg {
+        OutMsg {
+            to: to.parse().unwrap(),
+            start,
+            len,
+            seg: 0,
+        }
+    }
+
+    #[test]
+    fn gso_runs_merge_equal_contiguous_messages_to_one_endpoint() {
+        let a = "198.18.0.2:51820";
+        let b = "198.18.0.3:51820";
+        let mut msgs = vec![msg(0, 148, a)];
+        // Four 1432-byte messages and a short tail, then one to another peer.
+        let mut at = 148;
+        for len in [1432, 1432, 1432, 1432, 500] {
+            msgs.push(msg(at, len, a));
+            at += len;
+        }
+        msgs.push(msg(at, 1432, b));
+        merge_gso_runs(&mut msgs, 1);
+        assert_eq!(msgs.len(), 3);
+        assert_eq!(
+            (msgs[1].start, msgs[1].len, msgs[1].seg),
+            (148, 4 * 1432 + 500, 1432)
+        );
+        assert_eq!((msgs[2].len, msgs[2].seg), (1432, 0));
+        // A split message gives back the datagrams.
+        let parts = split_gso(&msgs[1]);
+        let lens: Vec<usize> = parts.iter().map(|m| m.len).collect();
+        assert_eq!(lens, [1432, 1432, 1432, 1432, 500]);
+    }
+
+    #[test]
+    fn gso_runs_respect_the_kernel_limits() {
+        let a = "198.18.0.2:51820";
+        let mut msgs: Vec<OutMsg> = (0..100).map(|i| msg(i * 600, 600, a)).collect();
+        merge_gso_runs(&mut msgs, 0);
+        assert!(msgs.iter().all(|m| m.len <= MAX_GSO_BYTES));
+        assert!(msgs.iter().all(|m| m.len / 600 <= MAX_GSO_SEGMENTS));
+        assert_eq!(msgs.iter().map(|m| m.len).sum::<usize>(), 60_000);
+        // A longer message after a shorter one starts a new run.
+        let mut msgs = vec![msg(0, 500, a), msg(500, 600, a)];
+        merge_gso_runs(&mut msgs, 0);
+        assert_eq!(msgs.len(), 2);
+    }
+}
