@@ -18,6 +18,7 @@ use backends::overlay::hostgw::HostGwDriver;
 use backends::overlay::vxlan::VxlanDriver;
 use backends::overlay::{BackendDriver, ExternalInterface, OverlayError, Peer};
 use flannel_udp::UdpDriver;
+use flannel_wireguard::{WireguardDriver, WireguardPaths};
 use ipam::lease::{Lease, LeaseWatcher};
 use ipnetwork::IpNetwork;
 
@@ -29,6 +30,7 @@ use crate::network_config::{BackendConfig, NetworkConfig};
 pub fn backend_driver(
     network: &NetworkConfig,
     ext: &ExternalInterface,
+    wireguard: &WireguardPaths,
 ) -> Result<Box<dyn BackendDriver>, OverlayError> {
     Ok(match &network.backend {
         BackendConfig::Vxlan(c) => Box::new(VxlanDriver::new(c, ext)?),
@@ -41,6 +43,19 @@ pub fn backend_driver(
                 });
             };
             Box::new(UdpDriver::start(c, pool.network, ext, None)?)
+        }
+        BackendConfig::Wireguard(c) => {
+            let cluster = match ext.family() {
+                IpFamily::V4 => network.ipv4.as_ref().map(|p| IpNetwork::V4(p.network)),
+                IpFamily::V6 => network.ipv6.as_ref().map(|p| IpNetwork::V6(p.network)),
+            };
+            let Some(cluster) = cluster else {
+                return Err(OverlayError::Unsupported {
+                    backend: "wireguard",
+                    reason: format!("no {:?} network configured", ext.family()),
+                });
+            };
+            Box::new(WireguardDriver::start(c, cluster, ext, wireguard, None)?)
         }
     })
 }

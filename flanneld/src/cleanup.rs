@@ -4,7 +4,8 @@
 //! flannel. Run with flanneld stopped; everything here is idempotent and each step carries on
 //! when another failed (the errors are reported together at the end):
 //!
-//! * devices: `flannel.<VNI>` and `flannel-v6.<VNI>` (vxlan) and `flannel0` (udp TUN) —
+//! * devices: `flannel.<VNI>` and `flannel-v6.<VNI>` (vxlan), `flannel0` (udp TUN) and
+//!   `flannel-wg`/`flannel-wg-v6` (wireguard: kernel device or our persistent TUN) —
 //!   `ip link del`;
 //! * routes flanneld installed, IPv4 and IPv6, recognised by their protocol 150 —
 //!   `ip [-6] route del ... proto 150` (the `--ip-blackhole-route` blackholes too);
@@ -94,6 +95,8 @@ pub fn device_family(name: &str, kind: Option<&str>) -> Option<IpFamily> {
             .into_iter()
             .find(|f| vxlan_of(*f)),
         Some("tun") if name == "flannel0" => Some(IpFamily::V4),
+        Some("tun" | "wireguard") if name == flannel_wireguard::DEVICE_V4 => Some(IpFamily::V4),
+        Some("tun" | "wireguard") if name == flannel_wireguard::DEVICE_V6 => Some(IpFamily::V6),
         _ => None,
     }
 }

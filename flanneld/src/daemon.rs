@@ -141,7 +141,13 @@ pub async fn run_until(opts: Opts, cancel: CancellationToken) -> Result<()> {
                 "address family no longer enabled: removed what an earlier run left");
         }
     }
-    let mut overlays = NodeOverlays::new(&nl, &network, &ext)
+    let wireguard = flannel_wireguard::WireguardPaths {
+        key_file: flannel_wireguard::key::key_file_path(),
+        socket_dir: (!opts.wireguard_socket_dir.as_os_str().is_empty())
+            .then(|| opts.wireguard_socket_dir.clone()),
+        force_userspace: false,
+    };
+    let mut overlays = NodeOverlays::new(&nl, &network, &ext, &wireguard)
         .await
         .context("set up the backend")?;
     health.set_backend_metrics(overlays.metrics_fn());

@@ -22,6 +22,8 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+use flannel_wireguard::WireguardConfig;
+
 pub use backends::overlay::hostgw::HostGwConfig;
 use backends::overlay::section::{Section, SectionError};
 pub use backends::overlay::vxlan::{DEFAULT_VXLAN_VNI, VxlanConfig};
@@ -85,6 +87,8 @@ pub enum BackendConfig {
     HostGw(HostGwConfig),
     /// `"Type":"udp"`, also the default when `Backend` or `Type` is missing.
     Udp(UdpConfig),
+    /// `"Type":"wireguard"`.
+    Wireguard(WireguardConfig),
 }
 
 impl BackendConfig {
@@ -94,6 +98,7 @@ impl BackendConfig {
             BackendConfig::Vxlan(_) => "vxlan",
             BackendConfig::HostGw(_) => "host-gw",
             BackendConfig::Udp(_) => "udp",
+            BackendConfig::Wireguard(_) => "wireguard",
         }
     }
 }
@@ -203,6 +208,21 @@ impl NetworkConfig {
                 ));
             }
         }
+        if let BackendConfig::Wireguard(w) = &backend
+            && w.mode != flannel_wireguard::Mode::Separate
+            && ipv4.is_some()
+            && ipv6.is_some()
+        {
+            return Err(invalid(
+                "Backend.Mode",
+                format!(
+                    "{:?} (one device for both families) is not supported with EnableIPv6 and \
+                     EnableIPv4 together; use \"separate\" (flanneld's default: flannel-wg and \
+                     flannel-wg-v6)",
+                    w.mode.as_str()
+                ),
+            ));
+        }
         if matches!(backend, BackendConfig::Udp(_)) && ipv6.is_some() {
             return Err(invalid(
                 "Backend.Type",
@@ -226,9 +246,12 @@ fn parse_backend(b: &Section<'_>) -> Result<BackendConfig, NetworkConfigError> {
         "vxlan" => Ok(BackendConfig::Vxlan(VxlanConfig::parse(b)?)),
         "host-gw" => Ok(BackendConfig::HostGw(HostGwConfig {})),
         "udp" => Ok(BackendConfig::Udp(UdpConfig::parse(b)?)),
+        "wireguard" => Ok(BackendConfig::Wireguard(WireguardConfig::parse(b)?)),
         other => Err(invalid(
             "Backend.Type",
-            format!("unsupported backend type {other:?} (supported: vxlan, host-gw, udp)"),
+            format!(
+                "unsupported backend type {other:?} (supported: vxlan, host-gw, udp, wireguard)"
+            ),
         )),
     }
 }

@@ -51,12 +51,13 @@ impl NodeOverlays {
         nl: &Netlink,
         network: &NetworkConfig,
         ext: &SelectedInterface,
+        wireguard: &flannel_wireguard::WireguardPaths,
     ) -> Result<NodeOverlays> {
         let mut overlays = Vec::new();
         for family in families(network) {
             let view = external(ext, family)
                 .with_context(|| format!("interface {} has no {family:?} address", ext.name))?;
-            let driver = backend_driver(network, &view)
+            let driver = backend_driver(network, &view, wireguard)
                 .with_context(|| format!("set up the {family:?} backend"))?;
             tracing::info!(backend = driver.kind(), ?family, device = ?driver.device().map(|d| d.name().to_string()),
                 "backend driver chosen");

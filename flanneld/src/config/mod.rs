@@ -151,6 +151,13 @@ pub struct Opts {
           value_parser = BoolishValueParser::new())]
     pub ip_blackhole_route: bool,
 
+    /// Directory of the wireguard backend's UAPI socket (`<dir>/flannel-wg.sock`) when the
+    /// kernel has no WireGuard module and flanneld is the device: `wg show flannel-wg` reads
+    /// it. Empty: no socket. (flannel has no such flag: its backend needs the module. The key
+    /// file is flannel's: `WIREGUARD_KEY_FILE`, default /run/flannel/wgkey.)
+    #[arg(long, env = "FLANNELD_WIREGUARD_SOCKET_DIR", default_value = flannel_wireguard::uapi::DEFAULT_SOCKET_DIR)]
+    pub wireguard_socket_dir: std::path::PathBuf,
+
     /// Log verbosity, as klog's `-v` in flannel: when FLANNELD_LOG and RUST_LOG are unset,
     /// 0-2 log at info, 3-5 at debug, 6 and more at trace.
     #[arg(long = "v", env = "FLANNELD_V", value_name = "LEVEL")]
