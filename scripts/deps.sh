@@ -7,8 +7,8 @@
 set -euo pipefail
 
 PKGS=(iproute2 iputils-ping jq nftables protobuf-compiler etcd-server etcd-client ethtool python3 openssl iptables
-      containernetworking-plugins iperf3 procps util-linux gcc)
-TOOLS=(ip ping jq nft protoc etcd etcdctl iperf3 unshare nsenter cc openssl iptables-legacy iptables-nft ip6tables-legacy ip6tables-nft bridge)
+      containernetworking-plugins iperf3 procps util-linux gcc wireguard-go wireguard-tools tcpdump)
+TOOLS=(ip ping jq nft protoc etcd etcdctl iperf3 unshare nsenter cc openssl iptables-legacy iptables-nft ip6tables-legacy ip6tables-nft bridge wireguard-go wg tcpdump)
 REF_PLUGINS=(/usr/lib/cni/bridge /usr/lib/cni/host-local)
 
 missing() {

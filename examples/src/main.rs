@@ -4,7 +4,7 @@
 //! attached by the `flannel` CNI plugin, then a connectivity matrix (ping + TCP) between
 //! every pair of pods. Everything is removed at the end, also on failure.
 //!
-//! Usage: flannel-demo [--backend vxlan|host-gw|udp] [--stack v4|dual|v6] [--nodes N]
+//! Usage: flannel-demo [--backend vxlan|host-gw|udp|wireguard] [--stack v4|dual|v6] [--nodes N]
 //! [--pods-per-node M] [--release]. With `--stack dual` there is one matrix per family.
 
 use std::net::IpAddr;
@@ -14,7 +14,7 @@ use flannel_examples::cluster::{Backend, Binaries, Cluster, ClusterSpec, Pod, St
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: flannel-demo [--backend vxlan|host-gw|udp] [--stack v4|dual|v6] [--nodes N] \
+        "usage: flannel-demo [--backend vxlan|host-gw|udp|wireguard] [--stack v4|dual|v6] [--nodes N] \
          [--pods-per-node M] [--release]"
     );
     ExitCode::from(2)

@@ -1,7 +1,7 @@
 //! Hardened hosts: every node namespace gets the firewall Docker leaves behind —
 //! `iptables -P FORWARD DROP`, a `DOCKER-USER` chain jumped to from `FORWARD`, plus an
 //! operator's own `DROP` rule — in the legacy or the nft flavour of iptables, before flanneld
-//! starts. Then, for vxlan, host-gw and udp: the ping/TCP matrix (same-node pairs included),
+//! starts. Then, for vxlan, host-gw, udp and wireguard: the ping/TCP matrix (same-node pairs included),
 //! our rule, the `--ip-blackhole-route` route and the backend's device deleted by hand and put
 //! back, a restart, a node leaving, and `flanneld --cleanup`
 //! removing our rules while the operator's stay exactly as they were.
@@ -163,6 +163,7 @@ fn scenario(flavor: &str, backend: Backend) {
     let device = match backend {
         Backend::Vxlan => Some("flannel.1"),
         Backend::Udp => Some("flannel0"),
+        Backend::Wireguard => Some("flannel-wg"),
         Backend::HostGw => None,
     };
     if let Some(dev) = device {
@@ -293,4 +294,9 @@ fn forward_drop_nft_host_gw() {
 #[test]
 fn forward_drop_nft_udp() {
     scenario("nft", Backend::Udp);
+}
+
+#[test]
+fn forward_drop_nft_wireguard() {
+    scenario("nft", Backend::Wireguard);
 }

@@ -71,7 +71,7 @@ fn assert_routes(c: &Cluster, backend: Backend) {
                     assert_eq!(r.1, c.nodes[j].ip.to_string(), "host-gw via peer IP");
                     assert_eq!(r.2, "eth0");
                 }
-                Backend::Udp => {}
+                Backend::Udp | Backend::Wireguard => {}
             }
         }
     }

@@ -57,6 +57,10 @@ pub enum Backend {
     HostGw,
     /// Userspace UDP encapsulation over TUN.
     Udp,
+    /// WireGuard (`flannel-wg`; flanneld's userspace device where the kernel lacks the
+    /// module). Each node gets its own key file (`<node dir>/wgkey`) and UAPI socket
+    /// directory (`<node dir>/wireguard`).
+    Wireguard,
 }
 
 impl Backend {
@@ -66,6 +70,7 @@ impl Backend {
             Backend::Vxlan => "vxlan",
             Backend::HostGw => "host-gw",
             Backend::Udp => "udp",
+            Backend::Wireguard => "wireguard",
         }
     }
 
@@ -75,6 +80,7 @@ impl Backend {
             "vxlan" => Backend::Vxlan,
             "host-gw" | "hostgw" => Backend::HostGw,
             "udp" => Backend::Udp,
+            "wireguard" => Backend::Wireguard,
             _ => return None,
         })
     }
@@ -191,6 +197,16 @@ impl Node {
     /// Path of this node's subnet.env.
     pub fn subnet_file(&self) -> PathBuf {
         self.dir.join("subnet.env")
+    }
+
+    /// The wireguard backend's private key file on this node.
+    pub fn wireguard_key_file(&self) -> PathBuf {
+        self.dir.join("wgkey")
+    }
+
+    /// Where this node's flanneld serves the UAPI socket (`flannel-wg.sock`) for `wg`.
+    pub fn wireguard_socket_dir(&self) -> PathBuf {
+        self.dir.join("wireguard")
     }
 
     /// flanneld's log file of the current run.
@@ -498,6 +514,11 @@ impl Cluster {
             .arg(node.subnet_file());
         if self.spec.ip_masq {
             cmd.arg("--ip-masq");
+        }
+        if self.spec.backend == Backend::Wireguard {
+            cmd.arg("--wireguard-socket-dir")
+                .arg(node.wireguard_socket_dir())
+                .env("WIREGUARD_KEY_FILE", node.wireguard_key_file());
         }
         cmd.args(&self.spec.flanneld_args).args(extra);
         cmd.envs(env.iter().copied());
