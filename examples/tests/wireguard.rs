@@ -235,14 +235,31 @@ fn wireguard_three_nodes_mesh_restart_device_loss_and_leaving_node() {
     c.start_flanneld(0).expect("restart");
     c.wait_ready(0, Duration::from_secs(20)).expect("ready");
     let ready_after = t0.elapsed();
+    // A node that sent nothing to node 1 during the restart still holds its old session:
+    // its first packets must bring a new one (node 1 answers them with a handshake).
+    let idle_back = wait_until(Duration::from_secs(20), || {
+        in_pod(&pods[4], &["ping", "-c", "1", "-W", "0.2", &pods[1].ip.to_string()])
+            .status
+            .success()
+    });
+    let idle_after = t0.elapsed();
     let out = stream.wait_with_output().expect("ping stream");
     let gap = longest_gap_ms(&String::from_utf8_lossy(&out.stdout));
     eprintln!(
-        "wireguard restart: flanneld ready after {:.0} ms, longest ping gap {gap:.0} ms",
-        ready_after.as_secs_f64() * 1000.0
+        "wireguard restart: flanneld ready after {:.0} ms; longest gap of a ping stream across \
+         it {gap:.0} ms; an idle peer's first ping answered {:.0} ms after the stop",
+        ready_after.as_secs_f64() * 1000.0,
+        idle_after.as_secs_f64() * 1000.0
     );
     assert!(gap > 0.0, "{}", text(&out));
     assert!(gap <= 2000.0, "traffic gap {gap:.0} ms across the restart");
+    assert!(idle_back, "node 3 -> node 1 never recovered");
+    assert!(
+        idle_after <= Duration::from_secs(2),
+        "node 3 -> node 1 back only {idle_after:?} after the restart"
+    );
+    let m = metrics(&c, 0);
+    assert!(counter(&m, "flannel_wireguard_stale_session_handshakes_total") >= 1, "{m}");
     assert_eq!(
         lease_data(&c, 0)["BackendData"]["PublicKey"],
         keys[0].as_str()

@@ -96,6 +96,7 @@ counters! {
     rekeys => "Handshake initiations sent to replace a session that was getting old.",
     cookie_replies_sent => "Cookie replies sent because handshakes came in faster than the rate limit.",
     keepalives_sent => "Keepalive messages sent.",
+    stale_session_handshakes => "Handshakes started because a peer sent on a session we do not know (we restarted).",
     rx_dropped_unknown_peer => "Messages dropped: no peer for the key or receiver index.",
     rx_dropped_allowed_ips => "Decrypted packets dropped: inner source outside the peer's allowed IPs.",
     rx_dropped_invalid_mac => "Handshake messages dropped: bad MAC (not meant for our key).",
@@ -676,6 +677,7 @@ impl Rx {
                 Some(p) => p.clone(),
                 None => {
                     Counters::add(&c.rx_dropped_unknown_peer, 1);
+                    self.stale_session(table, from);
                     return;
                 }
             },
@@ -733,7 +735,19 @@ impl Rx {
                     Counters::add(&peer.counters.handshakes, 1);
                 }
             }
-            TunnResult::Err(e) => c.count_rx_error(&e),
+            TunnResult::Err(e) => {
+                c.count_rx_error(&e);
+                if kind == 4
+                    && matches!(
+                        e,
+                        WireGuardError::NoCurrentSession | WireGuardError::WrongIndex
+                    )
+                {
+                    drop(tunn);
+                    self.stale_session(table, from);
+                    return;
+                }
+            }
         }
         drop(tunn);
         if authenticated && peer.set_endpoint(from) {
@@ -742,6 +756,48 @@ impl Rx {
         }
     }
 }
+
+impl Rx {
+    /// A data message for a session we do not know, from a peer's endpoint: the peer still
+    /// uses a session we lost (we restarted, or its device outlived ours). WireGuard would
+    /// leave it to the peer's timers, which notice only after 15 s of sending without
+    /// hearing back; we start a handshake at once instead (at most once per
+    /// [`STALE_SESSION_HANDSHAKE_EVERY`] per peer), so the peer moves to a new session
+    /// within a round trip.
+    fn stale_session(&mut self, table: &PeerTable, from: SocketAddrV4) {
+        let Some(peer) = table.by_endpoint(from) else {
+            return;
+        };
+        let now = process_ms();
+        let last = &peer.counters.last_stale_session_handshake_ms;
+        let previous = last.load(Ordering::Relaxed);
+        if previous != 0
+            && now.saturating_sub(previous) < STALE_SESSION_HANDSHAKE_EVERY.as_millis() as u64
+        {
+            return;
+        }
+        last.store(now.max(1), Ordering::Relaxed);
+        let mut tunn = peer.lock();
+        let had_session = tunn.time_since_last_handshake().is_some();
+        if let TunnResult::WriteToNetwork(m) =
+            tunn.format_handshake_initiation(&mut self.plain, false)
+        {
+            let m: &[u8] = m;
+            Counters::add(&self.counters.stale_session_handshakes, 1);
+            count_sent(&self.counters, m, had_session.then_some(&**peer));
+            send_one(&self.sock, &self.counters, m, peer.endpoint());
+        }
+    }
+}
+
+/// Milliseconds since the first call (a monotonic process clock).
+fn process_ms() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+/// How often a peer sending on a session we do not know may make us start a handshake.
+pub const STALE_SESSION_HANDSHAKE_EVERY: Duration = Duration::from_secs(1);
 
 /// The timer thread: protocol timers of every peer, and the rate limiter's second.
 struct Timers {

@@ -49,6 +49,9 @@ pub struct PeerCounters {
     pub rekeys: AtomicU64,
     /// Packets from this peer dropped because the inner source is outside its allowed IPs.
     pub rx_dropped_allowed_ips: AtomicU64,
+    /// When (ms on the process clock) we last answered a data message for a session we do not
+    /// know with a handshake initiation.
+    pub last_stale_session_handshake_ms: AtomicU64,
 }
 
 /// One peer's protocol state, shared by the datapath threads.
@@ -129,6 +132,7 @@ pub struct PeerTable {
     routes: Vec<(u8, u32, HashMap<u32, usize>)>,
     by_slot: HashMap<u32, usize>,
     by_key: HashMap<[u8; 32], usize>,
+    by_endpoint: HashMap<SocketAddrV4, usize>,
 }
 
 fn mask(len: u8) -> u32 {
@@ -204,6 +208,7 @@ impl PeerTable {
             }
             t.by_slot.insert(state.slot, at);
             t.by_key.insert(state.public_key, at);
+            t.by_endpoint.entry(spec.endpoint).or_insert(at);
             t.peers.push((state, allowed));
         }
         t.routes.sort_by_key(|e| std::cmp::Reverse(e.0));
@@ -227,6 +232,11 @@ impl PeerTable {
     /// The peer with public key `key`.
     pub fn by_key(&self, key: &[u8; 32]) -> Option<&Arc<PeerState>> {
         self.by_key.get(key).map(|&i| &self.peers[i].0)
+    }
+
+    /// The peer whose lease names endpoint `from` (the first, if several share it).
+    pub fn by_endpoint(&self, from: SocketAddrV4) -> Option<&Arc<PeerState>> {
+        self.by_endpoint.get(&from).map(|&i| &self.peers[i].0)
     }
 
     /// Whether `src` lies in the allowed IPs of `peer` (the source check on receive).
