@@ -11,6 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use flannel_examples::cluster::wggo::WireguardGo;
 use flannel_examples::cluster::{Backend, Cluster, ClusterSpec, Pod, wait_until};
 
 mod common;
@@ -238,9 +239,12 @@ fn wireguard_three_nodes_mesh_restart_device_loss_and_leaving_node() {
     // A node that sent nothing to node 1 during the restart still holds its old session:
     // its first packets must bring a new one (node 1 answers them with a handshake).
     let idle_back = wait_until(Duration::from_secs(20), || {
-        in_pod(&pods[4], &["ping", "-c", "1", "-W", "0.2", &pods[1].ip.to_string()])
-            .status
-            .success()
+        in_pod(
+            &pods[4],
+            &["ping", "-c", "1", "-W", "0.2", &pods[1].ip.to_string()],
+        )
+        .status
+        .success()
     });
     let idle_after = t0.elapsed();
     let out = stream.wait_with_output().expect("ping stream");
@@ -259,7 +263,10 @@ fn wireguard_three_nodes_mesh_restart_device_loss_and_leaving_node() {
         "node 3 -> node 1 back only {idle_after:?} after the restart"
     );
     let m = metrics(&c, 0);
-    assert!(counter(&m, "flannel_wireguard_stale_session_handshakes_total") >= 1, "{m}");
+    assert!(
+        counter(&m, "flannel_wireguard_stale_session_handshakes_total") >= 1,
+        "{m}"
+    );
     assert_eq!(
         lease_data(&c, 0)["BackendData"]["PublicKey"],
         keys[0].as_str()
@@ -424,66 +431,6 @@ fn wireguard_no_plaintext_on_the_underlay() {
     }
 }
 
-/// `wireguard-go` serving `flannel-wg` in node `ns`, in a private mount namespace (its UAPI
-/// socket lives on a private /run, so it cannot meet flanneld's or another node's); stopped
-/// by PID on drop.
-struct WireguardGo {
-    child: std::process::Child,
-}
-
-impl WireguardGo {
-    fn start(ns: &str) -> WireguardGo {
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns, "unshare", "-m", "sh", "-c"])
-            .arg(
-                "mount --make-rprivate / && mount -t tmpfs wgrun /run && \
-                 exec wireguard-go -f flannel-wg",
-            )
-            .env("LOG_LEVEL", "error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("wireguard-go");
-        flannel_examples::cleanup::track_pid(child.id());
-        let wg = WireguardGo { child };
-        assert!(
-            wait_until(Duration::from_secs(5), || wg
-                .wg(&["show", "flannel-wg"])
-                .status
-                .success()),
-            "wireguard-go did not come up"
-        );
-        wg
-    }
-
-    /// `wg ARGS` in wireguard-go's namespaces (network and mount), by its PID.
-    fn wg(&self, args: &[&str]) -> Output {
-        Command::new("nsenter")
-            .args(["-t", &self.child.id().to_string(), "-m", "-n", "wg"])
-            .args(args)
-            .output()
-            .expect("wg")
-    }
-}
-
-impl Drop for WireguardGo {
-    fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let _ = self.child.wait();
-        flannel_examples::cleanup::untrack_pid(self.child.id());
-    }
-}
-
-fn sh_ok(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .expect(args[0]);
-    assert!(out.status.success(), "{args:?}: {}", text(&out));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 #[test]
 fn wireguard_interoperates_with_wireguard_go() {
     if !prerequisites(
@@ -495,66 +442,28 @@ fn wireguard_interoperates_with_wireguard_go() {
     let mut s = spec(3);
     s.start_daemons = false;
     let mut c = Cluster::start(s).unwrap_or_else(|e| panic!("cluster start: {e}"));
-    // Node 3 is a plain WireGuard endpoint set up exactly as a flannel wireguard node is:
-    // key pair, lease with its subnet and {"PublicKey","Port"}, device flannel-wg with
-    // <subnet>.0/32, MTU 1500 - 80, the cluster route, and the other nodes as peers.
-    let (ns3, ip3, dir3) = (c.nodes[2].ns.clone(), c.nodes[2].ip, c.nodes[2].dir.clone());
-    let key_file = dir3.join("wg-go.key");
-    let private = sh_ok(&["wg", "genkey"]);
-    std::fs::write(&key_file, format!("{private}\n")).unwrap();
-    let public = sh_ok(&["sh", "-c", &format!("wg pubkey < {}", key_file.display())]);
+    // Node 3 is a plain WireGuard endpoint set up exactly as a flannel wireguard node is
+    // (see flannel_examples::cluster::wggo), its lease written before the flanneld nodes
+    // start.
     let subnet3 = "10.244.200.0/24";
-    let lease = serde_json::json!({
-        "PublicIP": ip3.to_string(), "PublicIPv6": null, "BackendType": "wireguard",
-        "BackendData": {"PublicKey": public, "Port": 51820},
-    });
-    c.etcdctl(&["put", &Cluster::lease_key(subnet3), &lease.to_string()])
-        .expect("lease");
-    std::fs::write(
-        dir3.join("subnet.env"),
-        "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.200.1/24\nFLANNEL_MTU=1420\nFLANNEL_IPMASQ=false\n",
-    )
-    .unwrap();
+    let wg_go = WireguardGo::start_node(&c, 2, subnet3).unwrap_or_else(|e| panic!("{e}"));
+    let public = wg_go.public_key.clone();
+    let mut peers = Vec::new();
     for i in 0..2 {
         c.start_flanneld(i).expect("flanneld");
         c.wait_subnet_env(i, Duration::from_secs(30))
             .expect("subnet.env");
-    }
-    let wg_go = WireguardGo::start(&ns3);
-    let mut set = vec![
-        "set".to_string(),
-        "flannel-wg".into(),
-        "private-key".into(),
-        key_file.display().to_string(),
-        "listen-port".into(),
-        "51820".into(),
-    ];
-    for i in 0..2 {
         let data = lease_data(&c, i);
-        set.extend([
-            "peer".into(),
+        peers.push((
             data["BackendData"]["PublicKey"]
                 .as_str()
                 .unwrap()
                 .to_string(),
-            "endpoint".into(),
             format!("{}:{}", c.nodes[i].ip, data["BackendData"]["Port"]),
-            "allowed-ips".into(),
             c.node_subnet(i).unwrap(),
-        ]);
+        ));
     }
-    let args: Vec<&str> = set.iter().map(String::as_str).collect();
-    let out = wg_go.wg(&args);
-    assert!(out.status.success(), "wg set: {}", text(&out));
-    for cmd in [
-        "ip addr add 10.244.200.0/32 dev flannel-wg",
-        "ip link set flannel-wg mtu 1420 up",
-        "ip route add 10.244.0.0/16 dev flannel-wg",
-    ] {
-        let mut args = vec!["ip", "netns", "exec", &ns3];
-        args.extend(cmd.split(' '));
-        sh_ok(&args);
-    }
+    wg_go.configure(&peers).unwrap_or_else(|e| panic!("{e}"));
 
     let mut pods = Vec::new();
     for i in 0..3 {

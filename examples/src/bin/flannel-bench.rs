@@ -33,7 +33,7 @@ use flannel_examples::cluster::{Backend, Binaries, Cluster, ClusterSpec, Stack, 
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: flannel-bench convergence|scale|acquire|throughput|failover [--backend vxlan|host-gw] \
+        "usage: flannel-bench convergence|scale|acquire|throughput|failover [--backend vxlan|host-gw|udp|wireguard|wireguard-go] \
          [--rounds N] [--leases N] [--churn S] [--relist yes|no] [--dur S] [--reps R] [--stack v4|dual|v6] [--pod-masq yes|no]"
     );
     ExitCode::from(2)
@@ -49,6 +49,9 @@ struct Args {
     pod_masq: bool,
     churn: usize,
     relist: bool,
+    /// `--backend wireguard-go`: the wireguard topology with Debian's wireguard-go + wg on
+    /// both nodes instead of flanneld (the reference of the wireguard benchmark).
+    wireguard_go: bool,
 }
 
 fn bins() -> Binaries {
@@ -636,16 +639,32 @@ fn throughput(a: &Args) -> Result<(), String> {
     if !a.pod_masq {
         spec.cni_delegate_extra = serde_json::json!({"ipMasq": false});
     }
+    spec.start_daemons &= !a.wireguard_go;
     let mut c = Cluster::start(spec)?;
+    // The reference: both nodes are wireguard-go endpoints configured as flannel nodes.
+    let mut _reference = Vec::new();
+    if a.wireguard_go {
+        use flannel_examples::cluster::wggo::WireguardGo;
+        let subnets = ["10.244.1.0/24", "10.244.2.0/24"];
+        for (i, s) in subnets.iter().enumerate() {
+            _reference.push(WireguardGo::start_node(&c, i, s)?);
+        }
+        for i in 0..2 {
+            let other = _reference[1 - i].as_peer(&c, 1 - i, subnets[1 - i]);
+            _reference[i].configure(&[other])?;
+        }
+    }
     let p1 = c.add_pod(0, "a")?;
     let p2 = c.add_pod(1, "b")?;
+    let name = if a.wireguard_go {
+        "wireguard-go"
+    } else {
+        a.backend.type_name()
+    };
     // IPv4 unless the cluster has IPv6: then the pods' IPv6 addresses (`<backend>-v6`).
     let (dst, b) = match p2.ips.iter().find(|ip| ip.is_ipv6()) {
-        Some(v6) if a.stack != Stack::V4 => (*v6, format!("{}-v6", a.backend.type_name())),
-        _ => (
-            std::net::IpAddr::V4(p2.ip),
-            a.backend.type_name().to_string(),
-        ),
+        Some(v6) if a.stack != Stack::V4 => (*v6, format!("{name}-v6")),
+        _ => (std::net::IpAddr::V4(p2.ip), name.to_string()),
     };
     if !c.ping_within(&p1, dst, Duration::from_secs(5)) {
         return Err("pods cannot reach each other".into());
@@ -719,10 +738,16 @@ fn main() -> ExitCode {
         pod_masq: true,
         churn: 0,
         relist: false,
+        wireguard_go: false,
     };
     while let Some(flag) = argv.next() {
         let value = argv.next();
         let ok = match (flag.as_str(), value.as_deref()) {
+            ("--backend", Some("wireguard-go")) => {
+                a.backend = Backend::Wireguard;
+                a.wireguard_go = true;
+                true
+            }
             ("--backend", Some(v)) => Backend::parse(v).map(|b| a.backend = b).is_some(),
             ("--rounds", Some(v)) => v.parse().map(|n| a.rounds = n).is_ok(),
             ("--leases", Some(v)) => v.parse().map(|n| a.leases = n).is_ok(),

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 mod etcd;
 mod pods;
+pub mod wggo;
 
 static CLUSTER_COUNTER: AtomicU32 = AtomicU32::new(0);
 
