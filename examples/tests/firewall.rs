@@ -242,7 +242,9 @@ fn scenario(flavor: &str, backend: Backend) {
         assert!(proto150.trim().is_empty(), "node {}: {proto150}", i + 1);
         let links = sh(&c, i, &["ip", "-o", "link", "show"]);
         assert!(
-            !links.contains("flannel.1") && !links.contains("flannel0"),
+            !links.contains("flannel.1")
+                && !links.contains("flannel0")
+                && !links.contains("flannel-wg"),
             "node {}: {links}",
             i + 1
         );
