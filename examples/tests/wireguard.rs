@@ -12,7 +12,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use flannel_examples::cluster::wggo::WireguardGo;
-use flannel_examples::cluster::{Backend, Cluster, ClusterSpec, Pod, wait_until};
+use flannel_examples::cluster::{Backend, Cluster, ClusterSpec, Pod, Stack, wait_until};
 
 mod common;
 use common::assert_full_mesh;
@@ -83,10 +83,15 @@ fn counter(metrics: &str, name: &str) -> u64 {
 /// /var/run/wireguard, so it runs in a private mount namespace where that directory is the
 /// node's socket directory. Rows: the interface, then one per peer.
 fn wg_dump(c: &Cluster, i: usize) -> Vec<Vec<String>> {
+    wg_dump_of(c, i, "flannel-wg")
+}
+
+/// [`wg_dump`] of `device`.
+fn wg_dump_of(c: &Cluster, i: usize, device: &str) -> Vec<Vec<String>> {
     let dir = c.nodes[i].wireguard_socket_dir();
     let script = format!(
         "mount --make-rprivate / && mount -t tmpfs wgrun /run && mkdir -p /run/wireguard && \
-         mount --bind {} /run/wireguard && exec wg show flannel-wg dump",
+         mount --bind {} /run/wireguard && exec wg show {device} dump",
         dir.display()
     );
     let out = Command::new("ip")
@@ -485,4 +490,74 @@ fn wireguard_interoperates_with_wireguard_go() {
         .expect("wireguard-go peer");
     assert_eq!(row[3], subnet3);
     assert_ne!(row[4], "0", "handshake with wireguard-go");
+}
+
+/// flannel's `Mode: separate` on a dual-stack and an IPv6-only network: `flannel-wg` (IPv4,
+/// `ListenPort`) and `flannel-wg-v6` (IPv6, `ListenPortV6`), one key, `BackendData` and
+/// `BackendV6Data` with each port, pods reaching each other over every family.
+fn ipv6_scenario(stack: Stack) {
+    let c = Cluster::start(spec(2).with_stack(stack));
+    let mut c = c.unwrap_or_else(|e| panic!("cluster start: {e}"));
+    for i in 0..2 {
+        let lease = lease_data(&c, i);
+        assert_eq!(lease["BackendV6Data"]["Port"], 51821, "{lease}");
+        let key6 = lease["BackendV6Data"]["PublicKey"].clone();
+        if stack.ipv4() {
+            assert_eq!(lease["BackendData"]["Port"], 51820, "{lease}");
+            assert_eq!(
+                lease["BackendData"]["PublicKey"], key6,
+                "one key for both devices"
+            );
+            assert!(
+                c.node_routes(i)
+                    .iter()
+                    .any(|(d, _, dev)| d == "10.244.0.0/16" && dev == "flannel-wg"),
+                "{:?}",
+                c.node_routes(i)
+            );
+        }
+        assert!(
+            c.node_routes6(i)
+                .iter()
+                .any(|(d, _, dev)| d == "fd00:10:244::/56" && dev == "flannel-wg-v6"),
+            "{:?}",
+            c.node_routes6(i)
+        );
+        let mtu = c.node_ip_json(i, &["link", "show", "flannel-wg-v6"]);
+        assert_eq!(mtu[0]["mtu"], 1420);
+    }
+    let a = c.add_pod(0, "a").expect("ADD");
+    let b = c.add_pod(1, "b").expect("ADD");
+    for (x, y) in [(&a, &b), (&b, &a)] {
+        for dst in &y.ips {
+            assert!(c.ping_within(x, *dst, Duration::from_secs(5)), "ping {dst}");
+            c.tcp_to(x, y, *dst).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+    let dump = wg_dump_of(&c, 0, "flannel-wg-v6");
+    assert_eq!(dump.len(), 2, "{dump:?}");
+    assert_eq!(dump[0][2], "51821");
+    let ip6 = c.nodes[1].ip6.expect("node 2 IPv6");
+    assert_eq!(dump[1][2], format!("[{ip6}]:51821"), "{dump:?}");
+    assert_eq!(Some(dump[1][3].clone()), c.node_subnet6(1));
+    assert_ne!(dump[1][4], "0", "handshake over IPv6");
+}
+
+#[test]
+fn wireguard_dual_stack_uses_flannel_wg_and_flannel_wg_v6() {
+    if !prerequisites(
+        "wireguard_dual_stack_uses_flannel_wg_and_flannel_wg_v6",
+        &[],
+    ) {
+        return;
+    }
+    ipv6_scenario(Stack::Dual);
+}
+
+#[test]
+fn wireguard_ipv6_only() {
+    if !prerequisites("wireguard_ipv6_only", &[]) {
+        return;
+    }
+    ipv6_scenario(Stack::V6Only);
 }

@@ -26,15 +26,18 @@ pub enum DeviceSpec {
     /// A VXLAN device, created, adopted or repaired by reconcile
     /// ([`crate::kernel::Kernel::ensure_vxlan`]).
     Vxlan(VxlanSpec),
-    /// A device the driver creates itself (udp's TUN device): reconcile keeps its MTU and up
-    /// state right and asks the driver to [`BackendDriver::reopen_device`] when it is gone.
+    /// A device the driver creates itself (udp's and wireguard's TUN device, a kernel
+    /// wireguard device): reconcile keeps its MTU and up state right and asks the driver to
+    /// [`BackendDriver::reopen_device`] when it is gone.
     Owned {
-        /// Device name (`flannel0`).
+        /// Device name (`flannel0`, `flannel-wg`).
         name: String,
-        /// `IFLA_INFO_KIND` it must have (`tun`).
+        /// `IFLA_INFO_KIND` it must have (`tun`, `wireguard`).
         kind: &'static str,
         /// Device MTU.
         mtu: u32,
+        /// The family of the traffic it carries.
+        family: IpFamily,
     },
 }
 
@@ -48,11 +51,12 @@ impl DeviceSpec {
     }
 
     /// The address family whose traffic the device carries: a VXLAN device's is its
-    /// `local`'s (`flannel.<VNI>` IPv4, `flannel-v6.<VNI>` IPv6); udp's TUN carries IPv4.
+    /// `local`'s (`flannel.<VNI>` IPv4, `flannel-v6.<VNI>` IPv6); an owned device's is the
+    /// driver's word (udp's `flannel0` IPv4, `flannel-wg-v6` IPv6).
     pub fn family(&self) -> IpFamily {
         match self {
             DeviceSpec::Vxlan(s) => IpFamily::of(s.local),
-            DeviceSpec::Owned { .. } => IpFamily::V4,
+            DeviceSpec::Owned { family, .. } => *family,
         }
     }
 

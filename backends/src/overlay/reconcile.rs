@@ -185,7 +185,9 @@ impl<K: Kernel> Overlay<K> {
                     _ => DeviceState::Missing,
                 };
             }
-            Some(DeviceSpec::Owned { name, kind, mtu }) => {
+            Some(DeviceSpec::Owned {
+                name, kind, mtu, ..
+            }) => {
                 observed.device = match self.kernel.link(name).await? {
                     Some(l) if l.kind.as_deref() == Some(*kind) => {
                         self.dev_index = Some(l.index);
@@ -266,7 +268,9 @@ impl<K: Kernel> Overlay<K> {
                 self.dev_index = Some(dev.link.index);
                 Ok(outcome)
             }
-            DeviceSpec::Owned { name, kind, mtu } => {
+            DeviceSpec::Owned {
+                name, kind, mtu, ..
+            } => {
                 let mut outcome = VxlanOutcome::Kept;
                 let link = match self.kernel.link(name).await? {
                     Some(l) if l.kind.as_deref() == Some(*kind) => l,

@@ -347,7 +347,7 @@ impl Tx {
         Counters::add(&self.counters.tx_bytes, total as u64);
         if segs.count == 1 {
             self.msgs.push(OutMsg {
-                to: route.endpoint,
+                to: route.endpoint.into(),
                 start,
                 len: total,
                 seg: 0,
@@ -366,7 +366,7 @@ impl Tx {
                     k * segs.size
                 };
                 self.msgs.push(OutMsg {
-                    to: route.endpoint,
+                    to: route.endpoint.into(),
                     start: at,
                     len,
                     seg: if k > 1 { segs.size as u16 } else { 0 },
@@ -382,7 +382,7 @@ impl Tx {
                     segs.size
                 };
                 self.msgs.push(OutMsg {
-                    to: route.endpoint,
+                    to: route.endpoint.into(),
                     start: start + i * segs.size,
                     len,
                     seg: 0,
@@ -493,7 +493,11 @@ impl Rx {
                 Counters::add(&self.counters.rx_dropped_malformed, 1);
                 continue;
             }
-            let sender: Ipv4Addr = *m.from.ip();
+            let std::net::SocketAddr::V4(from) = m.from else {
+                Counters::add(&self.counters.rx_dropped_malformed, 1);
+                continue;
+            };
+            let sender: Ipv4Addr = *from.ip();
             for dg in self.bufs[i][..m.len].chunks_mut(seg) {
                 let Ok(ip) = Ipv4Header::parse(dg) else {
                     Counters::add(&self.counters.rx_dropped_malformed, 1);

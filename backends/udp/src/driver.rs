@@ -85,6 +85,7 @@ impl UdpDriver {
                 name: TUN_NAME.to_string(),
                 kind: "tun",
                 mtu,
+                family: IpFamily::V4,
             },
             network,
         })

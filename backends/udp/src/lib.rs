@@ -100,7 +100,7 @@ pub struct UdpBackend {
 fn open_fds(setup: &UdpSetup) -> Result<(Tun, UdpSocket), UdpError> {
     let tun = Tun::open(&setup.tun_name, setup.offload)
         .map_err(io_err(format!("open TUN {}", setup.tun_name)))?;
-    let sock = UdpSocket::bind(setup.local, setup.offload)
+    let sock = UdpSocket::bind(setup.local.into(), setup.offload)
         .map_err(io_err(format!("bind UDP {}", setup.local)))?;
     if let Err(e) = sock.set_txqueuelen(tun.name(), TUN_TXQUEUELEN) {
         tracing::debug!(error = %e, "could not raise the TUN txqueuelen");

@@ -19,7 +19,7 @@
 
 use std::io;
 use std::mem::{size_of, zeroed};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 /// `IFF_TUN`.
@@ -211,7 +211,7 @@ impl AsRawFd for Tun {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OutMsg {
     /// Destination.
-    pub to: SocketAddrV4,
+    pub to: SocketAddr,
     /// Offset of the bytes in the batch buffer.
     pub start: usize,
     /// Number of bytes.
@@ -225,27 +225,58 @@ pub struct OutMsg {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct InMsg {
     /// Sender.
-    pub from: SocketAddrV4,
+    pub from: SocketAddr,
     /// Bytes received.
     pub len: usize,
     /// Datagram size when the kernel coalesced several (`UDP_GRO`); 0 = one datagram.
     pub seg: usize,
 }
 
-fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
-    // SAFETY: sockaddr_in is plain old data; all-zero is a valid value.
-    let mut s: libc::sockaddr_in = unsafe { zeroed() };
-    s.sin_family = libc::AF_INET as libc::sa_family_t;
-    s.sin_port = a.port().to_be();
-    s.sin_addr.s_addr = u32::from_ne_bytes(a.ip().octets());
-    s
+/// A socket address in the kernel's layout: `sockaddr_in6`-sized storage holding a
+/// `sockaddr_in` or a `sockaddr_in6`, with the length to pass.
+fn sockaddr(a: SocketAddr) -> (libc::sockaddr_in6, libc::socklen_t) {
+    // SAFETY: sockaddr_in6 is plain old data; all-zero is a valid value.
+    let mut s: libc::sockaddr_in6 = unsafe { zeroed() };
+    match a {
+        SocketAddr::V4(a) => {
+            // SAFETY: all-zero is a valid sockaddr_in.
+            let mut v4: libc::sockaddr_in = unsafe { zeroed() };
+            v4.sin_family = libc::AF_INET as libc::sa_family_t;
+            v4.sin_port = a.port().to_be();
+            v4.sin_addr.s_addr = u32::from_ne_bytes(a.ip().octets());
+            // SAFETY: sockaddr_in (16 bytes) fits in sockaddr_in6 (28 bytes); both are POD.
+            unsafe {
+                std::ptr::write_unaligned((&mut s as *mut libc::sockaddr_in6).cast(), v4);
+            }
+            (s, size_of::<libc::sockaddr_in>() as libc::socklen_t)
+        }
+        SocketAddr::V6(a) => {
+            s.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            s.sin6_port = a.port().to_be();
+            s.sin6_addr.s6_addr = a.ip().octets();
+            s.sin6_scope_id = a.scope_id();
+            (s, size_of::<libc::sockaddr_in6>() as libc::socklen_t)
+        }
+    }
 }
 
-fn from_sockaddr(s: &libc::sockaddr_in) -> SocketAddrV4 {
-    SocketAddrV4::new(
-        Ipv4Addr::from(s.sin_addr.s_addr.to_ne_bytes()),
-        u16::from_be(s.sin_port),
-    )
+/// The address the kernel wrote into `s` (either family).
+fn from_sockaddr(s: &libc::sockaddr_in6) -> SocketAddr {
+    if i32::from(s.sin6_family) == libc::AF_INET6 {
+        return SocketAddr::V6(SocketAddrV6::new(
+            Ipv6Addr::from(s.sin6_addr.s6_addr),
+            u16::from_be(s.sin6_port),
+            0,
+            s.sin6_scope_id,
+        ));
+    }
+    // SAFETY: the kernel wrote a sockaddr_in (16 bytes) at the start of the storage.
+    let v4: libc::sockaddr_in =
+        unsafe { std::ptr::read_unaligned((s as *const libc::sockaddr_in6).cast()) };
+    SocketAddr::V4(SocketAddrV4::new(
+        Ipv4Addr::from(v4.sin_addr.s_addr.to_ne_bytes()),
+        u16::from_be(v4.sin_port),
+    ))
 }
 
 const CMSG_U16_SPACE: usize = 32;
@@ -255,7 +286,7 @@ const CMSG_INT_SPACE: usize = 32;
 #[derive(Debug)]
 pub struct UdpSocket {
     fd: OwnedFd,
-    local: SocketAddrV4,
+    local: SocketAddr,
     gso: bool,
     gro: bool,
 }
@@ -263,11 +294,15 @@ pub struct UdpSocket {
 impl UdpSocket {
     /// Binds `local` (blocking socket: receives use `MSG_DONTWAIT`), with 8 MB buffers and, when
     /// `offload` is set and the kernel supports them, `UDP_GRO` and `UDP_SEGMENT`.
-    pub fn bind(local: SocketAddrV4, offload: bool) -> io::Result<UdpSocket> {
+    pub fn bind(local: SocketAddr, offload: bool) -> io::Result<UdpSocket> {
+        let domain = if local.is_ipv4() {
+            libc::AF_INET
+        } else {
+            libc::AF_INET6
+        };
         // SAFETY: socket(2) with constant arguments.
-        let raw =
-            cvt(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })
-                .map_err(|e| with_context(e, "socket(AF_INET, SOCK_DGRAM)".into()))?;
+        let raw = cvt(unsafe { libc::socket(domain, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })
+            .map_err(|e| with_context(e, format!("socket({domain}, SOCK_DGRAM)")))?;
         // SAFETY: `raw` is a fresh descriptor owned by nothing else.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         let mut s = UdpSocket {
@@ -285,13 +320,18 @@ impl UdpSocket {
                 let _ = s.setsockopt(libc::SOL_SOCKET, plain, size);
             }
         }
-        let sa = sockaddr(local);
-        // SAFETY: `sa` is a valid sockaddr_in and outlives the call.
+        if local.is_ipv6() {
+            // IPv6 only: an IPv4 socket of the other overlay may bind the same port.
+            s.setsockopt(libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)
+                .map_err(|e| with_context(e, "IPV6_V6ONLY".into()))?;
+        }
+        let (sa, sa_len) = sockaddr(local);
+        // SAFETY: `sa` holds a valid socket address of `sa_len` bytes and outlives the call.
         cvt(unsafe {
             libc::bind(
                 s.fd.as_raw_fd(),
-                (&sa as *const libc::sockaddr_in).cast(),
-                size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                (&sa as *const libc::sockaddr_in6).cast(),
+                sa_len,
             )
         })
         .map_err(|e| with_context(e, format!("bind UDP {local}")))?;
@@ -318,7 +358,7 @@ impl UdpSocket {
     }
 
     /// The bound address.
-    pub fn local(&self) -> SocketAddrV4 {
+    pub fn local(&self) -> SocketAddr {
         self.local
     }
 
@@ -359,7 +399,8 @@ impl UdpSocket {
         mut on_error: impl FnMut(&OutMsg, io::Error),
     ) -> (usize, usize) {
         let n = msgs.len();
-        let mut addrs: Vec<libc::sockaddr_in> = msgs.iter().map(|m| sockaddr(m.to)).collect();
+        let mut addrs: Vec<(libc::sockaddr_in6, libc::socklen_t)> =
+            msgs.iter().map(|m| sockaddr(m.to)).collect();
         let mut iovs: Vec<libc::iovec> = msgs
             .iter()
             .map(|m| libc::iovec {
@@ -372,8 +413,8 @@ impl UdpSocket {
         let mut hdrs: Vec<libc::mmsghdr> = (0..n).map(|_| unsafe { zeroed() }).collect();
         for i in 0..n {
             let h = &mut hdrs[i].msg_hdr;
-            h.msg_name = (&mut addrs[i] as *mut libc::sockaddr_in).cast();
-            h.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            h.msg_name = (&mut addrs[i].0 as *mut libc::sockaddr_in6).cast();
+            h.msg_namelen = addrs[i].1;
             h.msg_iov = &mut iovs[i];
             h.msg_iovlen = 1;
             if msgs[i].seg > 0 {
@@ -424,8 +465,8 @@ impl UdpSocket {
     pub fn recv_batch(&self, bufs: &mut [Vec<u8>], out: &mut Vec<InMsg>) -> io::Result<usize> {
         out.clear();
         let n = bufs.len();
-        // SAFETY: sockaddr_in and mmsghdr are plain old data; all-zero is valid.
-        let mut addrs: Vec<libc::sockaddr_in> = (0..n).map(|_| unsafe { zeroed() }).collect();
+        // SAFETY: sockaddr_in6 and mmsghdr are plain old data; all-zero is valid.
+        let mut addrs: Vec<libc::sockaddr_in6> = (0..n).map(|_| unsafe { zeroed() }).collect();
         let mut iovs: Vec<libc::iovec> = bufs
             .iter_mut()
             .map(|b| libc::iovec {
@@ -438,8 +479,8 @@ impl UdpSocket {
         let mut hdrs: Vec<libc::mmsghdr> = (0..n).map(|_| unsafe { zeroed() }).collect();
         for i in 0..n {
             let h = &mut hdrs[i].msg_hdr;
-            h.msg_name = (&mut addrs[i] as *mut libc::sockaddr_in).cast();
-            h.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            h.msg_name = (&mut addrs[i] as *mut libc::sockaddr_in6).cast();
+            h.msg_namelen = size_of::<libc::sockaddr_in6>() as libc::socklen_t;
             h.msg_iov = &mut iovs[i];
             h.msg_iovlen = 1;
             h.msg_control = ctrl[i].as_mut_ptr().cast();
@@ -488,8 +529,8 @@ impl UdpSocket {
     }
 
     /// Sends one datagram to `to` (blocking); used by tests and tools.
-    pub fn send_to(&self, pkt: &[u8], to: SocketAddrV4) -> io::Result<usize> {
-        let sa = sockaddr(to);
+    pub fn send_to(&self, pkt: &[u8], to: SocketAddr) -> io::Result<usize> {
+        let (sa, sa_len) = sockaddr(to);
         // SAFETY: `pkt` and `sa` are valid for the call.
         let n = unsafe {
             libc::sendto(
@@ -497,8 +538,8 @@ impl UdpSocket {
                 pkt.as_ptr().cast(),
                 pkt.len(),
                 0,
-                (&sa as *const libc::sockaddr_in).cast(),
-                size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                (&sa as *const libc::sockaddr_in6).cast(),
+                sa_len,
             )
         };
         if n < 0 {

@@ -24,11 +24,12 @@
 //! * **`flannel-wg-timers`**: every 250 ms runs each peer's `update_timers` (handshake retries,
 //!   rekeying, keepalives, session expiry) and resets the rate limiter's count once a second.
 //!
-//! The inner packets are IPv4 (flannel's `flannel-wg` device carries the IPv4 pod network);
-//! the underlay is IPv4.
+//! `flannel-wg` carries the IPv4 pod network over an IPv4 underlay with every offload;
+//! `flannel-wg-v6` (flannel's `Mode: separate` for IPv6) carries IPv6 over IPv6, one packet
+//! per TUN read and write (the segmentation and coalescing code is IPv4's).
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -283,7 +284,7 @@ fn count_sent(counters: &Counters, msg: &[u8], rekey_of: Option<&PeerState>) {
     }
 }
 
-fn send_one(sock: &UdpSocket, counters: &Counters, msg: &[u8], to: SocketAddrV4) {
+fn send_one(sock: &UdpSocket, counters: &Counters, msg: &[u8], to: SocketAddr) {
     if let Err(e) = sock.send_to(msg, to) {
         tracing::debug!(%to, error = %e, "wireguard send failed");
         Counters::add(&counters.tx_errors, 1);
@@ -362,26 +363,43 @@ impl Tx {
         } else {
             (VirtioNetHdr::default(), buf)
         };
-        let Ok(ip) = Ipv4Header::parse(pkt) else {
+        let ipv4 = pkt.first().is_some_and(|b| b >> 4 == 4);
+        let dst = if ipv4 {
+            Ipv4Header::parse(pkt).ok().map(|ip| IpAddr::V4(ip.dst))
+        } else {
+            Tunn::dst_address(pkt)
+        };
+        let Some(dst) = dst else {
             Counters::add(&self.counters.tx_dropped_malformed, 1);
             return;
         };
-        let Some(peer) = table.route(ip.dst) else {
+        let Some(peer) = table.route(dst) else {
             Counters::add(&self.counters.tx_no_peer, 1);
-            if let Some(own) = table.own
-                && let Some(icmp) = codec::icmp_net_unreachable(pkt, own.network())
+            if let Some(IpAddr::V4(own)) = table.own.map(|n| n.network())
+                && ipv4
+                && let Some(icmp) = codec::icmp_net_unreachable(pkt, own)
             {
                 write_plain(&self.tun, &icmp, &self.counters);
             }
             return;
         };
         self.plain.clear();
-        let segs = match codec::segment(&hdr, pkt, &mut self.plain) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::debug!(error = %e, "dropping a TUN packet");
-                Counters::add(&self.counters.tx_dropped_malformed, 1);
-                return;
+        let segs = if ipv4 {
+            match codec::segment(&hdr, pkt, &mut self.plain) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(error = %e, "dropping a TUN packet");
+                    Counters::add(&self.counters.tx_dropped_malformed, 1);
+                    return;
+                }
+            }
+        } else {
+            // IPv6 (`flannel-wg-v6`, opened without offloads): one packet per read.
+            self.plain.extend_from_slice(pkt);
+            codec::Segments {
+                count: 1,
+                size: pkt.len(),
+                last: pkt.len(),
             }
         };
         let endpoint = peer.endpoint();
@@ -616,7 +634,7 @@ impl Rx {
     }
 
     /// One WireGuard message from `from`.
-    fn message(&mut self, table: &PeerTable, from: SocketAddrV4, dg: &[u8]) {
+    fn message(&mut self, table: &PeerTable, from: SocketAddr, dg: &[u8]) {
         let c = &*self.counters;
         let peer = match Tunn::parse_incoming_packet(dg) {
             Err(_) => {
@@ -627,11 +645,10 @@ impl Rx {
                 // Rate limit (cookie under load) before any Diffie-Hellman.
                 let mut cookie = [0u8; 64];
                 let r = &self.responder;
-                let init = match r.rate_limiter.verify_packet(
-                    Some(IpAddr::V4(*from.ip())),
-                    dg,
-                    &mut cookie,
-                ) {
+                let init = match r
+                    .rate_limiter
+                    .verify_packet(Some(from.ip()), dg, &mut cookie)
+                {
                     Ok(Packet::HandshakeInit(p)) => p,
                     Ok(_) => return,
                     Err(TunnResult::WriteToNetwork(reply)) => {
@@ -685,11 +702,11 @@ impl Rx {
         let kind = dg[0];
         let mut tunn = peer.lock();
         let before = tunn.time_since_last_handshake();
-        let result = tunn.decapsulate(Some(IpAddr::V4(*from.ip())), dg, &mut self.plain);
+        let result = tunn.decapsulate(Some(from.ip()), dg, &mut self.plain);
         let authenticated = !matches!(result, TunnResult::Err(_));
         match result {
             TunnResult::WriteToTunnelV4(pkt, src) => {
-                if !table.allows(&peer, src) {
+                if !table.allows(&peer, IpAddr::V4(src)) {
                     Counters::add(&c.rx_dropped_allowed_ips, 1);
                     Counters::add(&peer.counters.rx_dropped_allowed_ips, 1);
                 } else if Ipv4Header::parse(pkt).is_ok() {
@@ -707,10 +724,16 @@ impl Rx {
                     Counters::add(&c.rx_dropped_malformed, 1);
                 }
             }
-            TunnResult::WriteToTunnelV6(..) => {
-                // flannel-wg carries IPv4; an IPv6 packet is outside any allowed IP we give.
-                Counters::add(&c.rx_dropped_allowed_ips, 1);
-                Counters::add(&peer.counters.rx_dropped_allowed_ips, 1);
+            TunnResult::WriteToTunnelV6(pkt, src) => {
+                if !table.allows(&peer, IpAddr::V6(src)) {
+                    Counters::add(&c.rx_dropped_allowed_ips, 1);
+                    Counters::add(&peer.counters.rx_dropped_allowed_ips, 1);
+                } else {
+                    Counters::add(&c.rx_packets, 1);
+                    Counters::add(&c.rx_bytes, pkt.len() as u64);
+                    // boringtun checked the length; no offloads for IPv6.
+                    write_plain(&self.tun, pkt, c);
+                }
             }
             TunnResult::WriteToNetwork(reply) => {
                 count_sent(c, reply, None);
@@ -764,7 +787,7 @@ impl Rx {
     /// hearing back; we start a handshake at once instead (at most once per
     /// [`STALE_SESSION_HANDSHAKE_EVERY`] per peer), so the peer moves to a new session
     /// within a round trip.
-    fn stale_session(&mut self, table: &PeerTable, from: SocketAddrV4) {
+    fn stale_session(&mut self, table: &PeerTable, from: SocketAddr) {
         let Some(peer) = table.by_endpoint(from) else {
             return;
         };

@@ -16,7 +16,7 @@
 
 use std::any::Any;
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use backends::kernel::netlink::IpFamily;
@@ -170,23 +170,13 @@ impl WireguardDriver {
             configure_kernel_device(&mut p, name, &key, port)?;
             p
         } else {
-            let IpAddr::V4(local) = ext.iface_addr else {
-                return Err(OverlayError::Unsupported {
-                    backend: "wireguard",
-                    reason: format!(
-                        "the userspace WireGuard device (this kernel has no wireguard module) \
-                         carries IPv4 only; {name} on {} needs the kernel module",
-                        ext.iface_addr
-                    ),
-                });
-            };
             tracing::info!(
                 device = name,
                 "wireguard: userspace path (no kernel module: `ip link add type wireguard` is unsupported here)"
             );
             let setup = UserspaceSetup {
                 name: name.to_string(),
-                local: SocketAddrV4::new(local, port),
+                local: SocketAddr::new(ext.iface_addr, port),
                 socket_dir: paths.socket_dir.clone(),
                 psk: config.psk,
                 keepalive: config.persistent_keepalive,
@@ -202,6 +192,7 @@ impl WireguardDriver {
                 name: name.to_string(),
                 kind,
                 mtu,
+                family,
             },
             network,
             config: config.clone(),
@@ -316,8 +307,8 @@ impl BackendDriver for WireguardDriver {
     }
 
     fn set_own_subnet(&mut self, subnet: IpNetwork) {
-        if let (Path::Userspace(u), IpNetwork::V4(s)) = (&mut self.path, subnet) {
-            u.set_own_subnet(Some(s));
+        if let Path::Userspace(u) = &mut self.path {
+            u.set_own_subnet(Some(subnet));
         }
     }
 
@@ -341,22 +332,10 @@ impl BackendDriver for WireguardDriver {
             Path::Userspace(u) => {
                 let specs = wanted
                     .into_iter()
-                    .filter_map(|(key, (endpoint, nets))| {
-                        let SocketAddr::V4(endpoint) = endpoint else {
-                            return None;
-                        };
-                        let allowed = nets
-                            .into_iter()
-                            .filter_map(|n| match n {
-                                IpNetwork::V4(n) => Some(n),
-                                IpNetwork::V6(_) => None,
-                            })
-                            .collect();
-                        Some(PeerSpec {
-                            public_key: key,
-                            endpoint,
-                            allowed,
-                        })
+                    .map(|(key, (endpoint, allowed))| PeerSpec {
+                        public_key: key,
+                        endpoint,
+                        allowed,
                     })
                     .collect();
                 u.set_peers(specs);

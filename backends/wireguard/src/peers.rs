@@ -20,24 +20,24 @@
 //! with the snapshot, where flannel leaves it configured forever (its bug B4).
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddrV4};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use boringtun::noise::Tunn;
 use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::x25519::{PublicKey, StaticSecret};
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 
 /// One peer as the leases describe it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerSpec {
     /// Its public key (the lease's `BackendData.PublicKey`).
     pub public_key: [u8; 32],
-    /// Where to send to (`PublicIP:Port`).
-    pub endpoint: SocketAddrV4,
+    /// Where to send to (`PublicIP:Port`, or `[PublicIPv6]:Port`).
+    pub endpoint: SocketAddr,
     /// Its allowed IPs: exactly its lease's subnet(s).
-    pub allowed: Vec<Ipv4Network>,
+    pub allowed: Vec<IpNetwork>,
 }
 
 /// Per-peer counters (relaxed atomics).
@@ -62,8 +62,8 @@ pub struct PeerState {
     pub slot: u32,
     /// Handshake, sessions, timers (boringtun's sans-IO state machine).
     pub tunn: Mutex<Tunn>,
-    /// The endpoint, packed as `ip << 16 | port` so the threads can roam it without a lock.
-    endpoint: AtomicU64,
+    /// The endpoint (moved by lease updates and by roaming).
+    endpoint: Mutex<SocketAddr>,
     /// Counters.
     pub counters: PeerCounters,
     psk: Option<[u8; 32]>,
@@ -79,24 +79,23 @@ impl std::fmt::Debug for PeerState {
     }
 }
 
-fn pack(a: SocketAddrV4) -> u64 {
-    (u64::from(u32::from(*a.ip())) << 16) | u64::from(a.port())
-}
-
-fn unpack(v: u64) -> SocketAddrV4 {
-    SocketAddrV4::new(Ipv4Addr::from((v >> 16) as u32), v as u16)
-}
-
 impl PeerState {
     /// The peer's current endpoint.
-    pub fn endpoint(&self) -> SocketAddrV4 {
-        unpack(self.endpoint.load(Ordering::Relaxed))
+    pub fn endpoint(&self) -> SocketAddr {
+        *self
+            .endpoint
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Moves the endpoint (a lease update, or an authenticated packet from elsewhere: roaming).
     /// Returns whether it changed.
-    pub fn set_endpoint(&self, a: SocketAddrV4) -> bool {
-        self.endpoint.swap(pack(a), Ordering::Relaxed) != pack(a)
+    pub fn set_endpoint(&self, a: SocketAddr) -> bool {
+        let mut e = self
+            .endpoint
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        std::mem::replace(&mut *e, a) != a
     }
 
     /// The peer's protocol state, locked (a panicked holder leaves a usable state).
@@ -122,24 +121,46 @@ pub struct Identity {
     pub rate_limiter: Arc<RateLimiter>,
 }
 
+/// The routes of one prefix length: masked key → (position in the peer list, network).
+type RoutesOfLength = HashMap<u128, (usize, IpNetwork)>;
+
 /// An immutable snapshot of the peers. See the module docs.
 #[derive(Debug, Default)]
 pub struct PeerTable {
     /// This node's subnet (the source of the ICMP errors for destinations no peer holds).
-    pub own: Option<Ipv4Network>,
-    peers: Vec<(Arc<PeerState>, Vec<Ipv4Network>)>,
-    /// (prefix length, mask, network → position in `peers`), longest prefix first.
-    routes: Vec<(u8, u32, HashMap<u32, usize>)>,
+    pub own: Option<IpNetwork>,
+    peers: Vec<(Arc<PeerState>, Vec<IpNetwork>)>,
+    /// (prefix length in the IPv6-mapped space, mask, network → position in `peers`),
+    /// longest prefix first. IPv4 networks are keyed as IPv4-mapped IPv6 (`::ffff:a.b.c.d`),
+    /// so one structure serves both families.
+    /// The network is kept to tell an IPv4 route from an IPv6 address that maps onto it.
+    routes: Vec<(u8, u128, RoutesOfLength)>,
     by_slot: HashMap<u32, usize>,
     by_key: HashMap<[u8; 32], usize>,
-    by_endpoint: HashMap<SocketAddrV4, usize>,
+    by_endpoint: HashMap<SocketAddr, usize>,
 }
 
-fn mask(len: u8) -> u32 {
+fn mask(len: u8) -> u128 {
     if len == 0 {
         0
     } else {
-        u32::MAX << (32 - u32::from(len))
+        u128::MAX << (128 - u32::from(len))
+    }
+}
+
+/// `ip` in the IPv6-mapped key space.
+fn key(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(a) => u128::from(a.to_ipv6_mapped()),
+        IpAddr::V6(a) => u128::from(a),
+    }
+}
+
+/// `net`'s prefix length in the IPv6-mapped key space.
+fn mapped_prefix(net: &IpNetwork) -> u8 {
+    match net {
+        IpNetwork::V4(n) => n.prefix() + 96,
+        IpNetwork::V6(n) => n.prefix(),
     }
 }
 
@@ -180,7 +201,7 @@ impl PeerTable {
                         public_key: spec.public_key,
                         slot,
                         tunn: Mutex::new(tunn),
-                        endpoint: AtomicU64::new(pack(spec.endpoint)),
+                        endpoint: Mutex::new(spec.endpoint),
                         counters: PeerCounters::default(),
                         psk: id.psk,
                     })
@@ -189,7 +210,7 @@ impl PeerTable {
             let at = t.peers.len();
             let mut allowed = Vec::new();
             for &net in &spec.allowed {
-                let len = net.prefix();
+                let len = mapped_prefix(&net);
                 let m = mask(len);
                 let slot = match t.routes.iter().position(|(l, _, _)| *l == len) {
                     Some(i) => i,
@@ -198,12 +219,12 @@ impl PeerTable {
                         t.routes.len() - 1
                     }
                 };
-                let key = u32::from(net.network()) & m;
+                let key = key(net.network()) & m;
                 if t.routes[slot].2.contains_key(&key) {
                     tracing::warn!(subnet = %net, "two peers claim one subnet; keeping the first");
                     continue;
                 }
-                t.routes[slot].2.insert(key, at);
+                t.routes[slot].2.insert(key, (at, net));
                 allowed.push(net);
             }
             t.by_slot.insert(state.slot, at);
@@ -216,12 +237,12 @@ impl PeerTable {
     }
 
     /// The peer whose allowed IPs hold `dst` (longest prefix).
-    pub fn route(&self, dst: Ipv4Addr) -> Option<&Arc<PeerState>> {
-        let d = u32::from(dst);
+    pub fn route(&self, dst: IpAddr) -> Option<&Arc<PeerState>> {
+        let d = key(dst);
         self.routes
             .iter()
-            .find_map(|(_, m, r)| r.get(&(d & m)))
-            .map(|&i| &self.peers[i].0)
+            .find_map(|(_, m, r)| r.get(&(d & m)).filter(|(_, net)| net.contains(dst)))
+            .map(|&(i, _)| &self.peers[i].0)
     }
 
     /// The peer owning receiver index `index` (`slot << 8 | session`).
@@ -235,19 +256,19 @@ impl PeerTable {
     }
 
     /// The peer whose lease names endpoint `from` (the first, if several share it).
-    pub fn by_endpoint(&self, from: SocketAddrV4) -> Option<&Arc<PeerState>> {
+    pub fn by_endpoint(&self, from: SocketAddr) -> Option<&Arc<PeerState>> {
         self.by_endpoint.get(&from).map(|&i| &self.peers[i].0)
     }
 
     /// Whether `src` lies in the allowed IPs of `peer` (the source check on receive).
-    pub fn allows(&self, peer: &PeerState, src: Ipv4Addr) -> bool {
+    pub fn allows(&self, peer: &PeerState, src: IpAddr) -> bool {
         self.by_slot
             .get(&peer.slot)
             .is_some_and(|&i| self.peers[i].1.iter().any(|n| n.contains(src)))
     }
 
     /// Every peer with its allowed IPs.
-    pub fn iter(&self) -> impl Iterator<Item = (&Arc<PeerState>, &[Ipv4Network])> {
+    pub fn iter(&self) -> impl Iterator<Item = (&Arc<PeerState>, &[IpNetwork])> {
         self.peers.iter().map(|(p, a)| (p, a.as_slice()))
     }
 
@@ -307,6 +328,8 @@ mod tests {
         let p3 = t.route("10.244.17.1".parse().unwrap()).unwrap();
         assert_eq!(p3.endpoint().to_string(), "198.18.0.3:51820");
         assert!(t.route("10.244.1.1".parse().unwrap()).is_none());
+        // An IPv4 route never answers for the IPv6 address it is keyed as.
+        assert!(t.route("::ffff:10.244.2.7".parse().unwrap()).is_none());
         assert!(t.route("10.245.0.1".parse().unwrap()).is_none());
         assert!(Arc::ptr_eq(t.by_index(p3.slot << 8 | 5).unwrap(), p3));
         assert!(t.by_index(0xabcd_0000).is_none());

@@ -2,7 +2,7 @@
 //! threads ([`crate::device`]), the peer snapshot they read and the UAPI socket for `wg`.
 
 use std::io;
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -11,7 +11,7 @@ use boringtun::noise::rate_limiter::RateLimiter;
 use flannel_udp::datapath::Offloads;
 use flannel_udp::table::Shared;
 use flannel_udp::tun::{Tun, UdpSocket};
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 
 use crate::device::{Counters, Device, HANDSHAKE_RATE_LIMIT, Responder};
 use crate::key::NodeKey;
@@ -26,8 +26,8 @@ const TUN_TXQUEUELEN: i32 = 1000;
 pub struct UserspaceSetup {
     /// Device name (`flannel-wg`).
     pub name: String,
-    /// `<iface_addr>:<ListenPort>`.
-    pub local: SocketAddrV4,
+    /// `<iface_addr>:<ListenPort>` (IPv6: `[<iface_addr6>]:<ListenPortV6>`).
+    pub local: SocketAddr,
     /// Directory of the UAPI socket (`/var/run/wireguard`); `None`: no socket.
     pub socket_dir: Option<PathBuf>,
     /// `PSK`.
@@ -47,7 +47,7 @@ pub struct UserspaceDevice {
     peers: Arc<Shared<PeerTable>>,
     counters: Arc<Counters>,
     specs: Vec<PeerSpec>,
-    own: Option<Ipv4Network>,
+    own: Option<IpNetwork>,
     next_slot: u32,
 }
 
@@ -60,16 +60,19 @@ impl std::fmt::Debug for Identity {
 }
 
 fn open_fds(setup: &UserspaceSetup) -> io::Result<(Tun, UdpSocket)> {
-    let tun = Tun::open(&setup.name, true)?;
+    // Offloads (TSO super-packets, coalesced writes) are IPv4's; flannel-wg-v6 is plain.
+    let tun = Tun::open(&setup.name, setup.local.is_ipv4())?;
     // Kept across restarts of the daemon: see the crate docs ("Restarts").
     tun.set_persist(true)?;
     let sock = UdpSocket::bind(setup.local, true)?;
     if let Err(e) = sock.set_txqueuelen(tun.name(), TUN_TXQUEUELEN) {
         tracing::debug!(error = %e, "could not raise the TUN txqueuelen");
     }
-    let key = format!("net/ipv4/conf/{}/accept_local", tun.name());
-    if let Err(e) = backends::kernel::sysctl::write(&key, "1") {
-        tracing::debug!(error = %e, "ICMP unreachable errors may be dropped by the kernel");
+    if setup.local.is_ipv4() {
+        let key = format!("net/ipv4/conf/{}/accept_local", tun.name());
+        if let Err(e) = backends::kernel::sysctl::write(&key, "1") {
+            tracing::debug!(error = %e, "ICMP unreachable errors may be dropped by the kernel");
+        }
     }
     Ok((tun, sock))
 }
@@ -172,7 +175,7 @@ impl UserspaceDevice {
     }
 
     /// This node's subnet.
-    pub fn set_own_subnet(&mut self, own: Option<Ipv4Network>) {
+    pub fn set_own_subnet(&mut self, own: Option<IpNetwork>) {
         self.own = own;
         self.publish();
     }

@@ -214,7 +214,7 @@ fn a_peer_that_moves_is_followed_by_its_authenticated_packets_and_its_lease() {
         let (p, _) = peers.iter().next().expect("peer");
         assert_eq!(
             p.endpoint(),
-            SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 22), PORT)
+            SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 22), PORT).into()
         );
         let out = ping(&nodes[0].pod, nodes[1].pod_ip, &[]);
         assert!(
