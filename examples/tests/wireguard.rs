@@ -79,32 +79,20 @@ fn counter(metrics: &str, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("{name} not in /metrics:\n{metrics}"))
 }
 
-/// `wg show flannel-wg dump` against node `i`'s flanneld: `wg` looks for the UAPI socket in
+/// `wg show ARGS` against node `i`'s flanneld: `wg` looks for the UAPI socket in
 /// /var/run/wireguard, so it runs in a private mount namespace where that directory is the
-/// node's socket directory. Rows: the interface, then one per peer.
-fn wg_dump(c: &Cluster, i: usize) -> Vec<Vec<String>> {
-    wg_dump_of(c, i, "flannel-wg")
-}
-
-/// [`wg_dump`] of `device`.
-fn wg_dump_of(c: &Cluster, i: usize, device: &str) -> Vec<Vec<String>> {
+/// node's socket directory.
+fn wg_show(c: &Cluster, i: usize, args: &[&str]) -> String {
     let dir = c.nodes[i].wireguard_socket_dir();
     let script = format!(
         "mount --make-rprivate / && mount -t tmpfs wgrun /run && mkdir -p /run/wireguard && \
-         mount --bind {} /run/wireguard && exec wg show {device} dump",
-        dir.display()
+         mount --bind {} /run/wireguard && exec wg show {}",
+        dir.display(),
+        args.join(" ")
     );
+    let ns = &c.nodes[i].ns;
     let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &c.nodes[i].ns,
-            "unshare",
-            "-m",
-            "sh",
-            "-c",
-            &script,
-        ])
+        .args(["netns", "exec", ns, "unshare", "-m", "sh", "-c", &script])
         .output()
         .expect("wg show");
     assert!(
@@ -113,7 +101,17 @@ fn wg_dump_of(c: &Cluster, i: usize, device: &str) -> Vec<Vec<String>> {
         i + 1,
         text(&out)
     );
-    String::from_utf8_lossy(&out.stdout)
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `wg show flannel-wg dump` on node `i`. Rows: the interface, then one per peer.
+fn wg_dump(c: &Cluster, i: usize) -> Vec<Vec<String>> {
+    wg_dump_of(c, i, "flannel-wg")
+}
+
+/// [`wg_dump`] of `device`.
+fn wg_dump_of(c: &Cluster, i: usize, device: &str) -> Vec<Vec<String>> {
+    wg_show(c, i, &[device, "dump"])
         .lines()
         .map(|l| l.split('\t').map(str::to_string).collect())
         .collect()
@@ -191,6 +189,9 @@ fn wireguard_three_nodes_mesh_restart_device_loss_and_leaving_node() {
     assert_full_mesh(&c, &pods, true);
 
     // `wg show` lists the other two nodes with their subnets, endpoints and handshakes.
+    let shown = wg_show(&c, 0, &["flannel-wg"]);
+    eprintln!("wg show flannel-wg (node 1):\n{shown}");
+    assert!(shown.contains("listening port: 51820"), "{shown}");
     let dump = wg_dump(&c, 0);
     assert_eq!(dump.len(), 3, "{dump:?}");
     assert_eq!(dump[0][2], "51820", "listen port: {dump:?}");

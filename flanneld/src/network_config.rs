@@ -501,14 +501,18 @@ mod tests {
 
     #[test]
     fn wireguard_sections_parse_and_one_device_modes_need_one_family() {
-        let c = ok(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"WireGuard","PSK":"H0Ad2y0RLk4Tfn+eO4EtNqUYJ5vGJl5n0cMg7QGlYbM=","PersistentKeepaliveInterval":25}}"#);
+        let c = ok(
+            r#"{"Network":"10.244.0.0/16","Backend":{"Type":"WireGuard","PSK":"H0Ad2y0RLk4Tfn+eO4EtNqUYJ5vGJl5n0cMg7QGlYbM=","PersistentKeepaliveInterval":25}}"#,
+        );
         let BackendConfig::Wireguard(w) = &c.backend else {
             panic!("{:?}", c.backend);
         };
         assert_eq!((w.listen_port, w.persistent_keepalive), (51820, 25));
         assert_eq!(c.backend.type_name(), "wireguard");
         // Separate (the default) works with both families; the one-device modes with one.
-        ok(r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"wireguard"}}"#);
+        ok(
+            r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"wireguard"}}"#,
+        );
         ok(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard","Mode":"auto"}}"#);
         let e = NetworkConfig::parse(
             r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"wireguard","Mode":"auto"}}"#,

@@ -30,6 +30,7 @@ pub mod netlink;
 pub mod netns;
 pub mod nft;
 pub mod sysctl;
+pub mod wireguard;
 
 mod lazy;
 mod masq_table;

@@ -9,7 +9,7 @@
 //!
 //! Two paths behind one driver, chosen at start-up ([`WireguardDriver::start`]):
 //! * **kernel**: `ip link add flannel-wg type wireguard` works, so the kernel module is the
-//!   device, configured over generic netlink ([`crate::kernel`]); peers are added, updated and
+//!   device, configured over generic netlink (`backends::kernel::wireguard`); peers are added, updated and
 //!   removed one by one, never with `REPLACE_PEERS`, so sessions survive lease updates.
 //! * **userspace**: the kernel answers "Unknown device type": flanneld is the device
 //!   ([`crate::userspace`]).
@@ -29,10 +29,10 @@ use backends::overlay::{
 use ipnetwork::IpNetwork;
 
 use crate::config::{Mode, WireguardConfig, decode_key, encode_key};
-use crate::kernel::{KernelWireguard, LinkCreate, WgDevice, WgPeer};
 use crate::key::NodeKey;
 use crate::peers::PeerSpec;
 use crate::userspace::{UserspaceDevice, UserspaceSetup};
+use backends::kernel::wireguard::{KernelWireguard, LinkCreate, WgDevice, WgPeer};
 
 /// flannel's encapsulation overhead: outer IPv6 header (40, the larger), UDP (8), type,
 /// receiver index, counter (16) and tag (16).
@@ -139,7 +139,7 @@ impl WireguardDriver {
             LinkCreate::Unsupported
         } else {
             in_ns(Box::new(move || {
-                crate::kernel::create_link(&link_name, mtu).map_err(|e| e.to_string())
+                backends::kernel::wireguard::create_link(&link_name, mtu).map_err(|e| e.to_string())
             }))
             .map_err(datapath)?
         };
@@ -394,7 +394,7 @@ impl BackendDriver for WireguardDriver {
             Path::Kernel { .. } => {
                 let mtu = self.device.mtu();
                 let n = name.clone();
-                let create = move || crate::kernel::create_link(&n, mtu);
+                let create = move || backends::kernel::wireguard::create_link(&n, mtu);
                 let r = match &self.ns {
                     Some(ns) => ns
                         .run(create)

@@ -7,8 +7,9 @@
 //! which many kernels lack. This backend keeps flannel's devices, keys, lease data and config
 //! keys ([`config`]), so nodes of both implementations form one mesh, and runs on two paths:
 //!
-//! * **Kernel module** ([`kernel`]): where `ip link add … type wireguard` works, the device is
-//!   configured over generic netlink (no `wg` binary needed).
+//! * **Kernel module** (`backends::kernel::wireguard`, in the kernel room with every other
+//!   netlink socket): where `ip link add … type wireguard` works, the device is configured
+//!   over generic netlink (no `wg` binary needed).
 //! * **Userspace** ([`userspace`], [`device`]): where it does not, flanneld is the device:
 //!   boringtun's sans-IO `noise` state machine (handshakes, sessions, rekeying, keepalives,
 //!   cookies; no hand-written crypto) runs on the udp backend's TUN data path, with the same
@@ -31,7 +32,7 @@
 pub mod config;
 pub mod device;
 pub mod driver;
-pub mod kernel;
+
 pub mod key;
 pub mod peers;
 pub mod uapi;
