@@ -470,8 +470,12 @@ impl Tx {
         }
         let counters = self.counters.clone();
         let mut refused_gso = Vec::new();
+        let mut gso_unsupported = false;
         let (_, calls) = self.sock.send_batch(&self.out, &self.msgs, |m, e| {
             if m.seg > 0 && matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL)) {
+                // EIO: the egress device cannot segment (for good). EINVAL: this train does
+                // not fit the path right now (a segment above the route's MTU).
+                gso_unsupported |= e.raw_os_error() == Some(libc::EIO);
                 refused_gso.push(*m);
             } else {
                 tracing::debug!(to = %m.to, error = %e, "wireguard send failed");
@@ -482,8 +486,10 @@ impl Tx {
         let gso = self.msgs.iter().filter(|m| m.seg > 0).count() - refused_gso.len();
         Counters::add(&self.counters.tx_gso_messages, gso as u64);
         if !refused_gso.is_empty() {
-            tracing::warn!("UDP GSO refused by the kernel; sending datagrams one by one");
-            self.gso = false;
+            if gso_unsupported {
+                tracing::warn!("UDP GSO refused by the kernel; sending datagrams one by one");
+                self.gso = false;
+            }
             let single: Vec<OutMsg> = refused_gso.iter().flat_map(split_gso).collect();
             let (_, calls) = self.sock.send_batch(&self.out, &single, |m, e| {
                 tracing::debug!(to = %m.to, error = %e, "wireguard send failed");
@@ -676,13 +682,34 @@ impl Rx {
                     }
                 }
             }
-            Ok(Packet::HandshakeResponse(p)) => match table.by_index(p.receiver_idx) {
-                Some(p) => p.clone(),
-                None => {
-                    Counters::add(&c.rx_dropped_unknown_peer, 1);
-                    return;
+            Ok(Packet::HandshakeResponse(p)) => {
+                // The same rate limit for responses: MAC1, and under load MAC2 (a cookie).
+                let mut cookie = [0u8; 64];
+                match self
+                    .responder
+                    .rate_limiter
+                    .verify_packet(Some(from.ip()), dg, &mut cookie)
+                {
+                    Ok(_) => {}
+                    Err(TunnResult::WriteToNetwork(reply)) => {
+                        count_sent(c, reply, None);
+                        send_one(&self.sock, c, reply, from);
+                        return;
+                    }
+                    Err(TunnResult::Err(e)) => {
+                        c.count_rx_error(&e);
+                        return;
+                    }
+                    Err(_) => return,
                 }
-            },
+                match table.by_index(p.receiver_idx) {
+                    Some(p) => p.clone(),
+                    None => {
+                        Counters::add(&c.rx_dropped_unknown_peer, 1);
+                        return;
+                    }
+                }
+            }
             Ok(Packet::PacketCookieReply(p)) => match table.by_index(p.receiver_idx) {
                 Some(p) => p.clone(),
                 None => {
@@ -701,9 +728,8 @@ impl Rx {
         };
         let kind = dg[0];
         let mut tunn = peer.lock();
-        let before = tunn.time_since_last_handshake();
         let result = tunn.decapsulate(Some(from.ip()), dg, &mut self.plain);
-        let authenticated = !matches!(result, TunnResult::Err(_));
+        let authenticated = authenticates(kind, &result);
         match result {
             TunnResult::WriteToTunnelV4(pkt, src) => {
                 if !table.allows(&peer, IpAddr::V4(src)) {
@@ -738,26 +764,13 @@ impl Rx {
             TunnResult::WriteToNetwork(reply) => {
                 count_sent(c, reply, None);
                 send_one(&self.sock, c, reply, from);
-                if kind == 1 || kind == 2 {
-                    Counters::add(&c.handshakes_completed, 1);
-                    Counters::add(&peer.counters.handshakes, 1);
-                }
-                // Packets queued behind the handshake leave now.
-                let endpoint = from;
-                while let TunnResult::WriteToNetwork(m) =
-                    tunn.decapsulate(None, &[], &mut self.plain)
-                {
-                    Counters::add(&c.tx_packets, 1);
-                    Counters::add(&c.tx_bytes, (m.len() - DATA_OVERHEAD) as u64);
-                    send_one(&self.sock, c, m, endpoint);
-                }
-            }
-            TunnResult::Done => {
-                if kind == 2 && before != tunn.time_since_last_handshake() {
+                if authenticated {
+                    // Our response to an initiation, or the keepalive confirming our own.
                     Counters::add(&c.handshakes_completed, 1);
                     Counters::add(&peer.counters.handshakes, 1);
                 }
             }
+            TunnResult::Done => {}
             TunnResult::Err(e) => {
                 c.count_rx_error(&e);
                 if kind == 4
@@ -770,6 +783,20 @@ impl Rx {
                     self.stale_session(table, from);
                     return;
                 }
+            }
+        }
+        if authenticated {
+            // Packets boringtun queued while no session existed leave now: after a
+            // handshake, or after the first data message of a session we answered.
+            while let TunnResult::WriteToNetwork(m) = tunn.decapsulate(None, &[], &mut self.plain) {
+                let m: &[u8] = m;
+                if m.first() == Some(&4) && m.len() > DATA_OVERHEAD {
+                    Counters::add(&c.tx_packets, 1);
+                    Counters::add(&c.tx_bytes, (m.len() - DATA_OVERHEAD) as u64);
+                } else {
+                    count_sent(c, m, None);
+                }
+                send_one(&self.sock, c, m, from);
             }
         }
         drop(tunn);
@@ -791,6 +818,11 @@ impl Rx {
         let Some(peer) = table.by_endpoint(from) else {
             return;
         };
+        let mut tunn = peer.lock();
+        if tunn.time_since_last_handshake().is_some() {
+            // We have a session with this peer: a stray of an old one, or junk.
+            return;
+        }
         let now = process_ms();
         let last = &peer.counters.last_stale_session_handshake_ms;
         let previous = last.load(Ordering::Relaxed);
@@ -799,17 +831,32 @@ impl Rx {
         {
             return;
         }
-        last.store(now.max(1), Ordering::Relaxed);
-        let mut tunn = peer.lock();
-        let had_session = tunn.time_since_last_handshake().is_some();
+        last.store(now, Ordering::Relaxed);
         if let TunnResult::WriteToNetwork(m) =
             tunn.format_handshake_initiation(&mut self.plain, false)
         {
             let m: &[u8] = m;
             Counters::add(&self.counters.stale_session_handshakes, 1);
-            count_sent(&self.counters, m, had_session.then_some(&**peer));
+            count_sent(&self.counters, m, None);
             send_one(&self.sock, &self.counters, m, peer.endpoint());
         }
+    }
+}
+
+/// Whether boringtun's `result` for a received message of type `kind` proves that the sender
+/// holds the peer's key, so its address may become the peer's endpoint (roaming) and the
+/// handshake counts: an initiation answered with a response (type 2), a response answered
+/// with the confirming keepalive (type 4), a data message that decrypted (a packet, or a
+/// keepalive: `Done`). A cookie reply proves nothing, nor does a cookie we send back.
+pub fn authenticates(kind: u8, result: &TunnResult<'_>) -> bool {
+    match (kind, result) {
+        (1, TunnResult::WriteToNetwork(r)) => r.first() == Some(&2),
+        (2, TunnResult::WriteToNetwork(r)) => r.first() == Some(&4),
+        (
+            4,
+            TunnResult::WriteToTunnelV4(..) | TunnResult::WriteToTunnelV6(..) | TunnResult::Done,
+        ) => true,
+        _ => false,
     }
 }
 
@@ -895,6 +942,35 @@ mod tests {
         let parts = split_gso(&msgs[1]);
         let lens: Vec<usize> = parts.iter().map(|m| m.len).collect();
         assert_eq!(lens, [1432, 1432, 1432, 1432, 500]);
+    }
+
+    #[test]
+    fn only_proof_of_the_peer_key_authenticates() {
+        let mut b = [2u8, 0, 0, 0];
+        assert!(authenticates(1, &TunnResult::WriteToNetwork(&mut b)));
+        let mut cookie = [3u8; 64];
+        assert!(!authenticates(1, &TunnResult::WriteToNetwork(&mut cookie)));
+        assert!(!authenticates(2, &TunnResult::WriteToNetwork(&mut cookie)));
+        let mut keepalive = [4u8; 32];
+        assert!(authenticates(
+            2,
+            &TunnResult::WriteToNetwork(&mut keepalive)
+        ));
+        assert!(!authenticates(3, &TunnResult::Done), "a cookie reply");
+        assert!(authenticates(4, &TunnResult::Done), "a keepalive");
+        let mut pkt = [0x45u8; 20];
+        assert!(authenticates(
+            4,
+            &TunnResult::WriteToTunnelV4(&mut pkt, std::net::Ipv4Addr::LOCALHOST)
+        ));
+        assert!(!authenticates(
+            4,
+            &TunnResult::Err(WireGuardError::InvalidAeadTag)
+        ));
+        assert!(!authenticates(
+            1,
+            &TunnResult::Err(WireGuardError::InvalidMac)
+        ));
     }
 
     #[test]

@@ -9,8 +9,10 @@
 //!
 //! Two paths behind one driver, chosen at start-up ([`WireguardDriver::start`]):
 //! * **kernel**: `ip link add flannel-wg type wireguard` works, so the kernel module is the
-//!   device, configured over generic netlink (`backends::kernel::wireguard`); peers are added, updated and
-//!   removed one by one, never with `REPLACE_PEERS`, so sessions survive lease updates.
+//!   device, configured over generic netlink (`backends::kernel::wireguard`). The first
+//!   update after start-up replaces the device's peer list (an adopted device may hold an
+//!   earlier run's peers); after that peers are added, updated and removed one by one, so
+//!   sessions survive lease updates. A failed update makes the next one replace the list.
 //! * **userspace**: the kernel answers "Unknown device type": flanneld is the device
 //!   ([`crate::userspace`]).
 
@@ -58,8 +60,12 @@ pub struct WireguardPaths {
 enum Path {
     Kernel {
         wg: KernelWireguard,
-        /// What the kernel holds, by public key.
+        /// What the kernel holds, by public key (as far as we know).
         configured: BTreeMap<[u8; 32], WgPeer>,
+        /// The next peer update replaces the device's whole peer list (`REPLACE_PEERS`):
+        /// after start-up (an adopted device may hold peers of an earlier run) and after a
+        /// failed update (what the kernel holds is unknown).
+        replace_all: bool,
     },
     Userspace(Box<UserspaceDevice>),
 }
@@ -166,8 +172,9 @@ impl WireguardDriver {
             let mut p = Path::Kernel {
                 wg,
                 configured: BTreeMap::new(),
+                replace_all: true,
             };
-            configure_kernel_device(&mut p, name, &key, port)?;
+            configure_kernel_device(&mut p, name, &key, port, false)?;
             p
         } else {
             tracing::info!(
@@ -250,21 +257,30 @@ fn is_tun(name: &str, ns: Option<&NetNs>) -> bool {
     }
 }
 
+/// Sets our key and port on the kernel device; with `with_peers`, also every peer we believe
+/// configured, replacing whatever the device holds (a re-created device).
+///
+/// Equivalent of `wg set flannel-wg private-key F listen-port P [peer ...]`.
 fn configure_kernel_device(
     path: &mut Path,
     name: &str,
     key: &NodeKey,
     port: u16,
+    with_peers: bool,
 ) -> Result<(), OverlayError> {
-    let Path::Kernel { wg, configured } = path else {
+    let Path::Kernel { wg, configured, .. } = path else {
         return Ok(());
     };
     let dev = WgDevice {
         ifname: name.to_string(),
         private_key: key.private.to_bytes(),
         listen_port: port,
-        replace_peers: true,
-        peers: configured.values().cloned().collect(),
+        replace_peers: with_peers,
+        peers: if with_peers {
+            configured.values().cloned().collect()
+        } else {
+            Vec::new()
+        },
     };
     wg.set_device(&dev)
         .map_err(|e| OverlayError::Datapath(Box::new(e)))
@@ -340,16 +356,11 @@ impl BackendDriver for WireguardDriver {
                     .collect();
                 u.set_peers(specs);
             }
-            Path::Kernel { wg, configured } => {
-                let mut changes = Vec::new();
-                for (key, old) in configured.iter() {
-                    if !wanted.contains_key(key) {
-                        changes.push(WgPeer {
-                            remove: true,
-                            ..old.clone()
-                        });
-                    }
-                }
+            Path::Kernel {
+                wg,
+                configured,
+                replace_all,
+            } => {
                 let mut next = BTreeMap::new();
                 for (key, (endpoint, allowed_ips)) in wanted {
                     let peer = WgPeer {
@@ -360,27 +371,47 @@ impl BackendDriver for WireguardDriver {
                         allowed_ips,
                         remove: false,
                     };
-                    if configured.get(&key) != Some(&peer) {
-                        changes.push(peer.clone());
-                    }
                     next.insert(key, peer);
                 }
-                if changes.is_empty() {
+                // Removals first, then new and changed peers; or the whole list at once.
+                let changes: Vec<WgPeer> = if *replace_all {
+                    next.values().cloned().collect()
+                } else {
+                    let removed = configured
+                        .iter()
+                        .filter(|(k, _)| !next.contains_key(*k))
+                        .map(|(_, old)| WgPeer {
+                            remove: true,
+                            ..old.clone()
+                        });
+                    let changed = next
+                        .iter()
+                        .filter(|(k, p)| configured.get(*k) != Some(*p))
+                        .map(|(_, p)| p.clone());
+                    removed.chain(changed).collect()
+                };
+                if changes.is_empty() && !*replace_all {
                     return;
                 }
                 let dev = WgDevice {
                     ifname: self.device.name().to_string(),
                     private_key: self.key.private.to_bytes(),
                     listen_port: self.port,
-                    replace_peers: false,
+                    replace_peers: *replace_all,
                     peers: changes,
                 };
                 match wg.set_device(&dev) {
-                    Ok(()) => *configured = next,
+                    Ok(()) => {
+                        *configured = next;
+                        *replace_all = false;
+                    }
                     Err(e) => {
-                        // Left as it was: the next lease event or periodic pass retries.
-                        tracing::error!(error = %e, "could not configure wireguard peers");
-                        configured.clear();
+                        // What the kernel holds is unknown now (a split update may have
+                        // stopped half-way): the next update replaces the whole list, so a
+                        // peer that should be gone cannot stay.
+                        tracing::error!(error = %e, "could not configure wireguard peers; retrying with the whole list at the next update");
+                        *configured = next;
+                        *replace_all = true;
                     }
                 }
             }
@@ -402,7 +433,7 @@ impl BackendDriver for WireguardDriver {
                     None => create(),
                 };
                 r.map_err(|e| OverlayError::Datapath(Box::new(e)))?;
-                configure_kernel_device(&mut self.path, &name, &self.key, self.port)
+                configure_kernel_device(&mut self.path, &name, &self.key, self.port, true)
             }
         }
     }

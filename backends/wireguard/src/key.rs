@@ -84,8 +84,8 @@ pub fn clamp(mut key: [u8; 32]) -> [u8; 32] {
     key
 }
 
-fn random_key() -> io::Result<[u8; 32]> {
-    let mut b = [0u8; 32];
+/// Fills `b` from the kernel's random source (`getrandom(2)`).
+fn fill_random(b: &mut [u8]) -> io::Result<()> {
     let mut filled = 0;
     while filled < b.len() {
         // SAFETY: the pointer and length describe the unfilled tail of `b`.
@@ -99,7 +99,20 @@ fn random_key() -> io::Result<[u8; 32]> {
         }
         filled += n as usize;
     }
+    Ok(())
+}
+
+fn random_key() -> io::Result<[u8; 32]> {
+    let mut b = [0u8; 32];
+    fill_random(&mut b)?;
     Ok(clamp(b))
+}
+
+/// A random number (for receiver indices).
+pub(crate) fn random_u32() -> io::Result<u32> {
+    let mut b = [0u8; 4];
+    fill_random(&mut b)?;
+    Ok(u32::from_ne_bytes(b))
 }
 
 /// Loads the key from `path`, or makes one and stores it there (mode 0600, written whole).

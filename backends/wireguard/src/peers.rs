@@ -62,8 +62,9 @@ pub struct PeerState {
     pub slot: u32,
     /// Handshake, sessions, timers (boringtun's sans-IO state machine).
     pub tunn: Mutex<Tunn>,
-    /// The endpoint (moved by lease updates and by roaming).
-    endpoint: Mutex<SocketAddr>,
+    /// The endpoint in use and the one the lease names: roaming moves the first; a lease
+    /// update that changes the second moves both, one that does not leaves a roamed endpoint.
+    endpoint: Mutex<(SocketAddr, SocketAddr)>,
     /// Counters.
     pub counters: PeerCounters,
     psk: Option<[u8; 32]>,
@@ -82,10 +83,10 @@ impl std::fmt::Debug for PeerState {
 impl PeerState {
     /// The peer's current endpoint.
     pub fn endpoint(&self) -> SocketAddr {
-        *self
-            .endpoint
+        self.endpoint
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .0
     }
 
     /// Moves the endpoint (a lease update, or an authenticated packet from elsewhere: roaming).
@@ -95,7 +96,18 @@ impl PeerState {
             .endpoint
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        std::mem::replace(&mut *e, a) != a
+        std::mem::replace(&mut e.0, a) != a
+    }
+
+    /// The lease names `a`: the endpoint moves there if the lease's address changed.
+    fn set_lease_endpoint(&self, a: SocketAddr) {
+        let mut e = self
+            .endpoint
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if e.1 != a {
+            *e = (a, a);
+        }
     }
 
     /// The peer's protocol state, locked (a panicked holder leaves a usable state).
@@ -166,9 +178,9 @@ fn mapped_prefix(net: &IpNetwork) -> u8 {
 
 impl PeerTable {
     /// Builds the next snapshot from `specs`, reusing `previous`'s state for every peer whose
-    /// key is unchanged (its endpoint is moved to the lease's). `next_slot` hands out slots for
-    /// new peers (24 bits, never reused while the process runs, so a late packet of a removed
-    /// peer cannot reach a new one). A subnet claimed twice goes to the first peer; a key
+    /// key is unchanged (its endpoint moves only when the lease's address changed).
+    /// `next_slot` hands out slots for new peers (24 bits, from a random start, reused only
+    /// after 2^24 more peers, so a late packet of a removed peer cannot reach a new one). A subnet claimed twice goes to the first peer; a key
     /// listed twice keeps its first entry.
     pub fn build(
         previous: &PeerTable,
@@ -183,25 +195,29 @@ impl PeerTable {
             }
             let state = match previous.by_key(&spec.public_key) {
                 Some(old) if old.psk == id.psk => {
-                    old.set_endpoint(spec.endpoint);
+                    old.set_lease_endpoint(spec.endpoint);
                     old.clone()
                 }
                 _ => {
                     let slot = *next_slot & 0x00ff_ffff;
                     *next_slot = next_slot.wrapping_add(1);
+                    // The device checks the rate limit (shared, cookies under load) before a
+                    // message reaches a peer; the peer's own check only verifies MAC1, so
+                    // nothing is counted twice and a peer never answers with a cookie.
+                    let unlimited = Arc::new(RateLimiter::new(&id.public, u64::MAX));
                     let tunn = Tunn::new(
                         id.private.clone(),
                         PublicKey::from(spec.public_key),
                         id.psk,
                         (id.keepalive > 0).then_some(id.keepalive),
                         slot,
-                        Some(id.rate_limiter.clone()),
+                        Some(unlimited),
                     );
                     Arc::new(PeerState {
                         public_key: spec.public_key,
                         slot,
                         tunn: Mutex::new(tunn),
-                        endpoint: Mutex::new(spec.endpoint),
+                        endpoint: Mutex::new((spec.endpoint, spec.endpoint)),
                         counters: PeerCounters::default(),
                         psk: id.psk,
                     })
@@ -371,6 +387,20 @@ mod tests {
         assert!(Arc::ptr_eq(&old2, new2), "same session state");
         assert_eq!(new2.endpoint().to_string(), "198.18.0.22:4000");
         assert!(t2.by_key(identity(3).public.as_bytes()).is_none());
+        // Roamed (an authenticated packet from elsewhere): a rebuild with the same lease
+        // keeps the roamed endpoint; a lease with a new address moves it.
+        new2.set_endpoint("198.18.0.99:4000".parse().unwrap());
+        let same = [
+            spec(2, "198.18.0.22:4000", &["10.244.2.0/24"]),
+            spec(5, "198.18.0.3:51820", &["10.244.3.0/24"]),
+        ];
+        let t3 = PeerTable::build(&t2, &same, &id, &mut slot);
+        let p2 = t3.by_key(identity(2).public.as_bytes()).unwrap();
+        assert_eq!(p2.endpoint().to_string(), "198.18.0.99:4000");
+        let moved = [spec(2, "198.18.0.23:4000", &["10.244.2.0/24"])];
+        let t4 = PeerTable::build(&t3, &moved, &id, &mut slot);
+        let p2 = t4.by_key(identity(2).public.as_bytes()).unwrap();
+        assert_eq!(p2.endpoint().to_string(), "198.18.0.23:4000");
         let p5 = t2.route("10.244.3.1".parse().unwrap()).unwrap();
         assert_eq!(p5.public_key, *identity(5).public.as_bytes());
         assert_ne!(

@@ -10,7 +10,11 @@
 //!
 //! Configuration through the socket (`set=1`) is refused with `EPERM`: the peers are the
 //! leases, and a peer added or removed by hand would be undone at the next reconcile. The
-//! socket is mode 0600 (it hands out the private key, as the kernel does to root only).
+//! socket hands out the private key, as the kernel does to root only: it is mode 0600, its
+//! directory 0700 when we create it, and a client that is neither root nor flanneld's own user
+//! (`SO_PEERCRED`) is hung up on. One client at a time, each with [`CLIENT_DEADLINE`] and
+//! [`MAX_REQUEST`] bytes in all, so a stuck client cannot hold `wg show` (or flanneld's
+//! shutdown) for longer.
 
 use std::fmt::Write as _;
 use std::io::{self, BufRead, BufReader, Write};
@@ -28,6 +32,11 @@ use crate::peers::PeerTable;
 
 /// Where wireguard-go, boringtun and `wg` put and look for UAPI sockets.
 pub const DEFAULT_SOCKET_DIR: &str = "/var/run/wireguard";
+
+/// How long one client may take, request and answer together.
+pub const CLIENT_DEADLINE: Duration = Duration::from_secs(2);
+/// The most one client may send.
+pub const MAX_REQUEST: u64 = 64 * 1024;
 
 /// `EPERM`, the answer to `set=1`.
 const EPERM: i32 = 1;
@@ -105,7 +114,10 @@ impl UapiServer {
         info: InterfaceInfo,
         peers: Arc<Shared<PeerTable>>,
     ) -> io::Result<UapiServer> {
-        std::fs::create_dir_all(dir)?;
+        if !dir.exists() {
+            std::fs::create_dir_all(dir)?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
         let path = dir.join(format!("{interface}.sock"));
         if UnixStream::connect(&path).is_ok() {
             tracing::warn!(socket = %path.display(), "another process answered on the UAPI socket; taking it over");
@@ -165,20 +177,69 @@ fn serve(
         let Ok((conn, _)) = listener.accept() else {
             continue;
         };
+        // SAFETY: geteuid has no preconditions.
+        let own_uid = unsafe { libc::geteuid() };
+        match peer_uid(&conn) {
+            Ok(uid) if uid == 0 || uid == own_uid => {}
+            Ok(uid) => {
+                tracing::warn!(
+                    uid,
+                    "UAPI client is neither root nor flanneld's user; hung up"
+                );
+                continue;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "UAPI client credentials");
+                continue;
+            }
+        }
         if let Err(e) = answer(conn, info, peers) {
             tracing::debug!(error = %e, "UAPI client");
         }
     }
 }
 
-/// Answers the requests of one client connection.
+/// The uid of the process at the other end (`SO_PEERCRED`).
+fn peer_uid(conn: &UnixStream) -> io::Result<u32> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: ucred is plain old data; all-zero is valid.
+    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid for writes and describe a ucred.
+    let r = unsafe {
+        libc::getsockopt(
+            conn.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cred.uid)
+}
+
+/// Answers the requests of one client connection, within [`CLIENT_DEADLINE`] and
+/// [`MAX_REQUEST`] bytes.
 fn answer(conn: UnixStream, info: &InterfaceInfo, peers: &Shared<PeerTable>) -> io::Result<()> {
+    use std::io::Read;
+    let deadline = std::time::Instant::now() + CLIENT_DEADLINE;
+    let left = || {
+        deadline
+            .checked_duration_since(std::time::Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::TimedOut, "UAPI client too slow"))
+    };
     conn.set_nonblocking(false)?;
-    conn.set_read_timeout(Some(Duration::from_secs(2)))?;
-    let mut reader = BufReader::new(conn.try_clone()?);
+    conn.set_read_timeout(Some(CLIENT_DEADLINE))?;
+    conn.set_write_timeout(Some(CLIENT_DEADLINE))?;
+    let mut reader = BufReader::new(conn.try_clone()?.take(MAX_REQUEST));
     let mut out = conn;
     loop {
         let mut line = String::new();
+        out.set_read_timeout(Some(left()?))?;
         if reader.read_line(&mut line)? == 0 {
             return Ok(());
         }
@@ -186,6 +247,7 @@ fn answer(conn: UnixStream, info: &InterfaceInfo, peers: &Shared<PeerTable>) -> 
         // Swallow the rest of the request, up to its empty line.
         while !line.is_empty() && line != "\n" {
             line.clear();
+            out.set_read_timeout(Some(left()?))?;
             if reader.read_line(&mut line)? == 0 {
                 break;
             }
@@ -198,6 +260,7 @@ fn answer(conn: UnixStream, info: &InterfaceInfo, peers: &Shared<PeerTable>) -> 
             }
             _ => format!("errno={EINVAL}\n\n"),
         };
+        out.set_write_timeout(Some(left()?))?;
         out.write_all(reply.as_bytes())?;
     }
 }
@@ -279,6 +342,15 @@ mod tests {
         )));
         assert!(got.ends_with("errno=0\n\n"), "{got:?}");
         assert_eq!(ask("set=1\nlisten_port=1\n\n"), "errno=1\n\n");
+        // A client that sends half a request and waits is dropped after the deadline; the
+        // next one is answered.
+        let mut slow = UnixStream::connect(server.path()).unwrap();
+        slow.write_all(b"get=1\n").unwrap();
+        let t0 = std::time::Instant::now();
+        let got = ask("get=1\n\n");
+        assert!(got.ends_with("errno=0\n\n"));
+        assert!(t0.elapsed() < CLIENT_DEADLINE + Duration::from_secs(1));
+        drop(slow);
         let path = server.path().to_path_buf();
         drop(server);
         assert!(!path.exists(), "socket removed on drop");

@@ -102,7 +102,8 @@ impl UserspaceDevice {
             counters: Arc::new(Counters::default()),
             specs: Vec::new(),
             own: None,
-            next_slot: 1,
+            // Receiver indices others cannot guess (slot << 8 | session).
+            next_slot: crate::key::random_u32()? & 0x00ff_ffff,
         };
         d.open_and_run()?;
         if let Some(dir) = &d.setup.socket_dir {
