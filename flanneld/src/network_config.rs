@@ -392,7 +392,7 @@ mod tests {
                 "Backend",
             ),
             (
-                r#"{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard"}}"#,
+                r#"{"Network":"10.244.0.0/16","Backend":{"Type":"ipsec"}}"#,
                 "Backend.Type",
             ),
             (
@@ -484,7 +484,7 @@ mod tests {
                 seen += 1;
             }
         }
-        assert_eq!(seen, 4, "network-*.json files in {}", dir.display());
+        assert_eq!(seen, 5, "network-*.json files in {}", dir.display());
     }
 
     #[test]
