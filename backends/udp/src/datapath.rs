@@ -224,15 +224,7 @@ impl Drop for Datapath {
 
 /// Writes `pkt` to the TUN, with an all-zero vnet header when the TUN wants one.
 fn write_plain(tun: &Tun, pkt: &[u8], counters: &Counters) {
-    let r = if tun.vnet_hdr() {
-        let mut b = Vec::with_capacity(VNET_HDR_LEN + pkt.len());
-        b.extend_from_slice(&[0u8; VNET_HDR_LEN]);
-        b.extend_from_slice(pkt);
-        tun.write(&b)
-    } else {
-        tun.write(pkt)
-    };
-    match r {
+    match tun.write_plain(pkt) {
         Ok(()) => Counters::add(&counters.tun_writes, 1),
         Err(_) => Counters::add(&counters.tun_write_errors, 1),
     }
@@ -396,44 +388,18 @@ impl Tx {
             self.out.clear();
             return;
         }
-        let mut refused_gso: Vec<OutMsg> = Vec::new();
         let counters = self.counters.clone();
-        let (_, calls) = self.sock.send_batch(&self.out, &self.msgs, |m, e| {
-            if m.seg > 0 && matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL)) {
-                refused_gso.push(*m);
-            } else {
-                tracing::debug!(to = %m.to, error = %e, "udp send failed");
-                Counters::add(&counters.tx_errors, 1);
-            }
+        let sent = self.sock.send_batch_gso(&self.out, &self.msgs, |m, e| {
+            tracing::debug!(to = %m.to, error = %e, "udp send failed");
+            Counters::add(&counters.tx_errors, 1);
         });
-        Counters::add(&self.counters.tx_syscalls, calls as u64);
-        let gso_msgs = self.msgs.iter().filter(|m| m.seg > 0).count() - refused_gso.len();
-        Counters::add(&self.counters.tx_gso_messages, gso_msgs as u64);
-        if !refused_gso.is_empty() {
+        Counters::add(&self.counters.tx_syscalls, sent.syscalls as u64);
+        Counters::add(&self.counters.tx_gso_messages, sent.gso_messages as u64);
+        if sent.gso_unsupported {
             // The kernel cannot segment on this route (e.g. no checksum offload on the
-            // egress device): fall back to one datagram per packet for good.
+            // egress device): one datagram per packet for good.
             tracing::warn!("UDP GSO refused by the kernel; sending datagrams one by one");
             self.gso = false;
-            let mut single = Vec::new();
-            for m in &refused_gso {
-                let seg = usize::from(m.seg);
-                let mut at = m.start;
-                while at < m.start + m.len {
-                    let len = seg.min(m.start + m.len - at);
-                    single.push(OutMsg {
-                        to: m.to,
-                        start: at,
-                        len,
-                        seg: 0,
-                    });
-                    at += len;
-                }
-            }
-            let (_, calls) = self.sock.send_batch(&self.out, &single, |m, e| {
-                tracing::debug!(to = %m.to, error = %e, "udp send failed");
-                Counters::add(&counters.tx_errors, 1);
-            });
-            Counters::add(&self.counters.tx_syscalls, calls as u64);
         }
         self.msgs.clear();
         self.out.clear();

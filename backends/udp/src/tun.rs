@@ -34,6 +34,8 @@ const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
 /// `TUNSETOFFLOAD` = `_IOW('T', 208, unsigned int)`.
 const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+/// `sizeof(struct virtio_net_hdr)` (see `codec::VNET_HDR_LEN`).
+const VNET_HDR_BYTES: usize = 10;
 /// `TUN_F_CSUM`.
 const TUN_F_CSUM: libc::c_uint = 0x01;
 /// `TUN_F_TSO4`.
@@ -190,6 +192,31 @@ impl Tun {
         Ok(Some(n as usize))
     }
 
+    /// Writes one plain packet (no offload): behind an all-zero vnet header when the device
+    /// wants one.
+    pub fn write_plain(&self, pkt: &[u8]) -> io::Result<()> {
+        if !self.vnet_hdr {
+            return self.write(pkt);
+        }
+        let hdr = [0u8; VNET_HDR_BYTES];
+        let iov = [
+            libc::iovec {
+                iov_base: hdr.as_ptr() as *mut libc::c_void,
+                iov_len: hdr.len(),
+            },
+            libc::iovec {
+                iov_base: pkt.as_ptr() as *mut libc::c_void,
+                iov_len: pkt.len(),
+            },
+        ];
+        // SAFETY: both iovecs describe live, readable buffers for the whole call.
+        let n = unsafe { libc::writev(self.fd.as_raw_fd(), iov.as_ptr(), 2) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// Writes one packet (with its vnet header when [`Tun::vnet_hdr`]).
     pub fn write(&self, pkt: &[u8]) -> io::Result<()> {
         // SAFETY: `pkt` is valid for `pkt.len()` readable bytes.
@@ -219,6 +246,36 @@ pub struct OutMsg {
     /// `UDP_SEGMENT` size: the bytes are `len / seg` datagrams of `seg` bytes (the last may be
     /// shorter); 0 = one datagram.
     pub seg: u16,
+}
+
+impl OutMsg {
+    /// The single datagrams of a GSO train (itself when it is one datagram).
+    pub fn datagrams(&self) -> impl Iterator<Item = OutMsg> + '_ {
+        let seg = if self.seg == 0 {
+            self.len.max(1)
+        } else {
+            usize::from(self.seg)
+        };
+        (self.start..self.start + self.len)
+            .step_by(seg)
+            .map(move |at| OutMsg {
+                to: self.to,
+                start: at,
+                len: seg.min(self.start + self.len - at),
+                seg: 0,
+            })
+    }
+}
+
+/// What [`UdpSocket::send_batch_gso`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GsoSend {
+    /// `sendmmsg` calls made.
+    pub syscalls: usize,
+    /// GSO trains the kernel took.
+    pub gso_messages: usize,
+    /// The kernel cannot segment on this path (`EIO`): send single datagrams from now on.
+    pub gso_unsupported: bool,
 }
 
 /// One received buffer from [`UdpSocket::recv_batch`].
@@ -458,6 +515,37 @@ impl UdpSocket {
             }
         }
         (n, calls)
+    }
+
+    /// [`UdpSocket::send_batch`] for batches that may hold UDP GSO trains: a train the kernel
+    /// refuses goes out again datagram by datagram. Returns what happened, for the caller's
+    /// counters and its decision to stop building trains (`gso_unsupported`: the egress device
+    /// cannot segment, `EIO`; an `EINVAL` only means this train did not fit the route now).
+    /// Other refusals are reported through `on_error`.
+    pub fn send_batch_gso(
+        &self,
+        buf: &[u8],
+        msgs: &[OutMsg],
+        mut on_error: impl FnMut(&OutMsg, io::Error),
+    ) -> GsoSend {
+        let mut refused = Vec::new();
+        let mut report = GsoSend::default();
+        let (_, calls) = self.send_batch(buf, msgs, |m, e| {
+            if m.seg > 0 && matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL)) {
+                report.gso_unsupported |= e.raw_os_error() == Some(libc::EIO);
+                refused.push(*m);
+            } else {
+                on_error(m, e);
+            }
+        });
+        report.syscalls = calls;
+        report.gso_messages = msgs.iter().filter(|m| m.seg > 0).count() - refused.len();
+        if !refused.is_empty() {
+            let single: Vec<OutMsg> = refused.iter().flat_map(OutMsg::datagrams).collect();
+            let (_, calls) = self.send_batch(buf, &single, on_error);
+            report.syscalls += calls;
+        }
+        report
     }
 
     /// Receives up to `bufs.len()` messages without blocking (`recvmmsg` + `MSG_DONTWAIT`) into

@@ -469,33 +469,15 @@ impl Tx {
             return;
         }
         let counters = self.counters.clone();
-        let mut refused_gso = Vec::new();
-        let mut gso_unsupported = false;
-        let (_, calls) = self.sock.send_batch(&self.out, &self.msgs, |m, e| {
-            if m.seg > 0 && matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL)) {
-                // EIO: the egress device cannot segment (for good). EINVAL: this train does
-                // not fit the path right now (a segment above the route's MTU).
-                gso_unsupported |= e.raw_os_error() == Some(libc::EIO);
-                refused_gso.push(*m);
-            } else {
-                tracing::debug!(to = %m.to, error = %e, "wireguard send failed");
-                Counters::add(&counters.tx_errors, 1);
-            }
+        let sent = self.sock.send_batch_gso(&self.out, &self.msgs, |m, e| {
+            tracing::debug!(to = %m.to, error = %e, "wireguard send failed");
+            Counters::add(&counters.tx_errors, 1);
         });
-        Counters::add(&self.counters.tx_syscalls, calls as u64);
-        let gso = self.msgs.iter().filter(|m| m.seg > 0).count() - refused_gso.len();
-        Counters::add(&self.counters.tx_gso_messages, gso as u64);
-        if !refused_gso.is_empty() {
-            if gso_unsupported {
-                tracing::warn!("UDP GSO refused by the kernel; sending datagrams one by one");
-                self.gso = false;
-            }
-            let single: Vec<OutMsg> = refused_gso.iter().flat_map(split_gso).collect();
-            let (_, calls) = self.sock.send_batch(&self.out, &single, |m, e| {
-                tracing::debug!(to = %m.to, error = %e, "wireguard send failed");
-                Counters::add(&counters.tx_errors, 1);
-            });
-            Counters::add(&self.counters.tx_syscalls, calls as u64);
+        Counters::add(&self.counters.tx_syscalls, sent.syscalls as u64);
+        Counters::add(&self.counters.tx_gso_messages, sent.gso_messages as u64);
+        if sent.gso_unsupported {
+            tracing::warn!("UDP GSO refused by the kernel; sending datagrams one by one");
+            self.gso = false;
         }
         self.msgs.clear();
         self.out.clear();
@@ -537,34 +519,9 @@ pub fn merge_gso_runs(msgs: &mut Vec<OutMsg>, from: usize) {
     }
 }
 
-fn split_gso(m: &OutMsg) -> Vec<OutMsg> {
-    let seg = usize::from(m.seg);
-    let mut v = Vec::new();
-    let mut at = m.start;
-    while at < m.start + m.len {
-        let len = seg.min(m.start + m.len - at);
-        v.push(OutMsg {
-            to: m.to,
-            start: at,
-            len,
-            seg: 0,
-        });
-        at += len;
-    }
-    v
-}
-
 /// Writes `pkt` to the TUN, with an all-zero vnet header when the TUN wants one.
 fn write_plain(tun: &Tun, pkt: &[u8], counters: &Counters) {
-    let r = if tun.vnet_hdr() {
-        let mut b = Vec::with_capacity(VNET_HDR_LEN + pkt.len());
-        b.extend_from_slice(&[0u8; VNET_HDR_LEN]);
-        b.extend_from_slice(pkt);
-        tun.write(&b)
-    } else {
-        tun.write(pkt)
-    };
-    match r {
+    match tun.write_plain(pkt) {
         Ok(()) => Counters::add(&counters.tun_writes, 1),
         Err(_) => Counters::add(&counters.tun_write_errors, 1),
     }
@@ -939,7 +896,7 @@ mod tests {
         );
         assert_eq!((msgs[2].len, msgs[2].seg), (1432, 0));
         // A split message gives back the datagrams.
-        let parts = split_gso(&msgs[1]);
+        let parts: Vec<OutMsg> = msgs[1].datagrams().collect();
         let lens: Vec<usize> = parts.iter().map(|m| m.len).collect();
         assert_eq!(lens, [1432, 1432, 1432, 1432, 500]);
     }
