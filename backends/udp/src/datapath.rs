@@ -37,17 +37,16 @@ use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 
 use super::codec::{
     self, Coalescer, Ipv4Header, TtlOutcome, VNET_HDR_LEN, VirtioNetHdr, decrement_ttl,
     icmp_net_unreachable,
 };
 use super::table::{SharedTable, SourceVerdict, Table, TableReader};
-use super::tun::{InMsg, OutMsg, Tun, UdpSocket, poll_readable};
+use super::threads::{Threads, receive_loop, wait_loop};
+use super::tun::{InMsg, OutMsg, Tun, UdpSocket};
 
-/// How long a thread sleeps in `poll` before looking at the stop flag again.
-pub const POLL_MS: i32 = 100;
+pub use super::threads::POLL_MS;
 /// TUN reads per wake-up before the batch is sent.
 pub const MAX_TUN_READS: usize = 64;
 /// Messages per `recvmmsg`.
@@ -135,8 +134,7 @@ pub struct Offloads {
 /// The two running threads; stopped and joined on [`Datapath::stop`] or drop.
 #[derive(Debug)]
 pub struct Datapath {
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
+    threads: Threads,
     offloads: Offloads,
 }
 
@@ -156,10 +154,8 @@ impl Datapath {
         };
         let tun = Arc::new(tun);
         let sock = Arc::new(sock);
-        let stop = Arc::new(AtomicBool::new(false));
         let mut dp = Datapath {
-            stop: stop.clone(),
-            threads: Vec::new(),
+            threads: Threads::new(),
             offloads,
         };
         let tx = Arc::new(Mutex::new(Tx {
@@ -172,14 +168,11 @@ impl Datapath {
             out: Vec::with_capacity(FLUSH_BYTES + TUN_BUF * 2),
             msgs: Vec::with_capacity(MAX_TUN_READS * 2),
         }));
-        let s = stop.clone();
         let tx_thread = tx.clone();
         let tun_fd = tun.as_raw_fd();
-        dp.threads.push(
-            std::thread::Builder::new()
-                .name("flannel-udp-tx".into())
-                .spawn(move || Tx::run(&tx_thread, tun_fd, &s))?,
-        );
+        dp.threads.spawn("flannel-udp-tx", move |stop| {
+            Tx::run(&tx_thread, tun_fd, stop)
+        })?;
         let rx = Rx {
             tun,
             sock,
@@ -189,11 +182,8 @@ impl Datapath {
             coalescer: Coalescer::new(),
             tx,
         };
-        dp.threads.push(
-            std::thread::Builder::new()
-                .name("flannel-udp-rx".into())
-                .spawn(move || rx.run(&stop))?,
-        );
+        dp.threads
+            .spawn("flannel-udp-rx", move |stop| rx.run(stop))?;
         Ok(dp)
     }
 
@@ -202,23 +192,14 @@ impl Datapath {
         self.offloads
     }
 
-    /// Stops both threads and waits for them (at most about [`POLL_MS`]).
+    /// Stops both threads and waits for them (at most about [`POLL_MS`]; also on drop).
     pub fn stop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
+        self.threads.stop();
     }
 
     /// Whether both threads still run.
     pub fn is_running(&self) -> bool {
-        !self.threads.is_empty() && self.threads.iter().all(|t| !t.is_finished())
-    }
-}
-
-impl Drop for Datapath {
-    fn drop(&mut self) {
-        self.stop();
+        self.threads.is_running()
     }
 }
 
@@ -245,20 +226,12 @@ struct Tx {
 impl Tx {
     /// The TX thread: sleeps until the TUN is readable, then drains it.
     fn run(tx: &Mutex<Tx>, tun_fd: std::os::fd::RawFd, stop: &AtomicBool) {
-        while !stop.load(Ordering::Relaxed) {
-            match poll_readable(tun_fd, POLL_MS) {
-                Ok(true) => {}
-                Ok(false) => continue,
-                Err(e) => {
-                    tracing::error!(error = %e, "poll on the TUN failed; udp tx thread stops");
-                    return;
-                }
-            }
+        wait_loop(tun_fd, stop, "flannel-udp-tx", || {
             // A poisoned lock means the other thread panicked mid-batch; the state is still
             // a valid (possibly half-filled) batch, which drain sends or clears.
             let mut state = tx.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             state.drain();
-        }
+        });
     }
 
     /// Reads what the TUN holds (up to [`MAX_TUN_READS`] packets, without waiting) and sends
@@ -419,38 +392,20 @@ struct Rx {
 
 impl Rx {
     fn run(mut self, stop: &AtomicBool) {
-        let mut ins: Vec<InMsg> = Vec::with_capacity(RECV_BATCH);
-        while !stop.load(Ordering::Relaxed) {
-            match poll_readable(self.sock.as_raw_fd(), POLL_MS) {
-                Ok(true) => {}
-                Ok(false) => continue,
-                Err(e) => {
-                    tracing::error!(error = %e, "poll on the UDP socket failed; udp rx thread stops");
-                    return;
-                }
+        let mut bufs = std::mem::take(&mut self.bufs);
+        let sock = self.sock.clone();
+        receive_loop(&sock, &mut bufs, stop, "flannel-udp-rx", |ins, bufs| {
+            Counters::add(&self.counters.rx_syscalls, 1);
+            self.handle(ins, bufs);
+            // Replies the kernel queued during those writes leave now.
+            if let Ok(mut tx) = self.tx.try_lock() {
+                let sent = tx.drain();
+                Counters::add(&self.counters.tx_drained_by_rx, sent as u64);
             }
-            for _ in 0..16 {
-                match self.sock.recv_batch(&mut self.bufs, &mut ins) {
-                    Ok(0) => break,
-                    Ok(_) => {
-                        Counters::add(&self.counters.rx_syscalls, 1);
-                        self.handle(&ins);
-                        // Replies the kernel queued during those writes leave now.
-                        if let Ok(mut tx) = self.tx.try_lock() {
-                            let sent = tx.drain();
-                            Counters::add(&self.counters.tx_drained_by_rx, sent as u64);
-                        }
-                    }
-                    Err(e) => {
-                        tracing::debug!(error = %e, "udp receive failed");
-                        break;
-                    }
-                }
-            }
-        }
+        });
     }
 
-    fn handle(&mut self, ins: &[InMsg]) {
+    fn handle(&mut self, ins: &[InMsg], bufs: &mut [Vec<u8>]) {
         let vnet = self.tun.vnet_hdr();
         let table = self.table.current();
         for (i, m) in ins.iter().enumerate() {
@@ -464,7 +419,7 @@ impl Rx {
                 continue;
             };
             let sender: Ipv4Addr = *from.ip();
-            for dg in self.bufs[i][..m.len].chunks_mut(seg) {
+            for dg in bufs[i][..m.len].chunks_mut(seg) {
                 let Ok(ip) = Ipv4Header::parse(dg) else {
                     Counters::add(&self.counters.rx_dropped_malformed, 1);
                     continue;

@@ -31,6 +31,7 @@ pub mod codec;
 pub mod datapath;
 mod driver;
 pub mod table;
+pub mod threads;
 pub mod tun;
 
 use std::io;

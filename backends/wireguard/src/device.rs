@@ -33,7 +33,6 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use boringtun::noise::errors::WireGuardError;
@@ -41,9 +40,10 @@ use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 use flannel_udp::codec::{self, Coalescer, Ipv4Header, VNET_HDR_LEN, VirtioNetHdr};
-use flannel_udp::datapath::{MAX_GSO_BYTES, MAX_GSO_SEGMENTS, Offloads, POLL_MS};
+use flannel_udp::datapath::{MAX_GSO_BYTES, MAX_GSO_SEGMENTS, Offloads};
 use flannel_udp::table::{Reader, Shared};
-use flannel_udp::tun::{InMsg, OutMsg, Tun, UdpSocket, poll_readable};
+use flannel_udp::threads::{Threads, receive_loop, wait_loop};
+use flannel_udp::tun::{InMsg, OutMsg, Tun, UdpSocket};
 
 use crate::peers::{PeerState, PeerTable};
 
@@ -156,8 +156,7 @@ impl Counters {
 /// The running device threads; stopped and joined on [`Device::stop`] or drop.
 #[derive(Debug)]
 pub struct Device {
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
+    threads: Threads,
     offloads: Offloads,
 }
 
@@ -188,10 +187,8 @@ impl Device {
         };
         let tun = Arc::new(tun);
         let sock = Arc::new(sock);
-        let stop = Arc::new(AtomicBool::new(false));
         let mut dev = Device {
-            stop: stop.clone(),
-            threads: Vec::new(),
+            threads: Threads::new(),
             offloads,
         };
         let tx = Arc::new(Mutex::new(Tx {
@@ -205,24 +202,18 @@ impl Device {
             out: Vec::with_capacity(FLUSH_BYTES + TUN_BUF * 2),
             msgs: Vec::with_capacity(MAX_TUN_READS * 2),
         }));
-        let (s, tx_thread, tun_fd) = (stop.clone(), tx.clone(), tun.as_raw_fd());
-        dev.threads.push(
-            std::thread::Builder::new()
-                .name("flannel-wg-tx".into())
-                .spawn(move || Tx::run(&tx_thread, tun_fd, &s))?,
-        );
+        let (tx_thread, tun_fd) = (tx.clone(), tun.as_raw_fd());
+        dev.threads.spawn("flannel-wg-tx", move |stop| {
+            Tx::run(&tx_thread, tun_fd, stop)
+        })?;
         let timers = Timers {
             sock: sock.clone(),
             peers: peers.reader(),
             counters: counters.clone(),
             rate_limiter: responder.rate_limiter.clone(),
         };
-        let s = stop.clone();
-        dev.threads.push(
-            std::thread::Builder::new()
-                .name("flannel-wg-timers".into())
-                .spawn(move || timers.run(&s))?,
-        );
+        dev.threads
+            .spawn("flannel-wg-timers", move |stop| timers.run(stop))?;
         let rx = Rx {
             tun,
             sock,
@@ -234,11 +225,8 @@ impl Device {
             coalescer: Coalescer::new(),
             tx,
         };
-        dev.threads.push(
-            std::thread::Builder::new()
-                .name("flannel-wg-rx".into())
-                .spawn(move || rx.run(&stop))?,
-        );
+        dev.threads
+            .spawn("flannel-wg-rx", move |stop| rx.run(stop))?;
         Ok(dev)
     }
 
@@ -247,23 +235,15 @@ impl Device {
         self.offloads
     }
 
-    /// Stops the threads and waits for them (at most about [`POLL_MS`]).
+    /// Stops the threads and waits for them (at most about
+    /// [`POLL_MS`](flannel_udp::threads::POLL_MS); also on drop).
     pub fn stop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
+        self.threads.stop();
     }
 
     /// Whether every thread still runs.
     pub fn is_running(&self) -> bool {
-        !self.threads.is_empty() && self.threads.iter().all(|t| !t.is_finished())
-    }
-}
-
-impl Drop for Device {
-    fn drop(&mut self) {
-        self.stop();
+        self.threads.is_running()
     }
 }
 
@@ -308,18 +288,10 @@ struct Tx {
 
 impl Tx {
     fn run(tx: &Mutex<Tx>, tun_fd: std::os::fd::RawFd, stop: &AtomicBool) {
-        while !stop.load(Ordering::Relaxed) {
-            match poll_readable(tun_fd, POLL_MS) {
-                Ok(true) => {}
-                Ok(false) => continue,
-                Err(e) => {
-                    tracing::error!(error = %e, "poll on the TUN failed; wireguard tx thread stops");
-                    return;
-                }
-            }
+        wait_loop(tun_fd, stop, "flannel-wg-tx", || {
             let mut state = tx.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             state.drain();
-        }
+        });
     }
 
     /// Reads what the TUN holds (up to [`MAX_TUN_READS`] packets) and sends it.
@@ -542,39 +514,20 @@ struct Rx {
 
 impl Rx {
     fn run(mut self, stop: &AtomicBool) {
-        let mut ins: Vec<InMsg> = Vec::with_capacity(RECV_BATCH);
-        while !stop.load(Ordering::Relaxed) {
-            match poll_readable(self.sock.as_raw_fd(), POLL_MS) {
-                Ok(true) => {}
-                Ok(false) => continue,
-                Err(e) => {
-                    tracing::error!(error = %e, "poll on the UDP socket failed; wireguard rx thread stops");
-                    return;
-                }
+        let mut bufs = std::mem::take(&mut self.bufs);
+        let sock = self.sock.clone();
+        receive_loop(&sock, &mut bufs, stop, "flannel-wg-rx", |ins, bufs| {
+            Counters::add(&self.counters.rx_syscalls, 1);
+            self.handle(ins, bufs);
+            if let Ok(mut tx) = self.tx.try_lock() {
+                let sent = tx.drain();
+                Counters::add(&self.counters.tx_drained_by_rx, sent as u64);
             }
-            for _ in 0..16 {
-                match self.sock.recv_batch(&mut self.bufs, &mut ins) {
-                    Ok(0) => break,
-                    Ok(_) => {
-                        Counters::add(&self.counters.rx_syscalls, 1);
-                        self.handle(&ins);
-                        if let Ok(mut tx) = self.tx.try_lock() {
-                            let sent = tx.drain();
-                            Counters::add(&self.counters.tx_drained_by_rx, sent as u64);
-                        }
-                    }
-                    Err(e) => {
-                        tracing::debug!(error = %e, "udp receive failed");
-                        break;
-                    }
-                }
-            }
-        }
+        });
     }
 
-    fn handle(&mut self, ins: &[InMsg]) {
+    fn handle(&mut self, ins: &[InMsg], bufs: &[Vec<u8>]) {
         let table = self.peers.current();
-        let bufs = std::mem::take(&mut self.bufs);
         for (i, m) in ins.iter().enumerate() {
             let seg = if m.seg == 0 { m.len } else { m.seg };
             if seg == 0 {
@@ -585,7 +538,6 @@ impl Rx {
                 self.message(&table, m.from, dg);
             }
         }
-        self.bufs = bufs;
         self.coalescer.flush();
         for p in self.coalescer.packets() {
             match self.tun.write(p) {
