@@ -35,7 +35,7 @@
 use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use super::codec::{
@@ -60,25 +60,9 @@ const FLUSH_BYTES: usize = 256 * 1024;
 /// TUN read buffer: vnet header plus the largest IPv4 packet.
 const TUN_BUF: usize = VNET_HDR_LEN + 65_536;
 
-macro_rules! counters {
-    ($( $field:ident => $help:literal ),* $(,)?) => {
-        /// The datapath's counters (monotonic, relaxed atomics).
-        #[derive(Debug, Default)]
-        pub struct Counters {
-            $( #[doc = $help] pub $field: AtomicU64, )*
-        }
-
-        impl Counters {
-            /// Every counter as `(name, help, value)`; names are the Prometheus metric names
-            /// without the `flannel_udp_` prefix and `_total` suffix.
-            pub fn values(&self) -> Vec<(&'static str, &'static str, u64)> {
-                vec![$( (stringify!($field), $help, self.$field.load(Ordering::Relaxed)), )*]
-            }
-        }
-    };
-}
-
-counters! {
+crate::counter_set!(
+    /// The datapath's counters (monotonic, relaxed atomics).
+    Counters, "flannel_udp_", {
     tx_packets => "Inner IPv4 packets sent to peers (after segmentation).",
     tx_bytes => "Bytes of inner IPv4 packets sent to peers.",
     rx_packets => "Inner IPv4 packets accepted from peers and written to the TUN.",
@@ -101,24 +85,7 @@ counters! {
     tx_gso_messages => "UDP GSO messages sent (each carries several datagrams).",
     rx_gro_segments => "Received segments merged into TUN super-packets.",
     tx_drained_by_rx => "TUN packets read and sent by the RX thread right after its own TUN writes.",
-}
-
-impl Counters {
-    /// Prometheus text exposition of every counter, `flannel_udp_<name>_total`.
-    pub fn render(&self) -> String {
-        let mut s = String::new();
-        for (name, help, v) in self.values() {
-            s.push_str(&format!(
-                "# HELP flannel_udp_{name}_total {help}\n# TYPE flannel_udp_{name}_total counter\nflannel_udp_{name}_total {v}\n"
-            ));
-        }
-        s
-    }
-
-    fn add(c: &AtomicU64, n: u64) {
-        c.fetch_add(n, Ordering::Relaxed);
-    }
-}
+});
 
 /// Which offloads the running datapath got from the kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -27,6 +27,48 @@
 //!
 //! This crate is linked by flanneld only: no build of the CNI plugin can contain TUN code.
 
+/// Declares a struct of monotonic counters (relaxed `AtomicU64`s, one per `field => "help"`),
+/// with `values()` listing `(name, help, value)` and `render()` writing them as Prometheus
+/// counters `<prefix><name>_total`. The udp data path and the wireguard device use it.
+#[macro_export]
+macro_rules! counter_set {
+    ($(#[$meta:meta])* $name:ident, $prefix:literal, { $( $field:ident => $help:literal ),* $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Default)]
+        pub struct $name {
+            $( #[doc = $help] pub $field: ::std::sync::atomic::AtomicU64, )*
+        }
+
+        impl $name {
+            /// Every counter as `(name, help, value)`; names are the Prometheus metric names
+            /// without the prefix and the `_total` suffix.
+            pub fn values(&self) -> Vec<(&'static str, &'static str, u64)> {
+                vec![$( (
+                    stringify!($field),
+                    $help,
+                    self.$field.load(::std::sync::atomic::Ordering::Relaxed),
+                ), )*]
+            }
+
+            /// Prometheus text exposition of every counter, `<prefix><name>_total`.
+            pub fn render(&self) -> String {
+                let mut s = String::new();
+                for (name, help, v) in self.values() {
+                    s.push_str(&format!(
+                        "# HELP {p}{name}_total {help}\n# TYPE {p}{name}_total counter\n{p}{name}_total {v}\n",
+                        p = $prefix
+                    ));
+                }
+                s
+            }
+
+            fn add(c: &::std::sync::atomic::AtomicU64, n: u64) {
+                c.fetch_add(n, ::std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    };
+}
+
 pub mod codec;
 pub mod datapath;
 mod driver;

@@ -31,7 +31,7 @@
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -65,24 +65,9 @@ pub const TIMER_TICK: Duration = Duration::from_millis(250);
 /// (boringtun's device default).
 pub const HANDSHAKE_RATE_LIMIT: u64 = 100;
 
-macro_rules! counters {
-    ($( $field:ident => $help:literal ),* $(,)?) => {
-        /// The device's counters (monotonic, relaxed atomics).
-        #[derive(Debug, Default)]
-        pub struct Counters {
-            $( #[doc = $help] pub $field: AtomicU64, )*
-        }
-
-        impl Counters {
-            /// Every counter as `(name, help, value)`.
-            pub fn values(&self) -> Vec<(&'static str, &'static str, u64)> {
-                vec![$( (stringify!($field), $help, self.$field.load(Ordering::Relaxed)), )*]
-            }
-        }
-    };
-}
-
-counters! {
+flannel_udp::counter_set!(
+    /// The device's counters (monotonic, relaxed atomics).
+    Counters, "flannel_wireguard_", {
     tx_packets => "Inner packets encrypted and sent to peers.",
     tx_bytes => "Bytes of inner packets sent to peers.",
     rx_packets => "Inner packets decrypted, accepted and written to the TUN.",
@@ -114,13 +99,9 @@ counters! {
     rx_syscalls => "recvmmsg calls that returned data.",
     tx_gso_messages => "UDP GSO messages sent (each carries several datagrams).",
     tx_drained_by_rx => "TUN packets read and sent by the RX thread right after its own TUN writes.",
-}
+});
 
 impl Counters {
-    fn add(c: &AtomicU64, n: u64) {
-        c.fetch_add(n, Ordering::Relaxed);
-    }
-
     /// Counts an error boringtun returned for a received message.
     fn count_rx_error(&self, e: &WireGuardError) {
         let c = match e {
@@ -139,17 +120,6 @@ impl Counters {
             _ => &self.rx_dropped_handshake,
         };
         Counters::add(c, 1);
-    }
-
-    /// Prometheus text of every counter, `flannel_wireguard_<name>_total`.
-    pub fn render(&self) -> String {
-        let mut s = String::new();
-        for (name, help, v) in self.values() {
-            s.push_str(&format!(
-                "# HELP flannel_wireguard_{name}_total {help}\n# TYPE flannel_wireguard_{name}_total counter\nflannel_wireguard_{name}_total {v}\n"
-            ));
-        }
-        s
     }
 }
 
@@ -548,6 +518,31 @@ impl Rx {
         self.coalescer.clear();
     }
 
+    /// The shared rate limit for handshake messages: MAC1 always, and under load MAC2 (a
+    /// cookie from us); a message without it is answered with a cookie reply. `None`: the
+    /// message goes no further.
+    fn admit_handshake<'a>(&self, from: SocketAddr, dg: &'a [u8]) -> Option<Packet<'a>> {
+        let c = &*self.counters;
+        let mut cookie = [0u8; 64];
+        match self
+            .responder
+            .rate_limiter
+            .verify_packet(Some(from.ip()), dg, &mut cookie)
+        {
+            Ok(p) => Some(p),
+            Err(TunnResult::WriteToNetwork(reply)) => {
+                count_sent(c, reply, None);
+                send_one(&self.sock, c, reply, from);
+                None
+            }
+            Err(TunnResult::Err(e)) => {
+                c.count_rx_error(&e);
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
     /// One WireGuard message from `from`.
     fn message(&mut self, table: &PeerTable, from: SocketAddr, dg: &[u8]) {
         let c = &*self.counters;
@@ -558,25 +553,10 @@ impl Rx {
             }
             Ok(Packet::HandshakeInit(_)) => {
                 // Rate limit (cookie under load) before any Diffie-Hellman.
-                let mut cookie = [0u8; 64];
-                let r = &self.responder;
-                let init = match r
-                    .rate_limiter
-                    .verify_packet(Some(from.ip()), dg, &mut cookie)
-                {
-                    Ok(Packet::HandshakeInit(p)) => p,
-                    Ok(_) => return,
-                    Err(TunnResult::WriteToNetwork(reply)) => {
-                        count_sent(c, reply, None);
-                        send_one(&self.sock, c, reply, from);
-                        return;
-                    }
-                    Err(TunnResult::Err(e)) => {
-                        c.count_rx_error(&e);
-                        return;
-                    }
-                    Err(_) => return,
+                let Some(Packet::HandshakeInit(init)) = self.admit_handshake(from, dg) else {
+                    return;
                 };
+                let r = &self.responder;
                 match parse_handshake_anon(&r.private, &r.public, &init) {
                     Ok(half) => match table.by_key(&half.peer_static_public) {
                         Some(p) => p.clone(),
@@ -592,24 +572,9 @@ impl Rx {
                 }
             }
             Ok(Packet::HandshakeResponse(p)) => {
-                // The same rate limit for responses: MAC1, and under load MAC2 (a cookie).
-                let mut cookie = [0u8; 64];
-                match self
-                    .responder
-                    .rate_limiter
-                    .verify_packet(Some(from.ip()), dg, &mut cookie)
-                {
-                    Ok(_) => {}
-                    Err(TunnResult::WriteToNetwork(reply)) => {
-                        count_sent(c, reply, None);
-                        send_one(&self.sock, c, reply, from);
-                        return;
-                    }
-                    Err(TunnResult::Err(e)) => {
-                        c.count_rx_error(&e);
-                        return;
-                    }
-                    Err(_) => return,
+                // The same rate limit for responses.
+                if self.admit_handshake(from, dg).is_none() {
+                    return;
                 }
                 match table.by_index(p.receiver_idx) {
                     Some(p) => p.clone(),
