@@ -774,8 +774,13 @@ async fn watch_sends_snapshot_events_changed_values_and_resnapshots() {
         })]
     );
 
-    // A new peer, then a changed VTEP MAC of `a`, then a deletion.
-    let b = leased(&st, "10.244.3.0/24", "198.18.0.3").await;
+    // A new peer, then a changed VTEP MAC of `a`, then a deletion. (Our own lease took a
+    // random free subnet: the peer's must be another one.)
+    let b_subnet = ["10.244.3.0/24", "10.244.4.0/24"]
+        .into_iter()
+        .find(|s| net(s) != own.subnet)
+        .unwrap();
+    let b = leased(&st, b_subnet, "198.18.0.3").await;
     let WatchUpdate::Events(ev) = recv(&mut rx, wait).await else {
         panic!()
     };
