@@ -289,21 +289,9 @@ impl Tx {
     }
 
     fn handle(&mut self, table: &PeerTable, buf: &mut [u8]) {
-        let (hdr, pkt) = if self.tun.vnet_hdr() {
-            if buf.len() < VNET_HDR_LEN {
-                Counters::add(&self.counters.tx_dropped_malformed, 1);
-                return;
-            }
-            let (h, p) = buf.split_at_mut(VNET_HDR_LEN);
-            match VirtioNetHdr::parse(h) {
-                Ok(h) => (h, p),
-                Err(_) => {
-                    Counters::add(&self.counters.tx_dropped_malformed, 1);
-                    return;
-                }
-            }
-        } else {
-            (VirtioNetHdr::default(), buf)
+        let Ok((hdr, pkt)) = VirtioNetHdr::split_read(buf, self.tun.vnet_hdr()) else {
+            Counters::add(&self.counters.tx_dropped_malformed, 1);
+            return;
         };
         let ipv4 = pkt.first().is_some_and(|b| b >> 4 == 4);
         let dst = if ipv4 {

@@ -21,6 +21,17 @@ pub struct VirtioNetHdr {
 }
 
 impl VirtioNetHdr {
+    /// What one TUN read returned, as (header, packet): with `vnet` (the device was opened
+    /// with `IFF_VNET_HDR`) the buffer starts with the header; without it the whole buffer is
+    /// the packet, behind an all-zero header (no offload).
+    pub fn split_read(buf: &mut [u8], vnet: bool) -> Result<(VirtioNetHdr, &mut [u8]), CodecError> {
+        if !vnet {
+            return Ok((VirtioNetHdr::default(), buf));
+        }
+        let hdr = VirtioNetHdr::parse(buf)?;
+        Ok((hdr, &mut buf[VNET_HDR_LEN..]))
+    }
+
     /// Reads the header at the start of `buf`.
     pub fn parse(buf: &[u8]) -> Result<VirtioNetHdr, CodecError> {
         if buf.len() < VNET_HDR_LEN {

@@ -470,3 +470,16 @@ fn coalescing_stops_at_gaps_other_flows_and_special_segments() {
     assert_eq!(c.len(), 4);
     assert_eq!(c.merged_segments(), 0);
 }
+
+#[test]
+fn a_tun_read_is_split_into_header_and_packet() {
+    let mut plain = [0x45u8, 0, 0, 20];
+    let (h, p) = VirtioNetHdr::split_read(&mut plain, false).unwrap();
+    assert_eq!((h, p.len()), (VirtioNetHdr::default(), 4));
+    let mut with_hdr = [0u8; VNET_HDR_LEN + 4];
+    with_hdr[VNET_HDR_LEN] = 0x45;
+    let (h, p) = VirtioNetHdr::split_read(&mut with_hdr, true).unwrap();
+    assert_eq!((h, p[0], p.len()), (VirtioNetHdr::default(), 0x45, 4));
+    let mut short = [0u8; VNET_HDR_LEN - 1];
+    assert!(VirtioNetHdr::split_read(&mut short, true).is_err());
+}
