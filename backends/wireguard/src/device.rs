@@ -29,7 +29,7 @@
 //! per TUN read and write (the segmentation and coalescing code is IPv4's).
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -45,7 +45,7 @@ use flannel_udp::table::{Reader, Shared};
 use flannel_udp::threads::{Threads, receive_loop, wait_loop};
 use flannel_udp::tun::{InMsg, OutMsg, Tun, UdpSocket};
 
-use crate::peers::{PeerState, PeerTable};
+use crate::peers::{Identity, PeerState, PeerTable};
 
 /// TUN reads per wake-up before the batch is sent.
 const MAX_TUN_READS: usize = 64;
@@ -130,24 +130,14 @@ pub struct Device {
     offloads: Offloads,
 }
 
-/// The key material the RX thread needs to identify an initiator.
-#[derive(Clone)]
-pub struct Responder {
-    /// Our private key.
-    pub private: boringtun::x25519::StaticSecret,
-    /// Our public key.
-    pub public: boringtun::x25519::PublicKey,
-    /// The rate limiter shared with every peer's `Tunn`.
-    pub rate_limiter: Arc<RateLimiter>,
-}
-
 impl Device {
-    /// Starts the threads on `tun` and `sock` (both opened in the node's namespace).
+    /// Starts the threads on `tun` and `sock` (both opened in the node's namespace); `identity`
+    /// gives the RX thread the keys to identify an initiator and the shared rate limiter.
     pub fn start(
         tun: Tun,
         sock: UdpSocket,
         peers: Arc<Shared<PeerTable>>,
-        responder: Responder,
+        identity: Identity,
         counters: Arc<Counters>,
     ) -> io::Result<Device> {
         let offloads = Offloads {
@@ -180,7 +170,7 @@ impl Device {
             sock: sock.clone(),
             peers: peers.reader(),
             counters: counters.clone(),
-            rate_limiter: responder.rate_limiter.clone(),
+            rate_limiter: identity.rate_limiter.clone(),
         };
         dev.threads
             .spawn("flannel-wg-timers", move |stop| timers.run(stop))?;
@@ -189,7 +179,7 @@ impl Device {
             sock,
             peers: peers.reader(),
             counters,
-            responder,
+            identity,
             bufs: (0..RECV_BATCH).map(|_| vec![0u8; 65_536]).collect(),
             plain: vec![0u8; 65_536],
             coalescer: Coalescer::new(),
@@ -462,7 +452,7 @@ struct Rx {
     sock: Arc<UdpSocket>,
     peers: Reader<PeerTable>,
     counters: Arc<Counters>,
-    responder: Responder,
+    identity: Identity,
     bufs: Vec<Vec<u8>>,
     /// Decryption output (and handshake replies).
     plain: Vec<u8>,
@@ -513,7 +503,7 @@ impl Rx {
         let c = &*self.counters;
         let mut cookie = [0u8; 64];
         match self
-            .responder
+            .identity
             .rate_limiter
             .verify_packet(Some(from.ip()), dg, &mut cookie)
         {
@@ -544,7 +534,7 @@ impl Rx {
                 let Some(Packet::HandshakeInit(init)) = self.admit_handshake(from, dg) else {
                     return;
                 };
-                let r = &self.responder;
+                let r = &self.identity;
                 match parse_handshake_anon(&r.private, &r.public, &init) {
                     Ok(half) => match table.by_key(&half.peer_static_public) {
                         Some(p) => p.clone(),
@@ -761,11 +751,6 @@ impl Timers {
             }
         }
     }
-}
-
-/// `Ipv4Addr` of an IPv4 packet's source (for tests and logs).
-pub fn source_of(pkt: &[u8]) -> Option<Ipv4Addr> {
-    Ipv4Header::parse(pkt).ok().map(|h| h.src)
 }
 
 #[cfg(test)]

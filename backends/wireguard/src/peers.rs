@@ -133,6 +133,14 @@ pub struct Identity {
     pub rate_limiter: Arc<RateLimiter>,
 }
 
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("public", &crate::config::encode_key(self.public.as_bytes()))
+            .finish_non_exhaustive()
+    }
+}
+
 /// The routes of one prefix length: masked key → (position in the peer list, network).
 type RoutesOfLength = HashMap<u128, (usize, IpNetwork)>;
 

@@ -13,7 +13,7 @@ use flannel_udp::table::Shared;
 use flannel_udp::tun::{Tun, UdpSocket};
 use ipnetwork::IpNetwork;
 
-use crate::device::{Counters, Device, HANDSHAKE_RATE_LIMIT, Responder};
+use crate::device::{Counters, Device, HANDSHAKE_RATE_LIMIT};
 use crate::key::NodeKey;
 use crate::peers::{Identity, PeerSpec, PeerTable};
 use crate::uapi::{InterfaceInfo, UapiServer};
@@ -49,14 +49,6 @@ pub struct UserspaceDevice {
     specs: Vec<PeerSpec>,
     own: Option<IpNetwork>,
     next_slot: u32,
-}
-
-impl std::fmt::Debug for Identity {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Identity")
-            .field("public", &crate::config::encode_key(self.public.as_bytes()))
-            .finish_non_exhaustive()
-    }
 }
 
 fn open_fds(setup: &UserspaceSetup) -> io::Result<(Tun, UdpSocket)> {
@@ -131,16 +123,11 @@ impl UserspaceDevice {
             }
             None => open_fds(&self.setup)?,
         };
-        let responder = Responder {
-            private: self.identity.private.clone(),
-            public: self.identity.public,
-            rate_limiter: self.identity.rate_limiter.clone(),
-        };
         let dev = Device::start(
             tun,
             sock,
             self.peers.clone(),
-            responder,
+            self.identity.clone(),
             self.counters.clone(),
         )?;
         let o = dev.offloads();
