@@ -285,16 +285,82 @@ fn sysctl_in(ns: &Netns, key: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// IPv6 multicast packets `eth0` in `pod` has sent (`Ip6OutMcastPkts` of its
+/// `/proc/net/dev_snmp6` counters).
+fn ipv6_multicast_sent(pod: &Netns) -> u64 {
+    let out = pod.exec(&["cat", "/proc/net/dev_snmp6/eth0"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("Ip6OutMcastPkts"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no Ip6OutMcastPkts for eth0 in {}", pod.path().display()))
+}
+
+/// The flannel delegate with `podIPv6LinkLocal`: pods without an IPv6 address keep the
+/// kernel's IPv6, as with flannel and the reference bridge plugin.
+fn with_link_local(conf: &serde_json::Value) -> serde_json::Value {
+    let mut conf = conf.clone();
+    conf["delegate"]["podIPv6LinkLocal"] = serde_json::json!(true);
+    conf
+}
+
+#[test]
+fn an_ipv4_only_pod_has_no_ipv6_unless_asked_for() {
+    if !require_root("an_ipv4_only_pod_has_no_ipv6_unless_asked_for") {
+        return;
+    }
+    let node = Node::new("v6off");
+    let conf = node.conf("1.0.0");
+    let pod = Netns::new("vo");
+    node.add_ok("vo", &pod, &conf);
+    assert_eq!(sysctl_in(&pod, "net/ipv6/conf/eth0/disable_ipv6"), "1");
+    let out = pod.exec(&["ip", "-6", "-o", "addr", "show", "dev", "eth0"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "",
+        "no IPv6 address"
+    );
+    // Only eth0: loopback keeps ::1 for programs that bind it.
+    assert_eq!(sysctl_in(&pod, "net/ipv6/conf/lo/disable_ipv6"), "0");
+    // IPv4 works as before: the pod reaches its gateway.
+    let ping = pod.exec(&["ping", "-c1", "-W2", "-q", "10.244.1.1"]);
+    assert!(ping.status.success(), "IPv4 to the gateway");
+    // A pod that keeps IPv6 (`podIPv6LinkLocal`) sends multicast at once (an MLD report for
+    // its link-local address's group, a router solicitation), which the bridge floods to
+    // every port; the default pod has sent none by then.
+    let kept = with_link_local(&conf);
+    let chatty = Netns::new("vk");
+    node.add_ok("vk", &chatty, &kept);
+    wait_for(
+        "IPv6 multicast from the pod that keeps IPv6",
+        std::time::Duration::from_secs(3),
+        || match ipv6_multicast_sent(&chatty) {
+            0 => Err("none yet".to_string()),
+            n => Ok(n),
+        },
+    );
+    assert_eq!(
+        ipv6_multicast_sent(&pod),
+        0,
+        "IPv6 multicast from an IPv4-only pod"
+    );
+    assert_eq!(sysctl_in(&node.ns, "net/ipv6/conf/cbr0/disable_ipv6"), "0");
+    node.del_ok("vo", Some(&pod.path()), &conf);
+    node.del_ok("vk", Some(&chatty.path()), &kept);
+    assert!(node.reservations("cbr0").is_empty());
+}
+
 #[test]
 fn ipv6_dad_on_the_pod_follows_enabledad_like_the_reference() {
     if !require_root("ipv6_dad_on_the_pod_follows_enabledad_like_the_reference") {
         return;
     }
     let node = Node::new("dad");
-    // Default (flannel's stock delegate): DAD off, so the link-local address is usable at once.
-    let conf = node.conf("1.0.0");
+    // IPv6 kept on (`podIPv6LinkLocal`): DAD off, so the link-local address is usable at once.
+    let conf = with_link_local(&node.conf("1.0.0"));
     let quiet = Netns::new("dq");
     node.add_ok("dq", &quiet, &conf);
+    assert_eq!(sysctl_in(&quiet, "net/ipv6/conf/eth0/disable_ipv6"), "0");
     assert_eq!(sysctl_in(&quiet, "net/ipv6/conf/eth0/accept_dad"), "0");
     // Usable within 200 ms (the DAD work item, no probe), where DAD on takes over 1 s.
     let (addr, tentative) = pod_link_local_after(&quiet, std::time::Duration::from_millis(200));
@@ -317,7 +383,16 @@ fn ipv6_dad_on_the_pod_follows_enabledad_like_the_reference() {
 /// Sends one ICMPv6 Router Advertisement (router lifetime 1800 s, no options) from `pod`'s
 /// `eth0` to ff02::1 — link scope, so it never leaves the test bridge.
 fn send_router_advertisement(pod: &Netns) {
-    const RA: &str = r#"
+    let out = pod.exec(&["python3", "-c", RA_SENDER]);
+    assert!(
+        out.status.success(),
+        "send RA: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The Python behind [`send_router_advertisement`].
+const RA_SENDER: &str = r#"
 import socket, struct
 idx = socket.if_nametoindex("eth0")
 s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
@@ -325,13 +400,6 @@ s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
 s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, idx)
 s.sendto(struct.pack("!BBHBBHII", 134, 0, 0, 64, 0, 1800, 0, 0), ("ff02::1", 0, 0, idx))
 "#;
-    let out = pod.exec(&["python3", "-c", RA]);
-    assert!(
-        out.status.success(),
-        "send RA: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 fn ipv6_default_routes(ns: &Netns) -> String {
     let out = ns.exec(&["ip", "-6", "route", "show", "default"]);
@@ -345,17 +413,24 @@ fn a_pod_cannot_become_the_nodes_ipv6_router() {
     }
     let node = Node::new("ra");
     let conf = node.conf("1.0.0");
+    // Pods that keep the kernel's IPv6 (`podIPv6LinkLocal`, flannel's behaviour): one can send
+    // router advertisements, the other takes them.
+    let kept = with_link_local(&conf);
     let rogue = Netns::new("rr");
     let witness = Netns::new("rw");
-    node.add_ok("rr", &rogue, &conf);
-    node.add_ok("rw", &witness, &conf);
+    let guarded = Netns::new("rg");
+    node.add_ok("rr", &rogue, &kept);
+    node.add_ok("rw", &witness, &kept);
+    node.add_ok("rg", &guarded, &conf);
     assert_eq!(sysctl_in(&node.ns, "net/ipv6/conf/cbr0/accept_ra"), "0");
     // The RA needs a usable link-local source address (immediate: DAD is off).
     let (addr, tentative) = pod_link_local(&rogue);
     assert!(!tentative, "{addr}");
     pod_link_local(&witness);
     send_router_advertisement(&rogue);
-    // The witness pod (kernel defaults) takes the advertisement: it did cross the bridge.
+    // The witness pod (kernel defaults) takes the advertisement: it did cross the bridge,
+    // and a pod is now the other pod's IPv6 router. This is why IPv6 is off by default on
+    // pods that have no IPv6 address.
     wait_for(
         "the RA reaching the other pod",
         std::time::Duration::from_secs(3),
@@ -364,8 +439,17 @@ fn a_pod_cannot_become_the_nodes_ipv6_router() {
             _ => Ok(()),
         },
     );
-    // The node's bridge saw it as well, and ignored it.
+    // The node's bridge saw it as well, and ignored it; so did the pod with the default
+    // config, which has no IPv6 on its interface at all.
     assert_eq!(ipv6_default_routes(&node.ns), "", "node took a pod's RA");
+    assert_eq!(
+        ipv6_default_routes(&guarded),
+        "",
+        "a default pod took a pod's RA"
+    );
+    // And such a pod cannot send one: no IPv6 source on its interface.
+    let out = guarded.exec(&["python3", "-c", RA_SENDER]);
+    assert!(!out.status.success(), "a pod with IPv6 off sent an RA");
     // A bridge with the kernel default (made by hand or by an older version) is fixed by the
     // next ADD.
     let out = node.ns.exec(&[
@@ -378,8 +462,9 @@ fn a_pod_cannot_become_the_nodes_ipv6_router() {
     let late = Netns::new("rl");
     node.add_ok("rl", &late, &conf);
     assert_eq!(sysctl_in(&node.ns, "net/ipv6/conf/cbr0/accept_ra"), "0");
-    node.del_ok("rr", Some(&rogue.path()), &conf);
-    node.del_ok("rw", Some(&witness.path()), &conf);
+    node.del_ok("rr", Some(&rogue.path()), &kept);
+    node.del_ok("rw", Some(&witness.path()), &kept);
+    node.del_ok("rg", Some(&guarded.path()), &conf);
     node.del_ok("rl", Some(&late.path()), &conf);
 }
 

@@ -16,8 +16,8 @@
 //! 4. create the veth pair in one netlink request — host end `veth<hash>` attached to the
 //!    bridge, container end born inside the pod namespace as `CNI_IFNAME`, MTU on both;
 //! 5. configure the pod through a netlink socket opened inside its namespace: `lo` up,
-//!    addresses, IPv6 DAD off (as the reference sets it; `enabledad` keeps it), link up,
-//!    routes;
+//!    addresses, IPv6 off on a pod without an IPv6 address (`podIPv6LinkLocal` keeps it) and
+//!    DAD off on one with (as the reference sets it; `enabledad` keeps it), link up, routes;
 //! 6. the MAC is derived from the IPv4 address (`0a:58:<ip>`), so a pod restarted with the
 //!    same IP keeps its MAC and the neighbour entries cached for it stay right. When one may
 //!    be wrong — a MAC requested by the runtime, or the node caching another MAC for the IP —
@@ -46,7 +46,7 @@ use ipam::host_local::HostLocal;
 use ipam::subnet_env::SubnetEnv;
 use ipnetwork::IpNetwork;
 
-pub use plan::{Attachment, PodAddress, dad_settings, pod_mac_for};
+pub use plan::{Attachment, PodAddress, pod_ipv6_settings, pod_mac_for};
 use rollback::{Rollback, undo};
 
 use crate::conf::{IpamPlan, PodNetwork};

@@ -35,7 +35,8 @@ pub struct Attachment {
     pub routes: Vec<RouteEntry>,
     /// The same routes as the pod's kernel gets them (gateway filled in per family).
     pub kernel_routes: Vec<Route>,
-    /// `/proc/sys` knobs of the pod interface (IPv6 DAD), written inside the pod namespace.
+    /// `/proc/sys` knobs of the pod interface (IPv6 on/off, DAD), written inside the pod
+    /// namespace.
     pub pod_knobs: Vec<(String, String)>,
     /// DNS for the result.
     pub dns: Dns,
@@ -90,15 +91,17 @@ impl Attachment {
                 }
             })
             .collect();
-        let pod_knobs = dad_settings(plan.enable_dad)
-            .iter()
-            .map(|(knob, value)| {
-                (
-                    format!("net/ipv6/conf/{}/{knob}", inv.ifname),
-                    value.to_string(),
-                )
-            })
-            .collect();
+        let has_ipv6_address = addresses.iter().any(|a| a.address.is_ipv6());
+        let pod_knobs =
+            pod_ipv6_settings(has_ipv6_address, plan.pod_ipv6_link_local, plan.enable_dad)
+                .iter()
+                .map(|(knob, value)| {
+                    (
+                        format!("net/ipv6/conf/{}/{knob}", inv.ifname),
+                        value.to_string(),
+                    )
+                })
+                .collect();
         Attachment {
             host_name: host_veth_name(&inv.container_id, &inv.ifname),
             pod_mac,
@@ -165,16 +168,35 @@ fn iface(link: &Link, sandbox: Option<String>) -> Interface {
     }
 }
 
-/// The pod interface's IPv6 duplicate address detection knobs and the values ADD gives them —
-/// what the reference bridge plugin writes: `accept_dad=0` by default, or with `enabledad`
-/// `enhanced_dad=1` and `accept_dad=1`. The reference turns DAD off because with
-/// `hairpinMode` the bridge reflects the pod's own probe back to it, which a kernel without
-/// enhanced DAD's nonce takes for a duplicate. Matching it keeps what the pod sees the same
-/// after a switch of plugins; it also makes the link-local address usable at once instead of
-/// after the ~1 s probe, and spares every bridge port the probe's flood. IPv6 pod addresses
-/// are added `nodad` either way.
-pub fn dad_settings(enable_dad: bool) -> &'static [(&'static str, &'static str)] {
-    if enable_dad {
+/// The pod interface's IPv6 knobs and the values ADD gives them, written before the link
+/// goes up.
+///
+/// A pod given no IPv6 address gets `disable_ipv6=1` unless `keep_link_local`
+/// (`podIPv6LinkLocal`). With the kernel default such a pod still has a link-local address
+/// and the autoconfiguration that comes with it: an MLD report for its solicited-node group
+/// (several, with repeats), router solicitations at once and 4 and 8 s later, and it accepts
+/// router advertisements — so on an IPv4-only network one pod can send an RA and become
+/// the IPv6 default router of every other pod on the bridge (the between-pods form of
+/// CVE-2020-10749; `a_pod_cannot_become_the_nodes_ipv6_router` shows it). Docker turns IPv6
+/// off on interfaces given only an IPv4 address since 26.0.2 (CVE-2024-32473); flannel
+/// with the reference bridge plugin leaves it on. It also costs every ADD in proportion to
+/// the pods already on the node: the bridge has no multicast querier, so it floods each of
+/// those packets to every port (`scripts/bench-cni-growth.sh` measures the difference).
+///
+/// A pod with an IPv6 address keeps IPv6, with the reference bridge plugin's DAD knobs:
+/// `accept_dad=0` by default, or with `enabledad` `enhanced_dad=1` and `accept_dad=1`. The
+/// reference turns DAD off because with `hairpinMode` the bridge reflects the pod's own
+/// probe back to it, which a kernel without enhanced DAD's nonce takes for a duplicate; it
+/// also makes the link-local address usable at once. IPv6 pod addresses are added `nodad`
+/// either way.
+pub fn pod_ipv6_settings(
+    has_ipv6_address: bool,
+    keep_link_local: bool,
+    enable_dad: bool,
+) -> &'static [(&'static str, &'static str)] {
+    if !has_ipv6_address && !keep_link_local {
+        &[("disable_ipv6", "1")]
+    } else if enable_dad {
         &[("enhanced_dad", "1"), ("accept_dad", "1")]
     } else {
         &[("accept_dad", "0")]

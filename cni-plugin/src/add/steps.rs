@@ -14,9 +14,9 @@ use crate::error::{CniError, CniResult};
 use crate::netlink_err;
 use crate::skel::Invocation;
 
-/// The outcome of one of ADD's IPv6 sysctls (pod DAD, bridge `accept_ra`). As in the
-/// reference, a failure is logged and ADD goes on; a knob that does not exist (IPv6 disabled
-/// at boot) is no failure at all.
+/// The outcome of one of ADD's IPv6 sysctls (the pod's IPv6 and DAD knobs, the bridge's
+/// `accept_ra`). As in the reference, a failure is logged and ADD goes on; a knob that does
+/// not exist (IPv6 disabled at boot) is no failure at all.
 pub fn tolerate_knob_failure<T>(result: std::io::Result<T>) {
     match result {
         Ok(_) => {}
@@ -201,7 +201,7 @@ pub async fn create_veth<K: Kernel>(
 }
 
 /// Configures the pod side through a handle opened inside its namespace (which also writes
-/// the IPv6 DAD knobs there, before the link goes up): `ip link set lo up`, `ip addr add`,
+/// the IPv6 knobs there, before the link goes up): `ip link set lo up`, `ip addr add`,
 /// `ip link set IFNAME up` with `arp_notify`, `ip route add` per route. Returns the pod's
 /// kernel handle for the announcement.
 pub async fn configure_pod<K: Kernel>(

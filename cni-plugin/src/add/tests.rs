@@ -134,10 +134,44 @@ async fn add_builds_bridge_veth_addresses_and_routes() {
     );
     assert_eq!(
         node.kernel
+            .sysctl(POD_NS, "net/ipv6/conf/eth0/disable_ipv6")
+            .as_deref(),
+        Some("1"),
+        "IPv6 off on an IPv4-only pod, written inside the pod namespace"
+    );
+    assert_eq!(
+        node.kernel
             .sysctl(POD_NS, "net/ipv6/conf/eth0/accept_dad")
             .as_deref(),
-        Some("0"),
-        "DAD knob written inside the pod namespace"
+        None,
+        "no DAD knob where IPv6 is off"
+    );
+}
+
+/// Which IPv6 knobs a pod gets: IPv6 off without an IPv6 address unless `podIPv6LinkLocal`;
+/// with one (or with the knob) the reference's DAD settings.
+#[test]
+fn pod_ipv6_knobs_follow_the_pods_addresses_and_the_config() {
+    use super::pod_ipv6_settings;
+    assert_eq!(
+        pod_ipv6_settings(false, false, false),
+        &[("disable_ipv6", "1")]
+    );
+    assert_eq!(
+        pod_ipv6_settings(false, false, true),
+        &[("disable_ipv6", "1")]
+    );
+    assert_eq!(
+        pod_ipv6_settings(false, true, false),
+        &[("accept_dad", "0")]
+    );
+    assert_eq!(
+        pod_ipv6_settings(true, false, false),
+        &[("accept_dad", "0")]
+    );
+    assert_eq!(
+        pod_ipv6_settings(true, false, true),
+        &[("enhanced_dad", "1"), ("accept_dad", "1")]
     );
 }
 

@@ -96,6 +96,11 @@ pub struct DelegateConf {
     /// `enabledad`, default off).
     #[serde(rename = "enabledad", alias = "enableDad", default)]
     pub enable_dad: bool,
+    /// Keep the kernel's IPv6 (link-local address, router solicitations, MLD) on the
+    /// interface of a pod that gets no IPv6 address, as flannel with the reference bridge
+    /// plugin leaves it. Ours, default off: such an interface gets `disable_ipv6=1`.
+    #[serde(rename = "podIPv6LinkLocal", alias = "podIpv6LinkLocal", default)]
+    pub pod_ipv6_link_local: bool,
     /// Forbidden (flannel sets it).
     pub name: Option<serde_json::Value>,
     /// Forbidden (flannel builds it).

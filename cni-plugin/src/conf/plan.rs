@@ -120,6 +120,7 @@ impl NetConf {
             force_address: self.delegate.force_address,
             ip_masq: self.delegate.ip_masq.unwrap_or(!env.ipmasq),
             enable_dad: self.delegate.enable_dad,
+            pod_ipv6_link_local: self.delegate.pod_ipv6_link_local,
             ipam,
             routes,
             requested_ips: requested,
@@ -182,6 +183,8 @@ pub struct PodNetwork {
     pub ip_masq: bool,
     /// IPv6 DAD on the pod interface (`accept_dad`); off unless `enabledad`.
     pub enable_dad: bool,
+    /// IPv6 stays on the interface of a pod without an IPv6 address (`podIPv6LinkLocal`).
+    pub pod_ipv6_link_local: bool,
     /// Address source.
     pub ipam: IpamPlan,
     /// Routes for the pod (cluster network + configured ones).

@@ -28,6 +28,10 @@ fn stock_flannel_conflist_entry_gets_flannel_defaults() {
         !p.enable_dad,
         "DAD is off unless asked for, as with the reference"
     );
+    assert!(
+        !p.pod_ipv6_link_local,
+        "IPv6 is off on IPv4-only pods unless asked for"
+    );
     assert!(!p.ip_masq, "ipMasq is the inverse of FLANNEL_IPMASQ=true");
     assert_eq!(
         p.routes,
@@ -57,13 +61,14 @@ fn stock_flannel_conflist_entry_gets_flannel_defaults() {
 #[test]
 fn delegate_options_override_defaults() {
     let c = conf(serde_json::json!({"name":"n","cniVersion":"1.0.0","delegate":{"bridge":"br9","mtu":1400,
-        "isGateway":false,"ipMasq":true,"forceAddress":true,"promiscMode":true,"enabledad":true},
+        "isGateway":false,"ipMasq":true,"forceAddress":true,"promiscMode":true,"enabledad":true,"podIPv6LinkLocal":true},
         "ipam":{"dataDir":"/tmp/x","routes":[{"dst":"192.0.2.0/24"}],
                 "ranges":[[{"subnet":"10.244.1.0/24","rangeStart":"10.244.1.10","rangeEnd":"10.244.1.20"}]]}})).unwrap();
     let p = c.plan(&env(), &CniArgs::default()).unwrap();
     assert_eq!(p.bridge, "br9");
     assert_eq!(p.mtu, Some(1400));
     assert!(!p.is_gateway && p.ip_masq && p.force_address && p.promisc && p.enable_dad);
+    assert!(p.pod_ipv6_link_local);
     assert_eq!(p.routes.len(), 2, "configured route + cluster network");
     let IpamPlan::HostLocal {
         data_dir,
