@@ -469,6 +469,50 @@ fn a_pod_cannot_become_the_nodes_ipv6_router() {
 }
 
 #[test]
+fn a_dual_stack_pod_ignores_router_advertisements() {
+    if !require_root("a_dual_stack_pod_ignores_router_advertisements") {
+        return;
+    }
+    let node = Node::new("dsra");
+    node.write_dual_stack_subnet_env();
+    let conf = node.conf("1.0.0");
+    let rogue = Netns::new("dr");
+    let victim = Netns::new("dv");
+    node.add_ok("dr", &rogue, &conf);
+    node.add_ok("dv", &victim, &conf);
+    assert_eq!(sysctl_in(&victim, "net/ipv6/conf/eth0/accept_ra"), "0");
+    let (addr, tentative) = pod_link_local(&rogue);
+    assert!(!tentative, "{addr}");
+    pod_link_local(&victim);
+    let routes_before = ipv6_default_routes(&victim);
+    assert!(
+        routes_before.contains("fd00:10:244:1::1") && !routes_before.contains("proto ra"),
+        "{routes_before}"
+    );
+    send_router_advertisement(&rogue);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(
+        ipv6_default_routes(&victim),
+        routes_before,
+        "the victim took the RA"
+    );
+    // The same RA is taken once the victim accepts them (kernel default): it did arrive.
+    let out = victim.exec(&["sysctl", "-qw", "net.ipv6.conf.eth0.accept_ra=1"]);
+    assert!(out.status.success(), "accept_ra=1 in the victim");
+    send_router_advertisement(&rogue);
+    wait_for(
+        "the RA taken by a pod that accepts them",
+        std::time::Duration::from_secs(3),
+        || match ipv6_default_routes(&victim) {
+            r if r.contains("proto ra") => Ok(()),
+            r => Err(r),
+        },
+    );
+    node.del_ok("dr", Some(&rogue.path()), &conf);
+    node.del_ok("dv", Some(&victim.path()), &conf);
+}
+
+#[test]
 fn del_edge_cases_always_succeed_and_release() {
     if !require_root("del_edge_cases_always_succeed_and_release") {
         return;

@@ -183,23 +183,30 @@ fn iface(link: &Link, sandbox: Option<String>) -> Interface {
 /// the pods already on the node: the bridge has no multicast querier, so it floods each of
 /// those packets to every port (`scripts/bench-cni-growth.sh` measures the difference).
 ///
-/// A pod with an IPv6 address keeps IPv6, with the reference bridge plugin's DAD knobs:
-/// `accept_dad=0` by default, or with `enabledad` `enhanced_dad=1` and `accept_dad=1`. The
-/// reference turns DAD off because with `hairpinMode` the bridge reflects the pod's own
-/// probe back to it, which a kernel without enhanced DAD's nonce takes for a duplicate; it
-/// also makes the link-local address usable at once. IPv6 pod addresses are added `nodad`
-/// either way.
+/// A pod with an IPv6 address keeps IPv6 with `accept_ra=0` — its addresses and routes come
+/// from the CNI result, and on the bridge only another pod could be sending an RA (the
+/// reference leaves the kernel default, so a dual-stack pod takes a rogue pod's RA) — and
+/// the reference bridge plugin's DAD knobs: `accept_dad=0` by default, or with `enabledad`
+/// `enhanced_dad=1` and `accept_dad=1`. The reference turns DAD off because with
+/// `hairpinMode` the bridge reflects the pod's own probe back to it, which a kernel without
+/// enhanced DAD's nonce takes for a duplicate; it also makes the link-local address usable at
+/// once. IPv6 pod addresses are added `nodad` either way. A pod without one that keeps IPv6
+/// (`podIPv6LinkLocal`) gets the DAD knobs only: it asked for flannel's behaviour.
 pub fn pod_ipv6_settings(
     has_ipv6_address: bool,
     keep_link_local: bool,
     enable_dad: bool,
 ) -> &'static [(&'static str, &'static str)] {
-    if !has_ipv6_address && !keep_link_local {
-        &[("disable_ipv6", "1")]
-    } else if enable_dad {
-        &[("enhanced_dad", "1"), ("accept_dad", "1")]
-    } else {
-        &[("accept_dad", "0")]
+    match (has_ipv6_address, keep_link_local, enable_dad) {
+        (false, false, _) => &[("disable_ipv6", "1")],
+        (true, _, false) => &[("accept_ra", "0"), ("accept_dad", "0")],
+        (true, _, true) => &[
+            ("accept_ra", "0"),
+            ("enhanced_dad", "1"),
+            ("accept_dad", "1"),
+        ],
+        (false, true, false) => &[("accept_dad", "0")],
+        (false, true, true) => &[("enhanced_dad", "1"), ("accept_dad", "1")],
     }
 }
 

@@ -149,29 +149,33 @@ async fn add_builds_bridge_veth_addresses_and_routes() {
 }
 
 /// Which IPv6 knobs a pod gets: IPv6 off without an IPv6 address unless `podIPv6LinkLocal`;
-/// with one (or with the knob) the reference's DAD settings.
+/// with one, no router advertisements and the reference's DAD settings; with the knob only
+/// the DAD settings.
 #[test]
 fn pod_ipv6_knobs_follow_the_pods_addresses_and_the_config() {
     use super::pod_ipv6_settings;
-    assert_eq!(
-        pod_ipv6_settings(false, false, false),
-        &[("disable_ipv6", "1")]
-    );
-    assert_eq!(
-        pod_ipv6_settings(false, false, true),
-        &[("disable_ipv6", "1")]
-    );
+    let off: &[(&str, &str)] = &[("disable_ipv6", "1")];
+    assert_eq!(pod_ipv6_settings(false, false, false), off);
+    assert_eq!(pod_ipv6_settings(false, false, true), off);
     assert_eq!(
         pod_ipv6_settings(false, true, false),
         &[("accept_dad", "0")]
     );
     assert_eq!(
-        pod_ipv6_settings(true, false, false),
-        &[("accept_dad", "0")]
+        pod_ipv6_settings(false, true, true),
+        &[("enhanced_dad", "1"), ("accept_dad", "1")]
     );
     assert_eq!(
-        pod_ipv6_settings(true, false, true),
-        &[("enhanced_dad", "1"), ("accept_dad", "1")]
+        pod_ipv6_settings(true, false, false),
+        &[("accept_ra", "0"), ("accept_dad", "0")]
+    );
+    assert_eq!(
+        pod_ipv6_settings(true, true, true),
+        &[
+            ("accept_ra", "0"),
+            ("enhanced_dad", "1"),
+            ("accept_dad", "1")
+        ]
     );
 }
 
