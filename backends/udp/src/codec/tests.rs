@@ -102,6 +102,26 @@ fn checksum_matches_rfc1071_example_and_reference() {
         let d = bytes(n, n as u32 + 7);
         assert_eq!(u32::from(fold(sum_bytes(0, &d))), ref_sum(&d), "len {n}");
     }
+    // Every length up to 300 and a running sum carried in, as the pseudo-header is.
+    for n in 0..300 {
+        let d = bytes(n, 3 * n as u32 + 1);
+        let pseudo = pseudo_header_sum([10, 244, 1, 2].into(), [10, 244, 2, 3].into(), 6, n);
+        let mut with_pseudo = Vec::new();
+        for w in [0x0af4u16, 0x0102, 0x0af4, 0x0203, 6, n as u16] {
+            with_pseudo.extend_from_slice(&w.to_be_bytes());
+        }
+        with_pseudo.extend_from_slice(&d);
+        assert_eq!(
+            u32::from(fold(sum_bytes(pseudo, &d))),
+            ref_sum(&with_pseudo),
+            "len {n} with a pseudo-header"
+        );
+    }
+    // Sums that are zero modulo 0xffff: all-zero data folds to 0, anything else to 0xffff,
+    // as the word-by-word reference does.
+    assert_eq!(fold(sum_bytes(0, &[0; 64])), 0);
+    assert_eq!(fold(sum_bytes(0, &[0xff; 64])), 0xffff);
+    assert_eq!(fold(sum_bytes(0, &[0x12, 0x34, 0xed, 0xcb])), 0xffff);
 }
 
 #[test]
