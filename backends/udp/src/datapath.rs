@@ -33,7 +33,7 @@
 //! so a peer removed from the leases stops receiving traffic within one batch.
 
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
@@ -134,6 +134,7 @@ impl Datapath {
             buf: vec![0u8; TUN_BUF],
             out: Vec::with_capacity(FLUSH_BYTES + TUN_BUF * 2),
             msgs: Vec::with_capacity(MAX_TUN_READS * 2),
+            hdrs: Vec::with_capacity(MAX_GSO_SEGMENTS * 120),
         }));
         let tx_thread = tx.clone();
         let tun_fd = tun.as_raw_fd();
@@ -188,6 +189,8 @@ struct Tx {
     buf: Vec<u8>,
     out: Vec<u8>,
     msgs: Vec<OutMsg>,
+    /// Segment headers of the super-packet being sent from the TUN buffer.
+    hdrs: Vec<u8>,
 }
 
 impl Tx {
@@ -252,6 +255,9 @@ impl Tx {
             Counters::add(&self.counters.ttl_expired, 1);
             return;
         }
+        if self.gso && self.send_train_in_place(&hdr, pkt, route.endpoint.into()) {
+            return;
+        }
         let start = self.out.len();
         let segs = match codec::segment(&hdr, pkt, &mut self.out) {
             Ok(s) => s,
@@ -309,6 +315,60 @@ impl Tx {
                 });
             }
         }
+    }
+
+    /// Sends a TCP super-packet as UDP GSO trains straight from the TUN read buffer: the
+    /// segment headers are built in `self.hdrs` and each `sendmsg` gathers header, payload,
+    /// header, payload… (no copy of the payload into the send buffer). Whatever is queued goes
+    /// first, so a flow's packets keep their order. `false` when `pkt` is no super-packet, or
+    /// when the kernel refused a train: the caller then takes the copying path for the whole
+    /// packet, which has the fallbacks (one datagram at a time; GSO off for good on `EIO`).
+    /// A refusal after an earlier train of the same packet went out resends that train's
+    /// segments, which TCP takes as duplicates.
+    fn send_train_in_place(&mut self, hdr: &VirtioNetHdr, pkt: &[u8], to: SocketAddr) -> bool {
+        self.hdrs.clear();
+        let train = match codec::segment_headers(hdr, pkt, &mut self.hdrs) {
+            Ok(Some(train)) if train.count > 1 => train,
+            _ => return false,
+        };
+        self.flush();
+        let per = (MAX_GSO_BYTES / train.size()).clamp(1, MAX_GSO_SEGMENTS);
+        let mut parts: Vec<libc::iovec> = Vec::with_capacity(2 * per);
+        let mut first = 0;
+        while first < train.count {
+            let end = (first + per).min(train.count);
+            parts.clear();
+            for i in first..end {
+                let h = &self.hdrs[i * train.hl..(i + 1) * train.hl];
+                let chunk = train.chunk(pkt, i);
+                for part in [h, chunk] {
+                    parts.push(libc::iovec {
+                        iov_base: part.as_ptr() as *mut libc::c_void,
+                        iov_len: part.len(),
+                    });
+                }
+            }
+            let seg = if end - first > 1 {
+                train.size() as u16
+            } else {
+                0
+            };
+            Counters::add(&self.counters.tx_syscalls, 1);
+            if let Err(e) = self.sock.send_gather(to, &parts, seg) {
+                tracing::debug!(%to, error = %e, "udp GSO send from the TUN buffer failed");
+                return false;
+            }
+            if seg > 0 {
+                Counters::add(&self.counters.tx_gso_messages, 1);
+            }
+            first = end;
+        }
+        Counters::add(&self.counters.tx_packets, train.count as u64);
+        Counters::add(
+            &self.counters.tx_bytes,
+            (train.total_len - train.hl + train.count * train.hl) as u64,
+        );
+        true
     }
 
     fn flush(&mut self) {

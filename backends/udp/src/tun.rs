@@ -517,6 +517,46 @@ impl UdpSocket {
         (n, calls)
     }
 
+    /// `sendmsg` of one UDP GSO train gathered from `parts` (`iov_len` each), cut by the
+    /// kernel every `seg` bytes of their concatenation (`seg` 0: one datagram): the caller's
+    /// headers and payloads go out without being copied together first.
+    pub fn send_gather(&self, to: SocketAddr, parts: &[libc::iovec], seg: u16) -> io::Result<()> {
+        let (mut addr, addr_len) = sockaddr(to);
+        let mut ctrl = [0u64; CMSG_U16_SPACE / 8];
+        // SAFETY: msghdr is plain old data; all-zero is valid.
+        let mut h: libc::msghdr = unsafe { zeroed() };
+        h.msg_name = (&mut addr as *mut libc::sockaddr_in6).cast();
+        h.msg_namelen = addr_len;
+        h.msg_iov = parts.as_ptr() as *mut libc::iovec;
+        h.msg_iovlen = parts.len() as _;
+        if seg > 0 {
+            h.msg_control = ctrl.as_mut_ptr().cast();
+            // SAFETY: CMSG_SPACE is a pure computation.
+            h.msg_controllen = unsafe { libc::CMSG_SPACE(size_of::<u16>() as u32) } as _;
+            // SAFETY: the control buffer is CMSG_U16_SPACE bytes, enough for one cmsghdr with a
+            // u16 payload, and msg_control/msg_controllen describe it.
+            unsafe {
+                let c = libc::CMSG_FIRSTHDR(&h);
+                (*c).cmsg_level = libc::SOL_UDP;
+                (*c).cmsg_type = libc::UDP_SEGMENT;
+                (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
+                std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), seg);
+            }
+        }
+        loop {
+            // SAFETY: `h` points at the address, the control buffer and `parts`, whose iovecs
+            // the caller keeps valid for reading during the call.
+            let r = unsafe { libc::sendmsg(self.fd.as_raw_fd(), &h, 0) };
+            if r >= 0 {
+                return Ok(());
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+
     /// [`UdpSocket::send_batch`] for batches that may hold UDP GSO trains: a train the kernel
     /// refuses goes out again datagram by datagram. Returns what happened, for the caller's
     /// counters and its decision to stop building trains (`gso_unsupported`: the egress device

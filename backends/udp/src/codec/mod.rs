@@ -303,7 +303,9 @@ mod coalesce;
 mod offload;
 
 pub use coalesce::Coalescer;
-pub use offload::{Segments, VirtioNetHdr, finish_partial_checksum, segment};
+pub use offload::{
+    Segments, TcpTrain, VirtioNetHdr, finish_partial_checksum, segment, segment_headers,
+};
 
 #[cfg(test)]
 mod tests;

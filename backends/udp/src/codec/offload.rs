@@ -98,30 +98,50 @@ pub struct Segments {
     pub last: usize,
 }
 
-/// Turns what a vnet-header TUN read returned (`hdr` + `pkt`) into wire packets appended to
-/// `out`, laid out back to back: all of size [`Segments::size`] but the last. A TCP super-packet
-/// (`GSO_TCPV4`) is cut into segments of `gso_size` payload bytes; a single packet with a
-/// partial checksum gets it finished; anything else is copied as is. The IPv4 header of `pkt`
-/// (TTL included) is the template for every segment.
-pub fn segment(hdr: &VirtioNetHdr, pkt: &[u8], out: &mut Vec<u8>) -> Result<Segments, CodecError> {
+/// A TCP super-packet cut by [`segment_headers`]: segment `i` on the wire is header `i`
+/// (`hdrs[i * hl..(i + 1) * hl]`) followed by payload chunk `i` of the super-packet
+/// (`pkt[hl + i * mss..]`, `mss` bytes, the last one shorter).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpTrain {
+    /// Number of segments.
+    pub count: usize,
+    /// IPv4 + TCP header length: of every header, and where the payload starts in `pkt`.
+    pub hl: usize,
+    /// Payload bytes per segment but the last.
+    pub mss: usize,
+    /// Length of the super-packet (`pkt[..total_len]`).
+    pub total_len: usize,
+}
+
+impl TcpTrain {
+    /// Payload chunk `i` of the super-packet `pkt`.
+    pub fn chunk<'a>(&self, pkt: &'a [u8], i: usize) -> &'a [u8] {
+        let from = self.hl + i * self.mss;
+        &pkt[from..(from + self.mss).min(self.total_len)]
+    }
+
+    /// On-wire size of every segment but the last.
+    pub fn size(&self) -> usize {
+        self.hl + self.mss
+    }
+}
+
+/// The per-segment headers of a TCP super-packet (`GSO_TCPV4`), appended to `hdrs` with both
+/// checksums final, the payload left where it is: the caller sends each header followed by
+/// its chunk of `pkt` ([`TcpTrain::chunk`]). `Ok(None)` (nothing appended) when `hdr` asks for
+/// no segmentation. The IPv4 header of `pkt` (TTL included) is the template for every
+/// segment; IDs count up from it, sequence numbers advance by the chunk sizes, FIN and PSH
+/// stay on the last segment only and CWR on the first.
+pub fn segment_headers(
+    hdr: &VirtioNetHdr,
+    pkt: &[u8],
+    hdrs: &mut Vec<u8>,
+) -> Result<Option<TcpTrain>, CodecError> {
     let h = Ipv4Header::parse(pkt)?;
     let pkt = &pkt[..h.total_len];
     let gso = hdr.gso_type & !VNET_GSO_ECN;
     if gso == VNET_GSO_NONE {
-        let at = out.len();
-        out.extend_from_slice(pkt);
-        if hdr.flags & VNET_F_NEEDS_CSUM != 0 {
-            finish_partial_checksum(
-                &mut out[at..],
-                usize::from(hdr.csum_start),
-                usize::from(hdr.csum_offset),
-            )?;
-        }
-        return Ok(Segments {
-            count: 1,
-            size: pkt.len(),
-            last: pkt.len(),
-        });
+        return Ok(None);
     }
     let unsupported = CodecError::UnsupportedGso {
         gso_type: hdr.gso_type,
@@ -145,34 +165,33 @@ pub fn segment(hdr: &VirtioNetHdr, pkt: &[u8], out: &mut Vec<u8>) -> Result<Segm
         });
     }
     let mss = usize::from(hdr.gso_size);
-    let payload = &pkt[hl..];
-    if payload.is_empty() {
+    if pkt.len() == hl {
         return Err(unsupported);
     }
-    let seq0 = u32::from_be_bytes([
-        pkt[h.ihl + 4],
-        pkt[h.ihl + 5],
-        pkt[h.ihl + 6],
-        pkt[h.ihl + 7],
-    ]);
+    let train = TcpTrain {
+        count: (pkt.len() - hl).div_ceil(mss),
+        hl,
+        mss,
+        total_len: pkt.len(),
+    };
+    let t = h.ihl;
+    let seq0 = u32::from_be_bytes([pkt[t + 4], pkt[t + 5], pkt[t + 6], pkt[t + 7]]);
     let id0 = u16::from_be_bytes([pkt[4], pkt[5]]);
-    let flags0 = pkt[h.ihl + 13];
-    let count = payload.len().div_ceil(mss);
-    out.reserve(payload.len() + count * hl);
-    for (i, chunk) in payload.chunks(mss).enumerate() {
-        let at = out.len();
-        out.extend_from_slice(&pkt[..hl]);
-        out.extend_from_slice(chunk);
-        let s = &mut out[at..];
+    let flags0 = pkt[t + 13];
+    hdrs.reserve(train.count * hl);
+    for i in 0..train.count {
+        let chunk = train.chunk(pkt, i);
+        let at = hdrs.len();
+        hdrs.extend_from_slice(&pkt[..hl]);
+        let s = &mut hdrs[at..];
         let total = hl + chunk.len();
         s[2..4].copy_from_slice(&(total as u16).to_be_bytes());
         s[4..6].copy_from_slice(&id0.wrapping_add(i as u16).to_be_bytes());
         set_ipv4_checksum(s);
-        let t = h.ihl;
         let seq = seq0.wrapping_add((i * mss) as u32);
         s[t + 4..t + 8].copy_from_slice(&seq.to_be_bytes());
         let mut flags = flags0;
-        if i + 1 < count {
+        if i + 1 < train.count {
             flags &= !(TCP_FIN | TCP_PSH);
         }
         if i > 0 {
@@ -181,16 +200,51 @@ pub fn segment(hdr: &VirtioNetHdr, pkt: &[u8], out: &mut Vec<u8>) -> Result<Segm
         s[t + 13] = flags;
         s[t + 16] = 0;
         s[t + 17] = 0;
+        // The payload starts at an even offset (`hl` is a multiple of 4): its sum adds to
+        // the TCP header's.
         let sum = sum_bytes(
-            pseudo_header_sum(h.src, h.dst, PROTO_TCP, total - t),
-            &s[t..total],
+            sum_bytes(pseudo_header_sum(h.src, h.dst, PROTO_TCP, total - t), chunk),
+            &s[t..hl],
         );
         s[t + 16..t + 18].copy_from_slice(&(!fold(sum)).to_be_bytes());
     }
-    let last = hl + (payload.len() - (count - 1) * mss);
+    Ok(Some(train))
+}
+
+/// Turns what a vnet-header TUN read returned (`hdr` + `pkt`) into wire packets appended to
+/// `out`, laid out back to back: all of size [`Segments::size`] but the last. A TCP super-packet
+/// (`GSO_TCPV4`) is cut into segments of `gso_size` payload bytes ([`segment_headers`], each
+/// header then followed by its payload); a single packet with a partial checksum gets it
+/// finished; anything else is copied as is.
+pub fn segment(hdr: &VirtioNetHdr, pkt: &[u8], out: &mut Vec<u8>) -> Result<Segments, CodecError> {
+    let mut hdrs = Vec::new();
+    let Some(train) = segment_headers(hdr, pkt, &mut hdrs)? else {
+        let total_len = Ipv4Header::parse(pkt)?.total_len;
+        let pkt = &pkt[..total_len];
+        let at = out.len();
+        out.extend_from_slice(pkt);
+        if hdr.flags & VNET_F_NEEDS_CSUM != 0 {
+            finish_partial_checksum(
+                &mut out[at..],
+                usize::from(hdr.csum_start),
+                usize::from(hdr.csum_offset),
+            )?;
+        }
+        return Ok(Segments {
+            count: 1,
+            size: pkt.len(),
+            last: pkt.len(),
+        });
+    };
+    out.reserve(train.total_len - train.hl + hdrs.len());
+    for (i, h) in hdrs.chunks(train.hl).enumerate() {
+        out.extend_from_slice(h);
+        out.extend_from_slice(train.chunk(pkt, i));
+    }
+    let last = train.total_len - (train.count - 1) * train.mss;
     Ok(Segments {
-        count,
-        size: if count == 1 { last } else { hl + mss },
+        count: train.count,
+        size: if train.count == 1 { last } else { train.size() },
         last,
     })
 }
