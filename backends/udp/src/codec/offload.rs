@@ -111,6 +111,19 @@ pub struct TcpTrain {
     pub mss: usize,
     /// Length of the super-packet (`pkt[..total_len]`).
     pub total_len: usize,
+    /// What every segment header is made from.
+    template: HeaderTemplate,
+}
+
+/// The fields of a super-packet's header that the segment headers are computed from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct HeaderTemplate {
+    ihl: usize,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    seq0: u32,
+    id0: u16,
+    flags0: u8,
 }
 
 impl TcpTrain {
@@ -124,24 +137,59 @@ impl TcpTrain {
     pub fn size(&self) -> usize {
         self.hl + self.mss
     }
+
+    /// Turns `s`, a copy of the super-packet's `hl` header bytes, into the header of segment
+    /// `i` carrying `chunk`: total length, ID, IPv4 checksum, sequence number, flags, TCP
+    /// checksum (over the header and `chunk`, wherever `chunk` lies).
+    fn finish_header(&self, i: usize, chunk: &[u8], s: &mut [u8]) {
+        let HeaderTemplate {
+            ihl: t,
+            src,
+            dst,
+            seq0,
+            id0,
+            flags0,
+        } = self.template;
+        let hl = self.hl;
+        let total = hl + chunk.len();
+        s[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+        s[4..6].copy_from_slice(&id0.wrapping_add(i as u16).to_be_bytes());
+        set_ipv4_checksum(&mut s[..hl]);
+        let seq = seq0.wrapping_add((i * self.mss) as u32);
+        s[t + 4..t + 8].copy_from_slice(&seq.to_be_bytes());
+        let mut flags = flags0;
+        if i + 1 < self.count {
+            flags &= !(TCP_FIN | TCP_PSH);
+        }
+        if i > 0 {
+            flags &= !TCP_CWR;
+        }
+        s[t + 13] = flags;
+        s[t + 16] = 0;
+        s[t + 17] = 0;
+        // The payload starts at an even offset (`hl` is a multiple of 4): its sum adds to
+        // the TCP header's.
+        let sum = sum_bytes(
+            sum_bytes(pseudo_header_sum(src, dst, PROTO_TCP, total - t), chunk),
+            &s[t..hl],
+        );
+        s[t + 16..t + 18].copy_from_slice(&(!fold(sum)).to_be_bytes());
+    }
 }
 
-/// The per-segment headers of a TCP super-packet (`GSO_TCPV4`), appended to `hdrs` with both
-/// checksums final, the payload left where it is: the caller sends each header followed by
-/// its chunk of `pkt` ([`TcpTrain::chunk`]). `Ok(None)` (nothing appended) when `hdr` asks for
-/// no segmentation. The IPv4 header of `pkt` (TTL included) is the template for every
-/// segment; IDs count up from it, sequence numbers advance by the chunk sizes, FIN and PSH
-/// stay on the last segment only and CWR on the first.
-pub fn segment_headers(
-    hdr: &VirtioNetHdr,
-    pkt: &[u8],
-    hdrs: &mut Vec<u8>,
-) -> Result<Option<TcpTrain>, CodecError> {
+/// How a TUN read is cut: left whole (its IPv4 `total_len`), or a TCP super-packet.
+enum Cut {
+    Whole(usize),
+    Train(TcpTrain),
+}
+
+/// Decides the [`Cut`] of `pkt` for `hdr`, refusing what cannot be segmented.
+fn cut(hdr: &VirtioNetHdr, pkt: &[u8]) -> Result<Cut, CodecError> {
     let h = Ipv4Header::parse(pkt)?;
     let pkt = &pkt[..h.total_len];
     let gso = hdr.gso_type & !VNET_GSO_ECN;
     if gso == VNET_GSO_NONE {
-        return Ok(None);
+        return Ok(Cut::Whole(h.total_len));
     }
     let unsupported = CodecError::UnsupportedGso {
         gso_type: hdr.gso_type,
@@ -168,78 +216,79 @@ pub fn segment_headers(
     if pkt.len() == hl {
         return Err(unsupported);
     }
-    let train = TcpTrain {
+    let t = h.ihl;
+    Ok(Cut::Train(TcpTrain {
         count: (pkt.len() - hl).div_ceil(mss),
         hl,
         mss,
         total_len: pkt.len(),
+        template: HeaderTemplate {
+            ihl: t,
+            src: h.src,
+            dst: h.dst,
+            seq0: u32::from_be_bytes([pkt[t + 4], pkt[t + 5], pkt[t + 6], pkt[t + 7]]),
+            id0: u16::from_be_bytes([pkt[4], pkt[5]]),
+            flags0: pkt[t + 13],
+        },
+    }))
+}
+
+/// The per-segment headers of a TCP super-packet (`GSO_TCPV4`), appended to `hdrs` with both
+/// checksums final, the payload left where it is: the caller sends each header followed by
+/// its chunk of `pkt` ([`TcpTrain::chunk`]). `Ok(None)` (nothing appended) when `hdr` asks for
+/// no segmentation. The IPv4 header of `pkt` (TTL included) is the template for every
+/// segment; IDs count up from it, sequence numbers advance by the chunk sizes, FIN and PSH
+/// stay on the last segment only and CWR on the first.
+pub fn segment_headers(
+    hdr: &VirtioNetHdr,
+    pkt: &[u8],
+    hdrs: &mut Vec<u8>,
+) -> Result<Option<TcpTrain>, CodecError> {
+    let Cut::Train(train) = cut(hdr, pkt)? else {
+        return Ok(None);
     };
-    let t = h.ihl;
-    let seq0 = u32::from_be_bytes([pkt[t + 4], pkt[t + 5], pkt[t + 6], pkt[t + 7]]);
-    let id0 = u16::from_be_bytes([pkt[4], pkt[5]]);
-    let flags0 = pkt[t + 13];
-    hdrs.reserve(train.count * hl);
+    hdrs.reserve(train.count * train.hl);
     for i in 0..train.count {
-        let chunk = train.chunk(pkt, i);
         let at = hdrs.len();
-        hdrs.extend_from_slice(&pkt[..hl]);
-        let s = &mut hdrs[at..];
-        let total = hl + chunk.len();
-        s[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-        s[4..6].copy_from_slice(&id0.wrapping_add(i as u16).to_be_bytes());
-        set_ipv4_checksum(s);
-        let seq = seq0.wrapping_add((i * mss) as u32);
-        s[t + 4..t + 8].copy_from_slice(&seq.to_be_bytes());
-        let mut flags = flags0;
-        if i + 1 < train.count {
-            flags &= !(TCP_FIN | TCP_PSH);
-        }
-        if i > 0 {
-            flags &= !TCP_CWR;
-        }
-        s[t + 13] = flags;
-        s[t + 16] = 0;
-        s[t + 17] = 0;
-        // The payload starts at an even offset (`hl` is a multiple of 4): its sum adds to
-        // the TCP header's.
-        let sum = sum_bytes(
-            sum_bytes(pseudo_header_sum(h.src, h.dst, PROTO_TCP, total - t), chunk),
-            &s[t..hl],
-        );
-        s[t + 16..t + 18].copy_from_slice(&(!fold(sum)).to_be_bytes());
+        hdrs.extend_from_slice(&pkt[..train.hl]);
+        train.finish_header(i, train.chunk(pkt, i), &mut hdrs[at..]);
     }
     Ok(Some(train))
 }
 
 /// Turns what a vnet-header TUN read returned (`hdr` + `pkt`) into wire packets appended to
 /// `out`, laid out back to back: all of size [`Segments::size`] but the last. A TCP super-packet
-/// (`GSO_TCPV4`) is cut into segments of `gso_size` payload bytes ([`segment_headers`], each
-/// header then followed by its payload); a single packet with a partial checksum gets it
-/// finished; anything else is copied as is.
+/// (`GSO_TCPV4`) is cut into segments of `gso_size` payload bytes, each header made as
+/// [`segment_headers`] makes it and followed by its payload; a single packet with a partial
+/// checksum gets it finished; anything else is copied as is.
 pub fn segment(hdr: &VirtioNetHdr, pkt: &[u8], out: &mut Vec<u8>) -> Result<Segments, CodecError> {
-    let mut hdrs = Vec::new();
-    let Some(train) = segment_headers(hdr, pkt, &mut hdrs)? else {
-        let total_len = Ipv4Header::parse(pkt)?.total_len;
-        let pkt = &pkt[..total_len];
-        let at = out.len();
-        out.extend_from_slice(pkt);
-        if hdr.flags & VNET_F_NEEDS_CSUM != 0 {
-            finish_partial_checksum(
-                &mut out[at..],
-                usize::from(hdr.csum_start),
-                usize::from(hdr.csum_offset),
-            )?;
+    let train = match cut(hdr, pkt)? {
+        Cut::Train(train) => train,
+        Cut::Whole(total_len) => {
+            let pkt = &pkt[..total_len];
+            let at = out.len();
+            out.extend_from_slice(pkt);
+            if hdr.flags & VNET_F_NEEDS_CSUM != 0 {
+                finish_partial_checksum(
+                    &mut out[at..],
+                    usize::from(hdr.csum_start),
+                    usize::from(hdr.csum_offset),
+                )?;
+            }
+            return Ok(Segments {
+                count: 1,
+                size: pkt.len(),
+                last: pkt.len(),
+            });
         }
-        return Ok(Segments {
-            count: 1,
-            size: pkt.len(),
-            last: pkt.len(),
-        });
     };
-    out.reserve(train.total_len - train.hl + hdrs.len());
-    for (i, h) in hdrs.chunks(train.hl).enumerate() {
-        out.extend_from_slice(h);
-        out.extend_from_slice(train.chunk(pkt, i));
+    out.reserve(train.total_len - train.hl + train.count * train.hl);
+    for i in 0..train.count {
+        let at = out.len();
+        let chunk = train.chunk(pkt, i);
+        out.extend_from_slice(&pkt[..train.hl]);
+        out.extend_from_slice(chunk);
+        train.finish_header(i, chunk, &mut out[at..]);
     }
     let last = train.total_len - (train.count - 1) * train.mss;
     Ok(Segments {
