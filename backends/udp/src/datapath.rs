@@ -44,7 +44,7 @@ use super::codec::{
 };
 use super::table::{SharedTable, SourceVerdict, Table, TableReader};
 use super::threads::{Threads, receive_loop, wait_loop};
-use super::tun::{InMsg, OutMsg, Tun, UdpSocket};
+use super::tun::{InMsg, OutMsg, SendCounters, Tun, UdpSocket};
 
 pub use super::threads::POLL_MS;
 /// TUN reads per wake-up before the batch is sent.
@@ -372,25 +372,19 @@ impl Tx {
     }
 
     fn flush(&mut self) {
-        if self.msgs.is_empty() {
-            self.out.clear();
-            return;
-        }
-        let counters = self.counters.clone();
-        let sent = self.sock.send_batch_gso(&self.out, &self.msgs, |m, e| {
-            tracing::debug!(to = %m.to, error = %e, "udp send failed");
-            Counters::add(&counters.tx_errors, 1);
-        });
-        Counters::add(&self.counters.tx_syscalls, sent.syscalls as u64);
-        Counters::add(&self.counters.tx_gso_messages, sent.gso_messages as u64);
-        if sent.gso_unsupported {
-            // The kernel cannot segment on this route (e.g. no checksum offload on the
-            // egress device): one datagram per packet for good.
-            tracing::warn!("UDP GSO refused by the kernel; sending datagrams one by one");
-            self.gso = false;
-        }
-        self.msgs.clear();
-        self.out.clear();
+        let c = &self.counters;
+        let counters = SendCounters {
+            errors: &c.tx_errors,
+            syscalls: &c.tx_syscalls,
+            gso_messages: &c.tx_gso_messages,
+        };
+        self.sock.flush_queue(
+            &mut self.out,
+            &mut self.msgs,
+            &mut self.gso,
+            counters,
+            "udp",
+        );
     }
 }
 

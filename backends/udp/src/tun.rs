@@ -278,6 +278,17 @@ pub struct GsoSend {
     pub gso_unsupported: bool,
 }
 
+/// The counters a data path keeps for [`UdpSocket::flush_queue`].
+#[derive(Clone, Copy, Debug)]
+pub struct SendCounters<'a> {
+    /// Datagrams the kernel refused.
+    pub errors: &'a std::sync::atomic::AtomicU64,
+    /// `sendmmsg` calls.
+    pub syscalls: &'a std::sync::atomic::AtomicU64,
+    /// GSO trains the kernel took.
+    pub gso_messages: &'a std::sync::atomic::AtomicU64,
+}
+
 /// One received buffer from [`UdpSocket::recv_batch`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct InMsg {
@@ -586,6 +597,41 @@ impl UdpSocket {
             report.syscalls += calls;
         }
         report
+    }
+
+    /// Sends a data path's queued `msgs` (slices of `out`) with
+    /// [`UdpSocket::send_batch_gso`], counts what happened into `counters` and empties both.
+    /// When the kernel cannot segment on the route (`EIO`: IPsec on it, or on older kernels
+    /// an egress device without checksum offload) `gso` is cleared for good: one datagram
+    /// per packet from then on. `sender` names the data path in logs.
+    pub fn flush_queue(
+        &self,
+        out: &mut Vec<u8>,
+        msgs: &mut Vec<OutMsg>,
+        gso: &mut bool,
+        counters: SendCounters<'_>,
+        sender: &str,
+    ) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if !msgs.is_empty() {
+            let sent = self.send_batch_gso(out, msgs, |m, e| {
+                tracing::debug!(to = %m.to, error = %e, sender, "udp send failed");
+                counters.errors.fetch_add(1, Relaxed);
+            });
+            counters.syscalls.fetch_add(sent.syscalls as u64, Relaxed);
+            counters
+                .gso_messages
+                .fetch_add(sent.gso_messages as u64, Relaxed);
+            if sent.gso_unsupported {
+                tracing::warn!(
+                    sender,
+                    "UDP GSO refused by the kernel; sending datagrams one by one"
+                );
+                *gso = false;
+            }
+        }
+        msgs.clear();
+        out.clear();
     }
 
     /// Receives up to `bufs.len()` messages without blocking (`recvmmsg` + `MSG_DONTWAIT`) into

@@ -43,7 +43,7 @@ use flannel_udp::codec::{self, Coalescer, Ipv4Header, VNET_HDR_LEN, VirtioNetHdr
 use flannel_udp::datapath::{MAX_GSO_BYTES, MAX_GSO_SEGMENTS, Offloads};
 use flannel_udp::table::{Reader, Shared};
 use flannel_udp::threads::{Threads, receive_loop, wait_loop};
-use flannel_udp::tun::{InMsg, OutMsg, Tun, UdpSocket};
+use flannel_udp::tun::{InMsg, OutMsg, SendCounters, Tun, UdpSocket};
 
 use crate::peers::{Identity, PeerState, PeerTable};
 
@@ -384,23 +384,19 @@ impl Tx {
     }
 
     fn flush(&mut self) {
-        if self.msgs.is_empty() {
-            self.out.clear();
-            return;
-        }
-        let counters = self.counters.clone();
-        let sent = self.sock.send_batch_gso(&self.out, &self.msgs, |m, e| {
-            tracing::debug!(to = %m.to, error = %e, "wireguard send failed");
-            Counters::add(&counters.tx_errors, 1);
-        });
-        Counters::add(&self.counters.tx_syscalls, sent.syscalls as u64);
-        Counters::add(&self.counters.tx_gso_messages, sent.gso_messages as u64);
-        if sent.gso_unsupported {
-            tracing::warn!("UDP GSO refused by the kernel; sending datagrams one by one");
-            self.gso = false;
-        }
-        self.msgs.clear();
-        self.out.clear();
+        let c = &self.counters;
+        let counters = SendCounters {
+            errors: &c.tx_errors,
+            syscalls: &c.tx_syscalls,
+            gso_messages: &c.tx_gso_messages,
+        };
+        self.sock.flush_queue(
+            &mut self.out,
+            &mut self.msgs,
+            &mut self.gso,
+            counters,
+            "wireguard",
+        );
     }
 }
 
