@@ -333,19 +333,24 @@ impl Tx {
         };
         self.flush();
         let per = (MAX_GSO_BYTES / train.size()).clamp(1, MAX_GSO_SEGMENTS);
-        let mut parts: Vec<libc::iovec> = Vec::with_capacity(2 * per);
+        // Header and payload per segment, on the stack: no allocation per super-packet.
+        let empty = libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        };
+        let mut iovs = [empty; 2 * MAX_GSO_SEGMENTS];
         let mut first = 0;
         while first < train.count {
             let end = (first + per).min(train.count);
-            parts.clear();
-            for i in first..end {
+            let parts = &mut iovs[..2 * (end - first)];
+            for (k, i) in (first..end).enumerate() {
                 let h = &self.hdrs[i * train.hl..(i + 1) * train.hl];
                 let chunk = train.chunk(pkt, i);
-                for part in [h, chunk] {
-                    parts.push(libc::iovec {
+                for (slot, part) in parts[2 * k..2 * k + 2].iter_mut().zip([h, chunk]) {
+                    *slot = libc::iovec {
                         iov_base: part.as_ptr() as *mut libc::c_void,
                         iov_len: part.len(),
-                    });
+                    };
                 }
             }
             let seg = if end - first > 1 {
@@ -354,7 +359,7 @@ impl Tx {
                 0
             };
             Counters::add(&self.counters.tx_syscalls, 1);
-            if let Err(e) = self.sock.send_gather(to, &parts, seg) {
+            if let Err(e) = self.sock.send_gather(to, parts, seg) {
                 tracing::debug!(%to, error = %e, "udp GSO send from the TUN buffer failed");
                 return false;
             }
