@@ -4,19 +4,19 @@ use super::*;
 
 /// Independent reference: straightforward RFC 1071 over 16-bit words.
 fn ref_sum(data: &[u8]) -> u32 {
-    let mut s: u32 = 0;
+    let mut s: u64 = 0;
     let mut i = 0;
     while i + 1 < data.len() {
-        s += (u32::from(data[i]) << 8) | u32::from(data[i + 1]);
+        s += (u64::from(data[i]) << 8) | u64::from(data[i + 1]);
         i += 2;
     }
     if i < data.len() {
-        s += u32::from(data[i]) << 8;
+        s += u64::from(data[i]) << 8;
     }
     while s > 0xffff {
         s = (s & 0xffff) + (s >> 16);
     }
-    s
+    s as u32
 }
 
 fn valid_ip_header(p: &[u8]) -> bool {
@@ -122,6 +122,25 @@ fn checksum_matches_rfc1071_example_and_reference() {
     assert_eq!(fold(sum_bytes(0, &[0; 64])), 0);
     assert_eq!(fold(sum_bytes(0, &[0xff; 64])), 0xffff);
     assert_eq!(fold(sum_bytes(0, &[0x12, 0x34, 0xed, 0xcb])), 0xffff);
+}
+
+#[test]
+fn checksum_of_long_inputs_matches_the_reference_on_every_code_path() {
+    // Around the vector loop's entry (128 bytes), segment sizes, and past the 64 KiB block
+    // whose 32-bit lanes must not overflow — all-0xff data is the worst case for that.
+    for n in [
+        127, 128, 129, 130, 131, 255, 256, 1420, 1421, 9001, 65_535, 65_536, 65_537, 65_539,
+        131_075, 200_001,
+    ] {
+        for d in [bytes(n, n as u32), vec![0xff; n]] {
+            assert_eq!(u32::from(fold(sum_bytes(0, &d))), ref_sum(&d), "len {n}");
+            assert_eq!(
+                fold(sum_native_words_portable(&d)),
+                fold(sum_native_words(&d)),
+                "len {n}: the SSE2 and the run-time chosen loops differ"
+            );
+        }
+    }
 }
 
 #[test]
