@@ -243,3 +243,85 @@ fn udp_rejects_a_datagram_from_outside_the_cluster() {
     });
     assert!(ok, "{}", metrics(&c, 1));
 }
+
+/// Lowering the underlay MTU under the TUN's at runtime (1500 → 1400, the TUN stays at 1472)
+/// used to stall TCP: the kernel refused every UDP GSO train with `EMSGSIZE`, which was
+/// taken for a hard error. Now the segments go out as single datagrams that the kernel
+/// fragments, as flannel's do, and trains come back once the MTU is raised again.
+#[test]
+fn udp_carries_tcp_after_the_underlay_mtu_drops_at_runtime() {
+    if !prerequisites("udp_carries_tcp_after_the_underlay_mtu_drops_at_runtime") {
+        return;
+    }
+    let mut c = start_udp_cluster(2);
+    let a = c.add_pod(0, "a").expect("ADD");
+    let b = c.add_pod(1, "b").expect("ADD");
+    let received = |r: &serde_json::Value| r["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0);
+    let set_underlay_mtu = |mtu: &str| {
+        for i in 0..2 {
+            let o = c.node_exec(i, &["ip", "link", "set", "eth0", "mtu", mtu]);
+            assert!(o.status.success(), "{}", text(&o));
+        }
+    };
+    let r = iperf3(&a, &b, &["-t", "2"]);
+    assert!(received(&r) > 16 << 20, "{r}");
+
+    set_underlay_mtu("1400");
+    let before = [metrics(&c, 0), metrics(&c, 1)];
+    for reverse in [false, true] {
+        let mut args = vec!["-t", "2"];
+        if reverse {
+            args.push("-R");
+        }
+        let r = iperf3(&a, &b, &args);
+        eprintln!(
+            "underlay MTU 1400, reverse {reverse}: {} bytes in 2 s",
+            received(&r)
+        );
+        assert!(received(&r) > 16 << 20, "reverse {reverse}: {r}");
+    }
+    let nstat = c.node_exec(0, &["nstat", "-az", "IpFragCreates"]);
+    let frags: u64 = text(&nstat)
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("IpFragCreates")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0);
+    assert!(
+        frags > 10_000,
+        "node 1 fragmented the datagrams: {}",
+        text(&nstat)
+    );
+    for (i, m) in before.iter().enumerate() {
+        let after = metrics(&c, i);
+        let refused = |m: &str| counter(m, "flannel_udp_tx_trains_refused_total");
+        assert!(refused(&after) > refused(m), "node {}: {after}", i + 1);
+        assert_eq!(
+            counter(&after, "flannel_udp_tx_errors_total"),
+            0,
+            "node {}",
+            i + 1
+        );
+        let log = c.flanneld_log(i);
+        assert!(
+            log.contains("does not fit the route"),
+            "node {}: {log}",
+            i + 1
+        );
+    }
+
+    // Back to 1500: within the one-second pause trains are tried again and go through.
+    set_underlay_mtu("1500");
+    std::thread::sleep(Duration::from_millis(1200));
+    let trains = |m: &str| counter(m, "flannel_udp_tx_gso_messages_total");
+    let before = metrics(&c, 0);
+    let r = iperf3(&a, &b, &["-t", "2"]);
+    assert!(received(&r) > 16 << 20, "{r}");
+    let after = metrics(&c, 0);
+    assert!(trains(&after) > trains(&before) + 100, "{before}\n{after}");
+    assert!(c.flanneld_log(0).contains("fit the route again"));
+}

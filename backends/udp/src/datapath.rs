@@ -8,7 +8,10 @@
 //!   MTU-size packets ([`codec::segment`]). The resulting datagrams are queued and sent with one
 //!   `sendmmsg` per batch; a run of equal-size segments to one peer becomes a single UDP GSO
 //!   message (`UDP_SEGMENT`), so the kernel's UDP stack handles a 64 KB window as one skb while
-//!   the wire still carries flannel's one-IPv4-packet-per-datagram format.
+//!   the wire still carries flannel's one-IPv4-packet-per-datagram format. A train refused
+//!   because its segments exceed the route's MTU (the underlay's MTU lowered under the TUN's
+//!   at runtime) goes out datagram by datagram, fragmented by the kernel as flannel's are, and
+//!   trains pause for a second.
 //! * **`flannel-udp-rx`** (UDP → TUN): `recvmmsg` with `UDP_GRO` (one buffer may hold many
 //!   datagrams of one sender, cut at the size the kernel reports); every datagram is checked
 //!   against the membership table (sender holds a lease, inner source in that lease's subnet,
@@ -37,6 +40,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use super::codec::{
     self, Coalescer, Ipv4Header, TtlOutcome, VNET_HDR_LEN, VirtioNetHdr, decrement_ttl,
@@ -44,7 +48,7 @@ use super::codec::{
 };
 use super::table::{SharedTable, SourceVerdict, Table, TableReader};
 use super::threads::{Threads, receive_loop, wait_loop};
-use super::tun::{InMsg, OutMsg, SendCounters, Tun, UdpSocket};
+use super::tun::{InMsg, OutMsg, SendCounters, Tun, UdpSocket, train_exceeds_route_mtu};
 
 pub use super::threads::POLL_MS;
 /// TUN reads per wake-up before the batch is sent.
@@ -59,6 +63,9 @@ pub const MAX_GSO_SEGMENTS: usize = 64;
 const FLUSH_BYTES: usize = 256 * 1024;
 /// TUN read buffer: vnet header plus the largest IPv4 packet.
 const TUN_BUF: usize = VNET_HDR_LEN + 65_536;
+/// How long no UDP GSO trains are built after one did not fit the route (see
+/// [`Tx::trains_allowed`]).
+const TRAIN_PAUSE: Duration = Duration::from_secs(1);
 
 crate::counter_set!(
     /// The datapath's counters (monotonic, relaxed atomics).
@@ -85,6 +92,7 @@ crate::counter_set!(
     tx_gso_messages => "UDP GSO messages sent (each carries several datagrams).",
     rx_gro_segments => "Received segments merged into TUN super-packets.",
     tx_drained_by_rx => "TUN packets read and sent by the RX thread right after its own TUN writes.",
+    tx_trains_refused => "UDP GSO trains refused because a segment exceeds the route's MTU (each pauses trains for a second).",
 });
 
 /// Which offloads the running datapath got from the kernel.
@@ -135,6 +143,8 @@ impl Datapath {
             out: Vec::with_capacity(FLUSH_BYTES + TUN_BUF * 2),
             msgs: Vec::with_capacity(MAX_TUN_READS * 2),
             hdrs: Vec::with_capacity(MAX_GSO_SEGMENTS * 120),
+            trains_paused_until: None,
+            refusal_warned: false,
         }));
         let tx_thread = tx.clone();
         let tun_fd = tun.as_raw_fd();
@@ -191,6 +201,10 @@ struct Tx {
     msgs: Vec<OutMsg>,
     /// Segment headers of the super-packet being sent from the TUN buffer.
     hdrs: Vec<u8>,
+    /// Set when a train did not fit the route: until then segments go out one by one.
+    trains_paused_until: Option<Instant>,
+    /// Whether the refusals since trains last went through have been logged as a warning.
+    refusal_warned: bool,
 }
 
 impl Tx {
@@ -255,7 +269,8 @@ impl Tx {
             Counters::add(&self.counters.ttl_expired, 1);
             return;
         }
-        if self.gso && self.send_train_in_place(&hdr, pkt, route.endpoint.into()) {
+        let trains = self.trains_allowed();
+        if trains && self.send_train_in_place(&hdr, pkt, route.endpoint.into()) {
             return;
         }
         let start = self.out.len();
@@ -280,7 +295,7 @@ impl Tx {
             });
             return;
         }
-        if self.gso {
+        if trains && !self.paused() {
             let per = (MAX_GSO_BYTES / segs.size).clamp(1, MAX_GSO_SEGMENTS);
             let mut at = start;
             let mut left = segs.count;
@@ -361,10 +376,17 @@ impl Tx {
             Counters::add(&self.counters.tx_syscalls, 1);
             if let Err(e) = self.sock.send_gather(to, parts, seg) {
                 tracing::debug!(%to, error = %e, "udp GSO send from the TUN buffer failed");
+                if seg > 0 && train_exceeds_route_mtu(&e) {
+                    self.pause_trains(to, &e);
+                }
                 return false;
             }
             if seg > 0 {
                 Counters::add(&self.counters.tx_gso_messages, 1);
+                if self.refusal_warned {
+                    tracing::info!(%to, "UDP GSO trains fit the route again");
+                    self.refusal_warned = false;
+                }
             }
             first = end;
         }
@@ -374,6 +396,43 @@ impl Tx {
             (train.total_len - train.hl + train.count * train.hl) as u64,
         );
         true
+    }
+
+    /// Whether UDP GSO trains may be built now: GSO works on this path (no `EIO` yet) and no
+    /// train was refused for its size within the last [`TRAIN_PAUSE`]. A refused train is
+    /// what a runtime drop of the underlay MTU under the TUN's looks like; the segments then
+    /// go out as single datagrams that the kernel fragments (flannel's behaviour), and one
+    /// train a second probes whether they fit again.
+    fn trains_allowed(&mut self) -> bool {
+        if !self.gso {
+            return false;
+        }
+        match self.trains_paused_until {
+            Some(until) if Instant::now() < until => false,
+            Some(_) => {
+                self.trains_paused_until = None;
+                true
+            }
+            None => true,
+        }
+    }
+
+    fn paused(&self) -> bool {
+        self.trains_paused_until.is_some()
+    }
+
+    fn pause_trains(&mut self, to: SocketAddr, e: &io::Error) {
+        if !self.refusal_warned {
+            tracing::warn!(
+                %to, error = %e,
+                "a UDP GSO train does not fit the route (underlay MTU lowered below the \
+                 TUN's?); sending single datagrams, fragmented by the kernel, and retrying \
+                 trains every {TRAIN_PAUSE:?}"
+            );
+            self.refusal_warned = true;
+        }
+        Counters::add(&self.counters.tx_trains_refused, 1);
+        self.trains_paused_until = Some(Instant::now() + TRAIN_PAUSE);
     }
 
     fn flush(&mut self) {

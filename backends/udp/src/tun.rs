@@ -267,6 +267,18 @@ impl OutMsg {
     }
 }
 
+/// Whether a UDP GSO send failed because of the train itself, so that its datagrams sent one
+/// by one may go through: `EIO` (the path cannot segment) or [`train_exceeds_route_mtu`].
+pub fn is_train_refusal(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::EIO) || train_exceeds_route_mtu(e)
+}
+
+/// Whether a UDP GSO send was refused because a segment exceeds the route's MTU: `EMSGSIZE`
+/// on kernels since 6.9, `EINVAL` on older ones.
+pub fn train_exceeds_route_mtu(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::EMSGSIZE))
+}
+
 /// What [`UdpSocket::send_batch_gso`] did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GsoSend {
@@ -571,7 +583,10 @@ impl UdpSocket {
     /// [`UdpSocket::send_batch`] for batches that may hold UDP GSO trains: a train the kernel
     /// refuses goes out again datagram by datagram. Returns what happened, for the caller's
     /// counters and its decision to stop building trains (`gso_unsupported`: the egress device
-    /// cannot segment, `EIO`; an `EINVAL` only means this train did not fit the route now).
+    /// cannot segment, `EIO`). `EMSGSIZE` (kernels since 6.9) or `EINVAL` (older ones) only
+    /// mean that this train's segments do not fit the route's MTU now — the underlay's MTU
+    /// was lowered under the TUN's: the single datagrams are then fragmented by the kernel
+    /// (the socket keeps the default `IP_PMTUDISC_WANT`), as flannel's are.
     /// Other refusals are reported through `on_error`.
     pub fn send_batch_gso(
         &self,
@@ -582,7 +597,7 @@ impl UdpSocket {
         let mut refused = Vec::new();
         let mut report = GsoSend::default();
         let (_, calls) = self.send_batch(buf, msgs, |m, e| {
-            if m.seg > 0 && matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL)) {
+            if m.seg > 0 && is_train_refusal(&e) {
                 report.gso_unsupported |= e.raw_os_error() == Some(libc::EIO);
                 refused.push(*m);
             } else {

@@ -175,7 +175,7 @@ impl Ipv4Header {
 /// swap at the end (RFC 1071, 2(B)). A per-word byte swap is what made the straightforward
 /// loop slow: x86-64's baseline SSE2 has no byte shuffle, so the vectorised loop spent most
 /// of its instructions emulating one, and the TCP checksums of the udp backend's
-/// segmentation were its hottest code. See [`sum_native_words`] for the loop itself.
+/// segmentation were its hottest code. The loop itself is `sum_native_words`.
 pub fn sum_bytes(acc: u64, data: &[u8]) -> u64 {
     let folded = fold(sum_native_words(data));
     acc + u64::from(if cfg!(target_endian = "little") {
