@@ -6,13 +6,13 @@
 //! cni-plugin`); without them a test prints SKIP on a laptop and fails under `CI=true`.
 
 use std::net::Ipv4Addr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use flannel_examples::cluster::{Backend, Cluster, ClusterSpec, Pod};
 
 mod common;
-use common::assert_full_mesh;
+use common::{assert_full_mesh, iperf3, tcp_survives_an_underlay_mtu_drop};
 
 fn prerequisites(test: &str) -> bool {
     flannel_examples::cluster::prerequisites(test, &["bash", "python3"])
@@ -64,49 +64,6 @@ fn counter(metrics: &str, name: &str) -> u64 {
         .lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
         .unwrap_or_else(|| panic!("{name} not in /metrics:\n{metrics}"))
-}
-
-/// iperf3 server in `to`, `client_args` from `from`; returns the client's JSON.
-fn iperf3(from: &Pod, to: &Pod, client_args: &[&str]) -> serde_json::Value {
-    let mut server = Command::new("ip")
-        .args(["netns", "exec", &to.ns, "iperf3", "-s", "-1", "-p", "5202"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("iperf3 server");
-    let dst = to.ip.to_string();
-    let mut args = vec![
-        "iperf3",
-        "-J",
-        "-c",
-        &dst,
-        "-p",
-        "5202",
-        "--connect-timeout",
-        "2000",
-    ];
-    args.extend_from_slice(client_args);
-    let mut result = serde_json::Value::Null;
-    for _ in 0..20 {
-        let out = in_pod(from, &args);
-        // iperf3 -J may exit 0 with an "error" member (e.g. server not listening yet).
-        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout)
-            && out.status.success()
-            && v.get("error").is_none()
-        {
-            result = v;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(150));
-    }
-    let _ = server.kill();
-    let _ = server.wait();
-    assert!(
-        !result.is_null(),
-        "iperf3 {args:?} from {} never succeeded",
-        from.ip
-    );
-    result
 }
 
 #[test]
@@ -256,72 +213,40 @@ fn udp_carries_tcp_after_the_underlay_mtu_drops_at_runtime() {
     let mut c = start_udp_cluster(2);
     let a = c.add_pod(0, "a").expect("ADD");
     let b = c.add_pod(1, "b").expect("ADD");
-    let received = |r: &serde_json::Value| r["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0);
-    let set_underlay_mtu = |mtu: &str| {
-        for i in 0..2 {
-            let o = c.node_exec(i, &["ip", "link", "set", "eth0", "mtu", mtu]);
-            assert!(o.status.success(), "{}", text(&o));
-        }
-    };
-    let r = iperf3(&a, &b, &["-t", "2"]);
-    assert!(received(&r) > 16 << 20, "{r}");
-
-    set_underlay_mtu("1400");
-    let before = [metrics(&c, 0), metrics(&c, 1)];
-    for reverse in [false, true] {
-        let mut args = vec!["-t", "2"];
-        if reverse {
-            args.push("-R");
-        }
-        let r = iperf3(&a, &b, &args);
-        eprintln!(
-            "underlay MTU 1400, reverse {reverse}: {} bytes in 2 s",
-            received(&r)
-        );
-        assert!(received(&r) > 16 << 20, "reverse {reverse}: {r}");
-    }
-    let nstat = c.node_exec(0, &["nstat", "-az", "IpFragCreates"]);
-    let frags: u64 = text(&nstat)
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("IpFragCreates")?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0);
-    assert!(
-        frags > 10_000,
-        "node 1 fragmented the datagrams: {}",
-        text(&nstat)
-    );
-    for (i, m) in before.iter().enumerate() {
-        let after = metrics(&c, i);
-        let refused = |m: &str| counter(m, "flannel_udp_tx_trains_refused_total");
-        assert!(refused(&after) > refused(m), "node {}: {after}", i + 1);
-        assert_eq!(
-            counter(&after, "flannel_udp_tx_errors_total"),
-            0,
-            "node {}",
-            i + 1
-        );
-        let log = c.flanneld_log(i);
-        assert!(
-            log.contains("does not fit the route"),
-            "node {}: {log}",
-            i + 1
-        );
-    }
-
-    // Back to 1500: within the one-second pause trains are tried again and go through.
-    set_underlay_mtu("1500");
-    std::thread::sleep(Duration::from_millis(1200));
+    let refused = |m: &str| counter(m, "flannel_udp_tx_trains_refused_total");
     let trains = |m: &str| counter(m, "flannel_udp_tx_gso_messages_total");
-    let before = metrics(&c, 0);
-    let r = iperf3(&a, &b, &["-t", "2"]);
-    assert!(received(&r) > 16 << 20, "{r}");
-    let after = metrics(&c, 0);
-    assert!(trains(&after) > trains(&before) + 100, "{before}\n{after}");
-    assert!(c.flanneld_log(0).contains("fit the route again"));
+    let before = [metrics(&c, 0), metrics(&c, 1)];
+    tcp_survives_an_underlay_mtu_drop(
+        &c,
+        &a,
+        &b,
+        16 << 20,
+        || {
+            // While the MTU is low: trains were refused on both nodes, with one warning each,
+            // and nothing was lost as a send error.
+            for (i, m) in before.iter().enumerate() {
+                let now = metrics(&c, i);
+                assert!(refused(&now) > refused(m), "node {}: {now}", i + 1);
+                assert_eq!(
+                    counter(&now, "flannel_udp_tx_errors_total"),
+                    0,
+                    "node {}",
+                    i + 1
+                );
+                let log = c.flanneld_log(i);
+                assert!(
+                    log.contains("does not fit the route"),
+                    "node {}: {log}",
+                    i + 1
+                );
+            }
+            metrics(&c, 0)
+        },
+        |low| {
+            // Back at 1500, after the one-second pause: trains go through again.
+            let now = metrics(&c, 0);
+            assert!(trains(&now) > trains(&low) + 100, "{low}\n{now}");
+            assert!(c.flanneld_log(0).contains("fit the route again"));
+        },
+    );
 }

@@ -15,7 +15,7 @@ use flannel_examples::cluster::wggo::WireguardGo;
 use flannel_examples::cluster::{Backend, Cluster, ClusterSpec, Pod, Stack, wait_until};
 
 mod common;
-use common::assert_full_mesh;
+use common::{assert_full_mesh, tcp_survives_an_underlay_mtu_drop};
 
 const HEALTHZ_PORT: &str = "9102";
 
@@ -561,4 +561,21 @@ fn wireguard_ipv6_only() {
         return;
     }
     ipv6_scenario(Stack::V6Only);
+}
+
+/// The userspace device sends its encrypted datagrams as UDP GSO trains too: after the
+/// underlay MTU drops under what the device was sized for, the refused trains go out datagram
+/// by datagram and the kernel fragments them (the kernel module's device fragments as well).
+#[test]
+fn wireguard_carries_tcp_after_the_underlay_mtu_drops_at_runtime() {
+    if !prerequisites(
+        "wireguard_carries_tcp_after_the_underlay_mtu_drops_at_runtime",
+        &["iperf3"],
+    ) {
+        return;
+    }
+    let mut c = start(2);
+    let a = c.add_pod(0, "a").expect("ADD");
+    let b = c.add_pod(1, "b").expect("ADD");
+    tcp_survives_an_underlay_mtu_drop(&c, &a, &b, 4 << 20, || (), |()| {});
 }
