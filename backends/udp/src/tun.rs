@@ -274,7 +274,7 @@ pub fn is_train_refusal(e: &io::Error) -> bool {
 }
 
 /// Whether a UDP GSO send was refused because a segment exceeds the route's MTU: `EMSGSIZE`
-/// on kernels since 6.9, `EINVAL` on older ones.
+/// on current kernels (6.18 here), `EINVAL` on older ones.
 pub fn train_exceeds_route_mtu(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::EMSGSIZE))
 }
@@ -583,7 +583,7 @@ impl UdpSocket {
     /// [`UdpSocket::send_batch`] for batches that may hold UDP GSO trains: a train the kernel
     /// refuses goes out again datagram by datagram. Returns what happened, for the caller's
     /// counters and its decision to stop building trains (`gso_unsupported`: the egress device
-    /// cannot segment, `EIO`). `EMSGSIZE` (kernels since 6.9) or `EINVAL` (older ones) only
+    /// cannot segment, `EIO`). `EMSGSIZE` (current kernels) or `EINVAL` (older ones) only
     /// mean that this train's segments do not fit the route's MTU now — the underlay's MTU
     /// was lowered under the TUN's: the single datagrams are then fragmented by the kernel
     /// (the socket keeps the default `IP_PMTUDISC_WANT`), as flannel's are.

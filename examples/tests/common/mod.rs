@@ -144,7 +144,7 @@ pub fn tcp_survives_an_underlay_mtu_drop<T>(
         );
         assert!(received_bytes(&r) > enough, "reverse {reverse}: {r}");
     }
-    let nstat = c.node_exec(a.node, &["nstat", "-az", "IpFragCreates"]);
+    let nstat = c.node_exec(a.node, &["nstat", "-asz", "IpFragCreates"]);
     let nstat = String::from_utf8_lossy(&nstat.stdout).into_owned();
     let frags: u64 = nstat
         .lines()
