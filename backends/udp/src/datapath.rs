@@ -15,9 +15,9 @@
 //! * **`flannel-udp-rx`** (UDP → TUN): `recvmmsg` with `UDP_GRO` (one buffer may hold many
 //!   datagrams of one sender, cut at the size the kernel reports); every datagram is checked
 //!   against the membership table (sender holds a lease, inner source in that lease's subnet,
-//!   inner destination in ours), has its TTL decremented, and is handed to a
-//!   [`codec::Coalescer`] that writes consecutive TCP segments of a flow to the TUN as one
-//!   `GSO_TCPV4` super-packet.
+//!   inner destination in ours), has its TTL decremented, and is handed, where it lies in the
+//!   receive buffer, to a [`codec::GatherCoalescer`]: consecutive TCP segments of a flow go to
+//!   the TUN as one `GSO_TCPV4` super-packet, one `writev` over the segments in place.
 //!
 //! Without TUN offloads (`IFF_VNET_HDR` refused) both threads do one packet per TUN read or
 //! write, as flannel does; without UDP GSO/GRO the batches are plain `sendmmsg`/`recvmmsg`.
@@ -43,8 +43,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::codec::{
-    self, Coalescer, Ipv4Header, TtlOutcome, VNET_HDR_LEN, VirtioNetHdr, decrement_ttl,
-    icmp_net_unreachable,
+    self, GatherCoalescer, Ipv4Header, Place, TtlOutcome, VNET_HDR_LEN, VirtioNetHdr,
+    decrement_ttl, icmp_net_unreachable,
 };
 use super::table::{SharedTable, SourceVerdict, Table, TableReader};
 use super::threads::{Threads, receive_loop, wait_loop};
@@ -157,7 +157,8 @@ impl Datapath {
             table: table.reader(),
             counters,
             bufs: (0..RECV_BATCH).map(|_| vec![0u8; 65_536]).collect(),
-            coalescer: Coalescer::new(),
+            accepted: Vec::with_capacity(RECV_BATCH * MAX_GSO_SEGMENTS),
+            coalescer: GatherCoalescer::new(),
             tx,
         };
         dp.threads
@@ -458,7 +459,9 @@ struct Rx {
     table: TableReader,
     counters: Arc<Counters>,
     bufs: Vec<Vec<u8>>,
-    coalescer: Coalescer,
+    /// Where this batch's accepted packets lie in `bufs` (vnet-header TUN only).
+    accepted: Vec<Place>,
+    coalescer: GatherCoalescer,
     /// The TX state, drained here after each TUN write when the TX thread is not using it.
     tx: Arc<Mutex<Tx>>,
 }
@@ -481,6 +484,7 @@ impl Rx {
     fn handle(&mut self, ins: &[InMsg], bufs: &mut [Vec<u8>]) {
         let vnet = self.tun.vnet_hdr();
         let table = self.table.current();
+        self.accepted.clear();
         for (i, m) in ins.iter().enumerate() {
             let seg = if m.seg == 0 { m.len } else { m.seg };
             if seg == 0 {
@@ -492,7 +496,7 @@ impl Rx {
                 continue;
             };
             let sender: Ipv4Addr = *from.ip();
-            for dg in bufs[i][..m.len].chunks_mut(seg) {
+            for (k, dg) in bufs[i][..m.len].chunks_mut(seg).enumerate() {
                 let Ok(ip) = Ipv4Header::parse(dg) else {
                     Counters::add(&self.counters.rx_dropped_malformed, 1);
                     continue;
@@ -521,7 +525,11 @@ impl Rx {
                 Counters::add(&c.rx_packets, 1);
                 Counters::add(&c.rx_bytes, ip.total_len as u64);
                 if vnet {
-                    self.coalescer.push(pkt);
+                    self.accepted.push(Place {
+                        buf: i,
+                        start: k * seg,
+                        len: ip.total_len,
+                    });
                 } else {
                     match self.tun.write(pkt) {
                         Ok(()) => Counters::add(&c.tun_writes, 1),
@@ -531,13 +539,18 @@ impl Rx {
             }
         }
         if vnet {
-            self.coalescer.flush();
-            for p in self.coalescer.packets() {
-                match self.tun.write(p) {
-                    Ok(()) => Counters::add(&self.counters.tun_writes, 1),
-                    Err(_) => Counters::add(&self.counters.tun_write_errors, 1),
-                }
+            // The packets stay where they were received: coalesced super-packets are written
+            // with `writev` over the receive buffers.
+            for at in &self.accepted {
+                self.coalescer.push(bufs, *at);
             }
+            self.coalescer.flush(bufs);
+            let (tun, counters) = (&self.tun, &self.counters);
+            self.coalescer
+                .for_each_packet(bufs, |parts| match tun.write_vectored(parts) {
+                    Ok(()) => Counters::add(&counters.tun_writes, 1),
+                    Err(_) => Counters::add(&counters.tun_write_errors, 1),
+                });
             Counters::add(
                 &self.counters.rx_gro_segments,
                 self.coalescer.merged_segments() as u64,

@@ -226,6 +226,24 @@ impl Tun {
         }
         Ok(())
     }
+
+    /// `writev(2)`: one packet gathered from `parts` (with a vnet-header TUN, the first
+    /// `codec::VNET_HDR_LEN` bytes are the header).
+    pub fn write_vectored(&self, parts: &[std::io::IoSlice]) -> io::Result<()> {
+        // SAFETY: `IoSlice` is ABI-compatible with `struct iovec` on Unix, and every slice is
+        // valid for reading during the call.
+        let n = unsafe {
+            libc::writev(
+                self.fd.as_raw_fd(),
+                parts.as_ptr().cast(),
+                parts.len() as libc::c_int,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
 }
 
 impl AsRawFd for Tun {

@@ -333,7 +333,7 @@ pub fn icmp_net_unreachable(orig: &[u8], from: Ipv4Addr) -> Option<Vec<u8>> {
 mod coalesce;
 mod offload;
 
-pub use coalesce::Coalescer;
+pub use coalesce::{Coalescer, GatherCoalescer, MAX_COALESCED_SEGMENTS, Place};
 pub use offload::{
     Segments, TcpTrain, VirtioNetHdr, finish_partial_checksum, segment, segment_headers,
 };
