@@ -18,6 +18,9 @@
 //!   packets. On the way in, [`Coalescer`] does the reverse of that, like the kernel's GRO: it
 //!   glues consecutive in-order segments of one TCP flow back into a super-packet with a
 //!   `GSO_TCPV4` header, so the kernel takes a whole window in one TUN write.
+//!   [`GatherCoalescer`] does the same without copying: the segments stay in the receive
+//!   buffers and a super-packet is a list of slices for one `writev` (the udp data path; the
+//!   wireguard device decrypts into a scratch buffer and uses [`Coalescer`]).
 //!
 //! Checksums are RFC 1071 ones' complement sums ([`checksum`]); the inner TCP checksum of a
 //! coalesced packet is left *partial* (pseudo-header only, `NEEDS_CSUM`), which is what the
