@@ -7,7 +7,7 @@
 
 use super::*;
 
-/// At most this many segments go into one super-packet (the kernel's GRO stops at 64 too);
+/// At most this many segments go into one super-packet (as many as one UDP GSO train carries);
 /// it bounds the slices of a gathered write.
 pub const MAX_COALESCED_SEGMENTS: usize = 64;
 
