@@ -125,8 +125,8 @@ impl Flow {
 /// ports, TTL, TOS, IP flags, acknowledgement, window and TCP options; sequence number right
 /// after the previous payload; only ACK (and PSH) set; payload no longer than the first
 /// segment's, and every earlier one full-sized; at most [`MAX_COALESCED_SEGMENTS`]. A shorter
-/// or PSH segment closes the super-packet. Anything else (non-TCP, IP options, fragments, SYN/FIN/RST/URG) passes through
-/// alone with an all-zero vnet header.
+/// or PSH segment closes the super-packet. Anything else (non-TCP, IP options, fragments,
+/// SYN/FIN/RST/URG) passes through alone with an all-zero vnet header.
 #[derive(Debug, Default)]
 pub struct Coalescer {
     buf: Vec<u8>,
