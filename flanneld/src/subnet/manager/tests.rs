@@ -420,10 +420,20 @@ const DUAL: &str = r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network"
 
 /// Dual stack: right before our first `n` creates, another node takes the IPv6 half we
 /// picked under a different key (another IPv4 subnet) — keys differ, so only the revision
-/// guard can see it.
+/// guard can see it. The thief's IPv4 subnets are 10.244.255.0/24, .254, … (never the one we
+/// picked, never one it took before): taking the subnet after ours, as this test once did,
+/// gave the thief the same IPv4 half twice whenever we picked the same subnet again after
+/// losing the first round (about one run in 250).
 fn racing_for_the_ipv6_half<S: LeaseStore + 'static>(inner: Arc<S>, n: usize) -> HookedStore<S> {
-    racing_with(inner, n, |lease| {
-        let other_v4 = ipam::net::next_subnet(lease.subnet).expect("a next subnet");
+    let next_third_octet = std::sync::atomic::AtomicU8::new(255);
+    racing_with(inner, n, move |lease| {
+        let other_v4 = loop {
+            let octet = next_third_octet.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            let candidate = net(&format!("10.244.{octet}.0/24"));
+            if candidate != lease.subnet {
+                break candidate;
+            }
+        };
         let mut a = attrs("198.18.9.9", "0a:00:00:00:09:09");
         a.public_ipv6 = Some("fd00:198:18::99".parse().unwrap());
         Lease::new(other_v4, lease.ipv6_subnet, a)
