@@ -31,9 +31,12 @@
 //! [`StoreError::Etcd`] whose message names the cause and what to fix
 //! ([`super::etcd_error`]) and is counted by kind in [`StoreMetrics`].
 //!
-//! **Several endpoints.** The client balances over all of them; a member that stops answering
-//! is skipped by the balancer, and a broken watch is re-opened by the manager on whichever
-//! member answers. [`LeaseStore::position`] reads the revision and cluster ID, so that the
+//! **Several endpoints.** The client balances over all of them, and a broken watch is
+//! re-opened by the manager on whichever member answers. A member that stops answering is
+//! not always skipped: tonic's `Reconnect` reports a lazily connected endpoint whose connect
+//! failed as ready and returns the stored error on the next call, so the balancer can keep
+//! choosing a dead member (etcdv3/etcd-client#39; seen in `examples/tests/etcd_tls.rs`). The
+//! fix still to do: one client per endpoint, used stickily and rotated on failure. [`LeaseStore::position`] reads the revision and cluster ID, so that the
 //! manager can tell a restored etcd from a reconnect.
 //!
 //! Connecting — the `--etcd-*` settings ([`EtcdConfig`]), their checks, TLS and auth options,
