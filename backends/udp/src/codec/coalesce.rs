@@ -21,8 +21,6 @@ struct Continuation {
 /// The flow identity and header template of a super-packet being built.
 #[derive(Clone, Debug)]
 struct Flow {
-    /// Where the super-packet starts in the output buffer (at its vnet header).
-    start: usize,
     /// IP header length.
     ihl: usize,
     /// IP + TCP header length.
@@ -39,10 +37,9 @@ struct Flow {
 
 impl Flow {
     /// The flow a coalescable first segment opens (`shape` from [`tcp_candidate`]).
-    fn open(start: usize, pkt: &[u8], (ihl, hl, plen): (usize, usize, usize)) -> Flow {
+    fn open(pkt: &[u8], (ihl, hl, plen): (usize, usize, usize)) -> Flow {
         let seq = u32::from_be_bytes([pkt[ihl + 4], pkt[ihl + 5], pkt[ihl + 6], pkt[ihl + 7]]);
         Flow {
-            start,
             ihl,
             hl,
             mss: plen,
@@ -149,12 +146,11 @@ impl Coalescer {
             return;
         }
         self.close();
-        let start = self.buf.len();
         match tcp_candidate(pkt) {
             Some(shape) => {
                 self.buf.extend_from_slice(&[0u8; VNET_HDR_LEN]);
                 self.buf.extend_from_slice(pkt);
-                self.open = Some(Flow::open(start, pkt, shape));
+                self.open = Some(Flow::open(pkt, shape));
             }
             None => {
                 self.buf.extend_from_slice(&[0u8; VNET_HDR_LEN]);
@@ -164,15 +160,22 @@ impl Coalescer {
         }
     }
 
+    /// Where the open super-packet starts in `buf` (at its vnet header): right after the
+    /// last finished packet.
+    fn open_start(&self) -> usize {
+        self.ends.last().copied().unwrap_or(0)
+    }
+
     fn try_append(&mut self, mut flow: Flow, pkt: &[u8]) -> bool {
-        let cur_len = self.buf.len() - flow.start - VNET_HDR_LEN;
-        let first = &self.buf[flow.start + VNET_HDR_LEN..];
+        let start = self.open_start();
+        let cur_len = self.buf.len() - start - VNET_HDR_LEN;
+        let first = &self.buf[start + VNET_HDR_LEN..];
         let Some(next) = flow.accepts(first, cur_len, pkt) else {
             return false;
         };
         self.buf.extend_from_slice(&pkt[flow.hl..]);
         if next.flags & TCP_PSH != 0 {
-            let at = flow.start + VNET_HDR_LEN + flow.ihl + 13;
+            let at = start + VNET_HDR_LEN + flow.ihl + 13;
             self.buf[at] |= TCP_PSH;
         }
         flow.advance(&next);
@@ -187,9 +190,10 @@ impl Coalescer {
         };
         let end = self.buf.len();
         if flow.segs > 1 {
-            let total = end - flow.start - VNET_HDR_LEN;
-            let vnet = flow.finish(&mut self.buf[flow.start + VNET_HDR_LEN..end], total);
-            self.buf[flow.start..flow.start + VNET_HDR_LEN].copy_from_slice(&vnet);
+            let start = self.open_start();
+            let total = end - start - VNET_HDR_LEN;
+            let vnet = flow.finish(&mut self.buf[start + VNET_HDR_LEN..end], total);
+            self.buf[start..start + VNET_HDR_LEN].copy_from_slice(&vnet);
             self.merged += flow.segs;
         }
         self.ends.push(end);
@@ -263,8 +267,6 @@ struct OpenGather {
     parts_from: usize,
     /// Bytes so far (headers once, all payloads).
     len: usize,
-    /// Whether a merged segment carried PSH (set in the first header at close).
-    psh: bool,
 }
 
 /// [`Coalescer`] without the copy: the packets stay in the receive buffers and each finished
@@ -301,8 +303,11 @@ impl GatherCoalescer {
                     len: at.len - hl,
                 });
                 open.len += next.plen;
-                open.psh |= next.flags & TCP_PSH != 0;
                 open.flow.advance(&next);
+                // A merged PSH goes onto the super-packet, as in `Coalescer::try_append`.
+                if next.flags & TCP_PSH != 0 {
+                    bufs[open.first.buf][open.first.start + open.flow.ihl + 13] |= TCP_PSH;
+                }
                 return;
             }
         }
@@ -313,11 +318,10 @@ impl GatherCoalescer {
         match tcp_candidate(pkt) {
             Some(shape) => {
                 self.open = Some(OpenGather {
-                    flow: Flow::open(0, pkt, shape),
+                    flow: Flow::open(pkt, shape),
                     first: at,
                     parts_from,
                     len: at.len,
-                    psh: false,
                 })
             }
             None => self.packets.push(Gathered {
@@ -335,9 +339,6 @@ impl GatherCoalescer {
         let mut vnet = [0; VNET_HDR_LEN];
         if open.flow.segs > 1 {
             let first = &mut bufs[open.first.buf][open.first.start..];
-            if open.psh {
-                first[open.flow.ihl + 13] |= TCP_PSH;
-            }
             vnet = open.flow.finish(first, open.len);
             self.merged += open.flow.segs;
         }
