@@ -270,8 +270,7 @@ impl Tx {
             Counters::add(&self.counters.ttl_expired, 1);
             return;
         }
-        let trains = self.trains_allowed();
-        if trains && self.send_train_in_place(&hdr, pkt, route.endpoint.into()) {
+        if self.trains_allowed() && self.send_train_in_place(&hdr, pkt, route.endpoint.into()) {
             return;
         }
         let start = self.out.len();
@@ -296,7 +295,8 @@ impl Tx {
             });
             return;
         }
-        if trains && !self.paused() {
+        // Asked again: a train refused just now paused them.
+        if self.trains_allowed() {
             let per = (MAX_GSO_BYTES / segs.size).clamp(1, MAX_GSO_SEGMENTS);
             let mut at = start;
             let mut left = segs.count;
@@ -416,10 +416,6 @@ impl Tx {
             }
             None => true,
         }
-    }
-
-    fn paused(&self) -> bool {
-        self.trains_paused_until.is_some()
     }
 
     fn pause_trains(&mut self, to: SocketAddr, e: &io::Error) {

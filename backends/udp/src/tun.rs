@@ -287,7 +287,7 @@ impl OutMsg {
 
 /// Whether a UDP GSO send failed because of the train itself, so that its datagrams sent one
 /// by one may go through: `EIO` (the path cannot segment) or [`train_exceeds_route_mtu`].
-pub fn is_train_refusal(e: &io::Error) -> bool {
+fn is_train_refusal(e: &io::Error) -> bool {
     e.raw_os_error() == Some(libc::EIO) || train_exceeds_route_mtu(e)
 }
 
