@@ -109,7 +109,7 @@ fn backend_detail(data: Option<&ipam::lease::BackendData>) -> Option<String> {
 
 async fn rows(store: &EtcdLeaseStore) -> anyhow::Result<Vec<Row>> {
     let listing = store.list().await?;
-    let mut client = store.client();
+    let mut client = store.client().await?;
     let mut rows = Vec::new();
     for l in &listing.leases {
         let ttl = match l.lease_id {
@@ -275,7 +275,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut attrs = LeaseAttrs::new(public_ip, backend_type);
             attrs.public_ipv6 = public_ipv6;
             let key = format!("{}{}", store.subnets_prefix(), subnet_key(&v4, v6.as_ref()));
-            let mut c = store.client();
+            let mut c = store.client().await?;
             let txn = etcd_client::Txn::new()
                 .when([etcd_client::Compare::version(
                     key.as_str(),

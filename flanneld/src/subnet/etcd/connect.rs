@@ -7,8 +7,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use etcd_client::{Client, ConnectOptions};
+use etcd_client::ConnectOptions;
 
+use super::members::Members;
 use super::{DEFAULT_PREFIX, EtcdLeaseStore};
 use crate::subnet::etcd_error::{EtcdContext, EtcdErrorKind, chain_text, classify};
 use crate::subnet::etcd_tls::{TlsFiles, TlsMaterial, probe_handshake};
@@ -220,23 +221,9 @@ impl EtcdLeaseStore {
         }
         let ctx = cfg.context();
         let endpoints: Vec<String> = cfg.endpoints.iter().map(|e| e.trim().to_string()).collect();
-        let connect = Client::connect(&endpoints, Some(opts));
-        let client = match tokio::time::timeout(cfg.request_timeout, connect).await {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                let e = etcd_error(&ctx, &metrics, e);
-                return Err(refine(e, &ctx, &endpoints, material.as_ref()).await);
-            }
-            Err(_) => {
-                metrics.error(EtcdErrorKind::Timeout.label());
-                return Err(StoreError::Timeout {
-                    op: "connect (authenticate)",
-                    after: cfg.request_timeout,
-                });
-            }
-        };
-        Ok(Self {
-            client,
+        let authenticate = cfg.username.is_some();
+        let store = Self {
+            members: Arc::new(Members::new(endpoints.clone(), opts)),
             prefix: cfg.prefix.trim_end_matches('/').to_string(),
             ctx,
             endpoints,
@@ -244,6 +231,18 @@ impl EtcdLeaseStore {
             metrics,
             request_timeout: cfg.request_timeout,
             keeper: tokio::sync::Mutex::new(None),
-        })
+        };
+        if authenticate {
+            // Connecting authenticates: a wrong password fails here, and a member that is
+            // down is passed over for the next.
+            store.client().await.map_err(|e| match e {
+                StoreError::Timeout { after, .. } => StoreError::Timeout {
+                    op: "connect (authenticate)",
+                    after,
+                },
+                e => e,
+            })?;
+        }
+        Ok(store)
     }
 }

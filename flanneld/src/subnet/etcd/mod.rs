@@ -31,12 +31,12 @@
 //! [`StoreError::Etcd`] whose message names the cause and what to fix
 //! ([`super::etcd_error`]) and is counted by kind in [`StoreMetrics`].
 //!
-//! **Several endpoints.** The client balances over all of them, and a broken watch is
-//! re-opened by the manager on whichever member answers. A member that stops answering is
-//! not always skipped: tonic's `Reconnect` reports a lazily connected endpoint whose connect
-//! failed as ready and returns the stored error on the next call, so the balancer can keep
-//! choosing a dead member (etcdv3/etcd-client#39; seen in `examples/tests/etcd_tls.rs`). The
-//! fix still to do: one client per endpoint, used stickily and rotated on failure. [`LeaseStore::position`] reads the revision and cluster ID, so that the
+//! **Several endpoints.** The store talks to one member at a time and moves to the next
+//! endpoint when that member fails a request (`members`; etcd-client's own balanced channel
+//! kept choosing a dead member, etcdv3/etcd-client#39). A request that failed at one member is
+//! sent to the next at once when that is safe ([`Resend`]), all of it within the request
+//! timeout. A broken watch is re-opened by the manager on whichever member is in use then.
+//! [`LeaseStore::position`] reads the revision and cluster ID, so that the
 //! manager can tell a restored etcd from a reconnect.
 //!
 //! Connecting — the `--etcd-*` settings ([`EtcdConfig`]), their checks, TLS and auth options,
@@ -45,6 +45,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use etcd_client::{
@@ -54,7 +55,7 @@ use etcd_client::{
 use futures::StreamExt;
 use ipam::lease::{Lease, SubnetId, subnet_key};
 
-use super::etcd_error::{EtcdContext, EtcdErrorKind};
+use super::etcd_error::{EtcdContext, EtcdErrorKind, chain_text, classify};
 use super::etcd_tls::TlsMaterial;
 use super::{
     CreateOutcome, Decoded, KeepAliveOutcome, LeaseStore, Listing, Revision, StoreError,
@@ -69,13 +70,27 @@ pub const DEFAULT_PREFIX: &str = "/coreos.com/network";
 const MAX_LIST_BYTES: usize = 64 << 20;
 
 mod connect;
+mod members;
 
 pub use connect::EtcdConfig;
 use connect::{etcd_error, refine};
+use members::Members;
+
+/// A lease keep-alive stream kept open between rounds (see `EtcdLeaseStore::keeper`).
+struct OpenKeepAlive {
+    lease_id: i64,
+    generation: u64,
+    keeper: LeaseKeeper,
+    stream: LeaseKeepAliveStream,
+    /// The member's client, which keeps its connection up while the stream is in use also
+    /// after the store moved to another member.
+    _client: Client,
+}
 
 /// The etcd v3 [`LeaseStore`] (see the module docs).
 pub struct EtcdLeaseStore {
-    client: Client,
+    /// The member in use and its client ([`members`]).
+    members: Arc<Members>,
     prefix: String,
     ctx: EtcdContext,
     endpoints: Vec<String>,
@@ -83,8 +98,9 @@ pub struct EtcdLeaseStore {
     tls: Option<TlsMaterial>,
     metrics: Arc<StoreMetrics>,
     request_timeout: Duration,
-    /// The open keep-alive stream, for the lease it belongs to.
-    keeper: tokio::sync::Mutex<Option<(i64, LeaseKeeper, LeaseKeepAliveStream)>>,
+    /// The open keep-alive stream: the lease it belongs to, the generation of the member
+    /// it runs on ([`Members::failed`]), its sender and its responses.
+    keeper: tokio::sync::Mutex<Option<OpenKeepAlive>>,
 }
 
 impl std::fmt::Debug for EtcdLeaseStore {
@@ -108,15 +124,78 @@ fn is_lease_not_found(e: &StoreError) -> bool {
     )
 }
 
+/// Whether a request that failed at one member may be sent to the next (see
+/// [`EtcdLeaseStore::call`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resend {
+    /// Reads, lease grants, revokes and keep-alives, watch opens: asking another member is
+    /// harmless whatever the failed one did with the request (a grant it did apply leaves a
+    /// lease with no key, which expires).
+    Always,
+    /// Writes (the compare-and-swap transactions): only when the failed member cannot have
+    /// seen the request because no connection was made. A create that did apply, sent
+    /// again, would find its own key and report it as another node's.
+    IfNeverSent,
+}
+
+/// Whether a failure is the member's (down, unreachable, slow, without leader, or its TLS
+/// refused), so that another member may answer, rather than etcd's verdict on the request.
+fn is_member_failure(kind: EtcdErrorKind) -> bool {
+    matches!(
+        kind,
+        EtcdErrorKind::Unreachable
+            | EtcdErrorKind::Timeout
+            | EtcdErrorKind::TlsUnknownCa
+            | EtcdErrorKind::TlsServerName
+            | EtcdErrorKind::TlsServerCertExpired
+            | EtcdErrorKind::TlsClientRejected
+            | EtcdErrorKind::TlsOther
+    )
+}
+
+/// Whether the request cannot have reached etcd: the connection to the member was never
+/// made (refused, no route, name not resolved). A reset or a timeout may come after the
+/// member applied the request.
+fn never_sent(e: &etcd_client::Error) -> bool {
+    let text = chain_text(e).to_ascii_lowercase();
+    [
+        "connect error",
+        "connection refused",
+        "no route to host",
+        "network is unreachable",
+        "dns error",
+        "failed to lookup",
+    ]
+    .iter()
+    .any(|n| text.contains(n))
+}
+
+fn log_move(from: &str, to: &str, op: &str, why: &str) {
+    tracing::warn!(
+        failed = from,
+        next = to,
+        op,
+        error = why,
+        "etcd member failed; using the next endpoint of --etcd-endpoints"
+    );
+}
+
 impl EtcdLeaseStore {
     /// The counters this store reports failures to.
     pub fn metrics(&self) -> &Arc<StoreMetrics> {
         &self.metrics
     }
 
-    /// A clone of the underlying client (tests and tools).
-    pub fn client(&self) -> Client {
-        self.client.clone()
+    /// The client of the etcd member in use (tools and tests), connected (and
+    /// authenticated) if it was not yet.
+    pub async fn client(&self) -> Result<Client, StoreError> {
+        self.call("connect", Resend::Always, |c| async move { Ok(c) })
+            .await
+    }
+
+    /// The endpoint of the member in use.
+    pub fn endpoint_in_use(&self) -> String {
+        self.members.endpoint_in_use()
     }
 
     /// The key prefix, without trailing `/`.
@@ -138,18 +217,106 @@ impl EtcdLeaseStore {
         )
     }
 
+    /// Sends a request to the member in use, bounded by the request timeout as a whole.
+    /// When that member fails it ([`is_member_failure`]), the store moves to the next
+    /// member ([`Members::failed`]), and `request` is sent there at once if `resend` allows
+    /// it and time is left, up to once per endpoint.
+    async fn call<T, F, Fut>(
+        &self,
+        op: &'static str,
+        resend: Resend,
+        mut request: F,
+    ) -> Result<T, StoreError>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        self.call_member(op, resend, |client, _| request(client))
+            .await
+    }
+
+    /// [`call`](Self::call) for a request that opens a stream: `request` also gets the
+    /// member's generation, to report a failure of the stream later ([`Members::failed`]).
+    async fn call_member<T, F, Fut>(
+        &self,
+        op: &'static str,
+        resend: Resend,
+        mut request: F,
+    ) -> Result<T, StoreError>
+    where
+        F: FnMut(Client, u64) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            // The member this attempt went to, for a timeout (while still connecting to it,
+            // the one in use now).
+            let picked = AtomicU64::new(self.members.generation());
+            let attempt = async {
+                let pick = self.members.pick().await?;
+                picked.store(pick.generation, Ordering::Relaxed);
+                request(pick.client, pick.generation)
+                    .await
+                    .map_err(|e| (pick.generation, e))
+            };
+            match tokio::time::timeout_at(deadline, attempt).await {
+                Ok(Ok(r)) => return Ok(r),
+                Ok(Err((generation, e))) => {
+                    let kind = classify(&e);
+                    if !is_member_failure(kind) {
+                        let e = self.error(e);
+                        return Err(refine(e, &self.ctx, &self.endpoints, self.tls.as_ref()).await);
+                    }
+                    self.member_failed(generation, op, &e);
+                    let again = match resend {
+                        Resend::Always => true,
+                        Resend::IfNeverSent => never_sent(&e),
+                    };
+                    if again && tries < self.members.len() && tokio::time::Instant::now() < deadline
+                    {
+                        self.metrics.error(kind.label());
+                        continue;
+                    }
+                    let e = self.error(e);
+                    return Err(refine(e, &self.ctx, &self.endpoints, self.tls.as_ref()).await);
+                }
+                Err(_) => {
+                    self.members
+                        .failed(picked.load(Ordering::Relaxed))
+                        .inspect(|(from, to)| log_move(from, to, op, "no answer in time"));
+                    self.metrics.error(EtcdErrorKind::Timeout.label());
+                    return Err(StoreError::Timeout {
+                        op,
+                        after: self.request_timeout,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Bounds a round on an open stream (the lease keep-alive) by the request timeout; a
+    /// failure that is the member's moves the store on, as in [`call`](Self::call).
     async fn timed<T>(
         &self,
         op: &'static str,
+        generation: u64,
         fut: impl Future<Output = Result<T, etcd_client::Error>>,
     ) -> Result<T, StoreError> {
         match tokio::time::timeout(self.request_timeout, fut).await {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => {
+                if is_member_failure(classify(&e)) {
+                    self.member_failed(generation, op, &e);
+                }
                 let e = self.error(e);
                 Err(refine(e, &self.ctx, &self.endpoints, self.tls.as_ref()).await)
             }
             Err(_) => {
+                self.members
+                    .failed(generation)
+                    .inspect(|(from, to)| log_move(from, to, op, "no answer in time"));
                 self.metrics.error(EtcdErrorKind::Timeout.label());
                 Err(StoreError::Timeout {
                     op,
@@ -159,11 +326,19 @@ impl EtcdLeaseStore {
         }
     }
 
+    fn member_failed(&self, generation: u64, op: &str, e: &etcd_client::Error) {
+        if let Some((from, to)) = self.members.failed(generation) {
+            log_move(&from, &to, op, &chain_text(e));
+        }
+    }
+
     async fn read_position(&self, opts: GetOptions) -> Result<StorePosition, StoreError> {
-        let mut c = self.client.clone();
         let key = self.config_location();
         let resp = self
-            .timed("read revision", c.get(key.as_str(), Some(opts)))
+            .call("read revision", Resend::Always, |mut c| {
+                let (key, opts) = (key.clone(), opts.clone());
+                async move { c.get(key, Some(opts)).await }
+            })
             .await?;
         let header = resp.header().ok_or_else(|| StoreError::Protocol {
             op: "read revision",
@@ -193,16 +368,23 @@ impl EtcdLeaseStore {
         let secs = i64::try_from(ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0))
             .unwrap_or(i64::MAX)
             .max(1);
-        let mut c = self.client.clone();
-        let resp = self.timed("lease grant", c.lease_grant(secs, None)).await?;
+        let resp = self
+            .call("lease grant", Resend::Always, |mut c| async move {
+                c.lease_grant(secs, None).await
+            })
+            .await?;
         let granted = Duration::from_secs(u64::try_from(resp.ttl()).unwrap_or(0));
         Ok((resp.id(), granted))
     }
 
     /// Best-effort revoke; a lease that is already gone is fine.
     async fn revoke(&self, id: i64) {
-        let mut c = self.client.clone();
-        match self.timed("lease revoke", c.lease_revoke(id)).await {
+        let revoked = self
+            .call("lease revoke", Resend::Always, |mut c| async move {
+                c.lease_revoke(id).await
+            })
+            .await;
+        match revoked {
             Ok(_) => {}
             Err(e) if is_lease_not_found(&e) => {}
             Err(e) => {
@@ -213,12 +395,11 @@ impl EtcdLeaseStore {
 
     /// Revokes `id` unless keys still use it (after moving our key to a fresh lease).
     async fn revoke_if_unused(&self, id: i64) {
-        let mut c = self.client.clone();
         let ttl = self
-            .timed(
-                "lease time-to-live",
-                c.lease_time_to_live(id, Some(LeaseTimeToLiveOptions::new().with_keys())),
-            )
+            .call("lease time-to-live", Resend::Always, |mut c| async move {
+                let opts = LeaseTimeToLiveOptions::new().with_keys();
+                c.lease_time_to_live(id, Some(opts)).await
+            })
             .await;
         match ttl {
             Ok(r) if r.keys().is_empty() && r.ttl() > 0 => self.revoke(id).await,
@@ -260,8 +441,13 @@ impl EtcdLeaseStore {
                 Some(PutOptions::new().with_lease(lease_id)),
             )])
             .or_else([TxnOp::get(key.as_str(), None)]);
-        let mut c = self.client.clone();
-        let resp = match self.timed("create subnet", c.txn(txn)).await {
+        let sent = self
+            .call("create subnet", Resend::IfNeverSent, |mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await;
+        let resp = match sent {
             Ok(r) => r,
             Err(e) => {
                 self.revoke(lease_id).await;
@@ -287,9 +473,13 @@ impl LeaseStore for EtcdLeaseStore {
     }
 
     async fn network_config(&self) -> Result<Option<String>, StoreError> {
-        let mut c = self.client.clone();
         let key = self.config_location();
-        let resp = self.timed("get config", c.get(key.as_str(), None)).await?;
+        let resp = self
+            .call("get config", Resend::Always, |mut c| {
+                let key = key.clone();
+                async move { c.get(key, None).await }
+            })
+            .await?;
         match resp.kvs().first() {
             None => Ok(None),
             Some(kv) => String::from_utf8(kv.value().to_vec())
@@ -316,16 +506,13 @@ impl LeaseStore for EtcdLeaseStore {
     }
 
     async fn list(&self) -> Result<Listing, StoreError> {
-        let mut kv = self
-            .client
-            .kv_client()
-            .max_decoding_message_size(MAX_LIST_BYTES);
         let prefix = self.subnets_prefix();
         let resp = self
-            .timed(
-                "list subnets",
-                kv.get(prefix.as_str(), Some(GetOptions::new().with_prefix())),
-            )
+            .call("list subnets", Resend::Always, |c| {
+                let mut kv = c.kv_client().max_decoding_message_size(MAX_LIST_BYTES);
+                let prefix = prefix.clone();
+                async move { kv.get(prefix, Some(GetOptions::new().with_prefix())).await }
+            })
             .await?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
         let pairs: Vec<(String, &[u8], i64)> = resp
@@ -344,9 +531,12 @@ impl LeaseStore for EtcdLeaseStore {
     }
 
     async fn get(&self, id: &SubnetId) -> Result<Option<Lease>, StoreError> {
-        let mut c = self.client.clone();
+        let key = self.key_of(id);
         let resp = self
-            .timed("get subnet", c.get(self.key_of(id), None))
+            .call("get subnet", Resend::Always, |mut c| {
+                let key = key.clone();
+                async move { c.get(key, None).await }
+            })
             .await?;
         Ok(resp.kvs().first().and_then(|kv| self.lease_of(kv)))
     }
@@ -396,8 +586,13 @@ impl LeaseStore for EtcdLeaseStore {
             ])
             .and_then([TxnOp::put(key.as_str(), lease.attrs.to_json(), put_opts)])
             .or_else([TxnOp::get(key.as_str(), None)]);
-        let mut c = self.client.clone();
-        let resp = match self.timed("update subnet", c.txn(txn)).await {
+        let sent = self
+            .call("update subnet", Resend::IfNeverSent, |mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await;
+        let resp = match sent {
             Ok(r) => r,
             Err(e) => {
                 if let Some((id, _)) = new {
@@ -430,14 +625,14 @@ impl LeaseStore for EtcdLeaseStore {
     async fn keep_alive(&self, lease_id: i64) -> Result<KeepAliveOutcome, StoreError> {
         let mut guard = self.keeper.lock().await;
         // Reuse the open stream for this lease, if any.
-        if let Some((id, keeper, stream)) = guard.as_mut()
-            && *id == lease_id
+        if let Some(open) = guard.as_mut()
+            && open.lease_id == lease_id
         {
             let round = async {
-                keeper.keep_alive().await?;
-                stream.message().await
+                open.keeper.keep_alive().await?;
+                open.stream.message().await
             };
-            match self.timed("lease keep-alive", round).await {
+            match self.timed("lease keep-alive", open.generation, round).await {
                 Ok(Some(resp)) if resp.ttl() > 0 => {
                     return Ok(KeepAliveOutcome::Alive {
                         ttl: Duration::from_secs(resp.ttl().unsigned_abs()),
@@ -454,12 +649,18 @@ impl LeaseStore for EtcdLeaseStore {
             }
         }
         *guard = None;
-        let mut c = self.client.clone();
-        let (mut keeper, mut stream) = match self
-            .timed("lease keep-alive", c.lease_keep_alive(lease_id))
-            .await
-        {
-            Ok(pair) => pair,
+        let opened = self
+            .call_member(
+                "lease keep-alive",
+                Resend::Always,
+                |mut c, generation| async move {
+                    let (keeper, stream) = c.lease_keep_alive(lease_id).await?;
+                    Ok((generation, keeper, stream, c))
+                },
+            )
+            .await;
+        let (generation, mut keeper, mut stream, client) = match opened {
+            Ok(open) => open,
             Err(e) if is_lease_not_found(&e) => {
                 return Ok(KeepAliveOutcome::Lost);
             }
@@ -470,7 +671,7 @@ impl LeaseStore for EtcdLeaseStore {
             keeper.keep_alive().await?;
             stream.message().await
         };
-        let ttl = match self.timed("lease keep-alive", round).await? {
+        let ttl = match self.timed("lease keep-alive", generation, round).await? {
             Some(resp) if resp.ttl() > 0 => Duration::from_secs(resp.ttl().unsigned_abs()),
             Some(_) => return Ok(KeepAliveOutcome::Lost),
             None => {
@@ -480,7 +681,13 @@ impl LeaseStore for EtcdLeaseStore {
                 });
             }
         };
-        *guard = Some((lease_id, keeper, stream));
+        *guard = Some(OpenKeepAlive {
+            lease_id,
+            generation,
+            keeper,
+            stream,
+            _client: client,
+        });
         Ok(KeepAliveOutcome::Alive { ttl })
     }
 
@@ -500,8 +707,12 @@ impl LeaseStore for EtcdLeaseStore {
                 Compare::lease(key.as_str(), CompareOp::Equal, expected),
             ])
             .and_then([TxnOp::delete(key.as_str(), None)]);
-        let mut c = self.client.clone();
-        let resp = self.timed("delete subnet", c.txn(txn)).await?;
+        let resp = self
+            .call("delete subnet", Resend::IfNeverSent, |mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await?;
         if resp.succeeded() && expected != 0 {
             self.revoke(expected).await;
         }
@@ -509,21 +720,29 @@ impl LeaseStore for EtcdLeaseStore {
     }
 
     async fn watch(&self, from: Revision) -> Result<WatchStream, StoreError> {
-        let mut c = self.client.clone();
         let opts = WatchOptions::new()
             .with_prefix()
             .with_start_revision(from)
             .with_prev_key();
         let prefix = self.subnets_prefix();
-        let ws = self
-            .timed("watch subnets", c.watch(prefix.as_str(), Some(opts)))
+        // The stream keeps its member's client: moving to another member does not cut a
+        // watch that still works.
+        let (client, generation, ws) = self
+            .call_member("watch subnets", Resend::Always, |mut c, generation| {
+                let (prefix, opts) = (prefix.clone(), opts.clone());
+                async move {
+                    let ws = c.watch(prefix, Some(opts)).await?;
+                    Ok((c, generation, ws))
+                }
+            })
             .await?;
         let this = self.mapper();
-        let (ctx, metrics) = (self.ctx.clone(), self.metrics.clone());
-        let stream = futures::stream::unfold(Some((ws, this)), move |state| {
-            let (ctx, metrics) = (ctx.clone(), metrics.clone());
+        let (ctx, metrics, members) =
+            (self.ctx.clone(), self.metrics.clone(), self.members.clone());
+        let stream = futures::stream::unfold(Some((ws, this, client)), move |state| {
+            let (ctx, metrics, members) = (ctx.clone(), metrics.clone(), members.clone());
             async move {
-                let (mut ws, this) = state?;
+                let (mut ws, this, client) = state?;
                 loop {
                     let resp = match ws.message().await {
                         Ok(Some(r)) => r,
@@ -531,7 +750,14 @@ impl LeaseStore for EtcdLeaseStore {
                             let err = StoreError::WatchInterrupted("etcd closed the watch".into());
                             return Some((Err(err), None));
                         }
-                        Err(e) => return Some((Err(etcd_error(&ctx, &metrics, e)), None)),
+                        Err(e) => {
+                            if is_member_failure(classify(&e))
+                                && let Some((from, to)) = members.failed(generation)
+                            {
+                                log_move(&from, &to, "watch subnets", &chain_text(&e));
+                            }
+                            return Some((Err(etcd_error(&ctx, &metrics, e)), None));
+                        }
                     };
                     if resp.compact_revision() != 0 {
                         let batch = WatchBatch::Compacted {
@@ -563,7 +789,7 @@ impl LeaseStore for EtcdLeaseStore {
                     }
                     return Some((
                         Ok(WatchBatch::Events { events, revision }),
-                        Some((ws, this)),
+                        Some((ws, this, client)),
                     ));
                 }
             }

@@ -1,0 +1,167 @@
+//! Members — one etcd client at a time, for one member, kept until it fails.
+//!
+//! etcd-client's own multi-endpoint client balances every request over all `--etcd-endpoints`
+//! through tonic's balanced channel, which keeps choosing a member whose lazy connect failed
+//! (tonic's `Reconnect` reports it ready and hands back the stored error on the next call;
+//! etcdv3/etcd-client#39): with one member of three down, a node could fail every request
+//! for as long as the member stayed down. What etcd's Go client does instead, and what this
+//! module does: talk to one member (a client built for that endpoint alone), stay with it
+//! while it answers, and move to the next endpoint in the list when a request to it fails
+//! for a reason that is the member's (refused, reset, timed out, no leader, its TLS). The
+//! client of the failed member is dropped, so coming back to it later connects afresh.
+//!
+//! Each pick carries a *generation*; [`Members::failed`] moves on only if the failed pick
+//! is still the current one, so that requests failing together on the same member move the
+//! store one member further, not several.
+
+use std::sync::Mutex;
+
+use etcd_client::{Client, ConnectOptions};
+
+/// The member in use: its index in the endpoint list and its client, once connected.
+struct Current {
+    index: usize,
+    generation: u64,
+    client: Option<Client>,
+}
+
+/// A member's client, and the generation to report if a request to it fails.
+pub(super) struct Pick {
+    pub client: Client,
+    pub generation: u64,
+}
+
+/// The endpoint list and the member in use (see the module docs).
+pub(super) struct Members {
+    endpoints: Vec<String>,
+    options: ConnectOptions,
+    current: Mutex<Current>,
+}
+
+impl Members {
+    /// Starts at the first endpoint; nothing is connected yet.
+    pub fn new(endpoints: Vec<String>, options: ConnectOptions) -> Self {
+        assert!(!endpoints.is_empty(), "checked by the caller");
+        Self {
+            endpoints,
+            options,
+            current: Mutex::new(Current {
+                index: 0,
+                generation: 0,
+                client: None,
+            }),
+        }
+    }
+
+    /// How many endpoints there are (the most members one request may try).
+    pub fn len(&self) -> usize {
+        self.endpoints.len()
+    }
+
+    /// The generation of the member in use.
+    pub fn generation(&self) -> u64 {
+        self.current.lock().expect("members lock").generation
+    }
+
+    /// The endpoint in use, for log lines.
+    pub fn endpoint_in_use(&self) -> String {
+        let current = self.current.lock().expect("members lock");
+        self.endpoints[current.index].clone()
+    }
+
+    /// The client of the member in use, connecting it first if needed. Without a user name
+    /// connecting is lazy (no I/O); with one, etcd-client authenticates here, and a failure
+    /// comes back with the generation to pass to [`failed`](Self::failed).
+    pub async fn pick(&self) -> Result<Pick, (u64, etcd_client::Error)> {
+        let (index, generation) = {
+            let current = self.current.lock().expect("members lock");
+            if let Some(client) = &current.client {
+                return Ok(Pick {
+                    client: client.clone(),
+                    generation: current.generation,
+                });
+            }
+            (current.index, current.generation)
+        };
+        let endpoint = [self.endpoints[index].as_str()];
+        let client = Client::connect(endpoint, Some(self.options.clone()))
+            .await
+            .map_err(|e| (generation, e))?;
+        let mut current = self.current.lock().expect("members lock");
+        if current.generation == generation && current.client.is_none() {
+            current.client = Some(client.clone());
+        }
+        Ok(Pick { client, generation })
+    }
+
+    /// A request to the member picked in `generation` failed because of that member: use
+    /// the next endpoint from now on (the same one again when there is only one, with a
+    /// fresh connection). Returns the endpoint given up and the one now in use, or `None`
+    /// when another request had already moved on.
+    pub fn failed(&self, generation: u64) -> Option<(String, String)> {
+        let mut current = self.current.lock().expect("members lock");
+        if current.generation != generation {
+            return None;
+        }
+        let from = current.index;
+        current.index = (from + 1) % self.endpoints.len();
+        current.generation += 1;
+        current.client = None;
+        Some((
+            self.endpoints[from].clone(),
+            self.endpoints[current.index].clone(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn members(n: usize) -> Members {
+        let endpoints = (0..n)
+            .map(|i| format!("http://198.18.0.{}:2379", 201 + i))
+            .collect();
+        Members::new(endpoints, ConnectOptions::new())
+    }
+
+    #[tokio::test]
+    async fn a_pick_is_kept_until_it_fails() {
+        let m = members(3);
+        let a = m.pick().await.expect("lazy connect").generation;
+        let b = m.pick().await.expect("same client").generation;
+        assert_eq!(a, b);
+        assert_eq!(m.endpoint_in_use(), "http://198.18.0.201:2379");
+    }
+
+    #[tokio::test]
+    async fn a_failure_moves_on_once_and_wraps_around() {
+        let m = members(3);
+        let first = m.pick().await.unwrap().generation;
+        assert_eq!(
+            m.failed(first),
+            Some((
+                "http://198.18.0.201:2379".to_string(),
+                "http://198.18.0.202:2379".to_string()
+            ))
+        );
+        // A second request that failed on the same member does not skip a member.
+        assert_eq!(m.failed(first), None);
+        assert_eq!(m.endpoint_in_use(), "http://198.18.0.202:2379");
+        let second = m.pick().await.unwrap().generation;
+        assert_ne!(first, second);
+        m.failed(second);
+        let third = m.pick().await.unwrap().generation;
+        m.failed(third);
+        assert_eq!(m.endpoint_in_use(), "http://198.18.0.201:2379");
+    }
+
+    #[tokio::test]
+    async fn one_endpoint_is_reconnected_after_a_failure() {
+        let m = members(1);
+        let first = m.pick().await.unwrap().generation;
+        assert!(m.failed(first).is_some());
+        assert_eq!(m.endpoint_in_use(), "http://198.18.0.201:2379");
+        assert_ne!(m.pick().await.unwrap().generation, first);
+    }
+}

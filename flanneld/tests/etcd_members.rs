@@ -1,0 +1,169 @@
+//! `EtcdLeaseStore` with several `--etcd-endpoints` of which some are down, refuse, or never
+//! answer, against real etcd servers on loopback: the store stays with a member that
+//! answers, passes a failed one over for the next endpoint at once, and does not go back to
+//! it while the one in use answers.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use flannel_testkit::etcd::EtcdServer;
+use flanneld::subnet::{
+    CreateOutcome, EtcdConfig, EtcdLeaseStore, KeepAliveOutcome, LeaseStore, StoreError,
+    UpdateOutcome, WatchBatch, WatchEvent,
+};
+use futures::StreamExt;
+use ipam::lease::{Lease, LeaseAttrs};
+use serde_json::json;
+
+const TTL: Duration = Duration::from_secs(30);
+
+fn lease(subnet: &str, ip: &str) -> Lease {
+    let mut attrs = LeaseAttrs::new(ip.parse().unwrap(), "vxlan");
+    attrs.backend_data = Some(json!({"VNI": 1, "VtepMAC": "0a:00:00:00:00:01"}).into());
+    Lease::new(subnet.parse().unwrap(), None, attrs)
+}
+
+/// An endpoint where nothing listens: a port just bound and released (connection refused).
+fn refusing_endpoint() -> String {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().unwrap().port();
+    drop(l);
+    format!("http://127.0.0.1:{port}")
+}
+
+async fn connect(endpoints: Vec<String>, request_timeout: Duration) -> EtcdLeaseStore {
+    let cfg = EtcdConfig {
+        endpoints,
+        request_timeout,
+        ..EtcdConfig::default()
+    };
+    EtcdLeaseStore::connect(&cfg).await.expect("connect")
+}
+
+fn errors(st: &EtcdLeaseStore) -> BTreeMap<&'static str, u64> {
+    st.metrics().counts().errors
+}
+
+#[tokio::test]
+async fn members_that_are_down_are_passed_over_and_not_asked_again() {
+    let Some(server) = EtcdServer::start_or_skip().await else {
+        return;
+    };
+    let live = server.endpoint();
+    let st = connect(
+        vec![refusing_endpoint(), live.clone(), refusing_endpoint()],
+        Duration::from_secs(5),
+    )
+    .await;
+
+    // Every kind of request succeeds although the first member is down.
+    for _ in 0..20 {
+        assert_eq!(st.network_config().await.expect("get config"), None);
+        st.list().await.expect("list");
+        st.position().await.expect("position");
+    }
+    let mut watch = st.watch(1).await.expect("watch");
+    let mine = match st
+        .create_if_absent(&lease("10.244.1.0/24", "198.18.0.1"), TTL)
+        .await
+        .expect("create")
+    {
+        CreateOutcome::Created(l) => l,
+        other => panic!("not created: {other:?}"),
+    };
+    let batch = tokio::time::timeout(Duration::from_secs(5), watch.next())
+        .await
+        .expect("watch event in time")
+        .expect("stream open")
+        .expect("no watch error");
+    assert!(
+        matches!(&batch, WatchBatch::Events { events, .. }
+            if matches!(&events[..], [WatchEvent::Put(l)] if l.subnet == mine.subnet)),
+        "{batch:?}"
+    );
+    for _ in 0..3 {
+        assert!(matches!(
+            st.keep_alive(mine.lease_id.unwrap())
+                .await
+                .expect("keep-alive"),
+            KeepAliveOutcome::Alive { .. }
+        ));
+    }
+    let UpdateOutcome::Updated(mine) = st.update(&mine, TTL).await.expect("update") else {
+        panic!("update conflicted")
+    };
+    assert!(st.delete(&mine).await.expect("delete"));
+
+    // All of that cost one failed attempt: the first request found the first member down
+    // and went on to the second, where everything after it stayed.
+    assert_eq!(errors(&st), BTreeMap::from([("unreachable", 1)]));
+    assert_eq!(st.endpoint_in_use(), live);
+}
+
+#[tokio::test]
+async fn a_member_that_dies_is_left_for_the_next_and_rejoined_after_the_last() {
+    // Two single-member clusters stand in for two members; each holds its own config value,
+    // so every answer says which member gave it.
+    let Some(mut a) = EtcdServer::start_or_skip().await else {
+        return;
+    };
+    let Some(mut b) = EtcdServer::start_or_skip().await else {
+        return;
+    };
+    for (server, name) in [(&a, "a"), (&b, "b")] {
+        let mut c = server.client().await.unwrap();
+        c.put("/coreos.com/network/config", name, None)
+            .await
+            .unwrap();
+    }
+    let st = connect(vec![a.endpoint(), b.endpoint()], Duration::from_secs(5)).await;
+    let config = || async { st.network_config().await.expect("get config").unwrap() };
+
+    for _ in 0..5 {
+        assert_eq!(config().await, "a");
+    }
+    a.stop();
+    // The request that finds `a` dead is answered by `b`, and so is every later one, also
+    // after `a` is back: the store stays with the member that answers.
+    assert_eq!(config().await, "b");
+    a.restart().await.expect("restart a");
+    for _ in 0..5 {
+        assert_eq!(config().await, "b");
+    }
+    // `b` dies: back to `a`, on a fresh connection (its old one died with it).
+    b.stop();
+    assert_eq!(config().await, "a");
+    assert_eq!(st.endpoint_in_use(), a.endpoint());
+    let failures: u64 = errors(&st).values().sum();
+    assert_eq!(
+        failures,
+        2,
+        "one failed attempt per death: {:?}",
+        errors(&st)
+    );
+}
+
+#[tokio::test]
+async fn a_member_that_never_answers_costs_one_timeout() {
+    let Some(server) = EtcdServer::start_or_skip().await else {
+        return;
+    };
+    // Accepts connections (the kernel completes them into the backlog) and never reads.
+    let silent = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let silent_endpoint = format!("http://{}", silent.local_addr().unwrap());
+    let timeout = Duration::from_secs(1);
+    let st = connect(vec![silent_endpoint, server.endpoint()], timeout).await;
+
+    let started = Instant::now();
+    match st.network_config().await {
+        Err(StoreError::Timeout { after, .. }) => assert_eq!(after, timeout),
+        other => panic!("expected a timeout from the silent member, got {other:?}"),
+    }
+    assert!(started.elapsed() < timeout + Duration::from_millis(500));
+    for _ in 0..10 {
+        assert_eq!(st.network_config().await.expect("get config"), None);
+    }
+    assert_eq!(errors(&st), BTreeMap::from([("timeout", 1)]));
+    assert_eq!(st.endpoint_in_use(), server.endpoint());
+}
