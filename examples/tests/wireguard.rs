@@ -302,6 +302,9 @@ fn wireguard_three_nodes_mesh_restart_device_loss_and_leaving_node() {
 struct Capture {
     child: std::process::Child,
     file: std::path::PathBuf,
+    /// tcpdump's stderr after "listening on", read to the end by a thread (a closed pipe
+    /// would kill tcpdump with SIGPIPE when it prints its statistics).
+    stderr: std::thread::JoinHandle<String>,
 }
 
 impl Capture {
@@ -346,7 +349,29 @@ impl Capture {
             "tcpdump on {ns}/{iface}: {}",
             String::from_utf8_lossy(&seen)
         );
-        Capture { child, file }
+        let stderr = std::thread::spawn(move || {
+            let mut rest = String::new();
+            let _ = std::io::Read::read_to_string(&mut err, &mut rest);
+            rest
+        });
+        Capture {
+            child,
+            file,
+            stderr,
+        }
+    }
+
+    /// Waits (up to 10 s) until the pcap written so far satisfies `done`: tcpdump writes
+    /// what it captured when it gets to run, which on a loaded machine can be well after
+    /// the traffic.
+    fn wait_for(&self, done: impl Fn(&[u8]) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if std::fs::read(&self.file).is_ok_and(|b| done(&b)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Stops the capture and returns the pcap bytes.
@@ -355,6 +380,8 @@ impl Capture {
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
         let _ = self.child.wait();
         flannel_examples::cleanup::untrack_pid(self.child.id());
+        let stderr = self.stderr.join().unwrap_or_default();
+        eprintln!("tcpdump: {}", stderr.trim());
         std::fs::read(&self.file).expect("pcap")
     }
 }
@@ -406,7 +433,8 @@ fn wireguard_no_plaintext_on_the_underlay() {
         std::fs::read_to_string(&received).expect("server result"),
         total.to_string()
     );
-    std::thread::sleep(Duration::from_millis(300));
+    wire.wait_for(|pcap| pcap.len() > total);
+    bridge.wait_for(|pcap| contains(pcap, marker.as_bytes()));
     let wire = wire.finish();
     let bridge = bridge.finish();
     eprintln!(
