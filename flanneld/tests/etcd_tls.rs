@@ -319,3 +319,87 @@ async fn auth_with_a_prefix_limited_role_and_a_wrong_password() {
     assert_eq!(kind(&e), Some(EtcdErrorKind::PermissionDenied), "{e}");
     assert!(e.to_string().contains("/coreos.com/network"), "{e}");
 }
+
+#[tokio::test]
+async fn certificates_rotated_on_disk_are_used_once_the_member_rejects_the_old_ones() {
+    let Some(mut fx) = fixture().await else {
+        return;
+    };
+    // flanneld's own copies of the files, which the operator (here the test) rewrites in
+    // place, as cert-manager or a config management run would.
+    let dir = fx.pki.dir().join("flanneld-files");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ca_file, cert_file, key_file) = (
+        dir.join("ca.pem"),
+        dir.join("client.pem"),
+        dir.join("client-key.pem"),
+    );
+    let install = |ca: &PathBuf, pair: &CertPair| {
+        std::fs::copy(ca, &ca_file).unwrap();
+        std::fs::copy(&pair.cert, &cert_file).unwrap();
+        std::fs::copy(&pair.key, &key_file).unwrap();
+    };
+    install(&fx.ca, &fx.client);
+    let cfg = EtcdConfig {
+        ca_file: Some(ca_file.clone()),
+        cert_file: Some(cert_file.clone()),
+        key_file: Some(key_file.clone()),
+        ..fx.config()
+    };
+    let store = EtcdLeaseStore::connect(&cfg).await.expect("connect");
+    assert_eq!(store.network_config().await.expect("get config"), None);
+
+    // A new CA: the member gets a certificate from it and accepts only its clients; the
+    // node's files are replaced while flanneld runs.
+    let ca2 = fx.pki.ca("etcd-ca-2").unwrap();
+    let server2 = fx
+        .pki
+        .leaf("etcd-ca-2", "member-2", &["IP:127.0.0.1"], 2)
+        .unwrap();
+    let client2 = fx
+        .pki
+        .leaf("etcd-ca-2", "flannel-client-2", &[], 2)
+        .unwrap();
+    install(&ca2, &client2);
+    fx.server
+        .restart_with_tls(ServerTls {
+            server: server2,
+            ca: ca2,
+            client: client2,
+        })
+        .await
+        .expect("restart etcd with the new CA");
+
+    // The connection opened with the old files died with the restart; reconnecting with
+    // them fails (the member's certificate is from a CA they do not trust), which makes the
+    // store open a new connection, and that one reads the files again.
+    let mut failures = Vec::new();
+    let mut answered = false;
+    for _ in 0..4 {
+        match store.network_config().await {
+            Ok(_) => {
+                answered = true;
+                break;
+            }
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    assert!(
+        answered,
+        "still failing after the rotation:\n{}",
+        failures.join("\n")
+    );
+    assert!(failures.len() <= 2, "{failures:#?}");
+    let lease = Lease::new(
+        "10.244.7.0/24".parse().unwrap(),
+        None,
+        LeaseAttrs::new("198.18.0.7".parse().unwrap(), "vxlan"),
+    );
+    assert!(matches!(
+        store
+            .create_if_absent(&lease, Duration::from_secs(60))
+            .await
+            .expect("a write with the new certificate"),
+        CreateOutcome::Created(_)
+    ));
+}

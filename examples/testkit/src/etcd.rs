@@ -400,6 +400,13 @@ impl EtcdServer {
         self.kill();
         self.spawn_and_wait().await
     }
+
+    /// Starts etcd again like [`restart`](Self::restart), with other TLS settings (a new
+    /// server certificate, another client CA): a certificate rotation.
+    pub async fn restart_with_tls(&mut self, tls: ServerTls) -> Result<(), EtcdServerError> {
+        self.tls = Some(tls);
+        self.restart().await
+    }
 }
 
 impl Drop for EtcdServer {

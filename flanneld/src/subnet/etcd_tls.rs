@@ -166,7 +166,7 @@ pub struct LoadedTls {
 }
 
 /// PEM bytes of the CA bundle and the client identity.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TlsMaterial {
     /// `--etcd-cafile`'s content (system roots when `None`).
     pub ca_pem: Option<Vec<u8>>,

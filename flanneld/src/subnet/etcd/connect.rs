@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use etcd_client::ConnectOptions;
 
-use super::members::Members;
+use super::members::{Members, TlsSource};
 use super::{DEFAULT_PREFIX, EtcdLeaseStore};
 use crate::subnet::etcd_error::{EtcdContext, EtcdErrorKind, chain_text, classify};
 use crate::subnet::etcd_tls::{TlsFiles, TlsMaterial, probe_handshake};
@@ -202,13 +202,13 @@ impl EtcdLeaseStore {
             .with_connect_timeout(cfg.connect_timeout)
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
             .with_keep_alive_while_idle(true);
-        let mut material = None;
+        let mut tls_source = None;
         if https > 0 {
+            // Read once here so that a bad file fails the start; again at each connection.
             let loaded = tls.load(SystemTime::now()).inspect_err(|e| {
                 metrics.error(e.kind);
             })?;
-            opts = opts.with_tls(loaded.options);
-            material = Some(loaded.material);
+            tls_source = Some(TlsSource::new(tls, loaded));
         }
         match (&cfg.username, &cfg.password) {
             (Some(u), p) => opts = opts.with_user(u.clone(), p.clone().unwrap_or_default()),
@@ -223,11 +223,10 @@ impl EtcdLeaseStore {
         let endpoints: Vec<String> = cfg.endpoints.iter().map(|e| e.trim().to_string()).collect();
         let authenticate = cfg.username.is_some();
         let store = Self {
-            members: Arc::new(Members::new(endpoints.clone(), opts)),
+            members: Arc::new(Members::new(endpoints.clone(), opts, tls_source)),
             prefix: cfg.prefix.trim_end_matches('/').to_string(),
             ctx,
             endpoints,
-            tls: material,
             metrics,
             request_timeout: cfg.request_timeout,
             keeper: tokio::sync::Mutex::new(None),

@@ -10,13 +10,23 @@
 //! for a reason that is the member's (refused, reset, timed out, no leader, its TLS). The
 //! client of the failed member is dropped, so coming back to it later connects afresh.
 //!
+//! **TLS files are read again for each new connection**, so certificates rotated on disk
+//! (a renewed client certificate, a new CA) take effect at the first member failure after
+//! the rotation — a member that rejects the old certificate is such a failure — without a
+//! restart. A connection that is up keeps the certificate it was opened with; etcd does not
+//! check it again. Files that cannot be read or fail the checks (`TlsFiles::load`) are
+//! reported and the last good ones stay in use.
+//!
 //! Each pick carries a *generation*; [`Members::failed`] moves on only if the failed pick
 //! is still the current one, so that requests failing together on the same member move the
 //! store one member further, not several.
 
 use std::sync::Mutex;
+use std::time::SystemTime;
 
 use etcd_client::{Client, ConnectOptions};
+
+use crate::subnet::etcd_tls::{LoadedTls, TlsFiles, TlsMaterial};
 
 /// The member in use: its index in the endpoint list and its client, once connected.
 struct Current {
@@ -31,20 +41,58 @@ pub(super) struct Pick {
     pub generation: u64,
 }
 
+/// Where TLS settings come from: the files, and what was last read from them successfully.
+pub(super) struct TlsSource {
+    files: TlsFiles,
+    last_good: Mutex<LoadedTls>,
+}
+
+impl TlsSource {
+    /// `loaded` is what `files` held at start.
+    pub fn new(files: TlsFiles, loaded: LoadedTls) -> Self {
+        Self {
+            files,
+            last_good: Mutex::new(loaded),
+        }
+    }
+
+    /// Reads the files again; keeps (and returns) the last good settings if they fail.
+    fn reload(&self) -> LoadedTls {
+        let mut last_good = self.last_good.lock().expect("tls lock");
+        match self.files.load(SystemTime::now()) {
+            Ok(fresh) => {
+                if fresh.material != last_good.material {
+                    tracing::info!("etcd TLS files changed; new connections use them");
+                    *last_good = fresh;
+                }
+            }
+            Err(e) => tracing::warn!(
+                error = %e,
+                "cannot use the etcd TLS files as they are now; new connections keep the ones \
+                 read before"
+            ),
+        }
+        last_good.clone()
+    }
+}
+
 /// The endpoint list and the member in use (see the module docs).
 pub(super) struct Members {
     endpoints: Vec<String>,
+    /// Everything but TLS, which comes from `tls` at each connection.
     options: ConnectOptions,
+    tls: Option<TlsSource>,
     current: Mutex<Current>,
 }
 
 impl Members {
     /// Starts at the first endpoint; nothing is connected yet.
-    pub fn new(endpoints: Vec<String>, options: ConnectOptions) -> Self {
+    pub fn new(endpoints: Vec<String>, options: ConnectOptions, tls: Option<TlsSource>) -> Self {
         assert!(!endpoints.is_empty(), "checked by the caller");
         Self {
             endpoints,
             options,
+            tls,
             current: Mutex::new(Current {
                 index: 0,
                 generation: 0,
@@ -56,6 +104,12 @@ impl Members {
     /// How many endpoints there are (the most members one request may try).
     pub fn len(&self) -> usize {
         self.endpoints.len()
+    }
+
+    /// The TLS files' contents in use for new connections (`None` over http).
+    pub fn tls_material(&self) -> Option<TlsMaterial> {
+        let tls = self.tls.as_ref()?;
+        Some(tls.last_good.lock().expect("tls lock").material.clone())
     }
 
     /// The generation of the member in use.
@@ -84,7 +138,11 @@ impl Members {
             (current.index, current.generation)
         };
         let endpoint = [self.endpoints[index].as_str()];
-        let client = Client::connect(endpoint, Some(self.options.clone()))
+        let options = match &self.tls {
+            Some(tls) => self.options.clone().with_tls(tls.reload().options),
+            None => self.options.clone(),
+        };
+        let client = Client::connect(endpoint, Some(options))
             .await
             .map_err(|e| (generation, e))?;
         let mut current = self.current.lock().expect("members lock");
@@ -122,7 +180,7 @@ mod tests {
         let endpoints = (0..n)
             .map(|i| format!("http://198.18.0.{}:2379", 201 + i))
             .collect();
-        Members::new(endpoints, ConnectOptions::new())
+        Members::new(endpoints, ConnectOptions::new(), None)
     }
 
     #[tokio::test]

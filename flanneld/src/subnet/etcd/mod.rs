@@ -26,7 +26,7 @@
 //!
 //! **TLS and auth.** `https://` endpoints use rustls; `--etcd-cafile` replaces the system roots
 //! and `--etcd-certfile/--etcd-keyfile` present a client certificate ([`super::etcd_tls`]
-//! checks the files first). `--etcd-username/--etcd-password` authenticate once at connect
+//! checks the files first; they are read again for each new connection, `members`). `--etcd-username/--etcd-password` authenticate once at connect
 //! and again whenever etcd says the token expired. Every failure becomes a
 //! [`StoreError::Etcd`] whose message names the cause and what to fix
 //! ([`super::etcd_error`]) and is counted by kind in [`StoreMetrics`].
@@ -56,7 +56,6 @@ use futures::StreamExt;
 use ipam::lease::{Lease, SubnetId, subnet_key};
 
 use super::etcd_error::{EtcdContext, EtcdErrorKind, chain_text, classify};
-use super::etcd_tls::TlsMaterial;
 use super::{
     CreateOutcome, Decoded, KeepAliveOutcome, LeaseStore, Listing, Revision, StoreError,
     StoreMetrics, StorePosition, UpdateOutcome, WatchBatch, WatchEvent, WatchStream, decode,
@@ -94,8 +93,6 @@ pub struct EtcdLeaseStore {
     prefix: String,
     ctx: EtcdContext,
     endpoints: Vec<String>,
-    /// The TLS files' contents, for [`refine`]'s handshake probe (`None` over http).
-    tls: Option<TlsMaterial>,
     metrics: Arc<StoreMetrics>,
     request_timeout: Duration,
     /// The open keep-alive stream: the lease it belongs to, the generation of the member
@@ -267,7 +264,13 @@ impl EtcdLeaseStore {
                     let kind = classify(&e);
                     if !is_member_failure(kind) {
                         let e = self.error(e);
-                        return Err(refine(e, &self.ctx, &self.endpoints, self.tls.as_ref()).await);
+                        return Err(refine(
+                            e,
+                            &self.ctx,
+                            &self.endpoints,
+                            self.members.tls_material().as_ref(),
+                        )
+                        .await);
                     }
                     self.member_failed(generation, op, &e);
                     let again = match resend {
@@ -280,7 +283,13 @@ impl EtcdLeaseStore {
                         continue;
                     }
                     let e = self.error(e);
-                    return Err(refine(e, &self.ctx, &self.endpoints, self.tls.as_ref()).await);
+                    return Err(refine(
+                        e,
+                        &self.ctx,
+                        &self.endpoints,
+                        self.members.tls_material().as_ref(),
+                    )
+                    .await);
                 }
                 Err(_) => {
                     self.members
@@ -311,7 +320,13 @@ impl EtcdLeaseStore {
                     self.member_failed(generation, op, &e);
                 }
                 let e = self.error(e);
-                Err(refine(e, &self.ctx, &self.endpoints, self.tls.as_ref()).await)
+                Err(refine(
+                    e,
+                    &self.ctx,
+                    &self.endpoints,
+                    self.members.tls_material().as_ref(),
+                )
+                .await)
             }
             Err(_) => {
                 self.members
