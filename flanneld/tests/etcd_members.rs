@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use flannel_testkit::etcd::EtcdServer;
+use flannel_testkit::etcd::{EtcdCommand, EtcdServer, etcd_binary};
 use flanneld::subnet::{
     CreateOutcome, EtcdConfig, EtcdLeaseStore, KeepAliveOutcome, LeaseStore, StoreError,
     UpdateOutcome, WatchBatch, WatchEvent,
@@ -166,4 +166,111 @@ async fn a_member_that_never_answers_costs_one_timeout() {
     }
     assert_eq!(errors(&st), BTreeMap::from([("timeout", 1)]));
     assert_eq!(st.endpoint_in_use(), server.endpoint());
+}
+
+/// One member of a two-member cluster on loopback, killed (by its PID, our child) on drop.
+struct Member {
+    child: std::process::Child,
+    endpoint: String,
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().unwrap().port()
+}
+
+/// Two members, each the other's only peer, with a short election timeout (300 ms) so that
+/// losing the leader is noticed quickly. `None` when etcd is not installed (outside CI).
+async fn two_members(dir: &std::path::Path) -> Option<(Member, Member)> {
+    if etcd_binary().is_none() {
+        flannel_testkit::skip_or_panic("etcd not installed");
+        return None;
+    }
+    let ports: Vec<(u16, u16)> = (0..2).map(|_| (free_port(), free_port())).collect();
+    let cluster = format!(
+        "a=http://127.0.0.1:{},b=http://127.0.0.1:{}",
+        ports[0].1, ports[1].1
+    );
+    let mut members = Vec::new();
+    for (name, (client, peer)) in ["a", "b"].into_iter().zip(ports.iter().copied()) {
+        let endpoint = format!("http://127.0.0.1:{client}");
+        let child = EtcdCommand::new(name, dir.join(name))
+            .client_urls(&endpoint, &endpoint)
+            .peer_url(&format!("http://127.0.0.1:{peer}"))
+            .initial_cluster(&cluster)
+            .token(&format!("flannel-rs-two-{}", ports[0].0))
+            .flag("--heartbeat-interval", "50")
+            .flag("--election-timeout", "300")
+            .spawn(&dir.join(format!("{name}.log")))
+            .expect("spawn etcd");
+        members.push(Member { child, endpoint });
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for m in &members {
+        loop {
+            let healthy = async {
+                let mut c = etcd_client::Client::connect([m.endpoint.as_str()], None).await?;
+                c.put("health", "ok", None).await
+            };
+            match tokio::time::timeout(Duration::from_secs(2), healthy).await {
+                Ok(Ok(_)) => break,
+                _ if Instant::now() > deadline => panic!(
+                    "two-member etcd not healthy:\n{}",
+                    std::fs::read_to_string(dir.join("a.log")).unwrap_or_default()
+                ),
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+    let b = members.pop().unwrap();
+    let a = members.pop().unwrap();
+    Some((a, b))
+}
+
+#[tokio::test]
+async fn a_watch_on_a_member_that_lost_its_leader_ends_instead_of_going_quiet() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((a, b)) = two_members(dir.path()).await else {
+        return;
+    };
+    let (a_endpoint, b_endpoint) = (a.endpoint.clone(), b.endpoint.clone());
+    let st = connect(
+        vec![a_endpoint.clone(), b_endpoint.clone()],
+        Duration::from_secs(5),
+    )
+    .await;
+    let from = st.position().await.expect("position").revision + 1;
+    let mut watch = st.watch(from).await.expect("watch");
+    st.create_if_absent(&lease("10.244.1.0/24", "198.18.0.1"), TTL)
+        .await
+        .expect("create");
+    let first = tokio::time::timeout(Duration::from_secs(5), watch.next())
+        .await
+        .expect("event in time");
+    assert!(
+        matches!(first, Some(Ok(WatchBatch::Events { .. }))),
+        "{first:?}"
+    );
+    assert_eq!(st.endpoint_in_use(), a_endpoint);
+
+    // Without `b`, `a` has no leader. It stays up and would keep a watch open and silent —
+    // what a member cut off from the majority does while the others accept writes. The
+    // watch asked for a leader, so etcd ends it, and the store leaves `a`.
+    drop(b);
+    let ended = tokio::time::timeout(Duration::from_secs(15), watch.next())
+        .await
+        .expect("the watch on a leaderless member ended within 15 s");
+    match ended {
+        Some(Err(e)) => assert!(e.to_string().contains("no leader"), "{e}"),
+        other => panic!("expected the watch to end with 'no leader', got {other:?}"),
+    }
+    assert_eq!(st.endpoint_in_use(), b_endpoint);
+    drop(a);
 }

@@ -10,6 +10,13 @@
 //! for a reason that is the member's (refused, reset, timed out, no leader, its TLS). The
 //! client of the failed member is dropped, so coming back to it later connects afresh.
 //!
+//! **Watches use a client of their own** that asks etcd to require a leader (etcd's
+//! `hasleader` metadata, `clientv3.WithRequireLeader` in Go): a member cut off from the
+//! majority ends such a watch with "no leader" (after about three election timeouts)
+//! instead of keeping it open and silent while the rest of the cluster moves on, and the
+//! store moves to the next member. Other requests go without it, so that serializable
+//! reads still answer from any member during an election.
+//!
 //! **TLS files are read again for each new connection**, so certificates rotated on disk
 //! (a renewed client certificate, a new CA) take effect at the first member failure after
 //! the rotation — a member that rejects the old certificate is such a failure — without a
@@ -28,11 +35,31 @@ use etcd_client::{Client, ConnectOptions};
 
 use crate::subnet::etcd_tls::{LoadedTls, TlsFiles, TlsMaterial};
 
-/// The member in use: its index in the endpoint list and its client, once connected.
+/// The member in use: its index in the endpoint list and its clients, once connected.
 struct Current {
     index: usize,
     generation: u64,
     client: Option<Client>,
+    /// The same member with require-leader, for watches.
+    watch_client: Option<Client>,
+}
+
+impl Current {
+    fn slot(&mut self, purpose: Purpose) -> &mut Option<Client> {
+        match purpose {
+            Purpose::Requests => &mut self.client,
+            Purpose::Watch => &mut self.watch_client,
+        }
+    }
+}
+
+/// What a client is for (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Purpose {
+    /// Unary requests and the lease keep-alive stream.
+    Requests,
+    /// Watches: etcd ends them when the member loses its leader.
+    Watch,
 }
 
 /// A member's client, and the generation to report if a request to it fails.
@@ -97,6 +124,7 @@ impl Members {
                 index: 0,
                 generation: 0,
                 client: None,
+                watch_client: None,
             }),
         }
     }
@@ -126,28 +154,35 @@ impl Members {
     /// The client of the member in use, connecting it first if needed. Without a user name
     /// connecting is lazy (no I/O); with one, etcd-client authenticates here, and a failure
     /// comes back with the generation to pass to [`failed`](Self::failed).
-    pub async fn pick(&self) -> Result<Pick, (u64, etcd_client::Error)> {
+    pub async fn pick(&self, purpose: Purpose) -> Result<Pick, (u64, etcd_client::Error)> {
         let (index, generation) = {
-            let current = self.current.lock().expect("members lock");
-            if let Some(client) = &current.client {
+            let mut current = self.current.lock().expect("members lock");
+            let generation = current.generation;
+            if let Some(client) = current.slot(purpose) {
                 return Ok(Pick {
                     client: client.clone(),
-                    generation: current.generation,
+                    generation,
                 });
             }
-            (current.index, current.generation)
+            (current.index, generation)
         };
         let endpoint = [self.endpoints[index].as_str()];
-        let options = match &self.tls {
+        let mut options = match &self.tls {
             Some(tls) => self.options.clone().with_tls(tls.reload().options),
             None => self.options.clone(),
         };
+        if purpose == Purpose::Watch {
+            options = options.with_require_leader(true);
+        }
         let client = Client::connect(endpoint, Some(options))
             .await
             .map_err(|e| (generation, e))?;
         let mut current = self.current.lock().expect("members lock");
-        if current.generation == generation && current.client.is_none() {
-            current.client = Some(client.clone());
+        if current.generation == generation {
+            let slot = current.slot(purpose);
+            if slot.is_none() {
+                *slot = Some(client.clone());
+            }
         }
         Ok(Pick { client, generation })
     }
@@ -165,6 +200,7 @@ impl Members {
         current.index = (from + 1) % self.endpoints.len();
         current.generation += 1;
         current.client = None;
+        current.watch_client = None;
         Some((
             self.endpoints[from].clone(),
             self.endpoints[current.index].clone(),
@@ -186,8 +222,16 @@ mod tests {
     #[tokio::test]
     async fn a_pick_is_kept_until_it_fails() {
         let m = members(3);
-        let a = m.pick().await.expect("lazy connect").generation;
-        let b = m.pick().await.expect("same client").generation;
+        let a = m
+            .pick(Purpose::Requests)
+            .await
+            .expect("lazy connect")
+            .generation;
+        let b = m
+            .pick(Purpose::Requests)
+            .await
+            .expect("same client")
+            .generation;
         assert_eq!(a, b);
         assert_eq!(m.endpoint_in_use(), "http://198.18.0.201:2379");
     }
@@ -195,7 +239,7 @@ mod tests {
     #[tokio::test]
     async fn a_failure_moves_on_once_and_wraps_around() {
         let m = members(3);
-        let first = m.pick().await.unwrap().generation;
+        let first = m.pick(Purpose::Requests).await.unwrap().generation;
         assert_eq!(
             m.failed(first),
             Some((
@@ -206,10 +250,10 @@ mod tests {
         // A second request that failed on the same member does not skip a member.
         assert_eq!(m.failed(first), None);
         assert_eq!(m.endpoint_in_use(), "http://198.18.0.202:2379");
-        let second = m.pick().await.unwrap().generation;
+        let second = m.pick(Purpose::Requests).await.unwrap().generation;
         assert_ne!(first, second);
         m.failed(second);
-        let third = m.pick().await.unwrap().generation;
+        let third = m.pick(Purpose::Requests).await.unwrap().generation;
         m.failed(third);
         assert_eq!(m.endpoint_in_use(), "http://198.18.0.201:2379");
     }
@@ -217,9 +261,9 @@ mod tests {
     #[tokio::test]
     async fn one_endpoint_is_reconnected_after_a_failure() {
         let m = members(1);
-        let first = m.pick().await.unwrap().generation;
+        let first = m.pick(Purpose::Requests).await.unwrap().generation;
         assert!(m.failed(first).is_some());
         assert_eq!(m.endpoint_in_use(), "http://198.18.0.201:2379");
-        assert_ne!(m.pick().await.unwrap().generation, first);
+        assert_ne!(m.pick(Purpose::Requests).await.unwrap().generation, first);
     }
 }

@@ -35,7 +35,8 @@
 //! endpoint when that member fails a request (`members`; etcd-client's own balanced channel
 //! kept choosing a dead member, etcdv3/etcd-client#39). A request that failed at one member is
 //! sent to the next at once when that is safe ([`Resend`]), all of it within the request
-//! timeout. A broken watch is re-opened by the manager on whichever member is in use then.
+//! timeout. A watch requires a leader, so a member cut off from the majority ends it; a
+//! broken watch is re-opened by the manager on whichever member is in use then.
 //! [`LeaseStore::position`] reads the revision and cluster ID, so that the
 //! manager can tell a restored etcd from a reconnect.
 //!
@@ -73,7 +74,7 @@ mod members;
 
 pub use connect::EtcdConfig;
 use connect::{etcd_error, refine};
-use members::Members;
+use members::{Members, Purpose};
 
 /// A lease keep-alive stream kept open between rounds (see `EtcdLeaseStore::keeper`).
 struct OpenKeepAlive {
@@ -228,7 +229,7 @@ impl EtcdLeaseStore {
         F: FnMut(Client) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
-        self.call_member(op, resend, |client, _| request(client))
+        self.call_member(op, resend, Purpose::Requests, |client, _| request(client))
             .await
     }
 
@@ -238,6 +239,7 @@ impl EtcdLeaseStore {
         &self,
         op: &'static str,
         resend: Resend,
+        purpose: Purpose,
         mut request: F,
     ) -> Result<T, StoreError>
     where
@@ -252,7 +254,7 @@ impl EtcdLeaseStore {
             // the one in use now).
             let picked = AtomicU64::new(self.members.generation());
             let attempt = async {
-                let pick = self.members.pick().await?;
+                let pick = self.members.pick(purpose).await?;
                 picked.store(pick.generation, Ordering::Relaxed);
                 request(pick.client, pick.generation)
                     .await
@@ -668,6 +670,7 @@ impl LeaseStore for EtcdLeaseStore {
             .call_member(
                 "lease keep-alive",
                 Resend::Always,
+                Purpose::Requests,
                 |mut c, generation| async move {
                     let (keeper, stream) = c.lease_keep_alive(lease_id).await?;
                     Ok((generation, keeper, stream, c))
@@ -743,13 +746,18 @@ impl LeaseStore for EtcdLeaseStore {
         // The stream keeps its member's client: moving to another member does not cut a
         // watch that still works.
         let (client, generation, ws) = self
-            .call_member("watch subnets", Resend::Always, |mut c, generation| {
-                let (prefix, opts) = (prefix.clone(), opts.clone());
-                async move {
-                    let ws = c.watch(prefix, Some(opts)).await?;
-                    Ok((c, generation, ws))
-                }
-            })
+            .call_member(
+                "watch subnets",
+                Resend::Always,
+                Purpose::Watch,
+                |mut c, generation| {
+                    let (prefix, opts) = (prefix.clone(), opts.clone());
+                    async move {
+                        let ws = c.watch(prefix, Some(opts)).await?;
+                        Ok((c, generation, ws))
+                    }
+                },
+            )
             .await?;
         let this = self.mapper();
         let (ctx, metrics, members) =
