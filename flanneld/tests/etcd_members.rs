@@ -36,6 +36,7 @@ async fn connect(endpoints: Vec<String>, request_timeout: Duration) -> EtcdLease
     let cfg = EtcdConfig {
         endpoints,
         request_timeout,
+        first_endpoint: Some(0),
         ..EtcdConfig::default()
     };
     EtcdLeaseStore::connect(&cfg).await.expect("connect")
@@ -273,4 +274,23 @@ async fn a_watch_on_a_member_that_lost_its_leader_ends_instead_of_going_quiet() 
     }
     assert_eq!(st.endpoint_in_use(), b_endpoint);
     drop(a);
+}
+
+#[tokio::test]
+async fn nodes_start_at_different_members() {
+    // Connecting is lazy without a user name: nothing is sent to these addresses.
+    let endpoints: Vec<String> = (1..=3)
+        .map(|i| format!("http://198.18.0.{i}:2379"))
+        .collect();
+    let mut first = std::collections::BTreeSet::new();
+    for _ in 0..60 {
+        let cfg = EtcdConfig {
+            endpoints: endpoints.clone(),
+            ..EtcdConfig::default()
+        };
+        let st = EtcdLeaseStore::connect(&cfg).await.expect("lazy connect");
+        first.insert(st.endpoint_in_use());
+    }
+    // Each of 60 stores picks one of 3 at random: all three show up but with p ≈ 1e-10.
+    assert_eq!(first.len(), 3, "{first:?}");
 }

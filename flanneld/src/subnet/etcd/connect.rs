@@ -36,6 +36,10 @@ pub struct EtcdConfig {
     pub request_timeout: Duration,
     /// Bound on establishing a connection.
     pub connect_timeout: Duration,
+    /// Which endpoint to try first. `None` (the default): one chosen at random, so that the
+    /// nodes of a cluster spread over the members instead of all using the first one
+    /// (each node stays with its member while it answers). `Some(i)`: endpoint `i` (tests).
+    pub first_endpoint: Option<usize>,
 }
 
 impl Default for EtcdConfig {
@@ -53,6 +57,7 @@ impl Default for EtcdConfig {
             key_file: None,
             request_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
+            first_endpoint: None,
         }
     }
 }
@@ -140,6 +145,15 @@ pub(super) async fn refine(
     e
 }
 
+/// A number that differs from process to process (std's hasher keys are random per
+/// process): where a node starts in the endpoint list.
+fn random_index() -> usize {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish() as usize
+}
+
 /// `https://host:port/...` → (`host`, `port`); IPv6 hosts lose their brackets.
 fn host_port(endpoint: &str) -> Option<(String, u16)> {
     let rest = endpoint.split_once("://")?.1;
@@ -222,8 +236,9 @@ impl EtcdLeaseStore {
         let ctx = cfg.context();
         let endpoints: Vec<String> = cfg.endpoints.iter().map(|e| e.trim().to_string()).collect();
         let authenticate = cfg.username.is_some();
+        let first = cfg.first_endpoint.unwrap_or_else(random_index) % endpoints.len();
         let store = Self {
-            members: Arc::new(Members::new(endpoints.clone(), opts, tls_source)),
+            members: Arc::new(Members::new(endpoints.clone(), first, opts, tls_source)),
             prefix: cfg.prefix.trim_end_matches('/').to_string(),
             ctx,
             endpoints,

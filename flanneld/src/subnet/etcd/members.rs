@@ -113,15 +113,20 @@ pub(super) struct Members {
 }
 
 impl Members {
-    /// Starts at the first endpoint; nothing is connected yet.
-    pub fn new(endpoints: Vec<String>, options: ConnectOptions, tls: Option<TlsSource>) -> Self {
-        assert!(!endpoints.is_empty(), "checked by the caller");
+    /// Starts at endpoint `first`; nothing is connected yet.
+    pub fn new(
+        endpoints: Vec<String>,
+        first: usize,
+        options: ConnectOptions,
+        tls: Option<TlsSource>,
+    ) -> Self {
+        assert!(first < endpoints.len(), "checked by the caller");
         Self {
             endpoints,
             options,
             tls,
             current: Mutex::new(Current {
-                index: 0,
+                index: first,
                 generation: 0,
                 client: None,
                 watch_client: None,
@@ -216,7 +221,7 @@ mod tests {
         let endpoints = (0..n)
             .map(|i| format!("http://198.18.0.{}:2379", 201 + i))
             .collect();
-        Members::new(endpoints, ConnectOptions::new(), None)
+        Members::new(endpoints, 0, ConnectOptions::new(), None)
     }
 
     #[tokio::test]
