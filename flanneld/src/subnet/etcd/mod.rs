@@ -265,14 +265,7 @@ impl EtcdLeaseStore {
                 Ok(Err((generation, e))) => {
                     let kind = classify(&e);
                     if !is_member_failure(kind) {
-                        let e = self.error(e);
-                        return Err(refine(
-                            e,
-                            &self.ctx,
-                            &self.endpoints,
-                            self.members.tls_material().as_ref(),
-                        )
-                        .await);
+                        return Err(self.explained(e).await);
                     }
                     self.member_failed(generation, op, &e);
                     let again = match resend {
@@ -284,25 +277,9 @@ impl EtcdLeaseStore {
                         self.metrics.error(kind.label());
                         continue;
                     }
-                    let e = self.error(e);
-                    return Err(refine(
-                        e,
-                        &self.ctx,
-                        &self.endpoints,
-                        self.members.tls_material().as_ref(),
-                    )
-                    .await);
+                    return Err(self.explained(e).await);
                 }
-                Err(_) => {
-                    self.members
-                        .failed(picked.load(Ordering::Relaxed))
-                        .inspect(|(from, to)| log_move(from, to, op, "no answer in time"));
-                    self.metrics.error(EtcdErrorKind::Timeout.label());
-                    return Err(StoreError::Timeout {
-                        op,
-                        after: self.request_timeout,
-                    });
-                }
+                Err(_) => return Err(self.timed_out(picked.load(Ordering::Relaxed), op)),
             }
         }
     }
@@ -321,25 +298,30 @@ impl EtcdLeaseStore {
                 if is_member_failure(classify(&e)) {
                     self.member_failed(generation, op, &e);
                 }
-                let e = self.error(e);
-                Err(refine(
-                    e,
-                    &self.ctx,
-                    &self.endpoints,
-                    self.members.tls_material().as_ref(),
-                )
-                .await)
+                Err(self.explained(e).await)
             }
-            Err(_) => {
-                self.members
-                    .failed(generation)
-                    .inspect(|(from, to)| log_move(from, to, op, "no answer in time"));
-                self.metrics.error(EtcdErrorKind::Timeout.label());
-                Err(StoreError::Timeout {
-                    op,
-                    after: self.request_timeout,
-                })
-            }
+            Err(_) => Err(self.timed_out(generation, op)),
+        }
+    }
+
+    /// A failed request as a [`StoreError`], counted, and explained by a TLS handshake probe
+    /// where gRPC's text hides the cause ([`refine`]).
+    async fn explained(&self, e: etcd_client::Error) -> StoreError {
+        let e = self.error(e);
+        let tls = self.members.tls_material();
+        refine(e, &self.ctx, &self.endpoints, tls.as_ref()).await
+    }
+
+    /// A request to the member picked in `generation` got no answer in time: counted, and
+    /// the store moves to the next member.
+    fn timed_out(&self, generation: u64, op: &'static str) -> StoreError {
+        if let Some((from, to)) = self.members.failed(generation) {
+            log_move(&from, &to, op, "no answer in time");
+        }
+        self.metrics.error(EtcdErrorKind::Timeout.label());
+        StoreError::Timeout {
+            op,
+            after: self.request_timeout,
         }
     }
 
