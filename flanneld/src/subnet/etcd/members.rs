@@ -4,8 +4,8 @@
 //! through tonic's balanced channel, which keeps choosing a member whose lazy connect failed
 //! (tonic's `Reconnect` reports it ready and hands back the stored error on the next call;
 //! etcdv3/etcd-client#39): with one member of three down, a node could fail every request
-//! for as long as the member stayed down. What etcd's Go client does instead, and what this
-//! module does: talk to one member (a client built for that endpoint alone), stay with it
+//! for as long as the member stayed down. What this module does instead (the pinned
+//! endpoint of etcd's Go client up to v3.3): talk to one member (a client built for that endpoint alone), stay with it
 //! while it answers, and move to the next endpoint in the list when a request to it fails
 //! for a reason that is the member's (refused, reset, timed out, no leader, its TLS). The
 //! client of the failed member is dropped, so coming back to it later connects afresh.
