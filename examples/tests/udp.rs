@@ -12,13 +12,13 @@ use std::time::Duration;
 use flannel_examples::cluster::{Backend, Cluster, ClusterSpec, Pod};
 
 mod common;
-use common::{assert_full_mesh, iperf3, tcp_survives_an_underlay_mtu_drop};
+use common::{
+    HEALTHZ_PORT, assert_full_mesh, counter, iperf3, metrics, tcp_survives_an_underlay_mtu_drop,
+};
 
 fn prerequisites(test: &str) -> bool {
     flannel_examples::cluster::prerequisites(test, &["bash", "python3"])
 }
-
-const HEALTHZ_PORT: &str = "9102";
 
 fn start_udp_cluster(nodes: usize) -> Cluster {
     let mut spec = ClusterSpec::new(nodes, Backend::Udp);
@@ -48,22 +48,6 @@ fn text(o: &std::process::Output) -> String {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     )
-}
-
-/// `GET /metrics` from node `i`'s flanneld (bash `/dev/tcp`, inside the node).
-fn metrics(c: &Cluster, i: usize) -> String {
-    let script = format!(
-        "exec 3<>/dev/tcp/127.0.0.1/{HEALTHZ_PORT}; printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3"
-    );
-    let out = c.node_exec(i, &["bash", "-c", &script]);
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn counter(metrics: &str, name: &str) -> u64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} not in /metrics:\n{metrics}"))
 }
 
 #[test]
@@ -213,40 +197,5 @@ fn udp_carries_tcp_after_the_underlay_mtu_drops_at_runtime() {
     let mut c = start_udp_cluster(2);
     let a = c.add_pod(0, "a").expect("ADD");
     let b = c.add_pod(1, "b").expect("ADD");
-    let refused = |m: &str| counter(m, "flannel_udp_tx_trains_refused_total");
-    let trains = |m: &str| counter(m, "flannel_udp_tx_gso_messages_total");
-    let before = [metrics(&c, 0), metrics(&c, 1)];
-    tcp_survives_an_underlay_mtu_drop(
-        &c,
-        &a,
-        &b,
-        16 << 20,
-        || {
-            // While the MTU is low: trains were refused on both nodes, with one warning each,
-            // and nothing was lost as a send error.
-            for (i, m) in before.iter().enumerate() {
-                let now = metrics(&c, i);
-                assert!(refused(&now) > refused(m), "node {}: {now}", i + 1);
-                assert_eq!(
-                    counter(&now, "flannel_udp_tx_errors_total"),
-                    0,
-                    "node {}",
-                    i + 1
-                );
-                let log = c.flanneld_log(i);
-                assert!(
-                    log.contains("does not fit the route"),
-                    "node {}: {log}",
-                    i + 1
-                );
-            }
-            metrics(&c, 0)
-        },
-        |low| {
-            // Back at 1500, after the one-second pause: trains go through again.
-            let now = metrics(&c, 0);
-            assert!(trains(&now) > trains(&low) + 100, "{low}\n{now}");
-            assert!(c.flanneld_log(0).contains("fit the route again"));
-        },
-    );
+    tcp_survives_an_underlay_mtu_drop(&c, &a, &b, 16 << 20, "flannel_udp_");
 }

@@ -15,9 +15,7 @@ use flannel_examples::cluster::wggo::WireguardGo;
 use flannel_examples::cluster::{Backend, Cluster, ClusterSpec, Pod, Stack, wait_until};
 
 mod common;
-use common::{assert_full_mesh, tcp_survives_an_underlay_mtu_drop};
-
-const HEALTHZ_PORT: &str = "9102";
+use common::{HEALTHZ_PORT, assert_full_mesh, counter, metrics, tcp_survives_an_underlay_mtu_drop};
 
 fn prerequisites(test: &str, extra: &[&str]) -> bool {
     let mut tools = vec!["bash", "python3", "wg", "tcpdump", "nsenter", "unshare"];
@@ -54,29 +52,6 @@ fn in_pod(pod: &Pod, args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("run in pod")
-}
-
-/// `GET /metrics` from node `i`'s flanneld.
-fn metrics(c: &Cluster, i: usize) -> String {
-    let script = format!(
-        "exec 3<>/dev/tcp/127.0.0.1/{HEALTHZ_PORT}; printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3"
-    );
-    String::from_utf8_lossy(&c.node_exec(i, &["bash", "-c", &script]).stdout).into_owned()
-}
-
-fn counter(metrics: &str, name: &str) -> u64 {
-    metrics
-        .lines()
-        .find_map(|l| {
-            let rest = l.strip_prefix(name)?;
-            let rest = rest.strip_prefix(' ').or_else(|| {
-                rest.strip_prefix('{')
-                    .and_then(|r| r.split_once("} ").map(|x| x.1))
-            })?;
-            rest.trim().parse::<f64>().ok()
-        })
-        .map(|v| v as u64)
-        .unwrap_or_else(|| panic!("{name} not in /metrics:\n{metrics}"))
 }
 
 /// `wg show ARGS` against node `i`'s flanneld: `wg` looks for the UAPI socket in
@@ -593,7 +568,8 @@ fn wireguard_ipv6_only() {
 
 /// The userspace device sends its encrypted datagrams as UDP GSO trains too: after the
 /// underlay MTU drops under what the device was sized for, the refused trains go out datagram
-/// by datagram and the kernel fragments them (the kernel module's device fragments as well).
+/// by datagram and the kernel fragments them (the kernel module's device fragments as well),
+/// and the device builds no trains for a second after each refusal (`Trains`).
 #[test]
 fn wireguard_carries_tcp_after_the_underlay_mtu_drops_at_runtime() {
     if !prerequisites(
@@ -605,5 +581,5 @@ fn wireguard_carries_tcp_after_the_underlay_mtu_drops_at_runtime() {
     let mut c = start(2);
     let a = c.add_pod(0, "a").expect("ADD");
     let b = c.add_pod(1, "b").expect("ADD");
-    tcp_survives_an_underlay_mtu_drop(&c, &a, &b, 4 << 20, || (), |()| {});
+    tcp_survives_an_underlay_mtu_drop(&c, &a, &b, 4 << 20, "flannel_wireguard_");
 }

@@ -40,7 +40,6 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use super::codec::{
     self, GatherCoalescer, Ipv4Header, Place, TtlOutcome, VNET_HDR_LEN, VirtioNetHdr,
@@ -48,7 +47,7 @@ use super::codec::{
 };
 use super::table::{SharedTable, SourceVerdict, Table, TableReader};
 use super::threads::{Threads, receive_loop, wait_loop};
-use super::tun::{InMsg, OutMsg, SendCounters, Tun, UdpSocket, train_exceeds_route_mtu};
+use super::tun::{InMsg, OutMsg, SendCounters, Trains, Tun, UdpSocket, train_exceeds_route_mtu};
 
 pub use super::threads::POLL_MS;
 /// TUN reads per wake-up before the batch is sent.
@@ -63,9 +62,6 @@ pub const MAX_GSO_SEGMENTS: usize = 64;
 const FLUSH_BYTES: usize = 256 * 1024;
 /// TUN read buffer: vnet header plus the largest IPv4 packet.
 const TUN_BUF: usize = VNET_HDR_LEN + 65_536;
-/// How long no UDP GSO trains are built after one did not fit the route (see
-/// [`Tx::trains_allowed`]).
-const TRAIN_PAUSE: Duration = Duration::from_secs(1);
 
 crate::counter_set!(
     /// The datapath's counters (monotonic, relaxed atomics).
@@ -138,13 +134,11 @@ impl Datapath {
             sock: sock.clone(),
             table: table.reader(),
             counters: counters.clone(),
-            gso: sock.gso(),
+            trains: Trains::new(sock.gso(), "udp"),
             buf: vec![0u8; TUN_BUF],
             out: Vec::with_capacity(FLUSH_BYTES + TUN_BUF * 2),
             msgs: Vec::with_capacity(MAX_TUN_READS * 2),
             hdrs: Vec::with_capacity(MAX_GSO_SEGMENTS * 120),
-            trains_paused_until: None,
-            refusal_warned: false,
         }));
         let tx_thread = tx.clone();
         let tun_fd = tun.as_raw_fd();
@@ -196,16 +190,13 @@ struct Tx {
     sock: Arc<UdpSocket>,
     table: TableReader,
     counters: Arc<Counters>,
-    gso: bool,
+    /// Whether to build UDP GSO trains now.
+    trains: Trains,
     buf: Vec<u8>,
     out: Vec<u8>,
     msgs: Vec<OutMsg>,
     /// Segment headers of the super-packet being sent from the TUN buffer.
     hdrs: Vec<u8>,
-    /// Set when a train did not fit the route: until then segments go out one by one.
-    trains_paused_until: Option<Instant>,
-    /// Whether the refusals since trains last went through have been logged as a warning.
-    refusal_warned: bool,
 }
 
 impl Tx {
@@ -270,7 +261,7 @@ impl Tx {
             Counters::add(&self.counters.ttl_expired, 1);
             return;
         }
-        if self.trains_allowed() && self.send_train_in_place(&hdr, pkt, route.endpoint.into()) {
+        if self.trains.allowed() && self.send_train_in_place(&hdr, pkt, route.endpoint.into()) {
             return;
         }
         let start = self.out.len();
@@ -296,7 +287,7 @@ impl Tx {
             return;
         }
         // Asked again: a train refused just now paused them.
-        if self.trains_allowed() {
+        if self.trains.allowed() {
             let per = (MAX_GSO_BYTES / segs.size).clamp(1, MAX_GSO_SEGMENTS);
             let mut at = start;
             let mut left = segs.count;
@@ -378,16 +369,15 @@ impl Tx {
             if let Err(e) = self.sock.send_gather(to, parts, seg) {
                 tracing::debug!(%to, error = %e, "udp GSO send from the TUN buffer failed");
                 if seg > 0 && train_exceeds_route_mtu(&e) {
-                    self.pause_trains(to, &e);
+                    let errno = e.raw_os_error().unwrap_or(0);
+                    self.trains
+                        .refused(to, errno, &self.counters.tx_trains_refused);
                 }
                 return false;
             }
             if seg > 0 {
                 Counters::add(&self.counters.tx_gso_messages, 1);
-                if self.refusal_warned {
-                    tracing::info!(%to, "UDP GSO trains fit the route again");
-                    self.refusal_warned = false;
-                }
+                self.trains.went_through();
             }
             first = end;
         }
@@ -399,53 +389,16 @@ impl Tx {
         true
     }
 
-    /// Whether UDP GSO trains may be built now: GSO works on this path (no `EIO` yet) and no
-    /// train was refused for its size within the last [`TRAIN_PAUSE`]. A refused train is
-    /// what a runtime drop of the underlay MTU under the TUN's looks like; the segments then
-    /// go out as single datagrams that the kernel fragments (flannel's behaviour), and one
-    /// train a second probes whether they fit again.
-    fn trains_allowed(&mut self) -> bool {
-        if !self.gso {
-            return false;
-        }
-        match self.trains_paused_until {
-            Some(until) if Instant::now() < until => false,
-            Some(_) => {
-                self.trains_paused_until = None;
-                true
-            }
-            None => true,
-        }
-    }
-
-    fn pause_trains(&mut self, to: SocketAddr, e: &io::Error) {
-        if !self.refusal_warned {
-            tracing::warn!(
-                %to, error = %e,
-                "a UDP GSO train does not fit the route (underlay MTU lowered below the \
-                 TUN's?); sending single datagrams, fragmented by the kernel, and retrying \
-                 trains every {TRAIN_PAUSE:?}"
-            );
-            self.refusal_warned = true;
-        }
-        Counters::add(&self.counters.tx_trains_refused, 1);
-        self.trains_paused_until = Some(Instant::now() + TRAIN_PAUSE);
-    }
-
     fn flush(&mut self) {
         let c = &self.counters;
         let counters = SendCounters {
             errors: &c.tx_errors,
             syscalls: &c.tx_syscalls,
             gso_messages: &c.tx_gso_messages,
+            trains_refused: &c.tx_trains_refused,
         };
-        self.sock.flush_queue(
-            &mut self.out,
-            &mut self.msgs,
-            &mut self.gso,
-            counters,
-            "udp",
-        );
+        self.sock
+            .flush_queue(&mut self.out, &mut self.msgs, &mut self.trains, counters);
     }
 }
 

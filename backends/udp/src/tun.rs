@@ -304,8 +304,94 @@ pub struct GsoSend {
     pub syscalls: usize,
     /// GSO trains the kernel took.
     pub gso_messages: usize,
+    /// Trains refused because their segments do not fit the route (sent again one by one).
+    pub refused: usize,
+    /// The first such refusal: where to, and the errno.
+    pub first_refusal: Option<(SocketAddr, i32)>,
     /// The kernel cannot segment on this path (`EIO`): send single datagrams from now on.
     pub gso_unsupported: bool,
+}
+
+/// Whether a data path builds UDP GSO trains, shared by the udp backend and the wireguard
+/// device. Trains are off for good once the kernel cannot segment on the path (`EIO`), and
+/// for [`Trains::PAUSE`] after one did not fit the route's MTU (`EMSGSIZE`/`EINVAL`: the
+/// underlay's MTU was lowered under the TUN's at runtime): meanwhile segments go out as single
+/// datagrams, which the kernel fragments as it does flannel's, instead of one refused
+/// `sendmsg` (a copy of the whole train, then thrown away) per batch. After the pause a
+/// train probes whether they fit again. The first refusal is a warning, the return of
+/// trains an info line.
+#[derive(Debug)]
+pub struct Trains {
+    gso: bool,
+    paused_until: Option<std::time::Instant>,
+    refusal_warned: bool,
+    /// The data path, in log lines.
+    sender: &'static str,
+}
+
+impl Trains {
+    /// How long no trains are built after one was refused for its size.
+    pub const PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
+
+    /// Trains as far as the socket can send them ([`UdpSocket::gso`]).
+    pub fn new(gso: bool, sender: &'static str) -> Self {
+        Self {
+            gso,
+            paused_until: None,
+            refusal_warned: false,
+            sender,
+        }
+    }
+
+    /// Whether to build trains now.
+    pub fn allowed(&mut self) -> bool {
+        if !self.gso {
+            return false;
+        }
+        match self.paused_until {
+            Some(until) if std::time::Instant::now() < until => false,
+            Some(_) => {
+                self.paused_until = None;
+                true
+            }
+            None => true,
+        }
+    }
+
+    /// A train to `to` was refused with `errno` because it does not fit the route: counted
+    /// into `counter`, trains paused.
+    pub fn refused(&mut self, to: SocketAddr, errno: i32, counter: &std::sync::atomic::AtomicU64) {
+        if !self.refusal_warned {
+            tracing::warn!(
+                %to, error = %io::Error::from_raw_os_error(errno), sender = self.sender,
+                "a UDP GSO train does not fit the route (underlay MTU lowered below the \
+                 TUN's?); sending single datagrams, fragmented by the kernel, and retrying \
+                 trains every {:?}", Self::PAUSE
+            );
+            self.refusal_warned = true;
+        }
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.paused_until = Some(std::time::Instant::now() + Self::PAUSE);
+    }
+
+    /// A train went through: after refusals, says so once.
+    pub fn went_through(&mut self) {
+        if self.refusal_warned {
+            tracing::info!(sender = self.sender, "UDP GSO trains fit the route again");
+            self.refusal_warned = false;
+        }
+    }
+
+    /// The kernel cannot segment on this path (`EIO`): no trains from now on.
+    pub fn unsupported(&mut self) {
+        if self.gso {
+            tracing::warn!(
+                sender = self.sender,
+                "UDP GSO refused by the kernel; sending datagrams one by one"
+            );
+        }
+        self.gso = false;
+    }
 }
 
 /// The counters a data path keeps for [`UdpSocket::flush_queue`].
@@ -317,6 +403,8 @@ pub struct SendCounters<'a> {
     pub syscalls: &'a std::sync::atomic::AtomicU64,
     /// GSO trains the kernel took.
     pub gso_messages: &'a std::sync::atomic::AtomicU64,
+    /// Trains refused because they do not fit the route ([`Trains::refused`]).
+    pub trains_refused: &'a std::sync::atomic::AtomicU64,
 }
 
 /// One received buffer from [`UdpSocket::recv_batch`].
@@ -616,7 +704,12 @@ impl UdpSocket {
         let mut report = GsoSend::default();
         let (_, calls) = self.send_batch(buf, msgs, |m, e| {
             if m.seg > 0 && is_train_refusal(&e) {
-                report.gso_unsupported |= e.raw_os_error() == Some(libc::EIO);
+                let errno = e.raw_os_error().unwrap_or(0);
+                report.gso_unsupported |= errno == libc::EIO;
+                if errno != libc::EIO {
+                    report.refused += 1;
+                    report.first_refusal.get_or_insert((m.to, errno));
+                }
                 refused.push(*m);
             } else {
                 on_error(m, e);
@@ -634,19 +727,19 @@ impl UdpSocket {
 
     /// Sends a data path's queued `msgs` (slices of `out`) with
     /// [`UdpSocket::send_batch_gso`], counts what happened into `counters` and empties both.
-    /// When the kernel cannot segment on the route (`EIO`: IPsec on it, or on older kernels
-    /// an egress device without checksum offload) `gso` is cleared for good: one datagram
-    /// per packet from then on. `sender` names the data path in logs.
+    /// Refusals go to `trains`: when the kernel cannot segment on the route (`EIO`: IPsec on
+    /// it, or on older kernels an egress device without checksum offload) no more trains are
+    /// built; when a train does not fit the route's MTU, none for a while ([`Trains`]).
     pub fn flush_queue(
         &self,
         out: &mut Vec<u8>,
         msgs: &mut Vec<OutMsg>,
-        gso: &mut bool,
+        trains: &mut Trains,
         counters: SendCounters<'_>,
-        sender: &str,
     ) {
         use std::sync::atomic::Ordering::Relaxed;
         if !msgs.is_empty() {
+            let sender = trains.sender;
             let sent = self.send_batch_gso(out, msgs, |m, e| {
                 tracing::debug!(to = %m.to, error = %e, sender, "udp send failed");
                 counters.errors.fetch_add(1, Relaxed);
@@ -656,11 +749,15 @@ impl UdpSocket {
                 .gso_messages
                 .fetch_add(sent.gso_messages as u64, Relaxed);
             if sent.gso_unsupported {
-                tracing::warn!(
-                    sender,
-                    "UDP GSO refused by the kernel; sending datagrams one by one"
-                );
-                *gso = false;
+                trains.unsupported();
+            }
+            if let Some((to, errno)) = sent.first_refusal {
+                trains.refused(to, errno, counters.trains_refused);
+                counters
+                    .trains_refused
+                    .fetch_add(sent.refused as u64 - 1, Relaxed);
+            } else if sent.gso_messages > 0 {
+                trains.went_through();
             }
         }
         msgs.clear();

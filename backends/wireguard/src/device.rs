@@ -43,7 +43,7 @@ use flannel_udp::codec::{self, Coalescer, Ipv4Header, VNET_HDR_LEN, VirtioNetHdr
 use flannel_udp::datapath::{MAX_GSO_BYTES, MAX_GSO_SEGMENTS, Offloads};
 use flannel_udp::table::{Reader, Shared};
 use flannel_udp::threads::{Threads, receive_loop, wait_loop};
-use flannel_udp::tun::{InMsg, OutMsg, SendCounters, Tun, UdpSocket};
+use flannel_udp::tun::{InMsg, OutMsg, SendCounters, Trains, Tun, UdpSocket};
 
 use crate::peers::{Identity, PeerState, PeerTable};
 
@@ -98,6 +98,7 @@ flannel_udp::counter_set!(
     tx_syscalls => "sendmmsg calls.",
     rx_syscalls => "recvmmsg calls that returned data.",
     tx_gso_messages => "UDP GSO messages sent (each carries several datagrams).",
+    tx_trains_refused => "UDP GSO trains refused because a segment exceeds the route's MTU (each pauses trains for a second).",
     tx_drained_by_rx => "TUN packets read and sent by the RX thread right after its own TUN writes.",
 });
 
@@ -156,7 +157,7 @@ impl Device {
             sock: sock.clone(),
             peers: peers.reader(),
             counters: counters.clone(),
-            gso: sock.gso(),
+            trains: Trains::new(sock.gso(), "wireguard"),
             buf: vec![0u8; TUN_BUF],
             plain: Vec::with_capacity(TUN_BUF * 2),
             out: Vec::with_capacity(FLUSH_BYTES + TUN_BUF * 2),
@@ -237,7 +238,8 @@ struct Tx {
     sock: Arc<UdpSocket>,
     peers: Reader<PeerTable>,
     counters: Arc<Counters>,
-    gso: bool,
+    /// Whether to build UDP GSO trains now.
+    trains: Trains,
     buf: Vec<u8>,
     /// Plaintext packets of the super-packet being sent.
     plain: Vec<u8>,
@@ -378,7 +380,7 @@ impl Tx {
             }
         }
         drop(tunn);
-        if self.gso {
+        if self.trains.allowed() {
             merge_gso_runs(&mut self.msgs, first_data);
         }
     }
@@ -389,14 +391,10 @@ impl Tx {
             errors: &c.tx_errors,
             syscalls: &c.tx_syscalls,
             gso_messages: &c.tx_gso_messages,
+            trains_refused: &c.tx_trains_refused,
         };
-        self.sock.flush_queue(
-            &mut self.out,
-            &mut self.msgs,
-            &mut self.gso,
-            counters,
-            "wireguard",
-        );
+        self.sock
+            .flush_queue(&mut self.out, &mut self.msgs, &mut self.trains, counters);
     }
 }
 

@@ -113,24 +113,57 @@ pub fn set_underlay_mtu(c: &Cluster, mtu: u32) {
     }
 }
 
+/// The healthz/metrics port the udp and wireguard test clusters give flanneld.
+#[allow(dead_code)]
+pub const HEALTHZ_PORT: &str = "9102";
+
+/// `GET /metrics` from node `i`'s flanneld (bash `/dev/tcp`, inside the node).
+#[allow(dead_code)]
+pub fn metrics(c: &Cluster, i: usize) -> String {
+    let script = format!(
+        "exec 3<>/dev/tcp/127.0.0.1/{HEALTHZ_PORT}; printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3"
+    );
+    String::from_utf8_lossy(&c.node_exec(i, &["bash", "-c", &script]).stdout).into_owned()
+}
+
+/// The value of metric `name` (the first series, with or without labels) in `metrics`.
+#[allow(dead_code)]
+pub fn counter(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let rest = rest.strip_prefix(' ').or_else(|| {
+                rest.strip_prefix('{')
+                    .and_then(|r| r.split_once("} ").map(|x| x.1))
+            })?;
+            rest.trim().parse::<f64>().ok()
+        })
+        .map(|v| v as u64)
+        .unwrap_or_else(|| panic!("{name} not in /metrics:\n{metrics}"))
+}
+
 /// TCP between pods `a` and `b` (on two nodes) before, during and after the nodes' underlay
 /// MTU is lowered from 1500 to 1400 at runtime — under the overlay device's MTU, which keeps
 /// the value computed at start, as flannel's does: at least `min_bytes` in 2 s each time,
 /// both ways while the MTU is low, and node `a`'s kernel fragmented the overlay's datagrams.
-/// `while_low` runs before the MTU is raised again and returns a value for `after`, which
-/// runs once traffic has flowed at 1500 again.
+/// The userspace data path (metrics `<prefix>tx_…`, e.g. `flannel_udp_`) refused UDP GSO
+/// trains on both nodes, warned once, lost nothing as a send error, and paused trains after
+/// each refusal (a few refusals a second, not one per batch); back at 1500 its trains go
+/// through again and it says so.
 #[allow(dead_code)]
-pub fn tcp_survives_an_underlay_mtu_drop<T>(
+pub fn tcp_survives_an_underlay_mtu_drop(
     c: &Cluster,
     a: &Pod,
     b: &Pod,
     min_bytes: u64,
-    while_low: impl FnOnce() -> T,
-    after: impl FnOnce(T),
+    prefix: &str,
 ) {
-    let enough = min_bytes;
+    let refused = |m: &str| counter(m, &format!("{prefix}tx_trains_refused_total"));
+    let trains = |m: &str| counter(m, &format!("{prefix}tx_gso_messages_total"));
+    let before = [metrics(c, 0), metrics(c, 1)];
     let r = iperf3(a, b, &["-t", "2"]);
-    assert!(received_bytes(&r) > enough, "{r}");
+    assert!(received_bytes(&r) > min_bytes, "{r}");
     set_underlay_mtu(c, 1400);
     for reverse in [false, true] {
         let mut args = vec!["-t", "2"];
@@ -142,7 +175,7 @@ pub fn tcp_survives_an_underlay_mtu_drop<T>(
             "underlay MTU 1400, reverse {reverse}: {} bytes in 2 s",
             received_bytes(&r)
         );
-        assert!(received_bytes(&r) > enough, "reverse {reverse}: {r}");
+        assert!(received_bytes(&r) > min_bytes, "reverse {reverse}: {r}");
     }
     let nstat = c.node_exec(a.node, &["nstat", "-asz", "IpFragCreates"]);
     let nstat = String::from_utf8_lossy(&nstat.stdout).into_owned();
@@ -161,10 +194,27 @@ pub fn tcp_survives_an_underlay_mtu_drop<T>(
         "node {} fragmented the datagrams: {nstat}",
         a.node + 1
     );
-    let low = while_low();
+    for (i, m) in before.iter().enumerate() {
+        let now = metrics(c, i);
+        let n = refused(&now) - refused(m);
+        eprintln!("node {}: {n} trains refused", i + 1);
+        assert!(n > 0, "node {}: {now}", i + 1);
+        assert!(n < 200, "node {}: {n} refusals: trains not paused", i + 1);
+        assert_eq!(counter(&now, &format!("{prefix}tx_errors_total")), 0);
+        let log = c.flanneld_log(i);
+        assert!(
+            log.contains("does not fit the route"),
+            "node {}: {log}",
+            i + 1
+        );
+    }
+    let low = metrics(c, 0);
     set_underlay_mtu(c, 1500);
     std::thread::sleep(Duration::from_millis(1200));
     let r = iperf3(a, b, &["-t", "2"]);
-    assert!(received_bytes(&r) > enough, "{r}");
-    after(low);
+    assert!(received_bytes(&r) > min_bytes, "{r}");
+    // After the pause, trains go through again.
+    let now = metrics(c, 0);
+    assert!(trains(&now) > trains(&low) + 100, "{low}\n{now}");
+    assert!(c.flanneld_log(0).contains("fit the route again"));
 }
