@@ -29,7 +29,7 @@
 //! store one member further, not several.
 
 use std::sync::Mutex;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use etcd_client::{Client, ConnectOptions};
 
@@ -42,6 +42,25 @@ struct Current {
     client: Option<Client>,
     /// The same member with require-leader, for watches.
     watch_client: Option<Client>,
+    /// When a move was last worth a warning, and how many moves went to the debug log since.
+    last_warning: Option<Instant>,
+    quiet_moves: u64,
+}
+
+/// At most one warning per this long about moving between members: while etcd is down every
+/// retry walks the whole endpoint list.
+const MOVE_WARNING_INTERVAL: Duration = Duration::from_secs(30);
+
+/// A move to the next member ([`Members::failed`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Moved {
+    /// The endpoint given up.
+    pub from: String,
+    /// The endpoint in use now.
+    pub to: String,
+    /// Whether to log this move as a warning (else at debug level), and if so how many
+    /// moves were logged at debug level since the last warning.
+    pub warn: Option<u64>,
 }
 
 impl Current {
@@ -130,6 +149,8 @@ impl Members {
                 generation: 0,
                 client: None,
                 watch_client: None,
+                last_warning: None,
+                quiet_moves: 0,
             }),
         }
     }
@@ -194,9 +215,9 @@ impl Members {
 
     /// A request to the member picked in `generation` failed because of that member: use
     /// the next endpoint from now on (the same one again when there is only one, with a
-    /// fresh connection). Returns the endpoint given up and the one now in use, or `None`
-    /// when another request had already moved on.
-    pub fn failed(&self, generation: u64) -> Option<(String, String)> {
+    /// fresh connection). Returns the move, or `None` when another request had already
+    /// moved on.
+    pub fn failed(&self, generation: u64) -> Option<Moved> {
         let mut current = self.current.lock().expect("members lock");
         if current.generation != generation {
             return None;
@@ -206,10 +227,22 @@ impl Members {
         current.generation += 1;
         current.client = None;
         current.watch_client = None;
-        Some((
-            self.endpoints[from].clone(),
-            self.endpoints[current.index].clone(),
-        ))
+        let now = Instant::now();
+        let warn = match current.last_warning {
+            Some(at) if now.duration_since(at) < MOVE_WARNING_INTERVAL => {
+                current.quiet_moves += 1;
+                None
+            }
+            _ => {
+                current.last_warning = Some(now);
+                Some(std::mem::take(&mut current.quiet_moves))
+            }
+        };
+        Some(Moved {
+            from: self.endpoints[from].clone(),
+            to: self.endpoints[current.index].clone(),
+            warn,
+        })
     }
 }
 
@@ -247,20 +280,24 @@ mod tests {
         let first = m.pick(Purpose::Requests).await.unwrap().generation;
         assert_eq!(
             m.failed(first),
-            Some((
-                "http://198.18.0.201:2379".to_string(),
-                "http://198.18.0.202:2379".to_string()
-            ))
+            Some(Moved {
+                from: "http://198.18.0.201:2379".to_string(),
+                to: "http://198.18.0.202:2379".to_string(),
+                warn: Some(0),
+            })
         );
         // A second request that failed on the same member does not skip a member.
         assert_eq!(m.failed(first), None);
         assert_eq!(m.endpoint_in_use(), "http://198.18.0.202:2379");
         let second = m.pick(Purpose::Requests).await.unwrap().generation;
         assert_ne!(first, second);
-        m.failed(second);
+        // Moves within the warning interval go to the debug log, counted for the next
+        // warning.
+        assert_eq!(m.failed(second).and_then(|moved| moved.warn), None);
         let third = m.pick(Purpose::Requests).await.unwrap().generation;
-        m.failed(third);
+        assert_eq!(m.failed(third).and_then(|moved| moved.warn), None);
         assert_eq!(m.endpoint_in_use(), "http://198.18.0.201:2379");
+        assert_eq!(m.current.lock().unwrap().quiet_moves, 2);
     }
 
     #[tokio::test]

@@ -74,7 +74,7 @@ mod members;
 
 pub use connect::EtcdConfig;
 use connect::{etcd_error, refine};
-use members::{Members, Purpose};
+use members::{Members, Moved, Purpose};
 
 /// A lease keep-alive stream kept open between rounds (see `EtcdLeaseStore::keeper`).
 struct OpenKeepAlive {
@@ -168,14 +168,27 @@ fn never_sent(e: &etcd_client::Error) -> bool {
     .any(|n| text.contains(n))
 }
 
-fn log_move(from: &str, to: &str, op: &str, why: &str) {
-    tracing::warn!(
-        failed = from,
-        next = to,
-        op,
-        error = why,
-        "etcd member failed; using the next endpoint of --etcd-endpoints"
-    );
+/// Logs a move to the next member: a warning, at most one per interval (see
+/// [`Moved::warn`]), else a debug line.
+fn log_move(moved: &Moved, op: &str, why: &str) {
+    let (from, to) = (moved.from.as_str(), moved.to.as_str());
+    match moved.warn {
+        Some(quiet) => tracing::warn!(
+            failed = from,
+            next = to,
+            op,
+            error = why,
+            moves_since_last_warning = quiet,
+            "etcd member failed; using the next endpoint of --etcd-endpoints"
+        ),
+        None => tracing::debug!(
+            failed = from,
+            next = to,
+            op,
+            error = why,
+            "etcd member failed; using the next endpoint of --etcd-endpoints"
+        ),
+    }
 }
 
 impl EtcdLeaseStore {
@@ -315,8 +328,8 @@ impl EtcdLeaseStore {
     /// A request to the member picked in `generation` got no answer in time: counted, and
     /// the store moves to the next member.
     fn timed_out(&self, generation: u64, op: &'static str) -> StoreError {
-        if let Some((from, to)) = self.members.failed(generation) {
-            log_move(&from, &to, op, "no answer in time");
+        if let Some(moved) = self.members.failed(generation) {
+            log_move(&moved, op, "no answer in time");
         }
         self.metrics.error(EtcdErrorKind::Timeout.label());
         StoreError::Timeout {
@@ -326,8 +339,8 @@ impl EtcdLeaseStore {
     }
 
     fn member_failed(&self, generation: u64, op: &str, e: &etcd_client::Error) {
-        if let Some((from, to)) = self.members.failed(generation) {
-            log_move(&from, &to, op, &chain_text(e));
+        if let Some(moved) = self.members.failed(generation) {
+            log_move(&moved, op, &chain_text(e));
         }
     }
 
@@ -757,9 +770,9 @@ impl LeaseStore for EtcdLeaseStore {
                         }
                         Err(e) => {
                             if is_member_failure(classify(&e))
-                                && let Some((from, to)) = members.failed(generation)
+                                && let Some(moved) = members.failed(generation)
                             {
-                                log_move(&from, &to, "watch subnets", &chain_text(&e));
+                                log_move(&moved, "watch subnets", &chain_text(&e));
                             }
                             return Some((Err(etcd_error(&ctx, &metrics, e)), None));
                         }
