@@ -100,6 +100,15 @@ async fn members_that_are_down_are_passed_over_and_not_asked_again() {
     // and went on to the second, where everything after it stayed.
     assert_eq!(errors(&st), BTreeMap::from([("unreachable", 1)]));
     assert_eq!(st.endpoint_in_use(), live);
+    // What /metrics says about it.
+    assert_eq!(st.metrics().counts().member_moves, 1);
+    let text = st.metrics().render();
+    assert!(
+        text.contains(&format!(
+            "flannel_etcd_member_in_use{{endpoint=\"{live}\"}} 1"
+        )),
+        "{text}"
+    );
 }
 
 #[tokio::test]

@@ -22,6 +22,9 @@ pub struct StoreMetrics {
     renewals: AtomicU64,
     reacquisitions: AtomicU64,
     last_renewal: Mutex<Option<Instant>>,
+    member_moves: AtomicU64,
+    /// The etcd endpoint the store uses now.
+    member: Mutex<Option<String>>,
 }
 
 /// A snapshot of the counters (tests, logs).
@@ -39,6 +42,8 @@ pub struct StoreCounts {
     pub renewals: u64,
     /// Times our lease was acquired again after being lost.
     pub reacquisitions: u64,
+    /// Times the store moved to the next etcd endpoint because the member in use failed.
+    pub member_moves: u64,
 }
 
 impl StoreMetrics {
@@ -50,6 +55,17 @@ impl StoreMetrics {
             .unwrap_or_else(|p| p.into_inner())
             .entry(kind)
             .or_default() += 1;
+    }
+
+    /// Records the etcd endpoint the store starts with.
+    pub fn member_in_use(&self, endpoint: &str) {
+        *self.member.lock().unwrap_or_else(|p| p.into_inner()) = Some(endpoint.to_string());
+    }
+
+    /// Counts a move to the next etcd endpoint, `to`.
+    pub fn member_moved(&self, to: &str) {
+        self.member_moves.fetch_add(1, Ordering::Relaxed);
+        self.member_in_use(to);
     }
 
     /// Counts a watch re-opened after it broke.
@@ -105,6 +121,7 @@ impl StoreMetrics {
             restores_detected: self.restores_detected.load(Ordering::Relaxed),
             renewals: self.renewals.load(Ordering::Relaxed),
             reacquisitions: self.reacquisitions.load(Ordering::Relaxed),
+            member_moves: self.member_moves.load(Ordering::Relaxed),
         }
     }
 
@@ -139,6 +156,11 @@ impl StoreMetrics {
                 c.restores_detected,
             ),
             (
+                "flannel_etcd_member_moves_total",
+                "Times the store moved to the next etcd endpoint because the member in use failed.",
+                c.member_moves,
+            ),
+            (
                 "flannel_lease_renewals_total",
                 "Successful renewals of this node's subnet lease.",
                 c.renewals,
@@ -153,6 +175,19 @@ impl StoreMetrics {
             let _ = writeln!(
                 out,
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
+        }
+        if let Some(endpoint) = self
+            .member
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_deref()
+        {
+            let _ = writeln!(
+                out,
+                "# HELP flannel_etcd_member_in_use The etcd endpoint the store talks to now.\n\
+                 # TYPE flannel_etcd_member_in_use gauge\n\
+                 flannel_etcd_member_in_use{{endpoint=\"{endpoint}\"}} 1"
             );
         }
         if let Some(s) = self.seconds_since_renewal() {
@@ -182,6 +217,15 @@ mod tests {
         m.relist();
         m.renewed();
         let text = m.render();
+        assert!(!text.contains("flannel_etcd_member_in_use"), "{text}");
+        m.member_in_use("https://198.18.0.201:2379");
+        m.member_moved("https://198.18.0.202:2379");
+        let text = m.render();
+        assert!(text.contains("flannel_etcd_member_moves_total 1"), "{text}");
+        assert!(
+            text.contains("flannel_etcd_member_in_use{endpoint=\"https://198.18.0.202:2379\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("flannel_etcd_request_errors_total{kind=\"tls_unknown_ca\"} 2"));
         assert!(text.contains("flannel_etcd_request_errors_total{kind=\"unreachable\"} 1"));
         assert!(text.contains("flannel_etcd_watch_restarts_total 1"));

@@ -237,6 +237,7 @@ impl EtcdLeaseStore {
         let endpoints: Vec<String> = cfg.endpoints.iter().map(|e| e.trim().to_string()).collect();
         let authenticate = cfg.username.is_some();
         let first = cfg.first_endpoint.unwrap_or_else(random_index) % endpoints.len();
+        metrics.member_in_use(&endpoints[first]);
         let store = Self {
             members: Arc::new(Members::new(endpoints.clone(), first, opts, tls_source)),
             prefix: cfg.prefix.trim_end_matches('/').to_string(),

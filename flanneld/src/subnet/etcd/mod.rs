@@ -329,6 +329,7 @@ impl EtcdLeaseStore {
     /// the store moves to the next member.
     fn timed_out(&self, generation: u64, op: &'static str) -> StoreError {
         if let Some(moved) = self.members.failed(generation) {
+            self.metrics.member_moved(&moved.to);
             log_move(&moved, op, "no answer in time");
         }
         self.metrics.error(EtcdErrorKind::Timeout.label());
@@ -340,6 +341,7 @@ impl EtcdLeaseStore {
 
     fn member_failed(&self, generation: u64, op: &str, e: &etcd_client::Error) {
         if let Some(moved) = self.members.failed(generation) {
+            self.metrics.member_moved(&moved.to);
             log_move(&moved, op, &chain_text(e));
         }
     }
@@ -772,6 +774,7 @@ impl LeaseStore for EtcdLeaseStore {
                             if is_member_failure(classify(&e))
                                 && let Some(moved) = members.failed(generation)
                             {
+                                metrics.member_moved(&moved.to);
                                 log_move(&moved, "watch subnets", &chain_text(&e));
                             }
                             return Some((Err(etcd_error(&ctx, &metrics, e)), None));
