@@ -26,8 +26,9 @@
 //!
 //! **TLS and auth.** `https://` endpoints use rustls; `--etcd-cafile` replaces the system roots
 //! and `--etcd-certfile/--etcd-keyfile` present a client certificate ([`super::etcd_tls`]
-//! checks the files first; they are read again for each new connection, `members`). `--etcd-username/--etcd-password` authenticate once at connect
-//! and again whenever etcd says the token expired. Every failure becomes a
+//! checks the files first; they are read again for each new connection, `members`).
+//! `--etcd-username/--etcd-password` authenticate once at connect and again whenever etcd
+//! says the token expired. Every failure becomes a
 //! [`StoreError::Etcd`] whose message names the cause and what to fix
 //! ([`super::etcd_error`]) and is counted by kind in [`StoreMetrics`].
 //!
@@ -51,7 +52,7 @@ use std::time::{Duration, SystemTime};
 
 use etcd_client::{
     Client, Compare, CompareOp, EventType, GetOptions, KeyValue, LeaseKeepAliveStream, LeaseKeeper,
-    LeaseTimeToLiveOptions, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
+    LeaseTimeToLiveOptions, PutOptions, Txn, TxnOp, TxnOpResponse, TxnResponse, WatchOptions,
 };
 use futures::StreamExt;
 use ipam::lease::{Lease, SubnetId, subnet_key};
@@ -74,7 +75,7 @@ mod members;
 
 pub use connect::EtcdConfig;
 use connect::{etcd_error, refine};
-use members::{Members, Moved, Purpose};
+use members::{Members, Purpose};
 
 /// A lease keep-alive stream kept open between rounds (see `EtcdLeaseStore::keeper`).
 struct OpenKeepAlive {
@@ -168,9 +169,15 @@ fn never_sent(e: &etcd_client::Error) -> bool {
     .any(|n| text.contains(n))
 }
 
-/// Logs a move to the next member: a warning, at most one per interval (see
-/// [`Moved::warn`]), else a debug line.
-fn log_move(moved: &Moved, op: &str, why: &str) {
+/// The member picked in `generation` failed `op` (`why`): the store moves to the next one
+/// ([`Members::failed`]), which `/metrics` counts and the log tells — a warning, at most one
+/// per interval (`members::Moved::warn`), else a debug line. Nothing when another request had
+/// already moved on.
+fn move_on(members: &Members, metrics: &StoreMetrics, generation: u64, op: &str, why: &str) {
+    let Some(moved) = members.failed(generation) else {
+        return;
+    };
+    metrics.member_moved(&moved.to);
     let (from, to) = (moved.from.as_str(), moved.to.as_str());
     match moved.warn {
         Some(quiet) => tracing::warn!(
@@ -328,10 +335,13 @@ impl EtcdLeaseStore {
     /// A request to the member picked in `generation` got no answer in time: counted, and
     /// the store moves to the next member.
     fn timed_out(&self, generation: u64, op: &'static str) -> StoreError {
-        if let Some(moved) = self.members.failed(generation) {
-            self.metrics.member_moved(&moved.to);
-            log_move(&moved, op, "no answer in time");
-        }
+        move_on(
+            &self.members,
+            &self.metrics,
+            generation,
+            op,
+            "no answer in time",
+        );
         self.metrics.error(EtcdErrorKind::Timeout.label());
         StoreError::Timeout {
             op,
@@ -340,10 +350,16 @@ impl EtcdLeaseStore {
     }
 
     fn member_failed(&self, generation: u64, op: &str, e: &etcd_client::Error) {
-        if let Some(moved) = self.members.failed(generation) {
-            self.metrics.member_moved(&moved.to);
-            log_move(&moved, op, &chain_text(e));
-        }
+        move_on(&self.members, &self.metrics, generation, op, &chain_text(e));
+    }
+
+    /// Sends one of the compare-and-swap transactions (a write: see [`Resend::IfNeverSent`]).
+    async fn send_txn(&self, op: &'static str, txn: Txn) -> Result<TxnResponse, StoreError> {
+        self.call(op, Resend::IfNeverSent, |mut c| {
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
+        })
+        .await
     }
 
     async fn read_position(&self, opts: GetOptions) -> Result<StorePosition, StoreError> {
@@ -455,13 +471,7 @@ impl EtcdLeaseStore {
                 Some(PutOptions::new().with_lease(lease_id)),
             )])
             .or_else([TxnOp::get(key.as_str(), None)]);
-        let sent = self
-            .call("create subnet", Resend::IfNeverSent, |mut c| {
-                let txn = txn.clone();
-                async move { c.txn(txn).await }
-            })
-            .await;
-        let resp = match sent {
+        let resp = match self.send_txn("create subnet", txn).await {
             Ok(r) => r,
             Err(e) => {
                 self.revoke(lease_id).await;
@@ -600,13 +610,7 @@ impl LeaseStore for EtcdLeaseStore {
             ])
             .and_then([TxnOp::put(key.as_str(), lease.attrs.to_json(), put_opts)])
             .or_else([TxnOp::get(key.as_str(), None)]);
-        let sent = self
-            .call("update subnet", Resend::IfNeverSent, |mut c| {
-                let txn = txn.clone();
-                async move { c.txn(txn).await }
-            })
-            .await;
-        let resp = match sent {
+        let resp = match self.send_txn("update subnet", txn).await {
             Ok(r) => r,
             Err(e) => {
                 if let Some((id, _)) = new {
@@ -722,12 +726,7 @@ impl LeaseStore for EtcdLeaseStore {
                 Compare::lease(key.as_str(), CompareOp::Equal, expected),
             ])
             .and_then([TxnOp::delete(key.as_str(), None)]);
-        let resp = self
-            .call("delete subnet", Resend::IfNeverSent, |mut c| {
-                let txn = txn.clone();
-                async move { c.txn(txn).await }
-            })
-            .await?;
+        let resp = self.send_txn("delete subnet", txn).await?;
         if resp.succeeded() && expected != 0 {
             self.revoke(expected).await;
         }
@@ -771,11 +770,9 @@ impl LeaseStore for EtcdLeaseStore {
                             return Some((Err(err), None));
                         }
                         Err(e) => {
-                            if is_member_failure(classify(&e))
-                                && let Some(moved) = members.failed(generation)
-                            {
-                                metrics.member_moved(&moved.to);
-                                log_move(&moved, "watch subnets", &chain_text(&e));
+                            if is_member_failure(classify(&e)) {
+                                let why = chain_text(&e);
+                                move_on(&members, &metrics, generation, "watch subnets", &why);
                             }
                             return Some((Err(etcd_error(&ctx, &metrics, e)), None));
                         }
