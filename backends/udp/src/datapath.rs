@@ -369,9 +369,8 @@ impl Tx {
             if let Err(e) = self.sock.send_gather(to, parts, seg) {
                 tracing::debug!(%to, error = %e, "udp GSO send from the TUN buffer failed");
                 if seg > 0 && train_exceeds_route_mtu(&e) {
-                    let errno = e.raw_os_error().unwrap_or(0);
-                    self.trains
-                        .refused(to, errno, &self.counters.tx_trains_refused);
+                    Counters::add(&self.counters.tx_trains_refused, 1);
+                    self.trains.refused(to, e.raw_os_error().unwrap_or(0));
                 }
                 return false;
             }

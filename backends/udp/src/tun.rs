@@ -358,9 +358,9 @@ impl Trains {
         }
     }
 
-    /// A train to `to` was refused with `errno` because it does not fit the route: counted
-    /// into `counter`, trains paused.
-    pub fn refused(&mut self, to: SocketAddr, errno: i32, counter: &std::sync::atomic::AtomicU64) {
+    /// A train to `to` was refused with `errno` because it does not fit the route: trains
+    /// paused (the caller counts the refusals).
+    pub fn refused(&mut self, to: SocketAddr, errno: i32) {
         if !self.refusal_warned {
             tracing::warn!(
                 %to, error = %io::Error::from_raw_os_error(errno), sender = self.sender,
@@ -370,7 +370,6 @@ impl Trains {
             );
             self.refusal_warned = true;
         }
-        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.paused_until = Some(std::time::Instant::now() + Self::PAUSE);
     }
 
@@ -751,11 +750,11 @@ impl UdpSocket {
             if sent.gso_unsupported {
                 trains.unsupported();
             }
+            counters
+                .trains_refused
+                .fetch_add(sent.refused as u64, Relaxed);
             if let Some((to, errno)) = sent.first_refusal {
-                trains.refused(to, errno, counters.trains_refused);
-                counters
-                    .trains_refused
-                    .fetch_add(sent.refused as u64 - 1, Relaxed);
+                trains.refused(to, errno);
             } else if sent.gso_messages > 0 {
                 trains.went_through();
             }
