@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use flannel_testkit::etcd::{EtcdCommand, EtcdServer, etcd_binary};
+use flannel_testkit::etcd::{EtcdCommand, EtcdServer, etcd_binary, free_port};
 use flanneld::subnet::{
     CreateOutcome, EtcdConfig, EtcdLeaseStore, KeepAliveOutcome, LeaseStore, StoreError,
     UpdateOutcome, WatchBatch, WatchEvent,
@@ -26,10 +26,7 @@ fn lease(subnet: &str, ip: &str) -> Lease {
 
 /// An endpoint where nothing listens: a port just bound and released (connection refused).
 fn refusing_endpoint() -> String {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = l.local_addr().unwrap().port();
-    drop(l);
-    format!("http://127.0.0.1:{port}")
+    format!("http://127.0.0.1:{}", free_port().expect("free port"))
 }
 
 async fn connect(endpoints: Vec<String>, request_timeout: Duration) -> EtcdLeaseStore {
@@ -191,11 +188,6 @@ impl Drop for Member {
     }
 }
 
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().unwrap().port()
-}
-
 /// Two members, each the other's only peer, with a short election timeout (300 ms) so that
 /// losing the leader is noticed quickly. `None` when etcd is not installed (outside CI).
 async fn two_members(dir: &std::path::Path) -> Option<(Member, Member)> {
@@ -203,7 +195,8 @@ async fn two_members(dir: &std::path::Path) -> Option<(Member, Member)> {
         flannel_testkit::skip_or_panic("etcd not installed");
         return None;
     }
-    let ports: Vec<(u16, u16)> = (0..2).map(|_| (free_port(), free_port())).collect();
+    let port = || free_port().expect("free port");
+    let ports: Vec<(u16, u16)> = (0..2).map(|_| (port(), port())).collect();
     let cluster = format!(
         "a=http://127.0.0.1:{},b=http://127.0.0.1:{}",
         ports[0].1, ports[1].1

@@ -64,7 +64,9 @@ pub fn etcd_binary() -> Option<PathBuf> {
     ETCD_PATHS.iter().map(PathBuf::from).find(|p| p.is_file())
 }
 
-fn free_port() -> Result<u16, EtcdServerError> {
+/// A loopback TCP port nothing listens on right now (bound and released; someone may take it
+/// before the caller does).
+pub fn free_port() -> Result<u16, EtcdServerError> {
     let l = TcpListener::bind("127.0.0.1:0").map_err(|source| EtcdServerError::Io {
         what: "binding 127.0.0.1:0 to find a free port".into(),
         source,
